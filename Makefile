@@ -1,0 +1,26 @@
+# compattr: `make study` runs the default study, `make test` the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= all
+
+.PHONY: study test lint bench clean-results
+
+$(BIN)/snakemake: envs/requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r envs/requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+study: $(BIN)/snakemake
+	$(BIN)/snakemake --cores $(CORES)
+
+test: $(BIN)/snakemake
+	$(BIN)/pytest -q
+
+lint: $(BIN)/snakemake
+	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint
+
+clean-results:
+	rm -rf results logs

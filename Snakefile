@@ -1,0 +1,24 @@
+# compattr: component attribution study, from model to figures.
+# Run: snakemake --cores all [--configfile config/<file>.yaml]
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/sampling.smk"
+include: "workflow/rules/fit.smk"
+include: "workflow/rules/score.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

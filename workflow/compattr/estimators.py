@@ -1,0 +1,401 @@
+"""Component models: multi-output linear surrogates fitted on a shared mask matrix.
+
+Every estimator follows scikit-learn's contract: ``__init__`` only stores its
+parameters, ``fit(X, Y)`` takes the masks ``X`` (n_masks, n_components) and the
+outputs ``Y`` (n_masks,) or (n_masks, n_inputs), sets ``coef_`` (n_inputs,
+n_components) and ``intercept_`` (n_inputs,) and returns ``self``. One fit
+serves every test input at once: the inputs share the design matrix, so the
+work on ``X`` (standardisation, Gram matrix, factorisations, the first layer's
+matrix product) is done once for all of them.
+
+Estimators that need a validation split (early stopping, penalty choice) take
+it from the *last* ``validation_fraction`` of the rows they are given; the masks
+are i.i.d., so this is a random split, and the held-out masks used for scoring
+are never seen.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import Tensor
+
+__all__ = [
+    "CoarRegressor",
+    "RidgeCVRegressor",
+    "ReluCollapseRegressor",
+    "ESTIMATORS",
+    "make_estimator",
+    "collapse_relu_network",
+]
+
+
+class _Standardizer:
+    """Column z-scores of the fit rows; constant columns keep a scale of 1."""
+
+    def __init__(self, X: Tensor) -> None:
+        self.mean = X.mean(0)
+        std = X.std(0, correction=0)
+        self.std = torch.where(std > 0, std, torch.ones_like(std))
+
+    def __call__(self, X: Tensor) -> Tensor:
+        return (X - self.mean) / self.std
+
+
+def _unstandardize(theta: Tensor, bias: Tensor, xs: _Standardizer, ys: _Standardizer) -> tuple[Tensor, Tensor]:
+    """Map a linear model on standardised data back to raw masks and outputs.
+
+    ``theta`` (T, C) and ``bias`` (T,) predict ``(y - ys.mean) / ys.std`` from
+    ``(x - xs.mean) / xs.std``.
+    """
+    coef = theta * (ys.std[:, None] / xs.std[None, :])
+    intercept = ys.mean + ys.std * bias - coef @ xs.mean
+    return coef, intercept
+
+
+class _ComponentModel(RegressorMixin, BaseEstimator):
+    """Shared checks, tensors and prediction of the multi-output linear component models."""
+
+    validation_fraction: float
+    device: str
+
+    def _check_params(self) -> None:
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction}")
+
+    def _prepare(self, X: Any, Y: Any) -> tuple[Tensor, Tensor]:
+        self._check_params()
+        X, Y = validate_data(self, X, Y, multi_output=True, y_numeric=True, dtype=np.float64)
+        self._single_output = Y.ndim == 1
+        Y = Y.reshape(len(Y), -1)
+        n_val = math.ceil(self.validation_fraction * len(X))
+        if len(X) - n_val < 2 or n_val < 2:
+            raise ValueError(f"{len(X)} masks leave too few rows for a {self.validation_fraction:.0%} validation split")
+        self.n_validation_ = n_val
+        return (
+            torch.as_tensor(X, dtype=torch.float32, device=self.device),
+            torch.as_tensor(Y, dtype=torch.float32, device=self.device),
+        )
+
+    def _split(self, X: Tensor, Y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        n_fit = len(X) - self.n_validation_
+        return X[:n_fit], Y[:n_fit], X[n_fit:], Y[n_fit:]
+
+    def _set_linear(self, coef: Tensor, intercept: Tensor) -> None:
+        coef_np = coef.detach().double().cpu().numpy()
+        intercept_np = intercept.detach().double().cpu().numpy()
+        self.coef_ = coef_np[0] if self._single_output else coef_np
+        self.intercept_ = intercept_np[0] if self._single_output else intercept_np
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted outputs, (n_masks,) or (n_masks, n_inputs) as ``Y`` was at fit."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return X @ self.coef_.T + self.intercept_
+
+
+class CoarRegressor(_ComponentModel):
+    """COAR's component model: unregularised least squares, stopped early on validation.
+
+    The reference code (MadryLab/modelcomponents) fits ``margin ~ theta . mask + b``
+    with datamodels' SAGA solver at lambda 0, on standardised masks with a fitted
+    bias, and keeps the iterate with the best validation loss. This class solves
+    the same objective on the same standardised data by full-batch gradient
+    descent (step ``lr / L``, ``L`` the largest eigenvalue of the standardised
+    Gram matrix over ``n``) from zero, checks the validation MSE of every input
+    every ``check_every`` steps and keeps each input's best iterate; it stops when
+    no input improved for ``patience`` checks.
+
+    Parameters
+    ----------
+    lr : float, default=1.0
+        Step size relative to ``1 / L`` (values up to 2 are stable).
+    max_iter : int, default=2000
+        Largest number of gradient steps.
+    check_every : int, default=10
+        Steps between validation checks.
+    patience : int, default=20
+        Checks without improvement on any input before stopping.
+    validation_fraction : float, default=0.2
+        Fraction of the masks held out for early stopping.
+    device : str, default="cpu"
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_inputs, n_components) or (n_components,)
+    intercept_ : ndarray of shape (n_inputs,) or float
+    n_iter_ : ndarray of shape (n_inputs,)
+        Step at which each input's kept iterate was reached.
+    """
+
+    def __init__(
+        self,
+        *,
+        lr: float = 1.0,
+        max_iter: int = 2000,
+        check_every: int = 10,
+        patience: int = 20,
+        validation_fraction: float = 0.2,
+        device: str = "cpu",
+    ) -> None:
+        self.lr = lr
+        self.max_iter = max_iter
+        self.check_every = check_every
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.device = device
+
+    def fit(self, X: Any, Y: Any) -> CoarRegressor:
+        """Fit every input's linear model on the shared masks ``X``."""
+        X, Y = self._prepare(X, Y)
+        Xf, Yf, Xv, Yv = self._split(X, Y)
+        xs, ys = _Standardizer(Xf), _Standardizer(Yf)
+        A, B, Av, Bv = xs(Xf), ys(Yf), xs(Xv), ys(Yv)
+        n = len(A)
+        L = float(torch.linalg.eigvalsh((A.T @ A).double() / n).max()) if A.shape[1] else 1.0
+        step = self.lr / max(L, 1e-12)
+        theta = torch.zeros(A.shape[1], B.shape[1], device=A.device)  # bias is 0 on centred data
+        best_theta, best_loss = theta.clone(), ((Bv) ** 2).mean(0)
+        best_iter = torch.zeros(B.shape[1], dtype=torch.long)
+        stale = 0
+        for it in range(1, self.max_iter + 1):
+            theta -= step * (A.T @ (A @ theta - B)) / n
+            if it % self.check_every:
+                continue
+            loss = ((Av @ theta - Bv) ** 2).mean(0)
+            better = loss < best_loss
+            if better.any():
+                best_loss = torch.where(better, loss, best_loss)
+                best_theta[:, better] = theta[:, better]
+                best_iter[better.cpu()] = it
+                stale = 0
+            else:
+                stale += 1
+                if stale >= self.patience:
+                    break
+        self.n_iter_ = best_iter.numpy()
+        coef, intercept = _unstandardize(best_theta.T, torch.zeros(B.shape[1], device=A.device), xs, ys)
+        self._set_linear(coef, intercept)
+        return self
+
+
+class RidgeCVRegressor(_ComponentModel):
+    """Ridge regression with the penalty chosen per input on a validation split.
+
+    One eigendecomposition of the fit rows' centred Gram matrix gives the
+    validation predictions of every penalty for every input; each input keeps
+    the penalty with the lowest validation MSE, and the model is refitted on all
+    rows (one more eigendecomposition) with that penalty.
+
+    Parameters
+    ----------
+    alphas : sequence of float, default=logspace(-3, 3, 25)
+        Penalties relative to the mean eigenvalue of the Gram matrix (so the
+        grid does not depend on the number of masks or on the ablation rate).
+    validation_fraction : float, default=0.2
+    device : str, default="cpu"
+
+    Attributes
+    ----------
+    coef_, intercept_
+    alpha_ : ndarray of shape (n_inputs,)
+        Chosen penalty of each input, in the relative units of ``alphas``.
+    """
+
+    def __init__(self, *, alphas: Any = None, validation_fraction: float = 0.2, device: str = "cpu") -> None:
+        self.alphas = alphas
+        self.validation_fraction = validation_fraction
+        self.device = device
+
+    def _alphas(self) -> Tensor:
+        alphas = np.logspace(-3, 3, 25) if self.alphas is None else np.asarray(self.alphas, dtype=np.float64)
+        if alphas.ndim != 1 or len(alphas) == 0 or (alphas <= 0).any():
+            raise ValueError("alphas must be a non-empty list of positive penalties")
+        return torch.as_tensor(alphas, dtype=torch.float64, device=self.device)
+
+    @staticmethod
+    def _eig(X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        Xc = (X - X.mean(0)).double()
+        s, V = torch.linalg.eigh(Xc.T @ Xc)
+        return s.clamp_min(0), V, Xc
+
+    def fit(self, X: Any, Y: Any) -> RidgeCVRegressor:
+        """Choose each input's penalty on the validation rows, then refit on all rows."""
+        X, Y = self._prepare(X, Y)
+        alphas = self._alphas()
+        Xf, Yf, Xv, Yv = self._split(X, Y)
+        s, V, Xc = self._eig(Xf)
+        scale = s.mean().clamp_min(1e-12)
+        proj_y = V.T @ (Xc.T @ (Yf - Yf.mean(0)).double())  # (C, T)
+        proj_v = (Xv - Xf.mean(0)).double() @ V  # (n_val, C)
+        target = (Yv - Yf.mean(0)).double()
+        losses = torch.stack(
+            [((proj_v @ (proj_y / (s + a * scale)[:, None]) - target) ** 2).mean(0) for a in alphas]
+        )  # (n_alphas, T)
+        choice = losses.argmin(0)
+        s, V, Xc = self._eig(X)
+        scale = s.mean().clamp_min(1e-12)
+        proj_y = V.T @ (Xc.T @ (Y - Y.mean(0)).double())
+        coef = torch.empty_like(proj_y)
+        for k in choice.unique():
+            cols = choice == k
+            coef[:, cols] = V @ (proj_y[:, cols] / (s + alphas[k] * scale)[:, None])
+        coef = coef.T
+        intercept = Y.mean(0).double() - coef @ X.mean(0).double()
+        self.alpha_ = alphas[choice].cpu().numpy()
+        self._set_linear(coef, intercept)
+        return self
+
+
+def collapse_relu_network(W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop the ReLU of ``W2 relu(W1 x + b1) + b2``: ``theta = W2 W1``, ``b = W2 b1 + b2``.
+
+    Batched over networks: ``W1`` (T, d, C), ``b1`` (T, d), ``W2`` (T, d), ``b2`` (T,);
+    returns ``theta`` (T, C) and ``b`` (T,).
+    """
+    theta = torch.einsum("td,tdc->tc", W2, W1)
+    return theta, (W2 * b1).sum(1) + b2
+
+
+class ReluCollapseRegressor(_ComponentModel):
+    """The ReLU-collapse estimator: fit a 2-layer ReLU net per input, keep its linear collapse.
+
+    Each input gets its own network ``phi(x) = W2 relu(W1 x + b1) + b2`` of width
+    ``hidden``; all networks train together as one batched ensemble (the first
+    layer of every network is one matrix product with the shared masks) with Adam
+    on the mean squared error of standardised masks and outputs. The returned
+    linear model is the collapse ``theta = W2 W1``, ``b = W2 b1 + b2`` (see
+    :func:`collapse_relu_network`), mapped back to raw masks and outputs. Each
+    input keeps the collapse from the epoch whose collapsed model had the lowest
+    validation MSE; training stops when no input improved for ``patience`` epochs.
+
+    Parameters
+    ----------
+    hidden : int, default=32
+        Width ``d`` of each network.
+    lr : float, default=1e-3
+        Adam learning rate.
+    weight_decay : float, default=0.0
+        Decoupled weight decay (AdamW).
+    init_scale : float, default=1.0
+        Multiplier of PyTorch's default (Kaiming-uniform) initialisation.
+    max_epochs : int, default=200
+    batch_size : int, default=256
+        Masks per step (all of them when fewer).
+    patience : int, default=20
+    validation_fraction : float, default=0.2
+    random_state : int, default=0
+        Seed of the initialisation and of the batch order.
+    device : str, default="cpu"
+
+    Attributes
+    ----------
+    coef_, intercept_
+    n_iter_ : ndarray of shape (n_inputs,)
+        Epoch whose collapse each input kept.
+    """
+
+    def __init__(
+        self,
+        *,
+        hidden: int = 32,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        init_scale: float = 1.0,
+        max_epochs: int = 200,
+        batch_size: int = 256,
+        patience: int = 20,
+        validation_fraction: float = 0.2,
+        random_state: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        self.hidden = hidden
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.init_scale = init_scale
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.random_state = random_state
+        self.device = device
+
+    def _init_params(self, T: int, C: int, generator: torch.Generator) -> list[Tensor]:
+        d = self.hidden
+        bound1, bound2 = self.init_scale / math.sqrt(C), self.init_scale / math.sqrt(d)
+
+        def uniform(*shape: int, bound: float) -> Tensor:
+            return ((torch.rand(*shape, generator=generator) * 2 - 1) * bound).to(self.device).requires_grad_()
+
+        return [
+            uniform(T, d, C, bound=bound1),
+            uniform(T, d, bound=bound1),
+            uniform(T, d, bound=bound2),
+            uniform(T, bound=bound2),
+        ]
+
+    def fit(self, X: Any, Y: Any) -> ReluCollapseRegressor:
+        """Train every input's network on the shared masks and keep its best collapse."""
+        if self.hidden < 1 or self.max_epochs < 1 or self.batch_size < 1:
+            raise ValueError("hidden, max_epochs and batch_size must be positive")
+        X, Y = self._prepare(X, Y)
+        Xf, Yf, Xv, Yv = self._split(X, Y)
+        xs, ys = _Standardizer(Xf), _Standardizer(Yf)
+        A, B, Av, Bv = xs(Xf), ys(Yf), xs(Xv), ys(Yv)
+        (n, C), T, d = A.shape, B.shape[1], self.hidden
+        generator = torch.Generator().manual_seed(self.random_state)
+        params = self._init_params(T, C, generator)
+        W1, b1, W2, b2 = params
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        with torch.no_grad():
+            theta, bias = collapse_relu_network(W1, b1, W2, b2)
+            best_theta, best_bias = theta.clone(), bias.clone()
+            best_loss = ((Av @ theta.T + bias - Bv) ** 2).mean(0)
+        best_epoch = torch.zeros(T, dtype=torch.long)
+        stale = 0
+        for epoch in range(1, self.max_epochs + 1):
+            order = torch.randperm(n, generator=generator).to(self.device)
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                hidden = torch.relu((A[idx] @ W1.reshape(T * d, C).T).reshape(-1, T, d) + b1)
+                pred = (hidden * W2).sum(-1) + b2
+                loss = ((pred - B[idx]) ** 2).mean(0).sum()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            with torch.no_grad():
+                theta, bias = collapse_relu_network(W1, b1, W2, b2)
+                val = ((Av @ theta.T + bias - Bv) ** 2).mean(0)
+                better = val < best_loss
+                if better.any():
+                    best_loss = torch.where(better, val, best_loss)
+                    best_theta[better], best_bias[better] = theta[better], bias[better]
+                    best_epoch[better.cpu()] = epoch
+                    stale = 0
+                else:
+                    stale += 1
+                    if stale >= self.patience:
+                        break
+        self.n_iter_ = best_epoch.numpy()
+        coef, intercept = _unstandardize(best_theta, best_bias, xs, ys)
+        self._set_linear(coef, intercept)
+        return self
+
+
+ESTIMATORS: dict[str, type[_ComponentModel]] = {
+    "coar": CoarRegressor,
+    "ridge": RidgeCVRegressor,
+    "relu_collapse": ReluCollapseRegressor,
+}
+
+
+def make_estimator(name: str, params: dict[str, Any] | None = None, **overrides: Any) -> _ComponentModel:
+    """Build the estimator registered as ``name`` with ``params`` (and ``overrides``)."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}")
+    return ESTIMATORS[name](**{**(params or {}), **overrides})

@@ -1,0 +1,58 @@
+"""Small helpers shared by the workflow scripts: logging, devices, provenance, JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["start_log", "resolve_device", "provenance", "write_json", "read_json"]
+
+
+def start_log(path: str | Path) -> logging.Logger:
+    """Send this process's stderr (tqdm progress, warnings, tracebacks) and logging to ``path``."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    stream = open(path, "w", buffering=1)  # noqa: SIM115 - kept open for the life of the job
+    sys.stderr = stream
+    logging.basicConfig(stream=stream, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    return logging.getLogger("compattr")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` becomes ``cuda`` when a GPU is visible, else ``cpu``; ``"cuda"`` without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config asks for device 'cuda' but torch sees no GPU; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def provenance(config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """Versions of the stack, the host, and (optionally) the config that made an output."""
+    versions = {}
+    for package in ("compattr", "torch", "numpy", "scipy", "scikit-learn", "zarr", "snakemake"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    out: dict[str, Any] = {"versions": versions, "python": platform.python_version(), "host": platform.node()}
+    if config is not None:
+        out["config"] = config
+    out.update(extra)
+    return out
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON."""
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text())

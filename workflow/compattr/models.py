@@ -1,0 +1,197 @@
+"""CIFAR-style residual networks and a small, seeded training loop.
+
+The architecture follows torchvision's ``resnet.py`` (He et al., 2016, "Deep
+Residual Learning for Image Recognition") with the CIFAR stem: one 3x3
+convolution, no max-pool. Every convolution has no bias and is followed by
+BatchNorm, so ablating a filter (zeroing its output channel before BatchNorm)
+is the same as zeroing that filter's weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from compattr.components import ComponentSet, conv_components
+from compattr.data import ImageSplit
+
+__all__ = [
+    "BasicBlock",
+    "CifarResNet",
+    "build_model",
+    "train_classifier",
+    "accuracy",
+    "margins",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution with no bias."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (1x1 shortcut when shapes change)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(conv1x1(in_planes, planes, stride), nn.BatchNorm2d(planes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class CifarResNet(nn.Module):
+    """ResNet with a 3x3 stem and no max-pool, for small images.
+
+    Parameters
+    ----------
+    widths : sequence of int
+        Channels of each stage; stages after the first halve the resolution.
+    blocks : sequence of int
+        Number of :class:`BasicBlock` per stage, same length as ``widths``.
+    num_classes : int
+        Number of output logits.
+    in_channels : int, default=3
+        Channels of the input images.
+    """
+
+    def __init__(self, widths: Sequence[int], blocks: Sequence[int], num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        if len(widths) != len(blocks) or not widths:
+            raise ValueError(f"widths and blocks must be non-empty and of equal length, got {widths}, {blocks}")
+        if min(widths) < 1 or min(blocks) < 1:
+            raise ValueError("every stage needs at least one channel and one block")
+        self.conv1 = conv3x3(in_channels, widths[0])
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        stages = []
+        in_planes = widths[0]
+        for i, (planes, n_blocks) in enumerate(zip(widths, blocks, strict=True)):
+            layers = []
+            for j in range(n_blocks):
+                stride = 2 if i > 0 and j == 0 else 1
+                layers.append(BasicBlock(in_planes, planes, stride))
+                in_planes = planes
+            stages.append(nn.Sequential(*layers))
+        self.layers = nn.Sequential(*stages)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layers(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def build_model(arch: dict, num_classes: int, in_channels: int) -> nn.Module:
+    """Build a model from its config entry (``{"name": "cifar_resnet", "widths": [...], "blocks": [...]}``)."""
+    name = arch["name"]
+    if name == "cifar_resnet":
+        return CifarResNet(arch["widths"], arch["blocks"], num_classes, in_channels)
+    raise ValueError(f"unknown architecture {name!r}; known: 'cifar_resnet'")
+
+
+def train_classifier(
+    model: nn.Module,
+    train: ImageSplit,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    device: str | torch.device = "cpu",
+) -> list[float]:
+    """Train ``model`` with SGD (Nesterov momentum 0.9) and a one-cycle learning rate.
+
+    Returns the mean training loss of each epoch. Deterministic for a given seed on CPU.
+    """
+    if epochs < 1:
+        raise ValueError("epochs must be at least 1")
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    steps_per_epoch = -(-len(train) // batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    losses = []
+    for _ in tqdm(range(epochs), desc="train", unit="epoch", mininterval=5):
+        order = torch.randperm(len(train), generator=generator)
+        total = 0.0
+        for start in range(0, len(train), batch_size):
+            idx = order[start : start + batch_size]
+            x, y = train.images[idx].to(device), train.labels[idx].to(device)
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(idx)
+        losses.append(total / len(train))
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split: ImageSplit, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on ``split``."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for start in range(0, len(split), batch_size):
+        x = split.images[start : start + batch_size].to(device)
+        correct += int((model(x).argmax(1).cpu() == split.labels[start : start + batch_size]).sum())
+    return correct / len(split)
+
+
+def margins(logits: Tensor, labels: Tensor) -> Tensor:
+    """Correct-class margin: the correct logit minus the largest other logit, per row."""
+    correct = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    return correct - others.max(1).values
+
+
+def save_checkpoint(
+    path: str, model: nn.Module, arch: dict, *, num_classes: int, in_channels: int, include_shortcuts: bool
+) -> None:
+    """Save a model with what :func:`load_checkpoint` needs to rebuild it and its components."""
+    torch.save(
+        {
+            "arch": arch,
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            "include_shortcuts": include_shortcuts,
+            "state_dict": model.state_dict(),
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, ComponentSet]:
+    """Rebuild a model saved by :func:`save_checkpoint` (in eval mode on ``device``) and its components."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(checkpoint["arch"], checkpoint["num_classes"], checkpoint["in_channels"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.to(device).eval()
+    return model, conv_components(model, include_shortcuts=checkpoint["include_shortcuts"])

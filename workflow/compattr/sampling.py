@@ -1,0 +1,218 @@
+"""Ablation sampling: random masks, ablated forward passes, and their Zarr stores.
+
+A store holds two arrays that share the ``mask`` dimension:
+
+- ``masks`` (mask x component, bool): True where the component is ablated;
+- ``margins`` (mask x input, float32): the output (e.g. correct-class margin)
+  of the model ablated by that mask, for every test input.
+
+Rows are split into shards of ``shard_size`` masks; a shard is one chunk of each
+array, so shards written by parallel jobs never share a chunk. The masks of a
+shard depend only on ``(seed, shard)``, so any order or split of the work
+gives the same arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from compattr.components import ComponentSet
+from compattr.models import margins
+
+__all__ = [
+    "bernoulli_masks",
+    "shard_masks",
+    "ComponentMarginEvaluator",
+    "create_store",
+    "shard_count",
+    "run_shard",
+    "check_store",
+    "read_rows",
+    "NonFiniteMarginError",
+]
+
+Evaluator = Callable[[np.ndarray], np.ndarray]
+
+
+class NonFiniteMarginError(ValueError):
+    """Raised when an ablated forward pass gives NaN or infinite outputs."""
+
+
+def bernoulli_masks(n_masks: int, n_units: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
+    """``(n_masks, n_units)`` bool masks, each unit ablated (True) independently with probability ``alpha``."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    return rng.random((n_masks, n_units)) < alpha
+
+
+def shard_masks(seed: int, shard: int, n_masks: int, n_units: int, alpha: float) -> np.ndarray:
+    """The masks of one shard, drawn from a generator keyed by ``(seed, shard)`` alone."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(shard,)))
+    return bernoulli_masks(n_masks, n_units, alpha, rng)
+
+
+class ComponentMarginEvaluator:
+    """Correct-class margins of a model under component ablation masks.
+
+    Many masks and many inputs go through one forward pass: sample ``i * n_inputs + j``
+    is input ``j`` under mask ``i`` (per-sample channel masks).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Network in eval mode.
+    components : ComponentSet
+        The units that a mask's columns ablate.
+    images, labels : Tensor
+        Test inputs ``(n_inputs, c, h, w)`` and their labels ``(n_inputs,)``.
+    batch_size : int, default=4096
+        Largest number of (mask, input) samples in one forward pass.
+    """
+
+    def __init__(
+        self, model: nn.Module, components: ComponentSet, images: Tensor, labels: Tensor, batch_size: int = 4096
+    ) -> None:
+        self.model = model.eval()
+        self.components = components
+        self.device = next(model.parameters()).device
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, ablated: np.ndarray) -> np.ndarray:
+        """Margins ``(n_masks, n_inputs)`` (float32) for the bool masks ``ablated`` ``(n_masks, n_components)``."""
+        n_inputs = len(self.labels)
+        keep = torch.from_numpy(~np.asarray(ablated, dtype=bool)).to(self.device, torch.float32)
+        out = torch.empty(len(keep), n_inputs, dtype=torch.float32)
+        in_step = min(n_inputs, self.batch_size)
+        mask_step = max(1, self.batch_size // in_step)
+        for m0 in range(0, len(keep), mask_step):
+            k = keep[m0 : m0 + mask_step]
+            for i0 in range(0, n_inputs, in_step):
+                x, y = self.images[i0 : i0 + in_step], self.labels[i0 : i0 + in_step]
+                n = len(y)
+                batch_keep = k.repeat_interleave(n, dim=0)
+                with self.components.ablate(self.model, batch_keep):
+                    logits = self.model(x.repeat(len(k), 1, 1, 1))
+                out[m0 : m0 + len(k), i0 : i0 + n] = margins(logits.float(), y.repeat(len(k))).reshape(len(k), n).cpu()
+        return out.numpy()
+
+
+def shard_count(n_masks: int, shard_size: int) -> int:
+    """Number of shards that cover ``n_masks`` rows."""
+    return math.ceil(n_masks / shard_size)
+
+
+def create_store(
+    path: str | Path,
+    *,
+    n_masks: int,
+    n_units: int,
+    n_inputs: int,
+    shard_size: int,
+    attributes: dict[str, Any],
+    unit_dim: str = "component",
+) -> zarr.Group:
+    """Create an empty ablation store (arrays ``masks`` and ``margins``) at ``path``, replacing any there."""
+    if min(n_masks, n_units, n_inputs, shard_size) < 1:
+        raise ValueError("n_masks, n_units, n_inputs and shard_size must all be positive")
+    group = zarr.open_group(str(path), mode="w", attributes={**attributes, "shard_size": shard_size})
+    group.create_array(
+        "masks",
+        shape=(n_masks, n_units),
+        chunks=(shard_size, n_units),
+        dtype="bool",
+        dimension_names=("mask", unit_dim),
+        fill_value=False,
+        attributes={"description": f"True where the {unit_dim} is ablated"},
+    )
+    group.create_array(
+        "margins",
+        shape=(n_masks, n_inputs),
+        chunks=(shard_size, n_inputs),
+        dtype="float32",
+        dimension_names=("mask", "input"),
+        fill_value=float("nan"),
+        attributes={"description": "model output (correct-class margin) under each mask"},
+    )
+    return group
+
+
+def run_shard(path: str | Path, shard: int, evaluator: Evaluator, *, alpha: float, seed: int) -> dict[str, float]:
+    """Draw the masks of ``shard``, evaluate them and write both arrays' rows of that shard.
+
+    Nothing is written when an output is not finite: :class:`NonFiniteMarginError`
+    names the shard. Returns summary statistics of the shard's margins.
+    """
+    group = zarr.open_group(str(path), mode="r+")
+    masks_arr, margins_arr = group["masks"], group["margins"]
+    shard_size = masks_arr.chunks[0]
+    n_shards = shard_count(masks_arr.shape[0], shard_size)
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} out of range: the store at {path} has {n_shards} shards")
+    start, stop = shard * shard_size, min((shard + 1) * shard_size, masks_arr.shape[0])
+    masks = shard_masks(seed, shard, stop - start, masks_arr.shape[1], alpha)
+    step = max(1, getattr(evaluator, "batch_size", 4096) // margins_arr.shape[1])
+    values = np.empty((stop - start, margins_arr.shape[1]), dtype=np.float32)
+    for i in tqdm(range(0, len(masks), step), desc=f"shard {shard}", unit="batch", mininterval=5):
+        values[i : i + step] = evaluator(masks[i : i + step])
+    bad = ~np.isfinite(values)
+    if bad.any():
+        rows, cols = np.nonzero(bad)
+        raise NonFiniteMarginError(
+            f"shard {shard} of {path}: {bad.sum()} non-finite margins "
+            f"(first at mask {start + rows[0]}, input {cols[0]}); nothing was written"
+        )
+    masks_arr[start:stop] = masks
+    margins_arr[start:stop] = values
+    return {"shard": shard, "rows": stop - start, "mean": float(values.mean()), "std": float(values.std())}
+
+
+def check_store(path: str | Path) -> dict[str, Any]:
+    """Check that every shard of the store was written and holds finite margins.
+
+    Raises ``ValueError`` naming the first missing or non-finite shard; returns
+    the store's shape and margin statistics.
+    """
+    group = zarr.open_group(str(path), mode="r")
+    margins_arr = group["margins"]
+    shard_size = margins_arr.chunks[0]
+    n_shards = shard_count(margins_arr.shape[0], shard_size)
+    total, total_sq, count = 0.0, 0.0, 0
+    for shard in range(n_shards):
+        block = margins_arr[shard * shard_size : (shard + 1) * shard_size]
+        if np.isnan(block).all():
+            raise ValueError(f"shard {shard} of {path} was never written")
+        if not np.isfinite(block).all():
+            raise NonFiniteMarginError(f"shard {shard} of {path} holds NaN or infinite margins")
+        total += float(block.sum(dtype=np.float64))
+        total_sq += float(np.square(block, dtype=np.float64).sum())
+        count += block.size
+    mean = total / count
+    return {
+        "n_masks": margins_arr.shape[0],
+        "n_units": group["masks"].shape[1],
+        "n_inputs": margins_arr.shape[1],
+        "n_shards": n_shards,
+        "margin_mean": mean,
+        "margin_std": math.sqrt(max(total_sq / count - mean**2, 0.0)),
+    }
+
+
+def read_rows(path: str | Path, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``stop`` rows (all when None) of a store: masks (bool) and margins (float32)."""
+    group = zarr.open_group(str(path), mode="r")
+    n = group["masks"].shape[0]
+    if stop is not None and stop > n:
+        raise ValueError(f"asked for {stop} masks but the store at {path} holds {n}")
+    return group["masks"][:stop], group["margins"][:stop]

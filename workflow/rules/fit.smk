@@ -1,0 +1,18 @@
+rule fit_estimator:
+    input:
+        summary=f"{RESULTS}/ablations/train.summary.json",
+    output:
+        directory(f"{RESULTS}/fits/{{estimator}}/n{{n}}.zarr"),
+    params:
+        store=f"{RESULTS}/ablations/train.zarr",
+        estimator=lambda wc: wc.estimator,
+        n_train=lambda wc: int(wc.n),
+        estimator_params=lambda wc: config["fit"]["estimators"][wc.estimator],
+        device=config["device"],
+    log:
+        f"{LOGS}/fit_estimator/{{estimator}}.n{{n}}.log",
+    threads: 2
+    conda:
+        ENV
+    script:
+        "../scripts/fit_estimator.py"

@@ -1,0 +1,28 @@
+"""Create an empty ablation store whose shards the sampling jobs fill."""
+
+import numpy as np
+
+from compattr.io import provenance, start_log
+from compattr.models import load_checkpoint
+from compattr.sampling import create_store, shard_count
+
+log = start_log(snakemake.log[0])
+_, components = load_checkpoint(snakemake.input.model)
+n_inputs = len(np.load(snakemake.input.inputs)["labels"])
+store = snakemake.params.store
+create_store(
+    store,
+    n_masks=snakemake.params.n_masks,
+    n_units=len(components),
+    n_inputs=n_inputs,
+    shard_size=snakemake.params.shard_size,
+    attributes={**provenance(snakemake.params.provenance), "component_names": components.names},
+)
+log.info(
+    "created %s: %d masks x %d components, %d inputs, %d shards",
+    store,
+    snakemake.params.n_masks,
+    len(components),
+    n_inputs,
+    shard_count(snakemake.params.n_masks, snakemake.params.shard_size),
+)

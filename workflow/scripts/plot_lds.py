@@ -1,0 +1,21 @@
+"""Draw LDS against the number of ablated forward passes, one line per estimator."""
+
+from compattr.analysis import read_lds_csv
+from compattr.io import start_log
+from compattr.plots import plot_lds_vs_ablations
+
+log = start_log(snakemake.log[0])
+cfg = snakemake.params.analysis
+table = read_lds_csv(snakemake.input[0])
+n_inputs = next(iter(table.spearman.values())).shape[1]
+fig = plot_lds_vs_ablations(
+    table,
+    targets=cfg["lds_targets"],
+    n_bootstrap=cfg["n_bootstrap"],
+    ci=cfg["ci"],
+    seed=cfg["seed"],
+    title=f"{snakemake.params.study}: component attribution, {n_inputs} test inputs",
+)
+fig.savefig(snakemake.output.png, dpi=150)
+fig.savefig(snakemake.output.pdf)
+log.info("wrote %s and %s", snakemake.output.png, snakemake.output.pdf)
