@@ -12,6 +12,15 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    split="|".join(SPLITS),
+    estimator="|".join(ESTIMATORS),
+    n=r"\d+",
+    shard=r"\d+",
+
+
 include: "workflow/rules/model.smk"
 include: "workflow/rules/sampling.smk"
 include: "workflow/rules/fit.smk"
@@ -19,6 +28,6 @@ include: "workflow/rules/score.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_targets(),
-    default_target: True

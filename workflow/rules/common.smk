@@ -1,6 +1,5 @@
 from snakemake.utils import validate
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 STUDY = config["study"]
@@ -23,17 +22,12 @@ def _check_config():
         )
     arch = config["model"]["arch"]
     if len(arch["widths"]) != len(arch["blocks"]):
-        raise ValueError("config model.arch.widths and model.arch.blocks must have the same length")
+        raise ValueError(
+            "config model.arch.widths and model.arch.blocks must have the same length"
+        )
 
 
 _check_config()
-
-
-wildcard_constraints:
-    split="|".join(SPLITS),
-    estimator="|".join(ESTIMATORS),
-    n=r"\d+",
-    shard=r"\d+",
 
 
 def n_shards(split):
@@ -63,7 +57,7 @@ def store_provenance(wildcards):
 
 
 def final_targets():
-    """What `rule all` builds: tables, figures and the model's metrics."""
+    """The default targets: tables, figures and the model metrics."""
     return [
         f"{RESULTS}/model/metrics.json",
         f"{RESULTS}/lds.csv",

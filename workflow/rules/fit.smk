@@ -3,16 +3,16 @@ rule fit_estimator:
         summary=f"{RESULTS}/ablations/train.summary.json",
     output:
         directory(f"{RESULTS}/fits/{{estimator}}/n{{n}}.zarr"),
+    log:
+        f"{LOGS}/fit_estimator/{{estimator}}.n{{n}}.log",
+    conda:
+        ENV
+    threads: 2
     params:
         store=f"{RESULTS}/ablations/train.zarr",
         estimator=lambda wc: wc.estimator,
         n_train=lambda wc: int(wc.n),
         estimator_params=lambda wc: config["fit"]["estimators"][wc.estimator],
         device=config["device"],
-    log:
-        f"{LOGS}/fit_estimator/{{estimator}}.n{{n}}.log",
-    threads: 2
-    conda:
-        ENV
     script:
         "../scripts/fit_estimator.py"

@@ -6,15 +6,15 @@ rule init_ablation_store:
         group=f"{RESULTS}/ablations/{{split}}.zarr/zarr.json",
         masks=f"{RESULTS}/ablations/{{split}}.zarr/masks/zarr.json",
         margins=f"{RESULTS}/ablations/{{split}}.zarr/margins/zarr.json",
+    log:
+        f"{LOGS}/init_ablation_store/{{split}}.log",
+    conda:
+        ENV
     params:
         store=lambda wc: f"{RESULTS}/ablations/{wc.split}.zarr",
         n_masks=lambda wc: config["sampling"][wc.split]["n_masks"],
         shard_size=config["sampling"]["shard_size"],
         provenance=store_provenance,
-    log:
-        f"{LOGS}/init_ablation_store/{{split}}.log",
-    conda:
-        ENV
     script:
         "../scripts/init_ablation_store.py"
 
@@ -26,17 +26,17 @@ rule sample_ablation_shard:
         store=rules.init_ablation_store.output.group,
     output:
         f"{RESULTS}/ablations/{{split}}.shards/{{shard}}.json",
+    log:
+        f"{LOGS}/sample_ablation_shard/{{split}}.{{shard}}.log",
+    conda:
+        ENV
+    threads: 1
     params:
         store=lambda wc: f"{RESULTS}/ablations/{wc.split}.zarr",
         alpha=config["sampling"]["alpha"],
         seed=lambda wc: config["sampling"][wc.split]["seed"],
         batch_size=config["sampling"]["batch_size"],
         device=config["device"],
-    log:
-        f"{LOGS}/sample_ablation_shard/{{split}}.{{shard}}.log",
-    threads: 1
-    conda:
-        ENV
     script:
         "../scripts/sample_ablation_shard.py"
 
@@ -47,11 +47,11 @@ rule check_ablation_store:
         store=rules.init_ablation_store.output.group,
     output:
         f"{RESULTS}/ablations/{{split}}.summary.json",
-    params:
-        store=lambda wc: f"{RESULTS}/ablations/{wc.split}.zarr",
     log:
         f"{LOGS}/check_ablation_store/{{split}}.log",
     conda:
         ENV
+    params:
+        store=lambda wc: f"{RESULTS}/ablations/{wc.split}.zarr",
     script:
         "../scripts/check_ablation_store.py"

@@ -4,12 +4,12 @@ rule score_lds:
         summary=f"{RESULTS}/ablations/heldout.summary.json",
     output:
         f"{RESULTS}/lds/{{estimator}}.csv",
-    params:
-        store=f"{RESULTS}/ablations/heldout.zarr",
     log:
         f"{LOGS}/score_lds/{{estimator}}.log",
     conda:
         ENV
+    params:
+        store=f"{RESULTS}/ablations/heldout.zarr",
     script:
         "../scripts/score_lds.py"
 
@@ -19,15 +19,19 @@ rule summarize_lds:
         expand(f"{RESULTS}/lds/{{estimator}}.csv", estimator=ESTIMATORS),
     output:
         lds=report(f"{RESULTS}/lds.csv", caption="../report/lds.rst", category="Tables"),
-        summary=report(f"{RESULTS}/summary.csv", caption="../report/summary.rst", category="Tables"),
+        summary=report(
+            f"{RESULTS}/summary.csv",
+            caption="../report/summary.rst",
+            category="Tables",
+        ),
         markdown=f"{RESULTS}/summary.md",
-    params:
-        analysis=config["analysis"],
-        study=STUDY,
     log:
         f"{LOGS}/summarize_lds.log",
     conda:
         ENV
+    params:
+        analysis=config["analysis"],
+        study=STUDY,
     script:
         "../scripts/summarize_lds.py"
 
@@ -42,12 +46,12 @@ rule plot_lds:
             category="Figures",
         ),
         pdf=f"{RESULTS}/figures/lds_vs_ablations.pdf",
-    params:
-        analysis=config["analysis"],
-        study=STUDY,
     log:
         f"{LOGS}/plot_lds.log",
     conda:
         ENV
+    params:
+        analysis=config["analysis"],
+        study=STUDY,
     script:
         "../scripts/plot_lds.py"

@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+import torch
+from conftest import planted_problem
+from scipy.stats import spearmanr
+from sklearn.base import clone
+from sklearn.linear_model import Ridge
+
+from compattr.estimators import (
+    ESTIMATORS,
+    CoarRegressor,
+    ReluCollapseRegressor,
+    RidgeCVRegressor,
+    collapse_relu_network,
+    make_estimator,
+)
+from compattr.lds import lds_scores
+
+FAST = {"relu_collapse": {"max_epochs": 300, "lr": 3e-3}}
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_recovers_planted_linear_truth(name):
+    """Every estimator ranks a planted truth's components and outputs well (LDS > 0.85).
+
+    The ReLU collapse is not an unbiased linear estimator (the network's ReLUs
+    are dropped after training), so the bar is "high", not "exact".
+    """
+    X, Y, theta, bias = planted_problem(3000, noise=0.2)
+    model = make_estimator(name, FAST.get(name)).fit(X, Y)
+    assert model.coef_.shape == theta.shape and model.intercept_.shape == bias.shape
+    for j in range(len(theta)):
+        assert spearmanr(model.coef_[j], theta[j]).statistic > 0.9
+    Xt, Yt, _, _ = planted_problem(500, noise=0.0, seed=1)
+    Xt_true = Xt @ theta.T + bias
+    spearman, _ = lds_scores(model.predict(Xt), Xt_true)
+    assert spearman.min() > 0.85
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_more_masks_fit_better(name):
+    scores = []
+    for n in (100, 3000):
+        X, Y, theta, _ = planted_problem(n, n_units=200, noise=2.0)
+        coef = make_estimator(name, FAST.get(name)).fit(X, Y).coef_
+        scores.append(spearmanr(coef.ravel(), theta.ravel()).statistic)
+    assert scores[1] > scores[0] + 0.3
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_single_output_and_sklearn_contract(name):
+    X, Y, _, _ = planted_problem(400)
+    est = make_estimator(name, FAST.get(name))
+    assert clone(est).get_params() == est.get_params()
+    one = clone(est).fit(X, Y[:, 0])
+    assert one.coef_.shape == (X.shape[1],) and np.ndim(one.intercept_) == 0
+    assert one.predict(X).shape == (len(X),)
+    assert one.n_features_in_ == X.shape[1]
+    many = clone(est).fit(X, Y)
+    assert many.predict(X[:7]).shape == (7, Y.shape[1])
+    if name != "relu_collapse":  # each output's fit does not depend on the others
+        np.testing.assert_allclose(many.coef_[0], one.coef_, rtol=1e-4, atol=1e-5)
+
+
+def test_ridge_matches_scikit_learn_at_the_chosen_penalty():
+    X, Y, _, _ = planted_problem(300, noise=1.0)
+    model = RidgeCVRegressor().fit(X, Y)
+    Xc = X - X.mean(0)
+    scale = np.linalg.eigvalsh(Xc.T @ Xc).clip(0).mean()
+    for j in range(Y.shape[1]):
+        ref = Ridge(alpha=model.alpha_[j] * scale).fit(X, Y[:, j])
+        np.testing.assert_allclose(model.coef_[j], ref.coef_, rtol=1e-4, atol=1e-5)
+        assert model.intercept_[j] == pytest.approx(ref.intercept_, rel=1e-4, abs=1e-5)
+
+
+def test_coar_converges_to_least_squares_without_early_stopping_pressure():
+    X, Y, _, _ = planted_problem(2000, noise=0.01)
+    model = CoarRegressor(max_iter=20000, patience=1000).fit(X, Y)
+    n_fit = len(X) - model.n_validation_
+    A = np.c_[X[:n_fit], np.ones(n_fit)]
+    ls = np.linalg.lstsq(A, Y[:n_fit], rcond=None)[0]
+    np.testing.assert_allclose(model.coef_, ls[:-1].T, atol=2e-3)
+
+
+def test_relu_collapse_algebra_on_a_hand_built_network():
+    W1 = torch.tensor([[[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]]])  # one network, d=2, C=3
+    b1 = torch.tensor([[0.5, -1.0]])
+    W2 = torch.tensor([[2.0, -0.5]])
+    b2 = torch.tensor([0.25])
+    theta, bias = collapse_relu_network(W1, b1, W2, b2)
+    torch.testing.assert_close(theta, torch.tensor([[2.0, 4.5, -1.5]]))
+    torch.testing.assert_close(bias, torch.tensor([2.0 * 0.5 + 0.5 + 0.25]))
+    # Where every hidden unit is active, the network equals its collapse.
+    x = torch.tensor([1.0, 1.0, 1.0])
+    hidden = W1[0] @ x + b1[0]
+    assert (hidden > 0).all()
+    assert float(W2[0] @ torch.relu(hidden) + b2) == pytest.approx(float(theta[0] @ x + bias))
+
+
+def test_relu_collapse_is_seeded():
+    X, Y, _, _ = planted_problem(300)
+    a = ReluCollapseRegressor(max_epochs=5, random_state=3).fit(X, Y).coef_
+    b = ReluCollapseRegressor(max_epochs=5, random_state=3).fit(X, Y).coef_
+    c = ReluCollapseRegressor(max_epochs=5, random_state=4).fit(X, Y).coef_
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_bad_parameters_and_data_are_rejected():
+    X, Y, _, _ = planted_problem(100)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        CoarRegressor(validation_fraction=1.5).fit(X, Y)
+    with pytest.raises(ValueError, match="too few rows"):
+        RidgeCVRegressor().fit(X[:3], Y[:3])
+    with pytest.raises(ValueError, match="unknown estimator"):
+        make_estimator("nope")
+    with pytest.raises(ValueError):
+        RidgeCVRegressor().fit(X, np.full_like(Y, np.nan))

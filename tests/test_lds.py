@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from compattr.lds import columnwise_pearson, lds_scores
+
+
+def test_perfect_reversed_and_constant_predictions():
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=(50, 3))
+    predicted = np.stack([np.exp(true[:, 0]), -true[:, 1], np.full(50, 2.0)], axis=1)
+    spearman, pearson = lds_scores(predicted, true)
+    np.testing.assert_allclose(spearman, [1.0, -1.0, 0.0], atol=1e-12)
+    assert pearson[0] < 1.0  # monotone but not linear
+    np.testing.assert_allclose(pearson[1:], [-1.0, 0.0], atol=1e-12)
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import pearsonr, spearmanr
+
+    rng = np.random.default_rng(1)
+    true = rng.integers(0, 5, size=(40, 4)).astype(float)
+    predicted = true + rng.normal(size=(40, 4))
+    spearman, pearson = lds_scores(predicted, true)
+    for j in range(4):
+        assert spearman[j] == pytest.approx(spearmanr(predicted[:, j], true[:, j]).statistic)
+        assert pearson[j] == pytest.approx(pearsonr(predicted[:, j], true[:, j]).statistic)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="one shape"):
+        columnwise_pearson(np.zeros((3, 2)), np.zeros((3, 3)))

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from compattr.models import margins
+from compattr.sampling import (
+    ComponentMarginEvaluator,
+    NonFiniteMarginError,
+    check_store,
+    create_store,
+    read_rows,
+    run_shard,
+    shard_masks,
+)
+
+
+def test_shard_masks_depend_only_on_seed_and_shard():
+    a = shard_masks(7, 3, 100, 50, 0.1)
+    np.testing.assert_array_equal(a, shard_masks(7, 3, 100, 50, 0.1))
+    assert not np.array_equal(a, shard_masks(7, 4, 100, 50, 0.1))
+    assert not np.array_equal(a, shard_masks(8, 3, 100, 50, 0.1))
+    big = shard_masks(0, 0, 20000, 50, 0.05)
+    assert big.dtype == bool and abs(big.mean() - 0.05) < 0.003
+
+
+def test_evaluator_matches_one_mask_at_a_time(trained_model, digits):
+    model, components = trained_model
+    _, test = digits
+    images, labels = test.images[:7], test.labels[:7]
+    masks = shard_masks(0, 0, 9, len(components), 0.1)
+    batched = ComponentMarginEvaluator(model, components, images, labels, batch_size=20)(masks)
+    assert batched.shape == (9, 7) and batched.dtype == np.float32
+    for i, mask in enumerate(masks):
+        keep = torch.from_numpy(~mask).float().repeat(7, 1)
+        with torch.no_grad(), components.ablate(model, keep):
+            expected = margins(model(images), labels)
+        np.testing.assert_allclose(batched[i], expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _linear_evaluator(n_units: int, n_inputs: int):
+    weights = np.random.default_rng(0).normal(size=(n_units, n_inputs)).astype(np.float32)
+    return lambda masks: masks.astype(np.float32) @ weights
+
+
+def test_shards_in_any_order_give_the_same_store(tmp_path):
+    evaluator = _linear_evaluator(30, 4)
+    stores = []
+    for name, order in [("forward", [0, 1, 2]), ("backward", [2, 0, 1])]:
+        path = tmp_path / f"{name}.zarr"
+        create_store(path, n_masks=25, n_units=30, n_inputs=4, shard_size=10, attributes={"seed": 5})
+        for shard in order:
+            run_shard(path, shard, evaluator, alpha=0.1, seed=5)
+        stores.append(read_rows(path))
+    for a, b in zip(*stores, strict=True):
+        np.testing.assert_array_equal(a, b)
+    group = zarr.open_group(str(tmp_path / "forward.zarr"), mode="r")
+    assert group["masks"].metadata.dimension_names == ("mask", "component")
+    assert group["margins"].metadata.dimension_names == ("mask", "input")
+    assert check_store(tmp_path / "forward.zarr")["n_shards"] == 3
+
+
+def test_missing_and_non_finite_shards_are_named(tmp_path):
+    path = tmp_path / "s.zarr"
+    create_store(path, n_masks=30, n_units=5, n_inputs=3, shard_size=10, attributes={})
+    good = _linear_evaluator(5, 3)
+    run_shard(path, 0, good, alpha=0.2, seed=0)
+    with pytest.raises(ValueError, match="shard 1 .* never written"):
+        check_store(path)
+
+    def broken(masks):
+        out = good(masks)
+        out[1, 2] = np.nan
+        return out
+
+    with pytest.raises(NonFiniteMarginError, match="shard 1 "):
+        run_shard(path, 1, broken, alpha=0.2, seed=0)
+    assert np.isnan(zarr.open_group(str(path), mode="r")["margins"][10:20]).all()  # nothing written
+    with pytest.raises(ValueError, match="out of range"):
+        run_shard(path, 3, good, alpha=0.2, seed=0)
+
+
+def test_read_rows_refuses_more_masks_than_stored(tmp_path):
+    path = tmp_path / "s.zarr"
+    create_store(path, n_masks=10, n_units=5, n_inputs=3, shard_size=10, attributes={})
+    with pytest.raises(ValueError, match="asked for 11 masks but the store"):
+        read_rows(path, 11)

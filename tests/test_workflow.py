@@ -1,0 +1,164 @@
+"""The workflow run through Snakemake on the tiny config, in a fresh copy of the repository."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from compattr.sampling import read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = "results/tiny"
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy what a fresh clone holds of the workflow (not results, logs or the venv) to ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "Snakefile", dest)
+    for folder in ("workflow", "config", "envs"):
+        shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run Snakemake in ``workdir`` on the tiny config; its log (stdout and stderr) is in ``.stdout``."""
+    cmd = [sys.executable, "-m", "snakemake", "--configfile", "config/tiny.yaml", *args]
+    result = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-6000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """The tiny study run end to end with two parallel jobs."""
+    workdir = copy_repo(tmp_path_factory.mktemp("study"))
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_study_writes_sane_tables_and_figures(study):
+    config = yaml.safe_load((study / "config/tiny.yaml").read_text())
+    lds = read_csv(study / STUDY / "lds.csv")
+    assert list(lds[0]) == ["estimator", "n_train", "input", "spearman", "pearson"]
+    n_expected = len(config["fit"]["estimators"]) * len(config["fit"]["train_sizes"]) * config["inputs"]["n"]
+    assert len(lds) == n_expected
+    values = np.array([[float(r["spearman"]), float(r["pearson"])] for r in lds])
+    assert np.isfinite(values).all() and (np.abs(values) <= 1).all()
+    # The largest fit of every estimator predicts held-out margins clearly better than chance.
+    for estimator in config["fit"]["estimators"]:
+        top = [float(r["spearman"]) for r in lds if r["estimator"] == estimator and r["n_train"] == "240"]
+        assert np.mean(top) > 0.3, estimator
+    summary = read_csv(study / STUDY / "summary.csv")
+    assert list(summary[0])[:4] == ["estimator", "target_lds", "ablations_needed", "reduction_vs_coar"]
+    assert {r["estimator"] for r in summary} == set(config["fit"]["estimators"])
+    for row in summary:
+        if row["ablations_needed"]:
+            assert 40 <= float(row["ablations_needed"]) <= 240
+    assert "| estimator |" in (study / STUDY / "summary.md").read_text()
+    for ext in ("png", "pdf"):
+        figure = study / STUDY / f"figures/lds_vs_ablations.{ext}"
+        assert figure.stat().st_size > 10_000
+    metrics = yaml.safe_load((study / STUDY / "model/metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.5 and metrics["n_components"] == 8 + 16 + 16 * 2 + 16
+    names = (study / STUDY / "model/components.tsv").read_text().splitlines()
+    assert names[0] == "index\tname\tmodule\tchannel" and names[1].split("\t")[1] == "conv1:0"
+    for rule in ("train_model", "plot_lds", "fit_estimator/ridge.n40"):
+        assert (study / f"logs/tiny/{rule}.log").exists()
+
+
+def test_second_run_has_nothing_to_do_and_figures_regenerate_alone(study):
+    assert "Nothing to be done" in snakemake(study, "--cores", "2").stdout
+    shutil.rmtree(study / STUDY / "figures")
+    dry = snakemake(study, "-n", "--quiet", "rules")
+    jobs = {line.split()[0] for line in dry.stdout.splitlines() if line.strip() and line.split()[-1].isdigit()}
+    assert jobs - {"job", "total"} == {"plot_lds", "all"}
+    snakemake(study, "--cores", "2")
+    assert (study / STUDY / "figures/lds_vs_ablations.png").exists()
+
+
+def test_report_holds_figure_and_tables(study):
+    snakemake(study, "--report", f"{STUDY}/report.html")
+    html = (study / STUDY / "report.html").read_text(errors="ignore")
+    for name in ("lds_vs_ablations.png", "summary.csv", "lds.csv"):
+        assert name in html
+
+
+def _sampling_targets() -> list[str]:
+    return [f"{STUDY}/ablations/{split}.summary.json" for split in ("train", "heldout")]
+
+
+def test_interrupted_serial_sampling_resumes_to_the_parallel_arrays(study, tmp_path):
+    workdir = copy_repo(tmp_path / "serial")
+    # Same trained model (training itself depends on the thread count); sampling is what is compared.
+    shutil.copytree(study / STUDY / "model", workdir / STUDY / "model")
+    cmd = [sys.executable, "-m", "snakemake", "--configfile", "config/tiny.yaml", "--cores", "1", *_sampling_targets()]
+    log = open(tmp_path / "interrupted.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    logs = workdir / "logs/tiny/sample_ablation_shard"
+
+    def log_text() -> str:
+        log.flush()
+        return (tmp_path / "interrupted.log").read_text()[-5000:]
+
+    def started_after_a_finished_shard() -> bool:
+        # A shard's flag is final once Snakemake has moved on to the next job (one core: one job at a time).
+        flags = {f"{p.parent.name.split('.')[0]}.{p.stem}" for p in workdir.glob(f"{STUDY}/ablations/*.shards/*.json")}
+        started = {p.stem for p in logs.glob("*.log")} if logs.exists() else set()
+        return bool(flags) and bool(started - flags)
+
+    deadline = time.time() + 300
+    while not started_after_a_finished_shard():
+        if proc.poll() is not None or time.time() > deadline:
+            raise AssertionError("sampling ended before it could be interrupted:\n" + log_text())
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler pre-empting the whole job tree
+    proc.wait(timeout=120)
+    log.close()
+    done = {p: p.stat().st_mtime_ns for p in workdir.glob(f"{STUDY}/ablations/*.shards/*.json")}
+    assert 0 < len(done) < 6, "the interruption must fall between shards"
+
+    snakemake(workdir, "--unlock")
+    snakemake(workdir, "--cores", "1", "--rerun-incomplete", *_sampling_targets())
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # finished shards were not recomputed
+    assert len(list(workdir.glob(f"{STUDY}/ablations/*.shards/*.json"))) == 6
+    for split in ("train", "heldout"):
+        serial = read_rows(workdir / STUDY / f"ablations/{split}.zarr")
+        parallel = read_rows(study / STUDY / f"ablations/{split}.zarr")
+        for a, b in zip(serial, parallel, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["sampling"].update(colour="red"), "colour"),
+        (lambda c: c["sampling"].update(alpha="high"), "alpha"),
+        (lambda c: c["fit"]["estimators"].update(lasso_xl={}), "lasso_xl"),
+        (lambda c: c["fit"].update(train_sizes=[40, 5000]), "exceed sampling.train.n_masks"),
+    ],
+)
+def test_bad_config_fails_before_any_job_naming_the_field(tmp_path, edit, message):
+    workdir = copy_repo(tmp_path)
+    config = yaml.safe_load((workdir / "config/tiny.yaml").read_text())
+    edit(config)
+    (workdir / "config/tiny.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout
+    assert not (workdir / "results").exists()
