@@ -18,6 +18,7 @@ __all__ = [
     "bootstrap_curves",
     "summary_rows",
     "markdown_table",
+    "summary_markdown",
 ]
 
 LDS_COLUMNS = ("estimator", "n_train", "input", "spearman", "pearson")
@@ -194,3 +195,16 @@ def markdown_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) ->
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def summary_markdown(rows: Sequence[dict[str, object]], study: str, smallest: int, largest: int) -> str:
+    """The generated ``summary.md``: the ablations-needed table and how to read it."""
+    return (
+        f"# {study}: ablated forward passes needed per LDS target\n\n"
+        + markdown_table(rows, list(rows[0]))
+        + f"\nMasks needed are read off the mean LDS curve over inputs (interpolated in log masks) and "
+        f"count every training mask, the estimator's validation split included. A value of {smallest} "
+        f"(the smallest train size) means the target was already reached there: the true need is at most "
+        f"that. Empty cells: not reached with {largest} masks. `_low`/`_high` are percentile bootstrap "
+        f"bounds over test inputs; `reduction_vs_coar` is 1 - masks(estimator) / masks(coar).\n"
+    )

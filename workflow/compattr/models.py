@@ -104,12 +104,18 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def build_model(arch: dict, num_classes: int, in_channels: int) -> nn.Module:
-    """Build a model from its config entry (``{"name": "cifar_resnet", "widths": [...], "blocks": [...]}``)."""
+def build_model(arch: dict, num_classes: int, in_channels: int, seed: int | None = None) -> nn.Module:
+    """Build a model from its config entry (``{"name": "cifar_resnet", "widths": [...], "blocks": [...]}``).
+
+    With ``seed``, the initial weights depend on it alone (the global RNG is left as it was).
+    """
     name = arch["name"]
-    if name == "cifar_resnet":
+    if name != "cifar_resnet":
+        raise ValueError(f"unknown architecture {name!r}; known: 'cifar_resnet'")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
         return CifarResNet(arch["widths"], arch["blocks"], num_classes, in_channels)
-    raise ValueError(f"unknown architecture {name!r}; known: 'cifar_resnet'")
 
 
 def train_classifier(

@@ -2,7 +2,7 @@
 
 import csv
 
-from compattr.analysis import markdown_table, read_lds_csv, summary_rows
+from compattr.analysis import markdown_table, read_lds_csv, summary_markdown, summary_rows
 from compattr.io import start_log
 
 log = start_log(snakemake.log[0])
@@ -19,7 +19,7 @@ with open(snakemake.output.summary, "w", newline="") as fh:
     writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows({k: ("" if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows)
+sizes = sorted({int(n) for e in table.estimators for n in table.sizes[e]})
 with open(snakemake.output.markdown, "w") as fh:
-    fh.write(f"# {snakemake.params.study}: ablated forward passes needed per LDS target\n\n")
-    fh.write(markdown_table(rows, list(rows[0])))
+    fh.write(summary_markdown(rows, snakemake.params.study, sizes[0], sizes[-1]))
 log.info("summary:\n%s", markdown_table(rows, columns))

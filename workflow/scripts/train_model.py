@@ -14,7 +14,7 @@ device = resolve_device(snakemake.params.device)
 
 train, test = load_dataset(**data_cfg)
 log.info("dataset %s: %d train, %d test images", data_cfg["name"], len(train), len(test))
-model = build_model(model_cfg["arch"], train.num_classes, train.images.shape[1])
+model = build_model(model_cfg["arch"], train.num_classes, train.images.shape[1], seed=model_cfg["train"]["seed"])
 losses = train_classifier(model, train, device=device, **model_cfg["train"])
 model.cpu()
 metrics = {
