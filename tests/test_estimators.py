@@ -9,6 +9,7 @@ from sklearn.linear_model import Ridge
 from compattr.estimators import (
     ESTIMATORS,
     CoarRegressor,
+    LassoCVRegressor,
     ReluCollapseRegressor,
     RidgeCVRegressor,
     collapse_relu_network,
@@ -16,7 +17,7 @@ from compattr.estimators import (
 )
 from compattr.lds import lds_scores
 
-FAST = {"relu_collapse": {"max_epochs": 300, "lr": 3e-3}}
+FAST = {name: {"max_epochs": 300, "lr": 3e-3} for name in ("relu_collapse", "linear_collapse", "relu_net")}
 
 
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
@@ -58,7 +59,7 @@ def test_single_output_and_sklearn_contract(name):
     assert one.n_features_in_ == X.shape[1]
     many = clone(est).fit(X, Y)
     assert many.predict(X[:7]).shape == (7, Y.shape[1])
-    if name != "relu_collapse":  # each output's fit does not depend on the others
+    if name in ("coar", "ridge", "lasso"):  # convex fits: each output does not depend on the others
         np.testing.assert_allclose(many.coef_[0], one.coef_, rtol=1e-4, atol=1e-5)
 
 
@@ -116,3 +117,23 @@ def test_bad_parameters_and_data_are_rejected():
         make_estimator("nope")
     with pytest.raises(ValueError):
         RidgeCVRegressor().fit(X, np.full_like(Y, np.nan))
+
+
+def test_lasso_matches_scikit_learn_at_the_chosen_penalty():
+    from sklearn.linear_model import Lasso
+
+    X, Y, _, _ = planted_problem(400, noise=0.5, sparse=True)
+    model = LassoCVRegressor(tol=1e-10, max_iter=100_000).fit(X, Y)
+    assert (model.coef_ == 0).any()  # sparse solutions
+    for j in range(Y.shape[1]):
+        ref = Lasso(alpha=model.alpha_[j], tol=1e-12, max_iter=1_000_000).fit(X, Y[:, j])
+        np.testing.assert_allclose(model.coef_[j], ref.coef_, atol=1e-4)
+        assert model.intercept_[j] == pytest.approx(ref.intercept_, abs=1e-4)
+
+
+def test_lasso_recovers_a_sparse_truth_better_than_ridge_support():
+    X, Y, theta, _ = planted_problem(800, n_units=100, noise=0.5, sparse=True)
+    coef = LassoCVRegressor().fit(X, Y).coef_
+    support = theta != 0
+    assert np.abs(coef[~support]).mean() < 0.2 * np.abs(coef[support]).mean()
+    assert spearmanr(coef.ravel(), theta.ravel()).statistic > 0.6

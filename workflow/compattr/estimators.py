@@ -28,7 +28,12 @@ from torch import Tensor
 __all__ = [
     "CoarRegressor",
     "RidgeCVRegressor",
+    "LassoCVRegressor",
+    "lasso_fista",
     "ReluCollapseRegressor",
+    "LinearCollapseRegressor",
+    "ReluNetRegressor",
+    "predict_network",
     "ESTIMATORS",
     "make_estimator",
     "collapse_relu_network",
@@ -252,6 +257,122 @@ class RidgeCVRegressor(_ComponentModel):
         return self
 
 
+def lasso_fista(
+    gram: Tensor, xty: Tensor, penalty: Tensor, init: Tensor | None = None, *, max_iter: int = 10_000, tol: float = 1e-8
+) -> tuple[Tensor, int]:
+    """Batched lasso by FISTA on a shared Gram matrix.
+
+    Minimises ``w' G w / 2 - w' q + penalty_t |w|_1`` for every column ``t``,
+    i.e. scikit-learn's ``(1 / 2n) |y - X w|^2 + alpha |w|_1`` with ``G = X'X / n``
+    and ``q = X'y / n`` on centred data.
+
+    Parameters
+    ----------
+    gram : Tensor (C, C)
+    xty : Tensor (C, T)
+    penalty : Tensor (T,)
+    init : Tensor (C, T), optional
+        Warm start.
+    max_iter, tol
+        Stops when the largest coefficient change of a step is below ``tol``
+        times the largest coefficient (or ``tol`` when all are zero).
+
+    Returns
+    -------
+    W : Tensor (C, T)
+    n_iter : int
+    """
+    L = float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
+    W = torch.zeros_like(xty) if init is None else init.clone()
+    Z, t = W.clone(), 1.0
+    threshold = penalty / L
+    for it in range(1, max_iter + 1):
+        step = Z - (gram @ Z - xty) / L
+        W_next = torch.sign(step) * (step.abs() - threshold).clamp_min(0)
+        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        Z = W_next + ((t - 1) / t_next) * (W_next - W)
+        change = float((W_next - W).abs().max())
+        W, t = W_next, t_next
+        if change <= tol * max(float(W.abs().max()), 1.0):
+            return W, it
+    return W, max_iter
+
+
+class LassoCVRegressor(_ComponentModel):
+    """Lasso with the penalty chosen per input on a validation split, by batched FISTA.
+
+    Every input's penalty path runs at once on the shared Gram matrix of the
+    centred masks, from ``alpha_max`` (all coefficients zero) down to
+    ``alpha_max * min_ratio`` with warm starts; each input keeps the ratio with
+    the lowest validation MSE and is refitted on all rows at that ratio of its
+    own ``alpha_max``. The objective is scikit-learn's ``Lasso``.
+
+    Parameters
+    ----------
+    n_alphas : int, default=20
+    min_ratio : float, default=1e-3
+    max_iter : int, default=5000
+        FISTA steps per penalty.
+    tol : float, default=1e-6
+    validation_fraction : float, default=0.2
+    device : str, default="cpu"
+
+    Attributes
+    ----------
+    coef_, intercept_
+    alpha_ : ndarray of shape (n_inputs,)
+        Chosen penalty of each input, in scikit-learn's units for the refit.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_alphas: int = 20,
+        min_ratio: float = 1e-3,
+        max_iter: int = 5000,
+        tol: float = 1e-6,
+        validation_fraction: float = 0.2,
+        device: str = "cpu",
+    ) -> None:
+        self.n_alphas = n_alphas
+        self.min_ratio = min_ratio
+        self.max_iter = max_iter
+        self.tol = tol
+        self.validation_fraction = validation_fraction
+        self.device = device
+
+    @staticmethod
+    def _moments(X: Tensor, Y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        Xc, Yc = (X - X.mean(0)).double(), (Y - Y.mean(0)).double()
+        q = Xc.T @ Yc / len(X)
+        return Xc.T @ Xc / len(X), q, q.abs().amax(0).clamp_min(1e-12)
+
+    def fit(self, X: Any, Y: Any) -> LassoCVRegressor:
+        """Run every input's penalty path on the fit rows, choose on validation, refit on all rows."""
+        if self.n_alphas < 1 or not 0 < self.min_ratio <= 1:
+            raise ValueError("n_alphas must be positive and min_ratio in (0, 1]")
+        X, Y = self._prepare(X, Y)
+        Xf, Yf, Xv, Yv = self._split(X, Y)
+        ratios = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64)
+        gram, q, alpha_max = self._moments(Xf, Yf)
+        Xv_c, Yv_c = (Xv - Xf.mean(0)).double(), (Yv - Yf.mean(0)).double()
+        W = None
+        path, losses = [], []
+        for ratio in ratios:
+            W, _ = lasso_fista(gram, q, ratio * alpha_max, W, max_iter=self.max_iter, tol=self.tol)
+            path.append(W)
+            losses.append(((Xv_c @ W - Yv_c) ** 2).mean(0))
+        choice = torch.stack(losses).argmin(0)
+        init = torch.stack(path)[choice, :, torch.arange(len(choice))].T  # (C, T)
+        gram, q, alpha_max = self._moments(X, Y)
+        penalty = ratios.to(alpha_max.device)[choice] * alpha_max
+        W, self.n_iter_ = lasso_fista(gram, q, penalty, init, max_iter=self.max_iter, tol=self.tol)
+        coef = W.T
+        self.alpha_ = penalty.cpu().numpy()
+        self._set_linear(coef, Y.mean(0).double() - coef @ X.mean(0).double())
+        return self
+
+
 def collapse_relu_network(W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor]:
     """Drop the ReLU of ``W2 relu(W1 x + b1) + b2``: ``theta = W2 W1``, ``b = W2 b1 + b2``.
 
@@ -267,12 +388,14 @@ class ReluCollapseRegressor(_ComponentModel):
 
     Each input gets its own network ``phi(x) = W2 relu(W1 x + b1) + b2`` of width
     ``hidden``; all networks train together as one batched ensemble (the first
-    layer of every network is one matrix product with the shared masks) with Adam
-    on the mean squared error of standardised masks and outputs. The returned
-    linear model is the collapse ``theta = W2 W1``, ``b = W2 b1 + b2`` (see
-    :func:`collapse_relu_network`), mapped back to raw masks and outputs. Each
-    input keeps the collapse from the epoch whose collapsed model had the lowest
-    validation MSE; training stops when no input improved for ``patience`` epochs.
+    layer of every network is one matrix product with the shared masks) with
+    Adam(W) on the mean squared error of standardised masks (and, by default,
+    standardised outputs). The returned linear model is the collapse
+    ``theta = W2 W1``, ``b = W2 b1 + b2`` (see :func:`collapse_relu_network`),
+    mapped back to raw masks and outputs. Each input keeps the epoch with the
+    lowest validation MSE, of the collapsed model (``early_stopping="collapse"``)
+    or of the network itself (``"network"``); training stops when no input
+    improved for ``patience`` epochs.
 
     Parameters
     ----------
@@ -288,6 +411,13 @@ class ReluCollapseRegressor(_ComponentModel):
     batch_size : int, default=256
         Masks per step (all of them when fewer).
     patience : int, default=20
+    early_stopping : {"auto", "collapse", "network"}, default="auto"
+        Whose validation MSE picks each input's epoch; "auto" is the predictor
+        the estimator returns (the collapse here, the network for :class:`ReluNetRegressor`).
+    fit_bias : bool, default=True
+        Train ``b1`` and ``b2``; when False they stay zero (outputs are centred).
+    standardize_targets : bool, default=True
+        Train on z-scored outputs (else on centred raw outputs).
     validation_fraction : float, default=0.2
     random_state : int, default=0
         Seed of the initialisation and of the batch order.
@@ -297,8 +427,13 @@ class ReluCollapseRegressor(_ComponentModel):
     ----------
     coef_, intercept_
     n_iter_ : ndarray of shape (n_inputs,)
-        Epoch whose collapse each input kept.
+        Epoch each input kept.
+    validation_mse_ : ndarray of shape (n_inputs,)
+        Validation MSE of each input's kept predictor, in output units.
     """
+
+    _activation = "relu"
+    _predictor = "collapse"
 
     def __init__(
         self,
@@ -310,6 +445,9 @@ class ReluCollapseRegressor(_ComponentModel):
         max_epochs: int = 200,
         batch_size: int = 256,
         patience: int = 20,
+        early_stopping: str = "auto",
+        fit_bias: bool = True,
+        standardize_targets: bool = True,
         validation_fraction: float = 0.2,
         random_state: int = 0,
         device: str = "cpu",
@@ -321,6 +459,9 @@ class ReluCollapseRegressor(_ComponentModel):
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.patience = patience
+        self.early_stopping = early_stopping
+        self.fit_bias = fit_bias
+        self.standardize_targets = standardize_targets
         self.validation_fraction = validation_fraction
         self.random_state = random_state
         self.device = device
@@ -330,67 +471,142 @@ class ReluCollapseRegressor(_ComponentModel):
         bound1, bound2 = self.init_scale / math.sqrt(C), self.init_scale / math.sqrt(d)
 
         def uniform(*shape: int, bound: float) -> Tensor:
-            return ((torch.rand(*shape, generator=generator) * 2 - 1) * bound).to(self.device).requires_grad_()
+            values = (torch.rand(*shape, generator=generator) * 2 - 1) * bound
+            return values.to(self.device).requires_grad_()
 
-        return [
+        params = [
             uniform(T, d, C, bound=bound1),
             uniform(T, d, bound=bound1),
             uniform(T, d, bound=bound2),
             uniform(T, bound=bound2),
         ]
+        if not self.fit_bias:
+            for bias in params[1::2]:
+                bias.detach_().zero_()
+        return params
+
+    def _network(self, A: Tensor, params: list[Tensor]) -> Tensor:
+        """Outputs (n, T) of every network on standardised masks ``A`` (n, C)."""
+        W1, b1, W2, b2 = params
+        T, d, C = W1.shape
+        hidden = (A @ W1.reshape(T * d, C).T).reshape(-1, T, d) + b1
+        if self._activation == "relu":
+            hidden = torch.relu(hidden)
+        return (hidden * W2).sum(-1) + b2
 
     def fit(self, X: Any, Y: Any) -> ReluCollapseRegressor:
-        """Train every input's network on the shared masks and keep its best collapse."""
+        """Train every input's network on the shared masks and keep its best epoch."""
         if self.hidden < 1 or self.max_epochs < 1 or self.batch_size < 1:
             raise ValueError("hidden, max_epochs and batch_size must be positive")
+        if self.early_stopping not in ("auto", "collapse", "network"):
+            raise ValueError(f"early_stopping must be 'auto', 'collapse' or 'network', got {self.early_stopping!r}")
         X, Y = self._prepare(X, Y)
         Xf, Yf, Xv, Yv = self._split(X, Y)
         xs, ys = _Standardizer(Xf), _Standardizer(Yf)
+        if not self.standardize_targets:
+            ys.std = torch.ones_like(ys.std)
         A, B, Av, Bv = xs(Xf), ys(Yf), xs(Xv), ys(Yv)
-        (n, C), T, d = A.shape, B.shape[1], self.hidden
+        (n, C), T = A.shape, B.shape[1]
         generator = torch.Generator().manual_seed(self.random_state)
         params = self._init_params(T, C, generator)
-        W1, b1, W2, b2 = params
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        trained = params if self.fit_bias else params[0::2]
+        optimizer = torch.optim.AdamW(trained, lr=self.lr, weight_decay=self.weight_decay)
+        on_network = (self.early_stopping if self.early_stopping != "auto" else self._predictor) == "network"
+
+        def validation_loss() -> Tensor:
+            pred = self._network(Av, params) if on_network else Av @ collapse.T + bias
+            return ((pred - Bv) ** 2).mean(0)
+
         with torch.no_grad():
-            theta, bias = collapse_relu_network(W1, b1, W2, b2)
-            best_theta, best_bias = theta.clone(), bias.clone()
-            best_loss = ((Av @ theta.T + bias - Bv) ** 2).mean(0)
+            collapse, bias = collapse_relu_network(*params)
+            best_loss = validation_loss()
+            best = [p.detach().clone() for p in params]
         best_epoch = torch.zeros(T, dtype=torch.long)
         stale = 0
         for epoch in range(1, self.max_epochs + 1):
             order = torch.randperm(n, generator=generator).to(self.device)
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
-                hidden = torch.relu((A[idx] @ W1.reshape(T * d, C).T).reshape(-1, T, d) + b1)
-                pred = (hidden * W2).sum(-1) + b2
-                loss = ((pred - B[idx]) ** 2).mean(0).sum()
+                loss = ((self._network(A[idx], params) - B[idx]) ** 2).mean(0).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
             with torch.no_grad():
-                theta, bias = collapse_relu_network(W1, b1, W2, b2)
-                val = ((Av @ theta.T + bias - Bv) ** 2).mean(0)
+                collapse, bias = collapse_relu_network(*params)
+                val = validation_loss()
                 better = val < best_loss
-                if better.any():
-                    best_loss = torch.where(better, val, best_loss)
-                    best_theta[better], best_bias[better] = theta[better], bias[better]
-                    best_epoch[better.cpu()] = epoch
-                    stale = 0
-                else:
+                if not better.any():
                     stale += 1
                     if stale >= self.patience:
                         break
+                    continue
+                stale = 0
+                best_loss = torch.where(better, val, best_loss)
+                for kept, current in zip(best, params, strict=True):
+                    kept[better] = current[better]
+                best_epoch[better.cpu()] = epoch
         self.n_iter_ = best_epoch.numpy()
-        coef, intercept = _unstandardize(best_theta, best_bias, xs, ys)
+        self.validation_mse_ = (best_loss * ys.std**2).cpu().numpy()
+        coef, intercept = _unstandardize(*collapse_relu_network(*best), xs, ys)
         self._set_linear(coef, intercept)
+        if self._predictor == "network":
+            self.network_ = {
+                "W1": best[0],
+                "b1": best[1],
+                "W2": best[2],
+                "b2": best[3],
+                "x_mean": xs.mean,
+                "x_std": xs.std,
+                "y_mean": ys.mean,
+                "y_std": ys.std,
+            }
+            self.network_ = {k: v.detach().cpu().numpy() for k, v in self.network_.items()}
         return self
+
+
+class LinearCollapseRegressor(ReluCollapseRegressor):
+    """Control: the same 2-layer network and training as ReLU-collapse, with no ReLU.
+
+    The network is then linear, and its collapse is exactly the network; any
+    difference from :class:`ReluCollapseRegressor` is due to the ReLU.
+    """
+
+    _activation = "identity"
+
+
+class ReluNetRegressor(ReluCollapseRegressor):
+    """Control: the uncollapsed 2-layer ReLU network used directly as the predictor.
+
+    Trained as :class:`ReluCollapseRegressor`, stopped early on the network's own
+    validation MSE (``early_stopping="auto"``); ``predict`` runs the network. ``coef_`` and
+    ``intercept_`` hold the network's collapse, for inspection only.
+    """
+
+    _predictor = "network"
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Network outputs, (n_masks,) or (n_masks, n_inputs) as ``Y`` was at fit."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        out = predict_network(self.network_, X)
+        return out[:, 0] if self._single_output else out
+
+
+def predict_network(network: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
+    """Outputs (n_masks, n_inputs) of saved 2-layer ReLU networks (``ReluNetRegressor.network_``)."""
+    A = (np.asarray(masks, dtype=np.float32) - network["x_mean"]) / network["x_std"]
+    T, d, C = network["W1"].shape
+    hidden = np.maximum((A @ network["W1"].reshape(T * d, C).T).reshape(-1, T, d) + network["b1"], 0)
+    return ((hidden * network["W2"]).sum(-1) + network["b2"]) * network["y_std"] + network["y_mean"]
 
 
 ESTIMATORS: dict[str, type[_ComponentModel]] = {
     "coar": CoarRegressor,
     "ridge": RidgeCVRegressor,
+    "lasso": LassoCVRegressor,
     "relu_collapse": ReluCollapseRegressor,
+    "linear_collapse": LinearCollapseRegressor,
+    "relu_net": ReluNetRegressor,
 }
 
 
