@@ -1,11 +1,17 @@
 # compattr: component attribution study, from model to figures.
 # Run: snakemake --cores all [--configfile config/<file>.yaml]
+import re
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default study, unless the command line names its own config (a --configfile is then the whole
+# config, not an overlay on the default one).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -15,8 +21,9 @@ include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
-    split="|".join(SPLITS),
-    estimator="|".join(ESTIMATORS),
+    split=r"train|heldout|ood_[0-9.e-]+",
+    estimator="|".join(METHODS),
+    setting="|".join(map(re.escape, SWEEP["settings"])) or "none",
     n=r"\d+",
     shard=r"\d+",
 
@@ -25,6 +32,7 @@ include: "workflow/rules/model.smk"
 include: "workflow/rules/sampling.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/score.smk"
+include: "workflow/rules/sweep.smk"
 
 
 rule all:

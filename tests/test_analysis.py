@@ -8,6 +8,7 @@ from compattr.analysis import (
     bootstrap_curves,
     markdown_table,
     read_lds_csv,
+    read_ood_csv,
     summary_rows,
     write_lds_csv,
 )
@@ -56,9 +57,31 @@ def test_lds_csv_round_trip_and_summary(tmp_path):
     assert by["fast"]["ablations_low"] <= by["fast"]["ablations_needed"] <= by["fast"]["ablations_high"]
     text = markdown_table(summary, ["estimator", "ablations_needed"])
     assert text.splitlines()[0] == "| estimator | ablations_needed |" and "fast" in text
+    assert by["fast"]["reduction_vs_best_linear"] != by["fast"]["reduction_vs_best_linear"]  # no linear: NaN
 
 
 def test_read_lds_csv_rejects_other_columns(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="expected columns"):
         read_lds_csv(tmp_path / "x.csv")
+
+
+def test_best_linear_reference_is_the_cheapest_linear_estimator(tmp_path):
+    rows = []
+    for estimator, base in [("coar", 0.1), ("ridge", 0.3), ("lasso", 0.2), ("new", 0.35)]:
+        for n, step in [(100, 0.0), (200, 0.2), (400, 0.4)]:
+            rows += [(estimator, n, i, base + step + 0.001 * i, 0.0) for i in range(4)]
+    write_lds_csv(tmp_path / "lds.csv", rows)
+    summary = summary_rows(read_lds_csv(tmp_path / "lds.csv"), [0.5], n_bootstrap=50, ci=0.9, seed=0)
+    by = {r["estimator"]: r for r in summary}
+    assert by["ridge"]["reduction_vs_best_linear"] == 0  # ridge needs fewer masks than lasso
+    expected = 1 - by["new"]["ablations_needed"] / by["ridge"]["ablations_needed"]
+    assert by["new"]["reduction_vs_best_linear"] == pytest.approx(expected)
+
+
+def test_ood_table_round_trip(tmp_path):
+    rows = [("coar", 100, i, 0.1 * i, 0.2, alpha) for alpha in (0.025, 0.1) for i in range(3)]
+    write_lds_csv(tmp_path / "ood.csv", rows, alpha=True)
+    tables = read_ood_csv(tmp_path / "ood.csv")
+    assert list(tables) == [0.025, 0.1]
+    np.testing.assert_allclose(tables[0.1].spearman["coar"], [[0.0, 0.1, 0.2]])

@@ -32,7 +32,7 @@ def copy_repo(dest: Path) -> Path:
 
 def snakemake(workdir: Path, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """Run Snakemake in ``workdir`` on the tiny config; its log (stdout and stderr) is in ``.stdout``."""
-    cmd = [sys.executable, "-m", "snakemake", "--configfile", "config/tiny.yaml", *args]
+    cmd = [sys.executable, "-m", "snakemake", *args, "--configfile", "config/tiny.yaml"]
     result = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-6000:]}")
@@ -56,21 +56,32 @@ def test_study_writes_sane_tables_and_figures(study):
     config = yaml.safe_load((study / "config/tiny.yaml").read_text())
     lds = read_csv(study / STUDY / "lds.csv")
     assert list(lds[0]) == ["estimator", "n_train", "input", "spearman", "pearson"]
-    n_expected = len(config["fit"]["estimators"]) * len(config["fit"]["train_sizes"]) * config["inputs"]["n"]
-    assert len(lds) == n_expected
+    n_inputs, n_sizes = config["inputs"]["n"], len(config["fit"]["train_sizes"])
+    baselines = config["fit"]["baselines"]
+    assert len(lds) == (len(config["fit"]["estimators"]) * n_sizes + len(baselines)) * n_inputs
     values = np.array([[float(r["spearman"]), float(r["pearson"])] for r in lds])
     assert np.isfinite(values).all() and (np.abs(values) <= 1).all()
     # The largest fit of every estimator predicts held-out margins clearly better than chance.
     for estimator in config["fit"]["estimators"]:
         top = [float(r["spearman"]) for r in lds if r["estimator"] == estimator and r["n_train"] == "240"]
         assert np.mean(top) > 0.3, estimator
+    passes = {r["estimator"]: int(r["n_train"]) for r in lds if r["estimator"] in baselines}
+    assert passes == {"attribution_patching": 0, "loo": 8 + 16 + 16 * 2 + 16}
+    ood = read_csv(study / STUDY / "lds_ood.csv")
+    assert list(ood[0]) == ["estimator", "alpha", "n_train", "input", "spearman", "pearson"]
+    assert {float(r["alpha"]) for r in ood} == set(config["sampling"]["ood"]["alphas"])
+    assert len(ood) == len(lds) * len(config["sampling"]["ood"]["alphas"])
     summary = read_csv(study / STUDY / "summary.csv")
     assert list(summary[0])[:4] == ["estimator", "target_lds", "ablations_needed", "reduction_vs_coar"]
-    assert {r["estimator"] for r in summary} == set(config["fit"]["estimators"])
+    assert {r["estimator"] for r in summary} == set(config["fit"]["estimators"]) | set(baselines)
     for row in summary:
-        if row["ablations_needed"]:
+        if row["ablations_needed"] and row["estimator"] not in baselines:
             assert 40 <= float(row["ablations_needed"]) <= 240
-    assert "| estimator |" in (study / STUDY / "summary.md").read_text()
+        if row["estimator"] == "coar" and row["ablations_needed"]:
+            assert float(row["reduction_vs_coar"]) == 0
+    markdown = (study / STUDY / "summary.md").read_text()
+    assert "| estimator | masks needed | vs coar | vs best tuned linear |" in markdown
+    assert "Attribution patching against leave-one-out" in markdown
     for ext in ("png", "pdf"):
         figure = study / STUDY / f"figures/lds_vs_ablations.{ext}"
         assert figure.stat().st_size > 10_000
@@ -99,6 +110,20 @@ def test_report_holds_figure_and_tables(study):
         assert name in html
 
 
+def test_sweep_selects_settings_on_validation(study):
+    config = yaml.safe_load((study / "config/tiny.yaml").read_text())
+    snakemake(study, "sweep", "--cores", "2")
+    rows = read_csv(study / STUDY / "sweep/selection.csv")
+    settings = set(config["sweep"]["settings"])
+    assert {r["setting"] for r in rows} == settings
+    for n in config["fit"]["train_sizes"]:
+        at_n = [r for r in rows if int(r["n_train"]) == n]
+        chosen = [r for r in at_n if r["selected"] == "True"]
+        assert len(chosen) == 1
+        assert float(chosen[0]["validation_mse"]) == min(float(r["validation_mse"]) for r in at_n)
+    assert (study / STUDY / "sweep/lds_vs_ablations.png").stat().st_size > 10_000
+
+
 def _sampling_targets() -> list[str]:
     return [f"{STUDY}/ablations/{split}.summary.json" for split in ("train", "heldout")]
 
@@ -107,7 +132,7 @@ def test_interrupted_serial_sampling_resumes_to_the_parallel_arrays(study, tmp_p
     workdir = copy_repo(tmp_path / "serial")
     # Same trained model (training itself depends on the thread count); sampling is what is compared.
     shutil.copytree(study / STUDY / "model", workdir / STUDY / "model")
-    cmd = [sys.executable, "-m", "snakemake", "--configfile", "config/tiny.yaml", "--cores", "1", *_sampling_targets()]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", *_sampling_targets(), "--configfile", "config/tiny.yaml"]
     log = open(tmp_path / "interrupted.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     logs = workdir / "logs/tiny/sample_ablation_shard"
@@ -151,6 +176,7 @@ def test_interrupted_serial_sampling_resumes_to_the_parallel_arrays(study, tmp_p
         (lambda c: c["sampling"].update(alpha="high"), "alpha"),
         (lambda c: c["fit"]["estimators"].update(lasso_xl={}), "lasso_xl"),
         (lambda c: c["fit"].update(train_sizes=[40, 5000]), "exceed sampling.train.n_masks"),
+        (lambda c: c["sweep"].update(estimator="coar_xl"), "sweep.estimator"),
     ],
 )
 def test_bad_config_fails_before_any_job_naming_the_field(tmp_path, edit, message):

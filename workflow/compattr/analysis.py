@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -10,18 +11,25 @@ from pathlib import Path
 
 import numpy as np
 
+from compattr.lds import columnwise_pearson
+
 __all__ = [
     "LdsTable",
     "read_lds_csv",
+    "read_ood_csv",
+    "concat_csv",
     "write_lds_csv",
     "ablations_needed",
     "bootstrap_curves",
     "summary_rows",
+    "coefficient_agreement",
+    "select_by_validation",
     "markdown_table",
     "summary_markdown",
 ]
 
 LDS_COLUMNS = ("estimator", "n_train", "input", "spearman", "pearson")
+OOD_COLUMNS = ("estimator", "alpha", "n_train", "input", "spearman", "pearson")
 
 
 @dataclass
@@ -42,30 +50,69 @@ class LdsTable:
         return list(self.sizes)
 
 
-def write_lds_csv(path: str | Path, rows: Iterable[Sequence]) -> None:
-    """Write rows ``(estimator, n_train, input, spearman, pearson)`` as the tidy LDS table."""
+def write_lds_csv(path: str | Path, rows: Iterable[Sequence], alpha: bool = False) -> None:
+    """Write rows ``(estimator, n_train, input, spearman, pearson[, alpha])`` as a tidy LDS table.
+
+    With ``alpha``, rows carry the ablation rate of their held-out split last and
+    the table has the columns ``estimator,alpha,n_train,input,spearman,pearson``.
+    """
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(LDS_COLUMNS)
-        for estimator, n, i, s, p in rows:
-            writer.writerow([estimator, int(n), int(i), f"{s:.6f}", f"{p:.6f}"])
+        writer.writerow(OOD_COLUMNS if alpha else LDS_COLUMNS)
+        for row in rows:
+            estimator, n, i, s, p = row[:5]
+            cells = [estimator, int(n), int(i), f"{s:.6f}", f"{p:.6f}"]
+            writer.writerow(cells[:1] + [row[5]] + cells[1:] if alpha else cells)
 
 
 def read_lds_csv(paths: str | Path | Sequence[str | Path]) -> LdsTable:
-    """Read one or more tidy LDS tables into an :class:`LdsTable`."""
+    """Read one or more tidy LDS tables (``estimator,n_train,input,spearman,pearson``) into an :class:`LdsTable`."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    cells: dict[str, dict[int, dict[int, tuple[float, float]]]] = defaultdict(lambda: defaultdict(dict))
+    rows = []
     for path in paths:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            if tuple(reader.fieldnames or ()) != LDS_COLUMNS:
-                raise ValueError(f"{path}: expected columns {LDS_COLUMNS}, got {reader.fieldnames}")
-            for row in reader:
-                cells[row["estimator"]][int(row["n_train"])][int(row["input"])] = (
-                    float(row["spearman"]),
-                    float(row["pearson"]),
-                )
+        rows += _read_rows(path, LDS_COLUMNS)
+    return _table(rows)
+
+
+def read_ood_csv(path: str | Path) -> dict[float, LdsTable]:
+    """Read an out-of-distribution LDS table into one :class:`LdsTable` per ablation rate."""
+    by_alpha: dict[float, list[dict[str, str]]] = defaultdict(list)
+    for row in _read_rows(path, OOD_COLUMNS):
+        by_alpha[float(row["alpha"])].append(row)
+    return {alpha: _table(rows) for alpha, rows in sorted(by_alpha.items())}
+
+
+def concat_csv(paths: Sequence[str | Path], out: str | Path) -> None:
+    """Concatenate CSV files that share one header line."""
+    header = None
+    with open(out, "w") as dest:
+        for path in paths:
+            with open(path) as fh:
+                first = fh.readline()
+                if header is None:
+                    header = first
+                    dest.write(first)
+                elif first != header:
+                    raise ValueError(f"{path}: header {first.strip()!r} differs from {header.strip()!r}")
+                dest.writelines(fh)
+
+
+def _read_rows(path: str | Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if tuple(reader.fieldnames or ()) != columns:
+            raise ValueError(f"{path}: expected columns {columns}, got {reader.fieldnames}")
+        return list(reader)
+
+
+def _table(rows: Iterable[dict[str, str]]) -> LdsTable:
+    cells: dict[str, dict[int, dict[int, tuple[float, float]]]] = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        cells[row["estimator"]][int(row["n_train"])][int(row["input"])] = (
+            float(row["spearman"]),
+            float(row["pearson"]),
+        )
     table = LdsTable({}, {}, {})
     for estimator, by_size in cells.items():
         sizes = np.array(sorted(by_size))
@@ -121,21 +168,33 @@ def bootstrap_curves(
 
 
 def summary_rows(
-    table: LdsTable, targets: Sequence[float], n_bootstrap: int, ci: float, seed: int, reference: str = "coar"
+    table: LdsTable,
+    targets: Sequence[float],
+    n_bootstrap: int,
+    ci: float,
+    seed: int,
+    reference: str = "coar",
+    linear: Sequence[str] = ("ridge", "lasso"),
 ) -> list[dict[str, object]]:
-    """Ablations needed per estimator and LDS target, with bootstrap intervals and the reduction vs ``reference``.
+    """Ablations needed per estimator and LDS target, with bootstrap intervals and reductions.
 
-    The same bootstrap resamples of inputs are used for every estimator, so the
-    interval of the reduction accounts for their shared inputs. An interval
-    bound is NaN when fewer than half of the resamples reach the target; the
-    reduction's interval uses the resamples in which both estimators reach it.
+    Reductions are ``1 - masks(estimator) / masks(other)`` against ``reference``
+    and against the best of the tuned ``linear`` estimators present (the one
+    needing the fewest masks; within each bootstrap resample the best is chosen
+    again). The same resamples of inputs serve every estimator, so intervals of
+    reductions account for the shared inputs. An interval bound is NaN when fewer
+    than half of the resamples reach the target; a reduction's interval uses the
+    resamples in which both sides reach it.
     """
     rng = np.random.default_rng(seed)
     inputs = {e: table.spearman[e].shape[1] for e in table.estimators}
     if len(set(inputs.values())) != 1:
         raise ValueError(f"estimators were scored on different numbers of inputs: {inputs}")
-    idx = rng.integers(0, next(iter(inputs.values())), size=(n_bootstrap, next(iter(inputs.values()))))
+    n_inputs = next(iter(inputs.values()))
+    idx = rng.integers(0, n_inputs, size=(n_bootstrap, n_inputs))
     tail = (1 - ci) / 2
+    linear = [e for e in linear if e in table.sizes]
+    missing = np.full(n_bootstrap, np.nan)
     rows = []
     for target in targets:
         needed, boot = {}, {}
@@ -143,22 +202,42 @@ def summary_rows(
             sizes, scores = table.sizes[e], table.spearman[e]
             needed[e] = ablations_needed(sizes, scores.mean(1), target)
             boot[e] = np.array([ablations_needed(sizes, c, target) for c in scores[:, idx].mean(-1).T])
+        best_needed, best_boot = np.nan, missing
+        if linear:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: no linear estimator reached it
+                best_needed = float(np.nanmin([needed[e] for e in linear]))
+                best_boot = np.nanmin(np.stack([boot[e] for e in linear]), axis=0)
         for e in table.estimators:
-            reduction = _reduction(needed[e], needed.get(reference, np.nan))
-            boot_red = _reduction(boot[e], boot.get(reference, np.full(n_bootstrap, np.nan)))
-            rows.append(
-                {
-                    "estimator": e,
-                    "target_lds": target,
-                    "ablations_needed": needed[e],
-                    "reduction_vs_coar": reduction,
-                    "ablations_low": _quantile(boot[e], tail, True),
-                    "ablations_high": _quantile(boot[e], 1 - tail, True),
-                    "reduction_low": _quantile(boot_red, tail, False),
-                    "reduction_high": _quantile(boot_red, 1 - tail, False),
-                }
-            )
+            row: dict[str, object] = {"estimator": e, "target_lds": target, "ablations_needed": needed[e]}
+            row["reduction_vs_coar"] = _reduction(needed[e], needed.get(reference, np.nan))
+            row["reduction_vs_best_linear"] = _reduction(needed[e], best_needed)
+            row["ablations_low"] = _quantile(boot[e], tail, True)
+            row["ablations_high"] = _quantile(boot[e], 1 - tail, True)
+            for name, other in (("coar", boot.get(reference, missing)), ("best_linear", best_boot)):
+                reductions = _reduction(boot[e], other)
+                row[f"reduction_vs_{name}_low"] = _quantile(reductions, tail, False)
+                row[f"reduction_vs_{name}_high"] = _quantile(reductions, 1 - tail, False)
+            rows.append(row)
     return rows
+
+
+def select_by_validation(validation_mse: dict[tuple[str, int], float]) -> dict[int, str]:
+    """Per train size, the setting with the lowest mean validation MSE.
+
+    ``validation_mse`` maps ``(setting, n_train)`` to the mean over inputs of each
+    input's validation MSE (the estimator's own validation split).
+    """
+    best: dict[int, tuple[float, str]] = {}
+    for (setting, n), mse in validation_mse.items():
+        if n not in best or mse < best[n][0]:
+            best[n] = (mse, setting)
+    return {n: setting for n, (_, setting) in sorted(best.items())}
+
+
+def coefficient_agreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-input Pearson correlation between two attributions ``(n_inputs, n_components)``."""
+    return columnwise_pearson(np.asarray(a).T, np.asarray(b).T)
 
 
 def _reduction(needed: np.ndarray | float, reference: np.ndarray | float) -> np.ndarray | float:
@@ -197,14 +276,48 @@ def markdown_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) ->
     return "\n".join(lines) + "\n"
 
 
-def summary_markdown(rows: Sequence[dict[str, object]], study: str, smallest: int, largest: int) -> str:
-    """The generated ``summary.md``: the ablations-needed table and how to read it."""
-    return (
-        f"# {study}: ablated forward passes needed per LDS target\n\n"
-        + markdown_table(rows, list(rows[0]))
-        + f"\nMasks needed are read off the mean LDS curve over inputs (interpolated in log masks) and "
-        f"count every training mask, the estimator's validation split included. A value of {smallest} "
-        f"(the smallest train size) means the target was already reached there: the true need is at most "
-        f"that. Empty cells: not reached with {largest} masks. `_low`/`_high` are percentile bootstrap "
-        f"bounds over test inputs; `reduction_vs_coar` is 1 - masks(estimator) / masks(coar).\n"
-    )
+def summary_markdown(
+    rows: Sequence[dict[str, object]], study: str, smallest: int, largest: int, notes: Sequence[str] = ()
+) -> str:
+    """The generated ``summary.md``: per LDS target, masks needed and reductions with their intervals."""
+
+    def interval(row: dict[str, object], key: str, percent: bool) -> str:
+        value, low, high = (float(row[k]) for k in (key, f"{key}_low", f"{key}_high"))  # type: ignore[arg-type]
+        if np.isnan(value):
+            return "not reached"
+        fmt = (lambda v: f"{v:+.0%}") if percent else (lambda v: f"{v:.0f}")
+        bounds = "" if np.isnan(low) or np.isnan(high) else f" [{fmt(low)}, {fmt(high)}]"
+        return fmt(value) + bounds
+
+    lines = [f"# {study}: ablated forward passes needed per LDS target", ""]
+    for target in dict.fromkeys(r["target_lds"] for r in rows):
+        lines += [
+            f"## LDS {target}",
+            "",
+            "| estimator | masks needed | vs coar | vs best tuned linear |",
+            "|---|---|---|---|",
+        ]
+        for r in (r for r in rows if r["target_lds"] == target):
+            ablations = interval(
+                {**r, "ablations_needed_low": r["ablations_low"], "ablations_needed_high": r["ablations_high"]},
+                "ablations_needed",
+                False,
+            )
+            lines.append(
+                f"| {r['estimator']} | {ablations} | {interval(r, 'reduction_vs_coar', True)} | "
+                f"{interval(r, 'reduction_vs_best_linear', True)} |"
+            )
+        lines.append("")
+    lines += [
+        "Masks needed are read off the mean LDS curve over test inputs (interpolated in log masks) and count "
+        "every training mask, the estimator's validation split included; brackets are 95% percentile bootstrap "
+        "intervals over test inputs. Reductions are 1 - masks(estimator) / masks(other): positive means fewer "
+        "ablated forward passes. 'Best tuned linear' is, per target and per bootstrap resample, whichever of "
+        f"the tuned linear estimators needs fewest masks. A value of {smallest} (the smallest train size) means "
+        f"the target was already reached there (the need is at most that); 'not reached': not with {largest} "
+        "masks. Baselines count their ablated forward passes: 0 for attribution patching, one per component "
+        "for leave-one-out.",
+        "",
+        *notes,
+    ]
+    return "\n".join(lines).rstrip() + "\n"

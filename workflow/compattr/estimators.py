@@ -311,9 +311,10 @@ class LassoCVRegressor(_ComponentModel):
     ----------
     n_alphas : int, default=20
     min_ratio : float, default=1e-3
-    max_iter : int, default=5000
+    max_iter : int, default=1000
         FISTA steps per penalty.
-    tol : float, default=1e-6
+    tol : float, default=1e-4
+        Relative coefficient change at which FISTA stops.
     validation_fraction : float, default=0.2
     device : str, default="cpu"
 
@@ -329,8 +330,8 @@ class LassoCVRegressor(_ComponentModel):
         *,
         n_alphas: int = 20,
         min_ratio: float = 1e-3,
-        max_iter: int = 5000,
-        tol: float = 1e-6,
+        max_iter: int = 1000,
+        tol: float = 1e-4,
         validation_fraction: float = 0.2,
         device: str = "cpu",
     ) -> None:

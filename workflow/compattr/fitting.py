@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,33 @@ import numpy as np
 import torch
 import zarr
 
-from compattr.estimators import make_estimator
+from compattr.estimators import make_estimator, predict_network
 from compattr.lds import lds_scores
 from compattr.sampling import read_rows
 
-__all__ = ["fit_on_store", "save_fit", "load_fit", "score_fit"]
+__all__ = ["SavedFit", "fit_on_store", "save_fit", "save_linear_fit", "load_fit", "score_fit"]
+
+
+@dataclass
+class SavedFit:
+    """A component model read back from its Zarr group.
+
+    ``coef`` (input x component) and ``intercept`` (input) always; ``network``
+    (the arrays of :func:`compattr.estimators.predict_network`) for estimators
+    whose predictor is a network.
+    """
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    attrs: dict[str, Any]
+    network: dict[str, np.ndarray] | None = None
+    diagnostics: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def predict(self, masks: np.ndarray) -> np.ndarray:
+        """Predicted outputs (n_masks, n_inputs) for bool or 0/1 masks (n_masks, n_components)."""
+        if self.network is not None:
+            return predict_network(self.network, masks)
+        return np.asarray(masks, dtype=np.float32) @ self.coef.T + self.intercept
 
 
 def fit_on_store(
@@ -28,38 +51,51 @@ def fit_on_store(
     return model, time.perf_counter() - start
 
 
-def save_fit(path: str | Path, model: Any, attributes: dict[str, Any]) -> None:
-    """Write a fitted model's ``coef_`` (input x component) and ``intercept_`` (input) as a Zarr group.
-
-    Per-input diagnostics the estimator exposes (``alpha_``, ``n_iter_``) are kept too.
-    """
-    coef = np.atleast_2d(model.coef_).astype(np.float32)
+def save_linear_fit(
+    path: str | Path, coef: np.ndarray, intercept: np.ndarray, attributes: dict[str, Any]
+) -> zarr.Group:
+    """Write a linear component model: ``coef`` (input x component) and ``intercept`` (input)."""
     group = zarr.open_group(str(path), mode="w", attributes=attributes)
-    group.create_array("coef", data=coef, dimension_names=("input", "component"))
-    group.create_array("intercept", data=np.atleast_1d(model.intercept_).astype(np.float32), dimension_names=("input",))
-    for name in ("alpha_", "n_iter_"):
+    group.create_array("coef", data=np.atleast_2d(coef).astype(np.float32), dimension_names=("input", "component"))
+    group.create_array("intercept", data=np.atleast_1d(intercept).astype(np.float32), dimension_names=("input",))
+    return group
+
+
+def save_fit(path: str | Path, model: Any, attributes: dict[str, Any]) -> None:
+    """Write a fitted estimator: its linear model, its network if it predicts with one, and diagnostics.
+
+    Per-input diagnostics the estimator exposes (``alpha_``, ``n_iter_``,
+    ``validation_mse_``) are kept as arrays over inputs.
+    """
+    group = save_linear_fit(path, model.coef_, model.intercept_, attributes)
+    for name in ("alpha_", "n_iter_", "validation_mse_"):
         if hasattr(model, name):
             group.create_array(name.rstrip("_"), data=np.atleast_1d(getattr(model, name)), dimension_names=("input",))
+    if hasattr(model, "network_"):
+        net = group.create_group("network")
+        for key, value in model.network_.items():
+            net.create_array(key, data=np.asarray(value, dtype=np.float32))
 
 
-def load_fit(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """``coef`` (input x component), ``intercept`` (input) and attributes of a saved fit."""
+def load_fit(path: str | Path) -> SavedFit:
+    """Read a fit written by :func:`save_fit` or :func:`save_linear_fit`."""
     group = zarr.open_group(str(path), mode="r")
-    return group["coef"][:], group["intercept"][:], dict(group.attrs)
+    names = {name for name, _ in group.arrays()}
+    network = None
+    if "network" in {name for name, _ in group.groups()}:
+        network = {name: array[...] for name, array in group["network"].arrays()}
+    diagnostics = {name: group[name][:] for name in ("alpha", "n_iter", "validation_mse") if name in names}
+    return SavedFit(group["coef"][:], group["intercept"][:], dict(group.attrs), network, diagnostics)
 
 
-def score_fit(
-    coef: np.ndarray, intercept: np.ndarray, store: str | Path, chunk: int = 10_000
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-input Spearman (LDS) and Pearson correlations of a linear model on a held-out store."""
+def score_fit(fit: SavedFit, store: str | Path, chunk: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+    """Per-input Spearman (LDS) and Pearson correlations of a fit's predictions on a held-out store."""
     group = zarr.open_group(str(store), mode="r")
     masks_arr, margins_arr = group["masks"], group["margins"]
-    if masks_arr.shape[1] != coef.shape[1] or margins_arr.shape[1] != coef.shape[0]:
+    if masks_arr.shape[1] != fit.coef.shape[1] or margins_arr.shape[1] != fit.coef.shape[0]:
         raise ValueError(
-            f"fit has {coef.shape[0]} inputs x {coef.shape[1]} components but the store at {store} "
+            f"fit has {fit.coef.shape[0]} inputs x {fit.coef.shape[1]} components but the store at {store} "
             f"has {margins_arr.shape[1]} inputs x {masks_arr.shape[1]} components"
         )
-    predicted = np.concatenate(
-        [masks_arr[i : i + chunk].astype(np.float32) @ coef.T + intercept for i in range(0, masks_arr.shape[0], chunk)]
-    )
+    predicted = np.concatenate([fit.predict(masks_arr[i : i + chunk]) for i in range(0, masks_arr.shape[0], chunk)])
     return lds_scores(predicted, margins_arr[:])

@@ -2,56 +2,150 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from compattr.analysis import LdsTable, bootstrap_curves  # noqa: E402
 
-__all__ = ["plot_lds_vs_ablations"]
+__all__ = ["plot_lds_vs_ablations", "plot_sweep"]
 
-LABELS = {"coar": "COAR (least squares)", "ridge": "ridge (CV penalty)", "relu_collapse": "ReLU-collapse"}
+LABELS = {
+    "coar": "COAR (least squares)",
+    "ridge": "ridge (CV penalty)",
+    "lasso": "lasso (CV penalty)",
+    "relu_collapse": "ReLU-collapse",
+    "linear_collapse": "linear-collapse (no ReLU)",
+    "relu_net": "ReLU net (uncollapsed)",
+    "attribution_patching": "attribution patching (0 passes)",
+    "loo": "leave-one-out (1 pass / component)",
+}
+
+
+def _panel(
+    ax: Axes,
+    scores: Mapping[str, np.ndarray],
+    sizes: Mapping[str, np.ndarray],
+    colors: Mapping[str, str],
+    baselines: Sequence[str],
+    n_bootstrap: int,
+    ci: float,
+    seed: int,
+) -> None:
+    for estimator, values in scores.items():
+        mean, low, high, _ = bootstrap_curves(values, n_bootstrap, ci, np.random.default_rng(seed))
+        color, label = colors[estimator], LABELS.get(estimator, estimator)
+        if estimator in baselines:
+            ax.axhline(mean[0], color=color, linestyle="--", linewidth=1.2, label=label)
+            ax.axhspan(low[0], high[0], color=color, alpha=0.1, linewidth=0)
+            if sizes[estimator][0] > 0:
+                ax.plot(sizes[estimator], mean, marker="*", ms=10, color=color, linestyle="none")
+            continue
+        ax.plot(sizes[estimator], mean, marker="o", ms=3.5, color=color, label=label)
+        ax.fill_between(sizes[estimator], low, high, color=color, alpha=0.2, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("ablated forward passes per input (training masks)")
+    ax.grid(True, which="both", alpha=0.3)
 
 
 def plot_lds_vs_ablations(
     table: LdsTable,
     *,
+    ood: Mapping[float, LdsTable] | None = None,
+    baselines: Sequence[str] = (),
     targets: Sequence[float] = (),
+    alpha: float | None = None,
     n_bootstrap: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
     title: str = "",
 ) -> Figure:
-    """Mean LDS (Spearman) and Pearson over inputs against ablated forward passes, one line per estimator.
+    """Mean LDS over inputs against ablated forward passes, one line per estimator.
 
-    Shaded bands are percentile bootstrap intervals over inputs; dotted
-    horizontal lines mark the LDS targets of the summary table.
+    Panels: LDS (Spearman) and Pearson on held-out masks at the training ablation
+    rate, then LDS on each out-of-distribution rate in ``ood``. Shaded bands are
+    percentile bootstrap intervals over inputs; ``baselines`` are drawn as dashed
+    horizontal lines (with a star at their number of passes when it is not 0);
+    dotted grey lines mark the LDS targets of the summary table.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True, layout="constrained")
-    for ax, (metric, scores) in zip(
-        axes, [("LDS (Spearman)", table.spearman), ("Pearson", table.pearson)], strict=True
-    ):
-        for k, estimator in enumerate(table.estimators):
-            rng = np.random.default_rng(seed)
-            mean, low, high, _ = bootstrap_curves(scores[estimator], n_bootstrap, ci, rng)
-            sizes = table.sizes[estimator]
-            color = f"C{k}"
-            ax.plot(sizes, mean, marker="o", ms=4, color=color, label=LABELS.get(estimator, estimator))
-            ax.fill_between(sizes, low, high, color=color, alpha=0.2, linewidth=0)
+    ood = ood or {}
+    colors = {e: f"C{k}" for k, e in enumerate(table.estimators)}
+    panels = [("LDS (Spearman)", table.spearman, table.sizes, alpha), ("Pearson", table.pearson, table.sizes, alpha)]
+    panels += [("LDS (Spearman)", t.spearman, t.sizes, a) for a, t in ood.items()]
+    ncols = 2
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(11, 4.3 * nrows), sharey=True, layout="constrained", squeeze=False)
+    for ax, (metric, scores, sizes, rate) in zip(axes.flat, panels, strict=False):
+        _panel(ax, scores, sizes, colors, baselines, n_bootstrap, ci, seed)
         for target in targets:
             ax.axhline(target, color="0.5", linestyle=":", linewidth=1)
-        ax.set_xscale("log")
-        ax.set_xlabel("ablated forward passes per input (training masks)")
-        ax.set_ylabel(f"mean {metric} on held-out masks")
-        ax.set_title(metric)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[1].tick_params(labelleft=True)
-    axes[0].legend(loc="lower right", title=f"{ci:.0%} bootstrap CI over inputs", fontsize=8, title_fontsize=8)
+        where = "held-out masks" if rate is None else f"held-out masks, alpha = {rate:g}"
+        if ax is not axes.flat[0] and ax is not axes.flat[1]:
+            where += " (out of distribution)"
+        ax.set_title(f"{metric}: {where}", fontsize=10)
+        ax.set_ylabel(f"mean {metric} over inputs")
+        ax.tick_params(labelleft=True)
+    legend = {"title": f"{ci:.0%} bootstrap CI over inputs", "title_fontsize": 8}
+    spare = axes.flat[len(panels) :]
+    for ax in spare:
+        ax.axis("off")
+    if len(spare):
+        spare[0].legend(*axes.flat[0].get_legend_handles_labels(), loc="center", fontsize=9, **legend)
+    else:
+        axes.flat[0].legend(loc="lower right", fontsize=7, **legend)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def plot_sweep(
+    table: LdsTable,
+    selection: Mapping[int, str],
+    *,
+    reference: LdsTable | None = None,
+    reference_estimators: Sequence[str] = ("coar", "ridge"),
+    title: str = "",
+) -> Figure:
+    """Mean held-out LDS of every sweep setting against training masks, the validation-selected path in bold.
+
+    ``reference`` (the main study's table) adds dashed lines for ``reference_estimators``.
+    """
+    fig, ax = plt.subplots(figsize=(8.5, 5), layout="constrained")
+    cmap = plt.get_cmap("tab20")
+    for k, setting in enumerate(table.estimators):
+        ax.plot(
+            table.sizes[setting],
+            table.spearman[setting].mean(1),
+            color=cmap(k % 20),
+            linewidth=1,
+            marker="o",
+            ms=2.5,
+            label=setting,
+        )
+    sizes = np.array(sorted(selection))
+    chosen = [table.spearman[selection[n]][list(table.sizes[selection[n]]).index(n)].mean() for n in sizes]
+    ax.plot(sizes, chosen, color="black", linewidth=2.5, label="selected on validation", zorder=5)
+    for estimator in reference_estimators:
+        if reference is not None and estimator in reference.sizes:
+            ax.plot(
+                reference.sizes[estimator],
+                reference.spearman[estimator].mean(1),
+                color="0.3",
+                linestyle="--" if estimator == "coar" else ":",
+                linewidth=1.5,
+                label=f"{estimator} (reference)",
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("ablated forward passes per input (training masks)")
+    ax.set_ylabel("mean LDS (Spearman) on held-out masks")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    if title:
+        ax.set_title(title)
     return fig

@@ -5,8 +5,12 @@ validate(config, schema="../schemas/config.schema.yaml")
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
-SPLITS = ["train", "heldout"]
+OOD_ALPHAS = config["sampling"].get("ood", {}).get("alphas", [])
+OOD_SPLITS = [f"ood_{alpha}" for alpha in OOD_ALPHAS]
+SPLITS = ["train", "heldout", *OOD_SPLITS]
 ESTIMATORS = list(config["fit"]["estimators"])
+BASELINES = list(config["fit"].get("baselines", []))
+METHODS = ESTIMATORS + BASELINES
 TRAIN_SIZES = sorted(config["fit"]["train_sizes"])
 ENV = "../../envs/study.yaml"
 
@@ -20,6 +24,11 @@ def _check_config():
             f"config fit.train_sizes {too_big} exceed sampling.train.n_masks ({n_train}): "
             "sample more masks or drop those sizes"
         )
+    sweep = config.get("sweep")
+    if sweep and sweep["estimator"] not in config["fit"]["estimators"]:
+        raise ValueError(
+            f"config sweep.estimator {sweep['estimator']!r} is not one of fit.estimators"
+        )
     arch = config["model"]["arch"]
     if len(arch["widths"]) != len(arch["blocks"]):
         raise ValueError(
@@ -30,10 +39,34 @@ def _check_config():
 _check_config()
 
 
+def split_settings(split):
+    """Ablation rate, number of masks and seed of a sampling split.
+
+    OOD split k (``ood_<alpha>``) uses seed ``sampling.ood.seed + k``.
+    """
+    sampling = config["sampling"]
+    if split in ("train", "heldout"):
+        return {"alpha": sampling["alpha"], **sampling[split]}
+    k = OOD_SPLITS.index(split)
+    ood = sampling["ood"]
+    return {"alpha": OOD_ALPHAS[k], "n_masks": ood["n_masks"], "seed": ood["seed"] + k}
+
+
 def n_shards(split):
     """Number of shard jobs of a sampling split."""
-    sampling = config["sampling"]
-    return -(-sampling[split]["n_masks"] // sampling["shard_size"])
+    return -(-split_settings(split)["n_masks"] // config["sampling"]["shard_size"])
+
+
+def store_path(split):
+    """Path of a split's ablation store."""
+    return f"{RESULTS}/ablations/{split}.zarr"
+
+
+def method_fits(wildcards):
+    """The fits of one method: every train size for an estimator, the single fit of a baseline."""
+    if wildcards.estimator in BASELINES:
+        return [f"{RESULTS}/fits/{wildcards.estimator}/baseline.zarr"]
+    return expand(f"{RESULTS}/fits/{wildcards.estimator}/n{{n}}.zarr", n=TRAIN_SIZES)
 
 
 def shard_flags(wildcards):
@@ -46,14 +79,21 @@ def shard_flags(wildcards):
 
 def store_provenance(wildcards):
     """The config sections that determine an ablation store's contents."""
-    sampling = config["sampling"]
     return {
         "study": STUDY,
         "split": wildcards.split,
-        "alpha": sampling["alpha"],
-        "seed": sampling[wildcards.split]["seed"],
+        **split_settings(wildcards.split),
         **{key: config[key] for key in ("data", "model", "components", "inputs")},
     }
+
+
+SWEEP = config.get("sweep", {"estimator": None, "settings": {}})
+
+
+def sweep_params(wildcards):
+    """Parameters of one sweep setting: the estimator's config updated by the setting's overrides."""
+    base = config["fit"]["estimators"][SWEEP["estimator"]]
+    return {**base, **SWEEP["settings"][wildcards.setting]}
 
 
 def final_targets():
@@ -61,6 +101,7 @@ def final_targets():
     return [
         f"{RESULTS}/model/metrics.json",
         f"{RESULTS}/lds.csv",
+        f"{RESULTS}/lds_ood.csv",
         f"{RESULTS}/summary.csv",
         f"{RESULTS}/summary.md",
         f"{RESULTS}/figures/lds_vs_ablations.png",

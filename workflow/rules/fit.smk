@@ -16,3 +16,24 @@ rule fit_estimator:
         device=config["device"],
     script:
         "../scripts/fit_estimator.py"
+
+
+rule fit_baseline:
+    input:
+        model=rules.train_model.output.model,
+        inputs=rules.select_test_inputs.output[0],
+    output:
+        directory(f"{RESULTS}/fits/{{baseline}}/baseline.zarr"),
+    log:
+        f"{LOGS}/fit_baseline/{{baseline}}.log",
+    wildcard_constraints:
+        baseline="|".join(BASELINES) or "none",
+    conda:
+        ENV
+    threads: 2
+    params:
+        baseline=lambda wc: wc.baseline,
+        batch_size=config["sampling"]["batch_size"],
+        device=config["device"],
+    script:
+        "../scripts/fit_baseline.py"

@@ -11,8 +11,8 @@ rule init_ablation_store:
     conda:
         ENV
     params:
-        store=lambda wc: f"{RESULTS}/ablations/{wc.split}.zarr",
-        n_masks=lambda wc: config["sampling"][wc.split]["n_masks"],
+        store=lambda wc: store_path(wc.split),
+        n_masks=lambda wc: split_settings(wc.split)["n_masks"],
         shard_size=config["sampling"]["shard_size"],
         provenance=store_provenance,
     script:
@@ -32,9 +32,9 @@ rule sample_ablation_shard:
         ENV
     threads: 1
     params:
-        store=lambda wc: f"{RESULTS}/ablations/{wc.split}.zarr",
-        alpha=config["sampling"]["alpha"],
-        seed=lambda wc: config["sampling"][wc.split]["seed"],
+        store=lambda wc: store_path(wc.split),
+        alpha=lambda wc: split_settings(wc.split)["alpha"],
+        seed=lambda wc: split_settings(wc.split)["seed"],
         batch_size=config["sampling"]["batch_size"],
         device=config["device"],
     script:
@@ -52,6 +52,6 @@ rule check_ablation_store:
     conda:
         ENV
     params:
-        store=lambda wc: f"{RESULTS}/ablations/{wc.split}.zarr",
+        store=lambda wc: store_path(wc.split),
     script:
         "../scripts/check_ablation_store.py"

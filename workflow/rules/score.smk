@@ -1,24 +1,38 @@
 rule score_lds:
     input:
-        fits=expand(f"{RESULTS}/fits/{{{{estimator}}}}/n{{n}}.zarr", n=TRAIN_SIZES),
-        summary=f"{RESULTS}/ablations/heldout.summary.json",
+        fits=method_fits,
+        summaries=expand(
+            f"{RESULTS}/ablations/{{split}}.summary.json",
+            split=["heldout", *OOD_SPLITS],
+        ),
     output:
-        f"{RESULTS}/lds/{{estimator}}.csv",
+        heldout=f"{RESULTS}/lds/{{estimator}}.csv",
+        ood=f"{RESULTS}/lds/{{estimator}}.ood.csv",
     log:
         f"{LOGS}/score_lds/{{estimator}}.log",
     conda:
         ENV
     params:
-        store=f"{RESULTS}/ablations/heldout.zarr",
+        heldout=store_path("heldout"),
+        ood={alpha: store_path(split) for alpha, split in zip(OOD_ALPHAS, OOD_SPLITS)},
     script:
         "../scripts/score_lds.py"
 
 
 rule summarize_lds:
     input:
-        expand(f"{RESULTS}/lds/{{estimator}}.csv", estimator=ESTIMATORS),
+        heldout=expand(f"{RESULTS}/lds/{{estimator}}.csv", estimator=METHODS),
+        ood=expand(f"{RESULTS}/lds/{{estimator}}.ood.csv", estimator=METHODS),
+        baselines=expand(
+            f"{RESULTS}/fits/{{baseline}}/baseline.zarr", baseline=BASELINES
+        ),
     output:
         lds=report(f"{RESULTS}/lds.csv", caption="../report/lds.rst", category="Tables"),
+        ood=report(
+            f"{RESULTS}/lds_ood.csv",
+            caption="../report/lds_ood.rst",
+            category="Tables",
+        ),
         summary=report(
             f"{RESULTS}/summary.csv",
             caption="../report/summary.rst",
@@ -38,7 +52,8 @@ rule summarize_lds:
 
 rule plot_lds:
     input:
-        rules.summarize_lds.output.lds,
+        lds=rules.summarize_lds.output.lds,
+        ood=rules.summarize_lds.output.ood,
     output:
         png=report(
             f"{RESULTS}/figures/lds_vs_ablations.png",
@@ -53,5 +68,7 @@ rule plot_lds:
     params:
         analysis=config["analysis"],
         study=STUDY,
+        baselines=BASELINES,
+        alpha=config["sampling"]["alpha"],
     script:
         "../scripts/plot_lds.py"

@@ -15,7 +15,7 @@ save_fit(
     snakemake.output[0],
     model,
     {
-        "estimator": p.estimator,
+        "estimator": p.get("label", p.estimator),
         "n_train": p.n_train,
         "params": p.estimator_params,
         "fit_seconds": seconds,

@@ -1,16 +1,19 @@
-"""Draw LDS against the number of ablated forward passes, one line per estimator."""
+"""Draw LDS against the number of ablated forward passes, one line per estimator, OOD panels too."""
 
-from compattr.analysis import read_lds_csv
+from compattr.analysis import read_lds_csv, read_ood_csv
 from compattr.io import start_log
 from compattr.plots import plot_lds_vs_ablations
 
 log = start_log(snakemake.log[0])
 cfg = snakemake.params.analysis
-table = read_lds_csv(snakemake.input[0])
+table = read_lds_csv(snakemake.input.lds)
 n_inputs = next(iter(table.spearman.values())).shape[1]
 fig = plot_lds_vs_ablations(
     table,
+    ood=read_ood_csv(snakemake.input.ood),
+    baselines=snakemake.params.baselines,
     targets=cfg["lds_targets"],
+    alpha=snakemake.params.alpha,
     n_bootstrap=cfg["n_bootstrap"],
     ci=cfg["ci"],
     seed=cfg["seed"],

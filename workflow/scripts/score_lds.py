@@ -1,22 +1,20 @@
-"""Score every train size of one estimator on the held-out masks (per-input Spearman and Pearson)."""
+"""Score every fit of one method on the held-out masks and on the out-of-distribution splits."""
 
 from compattr.analysis import write_lds_csv
 from compattr.fitting import load_fit, score_fit
 from compattr.io import start_log
 
 log = start_log(snakemake.log[0])
-rows = []
+heldout, ood = [], []
 for path in snakemake.input.fits:
-    coef, intercept, attrs = load_fit(path)
-    spearman, pearson = score_fit(coef, intercept, snakemake.params.store)
-    log.info(
-        "%s n=%d: mean LDS %.3f, mean Pearson %.3f",
-        attrs["estimator"],
-        attrs["n_train"],
-        spearman.mean(),
-        pearson.mean(),
-    )
-    rows += [
-        (attrs["estimator"], attrs["n_train"], i, s, p) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))
-    ]
-write_lds_csv(snakemake.output[0], rows)
+    fit = load_fit(path)
+    name, n = fit.attrs["estimator"], fit.attrs["n_train"]
+    spearman, pearson = score_fit(fit, snakemake.params.heldout)
+    log.info("%s n=%d: mean LDS %.3f, mean Pearson %.3f", name, n, spearman.mean(), pearson.mean())
+    heldout += [(name, n, i, s, p) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
+    for alpha, store in snakemake.params.ood.items():
+        spearman, pearson = score_fit(fit, store)
+        log.info("%s n=%d at alpha %s: mean LDS %.3f", name, n, alpha, spearman.mean())
+        ood += [(name, n, i, s, p, alpha) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
+write_lds_csv(snakemake.output.heldout, heldout)
+write_lds_csv(snakemake.output.ood, ood, alpha=True)

@@ -1,0 +1,75 @@
+"""Collect a settings sweep: held-out LDS per setting, the setting chosen on validation per train size."""
+
+import csv
+
+import numpy as np
+
+from compattr.analysis import concat_csv, markdown_table, read_lds_csv, select_by_validation
+from compattr.fitting import load_fit
+from compattr.io import start_log
+from compattr.plots import plot_sweep
+
+log = start_log(snakemake.log[0])
+concat_csv(snakemake.input.lds, snakemake.output.lds)
+table = read_lds_csv(snakemake.output.lds)
+validation = {}
+for path in snakemake.input.fits:
+    fit = load_fit(path)
+    validation[(fit.attrs["estimator"], int(fit.attrs["n_train"]))] = float(fit.diagnostics["validation_mse"].mean())
+selection = select_by_validation(validation)
+
+rows = []
+for (setting, n), mse in sorted(validation.items(), key=lambda item: (item[0][1], item[0][0])):
+    lds = table.spearman[setting][list(table.sizes[setting]).index(n)].mean()
+    rows.append(
+        {
+            "n_train": n,
+            "setting": setting,
+            "validation_mse": mse,
+            "heldout_lds": float(lds),
+            "selected": selection[n] == setting,
+        }
+    )
+with open(snakemake.output.selection, "w", newline="") as fh:
+    writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+best = []
+for n, setting in selection.items():
+    at_n = [r for r in rows if r["n_train"] == n]
+    oracle = max(at_n, key=lambda r: r["heldout_lds"])
+    default = next((r for r in at_n if r["setting"] == "default"), None)
+    best.append(
+        {
+            "n_train": n,
+            "selected": setting,
+            "selected_lds": next(r["heldout_lds"] for r in at_n if r["setting"] == setting),
+            "default_lds": default["heldout_lds"] if default else float("nan"),
+            "best_heldout_setting": oracle["setting"],
+            "best_heldout_lds": oracle["heldout_lds"],
+        }
+    )
+counts = {s: list(selection.values()).count(s) for s in dict.fromkeys(selection.values())}
+settings = snakemake.params.settings
+with open(snakemake.output.markdown, "w") as fh:
+    fh.write(f"# {snakemake.params.study}: settings sweep of {snakemake.params.estimator}\n\n")
+    fh.write("| setting | overrides |\n|---|---|\n")
+    fh.writelines(f"| {name} | {settings[name] or 'none'} |\n" for name in settings)
+    fh.write(
+        "\nPer train size, the setting with the lowest mean validation MSE (selected) and its mean "
+        "held-out LDS; `best_heldout_*` shows, for reference only, which setting scored best on the "
+        "held-out masks (never used to choose).\n\n"
+    )
+    fh.write(markdown_table(best, list(best[0])))
+    fh.write("\nTimes each setting was selected: " + ", ".join(f"{s} {c}" for s, c in counts.items()) + ".\n")
+reference = read_lds_csv(snakemake.input.reference)
+fig = plot_sweep(
+    table,
+    selection,
+    reference=reference,
+    title=f"{snakemake.params.study}: {snakemake.params.estimator} settings sweep",
+)
+fig.savefig(snakemake.output.png, dpi=150)
+log.info("selected per train size: %s", selection)
+log.info("mean held-out LDS of the selected settings: %s", np.round([b["selected_lds"] for b in best], 3))
