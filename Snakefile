@@ -33,6 +33,7 @@ include: "workflow/rules/sampling.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/sweep.smk"
+include: "workflow/rules/bench.smk"
 
 
 rule all:

@@ -137,3 +137,12 @@ def test_lasso_recovers_a_sparse_truth_better_than_ridge_support():
     support = theta != 0
     assert np.abs(coef[~support]).mean() < 0.2 * np.abs(coef[support]).mean()
     assert spearmanr(coef.ravel(), theta.ravel()).statistic > 0.6
+
+
+@pytest.mark.parametrize("early_stopping", ["collapse", "network"])
+def test_validation_mse_is_that_of_the_returned_collapse(early_stopping):
+    X, Y, _, _ = planted_problem(300)
+    model = ReluCollapseRegressor(max_epochs=30, early_stopping=early_stopping).fit(X, Y)
+    n_fit = len(X) - model.n_validation_
+    expected = ((model.predict(X[n_fit:]) - Y[n_fit:]) ** 2).mean(0)
+    np.testing.assert_allclose(model.validation_mse_, expected, rtol=1e-3)

@@ -430,7 +430,8 @@ class ReluCollapseRegressor(_ComponentModel):
     n_iter_ : ndarray of shape (n_inputs,)
         Epoch each input kept.
     validation_mse_ : ndarray of shape (n_inputs,)
-        Validation MSE of each input's kept predictor, in output units.
+        Validation MSE of the predictor returned (the collapse here), at the kept
+        epoch, in output units; comparable across settings whatever ``early_stopping`` is.
     """
 
     _activation = "relu"
@@ -547,8 +548,12 @@ class ReluCollapseRegressor(_ComponentModel):
                     kept[better] = current[better]
                 best_epoch[better.cpu()] = epoch
         self.n_iter_ = best_epoch.numpy()
-        self.validation_mse_ = (best_loss * ys.std**2).cpu().numpy()
-        coef, intercept = _unstandardize(*collapse_relu_network(*best), xs, ys)
+        with torch.no_grad():
+            collapse, bias = collapse_relu_network(*best)
+            kept = self._network(Av, best) if self._predictor == "network" else Av @ collapse.T + bias
+            # Validation MSE of the predictor returned, whatever chose the epoch (comparable across settings).
+            self.validation_mse_ = (((kept - Bv) ** 2).mean(0) * ys.std**2).cpu().numpy()
+        coef, intercept = _unstandardize(collapse, bias, xs, ys)
         self._set_linear(coef, intercept)
         if self._predictor == "network":
             self.network_ = {

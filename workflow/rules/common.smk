@@ -18,10 +18,11 @@ ENV = "../../envs/study.yaml"
 def _check_config():
     """Cross-field checks that a JSON schema cannot express; fail before any job runs."""
     n_train = config["sampling"]["train"]["n_masks"]
-    too_big = [n for n in TRAIN_SIZES if n > n_train]
+    sizes = TRAIN_SIZES + config.get("sweep", {}).get("train_sizes", [])
+    too_big = sorted({n for n in sizes if n > n_train})
     if too_big:
         raise ValueError(
-            f"config fit.train_sizes {too_big} exceed sampling.train.n_masks ({n_train}): "
+            f"config fit.train_sizes (or sweep.train_sizes) {too_big} exceed sampling.train.n_masks ({n_train}): "
             "sample more masks or drop those sizes"
         )
     sweep = config.get("sweep")
@@ -88,6 +89,7 @@ def store_provenance(wildcards):
 
 
 SWEEP = config.get("sweep", {"estimator": None, "settings": {}})
+SWEEP_SIZES = sorted(SWEEP.get("train_sizes", TRAIN_SIZES))
 
 
 def sweep_params(wildcards):

@@ -21,7 +21,7 @@ rule fit_sweep:
 
 rule score_sweep:
     input:
-        fits=expand(f"{RESULTS}/sweep/fits/{{{{setting}}}}/n{{n}}.zarr", n=TRAIN_SIZES),
+        fits=expand(f"{RESULTS}/sweep/fits/{{{{setting}}}}/n{{n}}.zarr", n=SWEEP_SIZES),
         summary=f"{RESULTS}/ablations/heldout.summary.json",
     output:
         heldout=f"{RESULTS}/sweep/lds/{{setting}}.csv",
@@ -43,7 +43,7 @@ rule summarize_sweep:
         fits=expand(
             f"{RESULTS}/sweep/fits/{{setting}}/n{{n}}.zarr",
             setting=SWEEP["settings"],
-            n=TRAIN_SIZES,
+            n=SWEEP_SIZES,
         ),
         reference=rules.summarize_lds.output.lds,
     output:

@@ -1,0 +1,44 @@
+rule bench_throughput:
+    input:
+        model=rules.train_model.output.model,
+        inputs=rules.select_test_inputs.output[0],
+    output:
+        "results/bench/throughput.json",
+    log:
+        "logs/bench/throughput.log",
+    conda:
+        ENV
+    threads: 2
+    params:
+        batch=config["sampling"]["batch_size"],
+        device=config["device"],
+        study=STUDY,
+    script:
+        "../scripts/bench_throughput.py"
+
+
+rule bench_fit:
+    input:
+        train=f"{RESULTS}/ablations/train.summary.json",
+        heldout=f"{RESULTS}/ablations/heldout.summary.json",
+    output:
+        "results/bench/fit.json",
+    log:
+        "logs/bench/fit.log",
+    conda:
+        ENV
+    threads: 2
+    params:
+        train=store_path("train"),
+        heldout=store_path("heldout"),
+        n_train=max(TRAIN_SIZES),
+        estimators=["ridge", "lasso"],
+        device=config["device"],
+    script:
+        "../scripts/bench_fit.py"
+
+
+rule bench:
+    input:
+        rules.bench_throughput.output,
+        rules.bench_fit.output,

@@ -1,0 +1,18 @@
+"""Benchmark: batched fits against one scikit-learn model per input in a loop, same data, same LDS."""
+
+import torch
+
+from compattr.bench import fit_speed
+from compattr.io import resolve_device, start_log, write_json
+from compattr.sampling import read_rows
+
+log = start_log(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+device = str(resolve_device(snakemake.params.device))
+X, Y = read_rows(snakemake.params.train, snakemake.params.n_train)
+X_test, Y_test = read_rows(snakemake.params.heldout)
+results = []
+for estimator in snakemake.params.estimators:
+    results.append(fit_speed(estimator, X, Y, X_test, Y_test, device=device))
+    log.info("%s", results[-1])
+write_json(snakemake.output[0], results)

@@ -1,0 +1,29 @@
+"""Benchmark: ablated sampling against plain inference of the study's model, same batch and device."""
+
+import numpy as np
+import torch
+
+from compattr.bench import forward_throughput
+from compattr.io import provenance, resolve_device, start_log, write_json
+from compattr.models import load_checkpoint
+
+log = start_log(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+device = resolve_device(snakemake.params.device)
+model, components = load_checkpoint(snakemake.input.model, device=device)
+inputs = np.load(snakemake.input.inputs)
+result = forward_throughput(
+    model,
+    components,
+    torch.from_numpy(inputs["images"]),
+    torch.from_numpy(inputs["labels"]),
+    batch=snakemake.params.batch,
+)
+result = {
+    "model": f"{snakemake.params.study} ({len(components)} components)",
+    **result,
+    "threads": torch.get_num_threads(),
+    "provenance": provenance(),
+}
+log.info("%s", result)
+write_json(snakemake.output[0], result)
