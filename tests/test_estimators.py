@@ -20,19 +20,21 @@ from compattr.lds import lds_scores
 FAST = {name: {"max_epochs": 300, "lr": 3e-3} for name in ("relu_collapse", "linear_collapse", "relu_net")}
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
-def test_recovers_planted_linear_truth(name):
-    """Every estimator ranks a planted truth's components and outputs well (LDS > 0.85).
+def test_recovers_planted_linear_truth(name, sparse):
+    """Every estimator recovers a planted truth's effects and ranks its outputs (LDS > 0.85).
 
-    The ReLU collapse is not an unbiased linear estimator (the network's ReLUs
-    are dropped after training), so the bar is "high", not "exact".
+    The effects must correlate with the truth at r > 0.9, except for ReLU-collapse
+    (r > 0.8): it is not an unbiased linear estimator (the ReLUs are dropped after
+    training), which the study measures (README, "Results of the default study").
     """
-    X, Y, theta, bias = planted_problem(3000, noise=0.2)
+    X, Y, theta, bias = planted_problem(3000, noise=0.2, sparse=sparse)
     model = make_estimator(name, FAST.get(name)).fit(X, Y)
     assert model.coef_.shape == theta.shape and model.intercept_.shape == bias.shape
     for j in range(len(theta)):
-        assert spearmanr(model.coef_[j], theta[j]).statistic > 0.9
-    Xt, Yt, _, _ = planted_problem(500, noise=0.0, seed=1)
+        assert np.corrcoef(model.coef_[j], theta[j])[0, 1] > (0.8 if name == "relu_collapse" else 0.9)
+    Xt = planted_problem(500, seed=1)[0]
     Xt_true = Xt @ theta.T + bias
     spearman, _ = lds_scores(model.predict(Xt), Xt_true)
     assert spearman.min() > 0.85

@@ -12,6 +12,8 @@ from compattr.plots import plot_sweep
 log = start_log(snakemake.log[0])
 concat_csv(snakemake.input.lds, snakemake.output.lds)
 table = read_lds_csv(snakemake.output.lds)
+settings = snakemake.params.settings
+settings_order = list(settings)
 validation = {}
 for path in snakemake.input.fits:
     fit = load_fit(path)
@@ -51,7 +53,8 @@ for n, setting in selection.items():
         }
     )
 counts = {s: list(selection.values()).count(s) for s in dict.fromkeys(selection.values())}
-settings = snakemake.params.settings
+total = {s: sum(mse for (setting, _), mse in validation.items() if setting == s) for s in settings_order}
+overall = min(total, key=total.get)
 with open(snakemake.output.markdown, "w") as fh:
     fh.write(f"# {snakemake.params.study}: settings sweep of {snakemake.params.estimator}\n\n")
     fh.write("| setting | overrides |\n|---|---|\n")
@@ -63,6 +66,10 @@ with open(snakemake.output.markdown, "w") as fh:
     )
     fh.write(markdown_table(best, list(best[0])))
     fh.write("\nTimes each setting was selected: " + ", ".join(f"{s} {c}" for s, c in counts.items()) + ".\n")
+    fh.write(
+        f"\nOverall, summed over train sizes, the lowest validation MSE is that of **{overall}** "
+        f"({total[overall]:.3f}; default {total.get('default', float('nan')):.3f}).\n"
+    )
 reference = read_lds_csv(snakemake.input.reference)
 fig = plot_sweep(
     table,
