@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -37,3 +38,15 @@ def test_invalid_configurations_fail_early(digits):
     _, test = digits
     with pytest.raises(ValueError, match="asked for 10000 test inputs"):
         select_test_inputs(test, 10_000, 0)
+
+
+def test_test_inputs_round_trip(digits, tmp_path):
+    from compattr.data import load_test_inputs, save_test_inputs
+
+    _, test = digits
+    index = select_test_inputs(test, 7, seed=2)
+    save_test_inputs(str(tmp_path / "inputs.npz"), test, index)
+    loaded = load_test_inputs(str(tmp_path / "inputs.npz"))
+    torch.testing.assert_close(loaded.images, test.images[index])
+    torch.testing.assert_close(loaded.labels, test.labels[index])
+    np.testing.assert_array_equal(index, select_test_inputs(test, 7, seed=2))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["ImageSplit", "load_dataset", "select_test_inputs"]
+__all__ = ["ImageSplit", "load_dataset", "select_test_inputs", "save_test_inputs", "load_test_inputs"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,14 @@ def select_test_inputs(split: ImageSplit, n_inputs: int, seed: int) -> np.ndarra
         raise ValueError(f"asked for {n_inputs} test inputs but the split holds {len(split)} images")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(len(split), size=n_inputs, replace=False))
+
+
+def save_test_inputs(path: str, split: ImageSplit, index: np.ndarray) -> None:
+    """Write the chosen test inputs (their indices into ``split``, images and labels) as ``.npz``."""
+    np.savez(path, index=index, images=split.images[index].numpy(), labels=split.labels[index].numpy())
+
+
+def load_test_inputs(path: str) -> ImageSplit:
+    """Read test inputs written by :func:`save_test_inputs`."""
+    with np.load(path) as data:
+        return ImageSplit(torch.from_numpy(data["images"]), torch.from_numpy(data["labels"]))

@@ -1,9 +1,9 @@
 """Benchmark: ablated sampling against plain inference of the study's model, same batch and device."""
 
-import numpy as np
 import torch
 
 from compattr.bench import forward_throughput
+from compattr.data import load_test_inputs
 from compattr.io import provenance, resolve_device, start_log, write_json
 from compattr.models import load_checkpoint
 
@@ -11,12 +11,12 @@ log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 device = resolve_device(snakemake.params.device)
 model, components = load_checkpoint(snakemake.input.model, device=device)
-inputs = np.load(snakemake.input.inputs)
+inputs = load_test_inputs(snakemake.input.inputs)
 result = forward_throughput(
     model,
     components,
-    torch.from_numpy(inputs["images"]),
-    torch.from_numpy(inputs["labels"]),
+    inputs.images,
+    inputs.labels,
     batch=snakemake.params.batch,
 )
 result = {

@@ -1,9 +1,9 @@
 """Compute a sampling-free baseline (attribution patching or leave-one-out) for every test input."""
 
-import numpy as np
 import torch
 
 from compattr.baselines import attribution_patching, leave_one_out
+from compattr.data import load_test_inputs
 from compattr.fitting import save_linear_fit
 from compattr.io import provenance, resolve_device, start_log
 from compattr.models import load_checkpoint
@@ -13,8 +13,8 @@ log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 device = resolve_device(snakemake.params.device)
 model, components = load_checkpoint(snakemake.input.model, device=device)
-inputs = np.load(snakemake.input.inputs)
-images, labels = torch.from_numpy(inputs["images"]), torch.from_numpy(inputs["labels"])
+inputs = load_test_inputs(snakemake.input.inputs)
+images, labels = inputs.images, inputs.labels
 baseline = snakemake.params.baseline
 if baseline == "attribution_patching":
     coef, intercept = attribution_patching(model, components, images, labels)

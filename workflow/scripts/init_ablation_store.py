@@ -1,14 +1,13 @@
 """Create an empty ablation store whose shards the sampling jobs fill."""
 
-import numpy as np
-
+from compattr.data import load_test_inputs
 from compattr.io import provenance, start_log
 from compattr.models import load_checkpoint
 from compattr.sampling import create_store, shard_count
 
 log = start_log(snakemake.log[0])
 _, components = load_checkpoint(snakemake.input.model)
-n_inputs = len(np.load(snakemake.input.inputs)["labels"])
+n_inputs = len(load_test_inputs(snakemake.input.inputs))
 store = snakemake.params.store
 create_store(
     store,
