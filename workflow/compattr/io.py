@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["start_log", "resolve_device", "provenance", "write_json", "read_json"]
+__all__ = ["start_log", "resolve_device", "provenance", "write_json"]
 
 
 def start_log(path: str | Path) -> logging.Logger:
@@ -52,7 +52,3 @@ def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON."""
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
-
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file."""
-    return json.loads(Path(path).read_text())
