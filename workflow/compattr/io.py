@@ -51,4 +51,3 @@ def provenance(config: dict[str, Any] | None = None, **extra: Any) -> dict[str, 
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON."""
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
