@@ -88,14 +88,15 @@ def load_fit(path: str | Path) -> SavedFit:
     return SavedFit(group["coef"][:], group["intercept"][:], dict(group.attrs), network, diagnostics)
 
 
-def score_fit(fit: SavedFit, store: str | Path, chunk: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
-    """Per-input Spearman (LDS) and Pearson correlations of a fit's predictions on a held-out store."""
-    group = zarr.open_group(str(store), mode="r")
-    masks_arr, margins_arr = group["masks"], group["margins"]
-    if masks_arr.shape[1] != fit.coef.shape[1] or margins_arr.shape[1] != fit.coef.shape[0]:
+def score_fit(fit: SavedFit, masks: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-input Spearman (LDS) and Pearson correlations of a fit's predictions on held-out masks.
+
+    ``masks`` (n_masks, n_components) and ``margins`` (n_masks, n_inputs) as
+    :func:`compattr.sampling.read_rows` returns them, read once for every fit scored.
+    """
+    if masks.shape[1] != fit.coef.shape[1] or margins.shape[1] != fit.coef.shape[0]:
         raise ValueError(
-            f"fit has {fit.coef.shape[0]} inputs x {fit.coef.shape[1]} components but the store at {store} "
-            f"has {margins_arr.shape[1]} inputs x {masks_arr.shape[1]} components"
+            f"fit has {fit.coef.shape[0]} inputs x {fit.coef.shape[1]} components but the held-out masks "
+            f"have {margins.shape[1]} inputs x {masks.shape[1]} components"
         )
-    predicted = np.concatenate([fit.predict(masks_arr[i : i + chunk]) for i in range(0, masks_arr.shape[0], chunk)])
-    return lds_scores(predicted, margins_arr[:])
+    return lds_scores(fit.predict(masks), margins)

@@ -22,7 +22,7 @@ with open(snakemake.output.summary, "w", newline="") as fh:
     writer.writerows({k: ("" if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in rows)
 
 notes = []
-fits = {load_fit(path).attrs["estimator"]: load_fit(path) for path in snakemake.input.baselines}
+fits = {fit.attrs["estimator"]: fit for fit in map(load_fit, snakemake.input.baselines)}
 if {"attribution_patching", "loo"} <= set(fits):
     r = coefficient_agreement(fits["attribution_patching"].coef, fits["loo"].coef)
     notes.append(
