@@ -33,8 +33,11 @@ __all__ = [
     "ReluCollapseRegressor",
     "LinearCollapseRegressor",
     "ReluNetRegressor",
+    "GradientPriorRegressor",
+    "PriorReluCollapseRegressor",
     "predict_network",
     "ESTIMATORS",
+    "ESTIMATOR_DEFAULTS",
     "make_estimator",
     "collapse_relu_network",
 ]
@@ -68,6 +71,8 @@ class _ComponentModel(RegressorMixin, BaseEstimator):
 
     validation_fraction: float
     device: str
+    #: Whether :meth:`fit` takes a prior attribution (the workflow passes attribution patching's).
+    uses_prior: bool = False
 
     def _check_params(self) -> None:
         if not 0.0 < self.validation_fraction < 1.0:
@@ -257,8 +262,20 @@ class RidgeCVRegressor(_ComponentModel):
         return self
 
 
+def _largest_eigenvalue(gram: Tensor) -> float:
+    """Largest eigenvalue of a symmetric positive semi-definite matrix (at least 1e-12)."""
+    return float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
+
+
 def lasso_fista(
-    gram: Tensor, xty: Tensor, penalty: Tensor, init: Tensor | None = None, *, max_iter: int = 10_000, tol: float = 1e-8
+    gram: Tensor,
+    xty: Tensor,
+    penalty: Tensor,
+    init: Tensor | None = None,
+    *,
+    max_iter: int = 10_000,
+    tol: float = 1e-8,
+    lipschitz: float | None = None,
 ) -> tuple[Tensor, int]:
     """Batched lasso by FISTA on a shared Gram matrix.
 
@@ -276,13 +293,15 @@ def lasso_fista(
     max_iter, tol
         Stops when the largest coefficient change of a step is below ``tol``
         times the largest coefficient (or ``tol`` when all are zero).
+    lipschitz : float, optional
+        The largest eigenvalue of ``gram``, when the caller has it (a path reuses it).
 
     Returns
     -------
     W : Tensor (C, T)
     n_iter : int
     """
-    L = float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
+    L = _largest_eigenvalue(gram) if lipschitz is None else lipschitz
     W = torch.zeros_like(xty) if init is None else init.clone()
     Z, t = W.clone(), 1.0
     threshold = penalty / L
@@ -356,11 +375,12 @@ class LassoCVRegressor(_ComponentModel):
         Xf, Yf, Xv, Yv = self._split(X, Y)
         ratios = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64)
         gram, q, alpha_max = self._moments(Xf, Yf)
+        L = _largest_eigenvalue(gram)
         Xv_c, Yv_c = (Xv - Xf.mean(0)).double(), (Yv - Yf.mean(0)).double()
         W = None
         path, losses = [], []
         for ratio in ratios:
-            W, _ = lasso_fista(gram, q, ratio * alpha_max, W, max_iter=self.max_iter, tol=self.tol)
+            W, _ = lasso_fista(gram, q, ratio * alpha_max, W, max_iter=self.max_iter, tol=self.tol, lipschitz=L)
             path.append(W)
             losses.append(((Xv_c @ W - Yv_c) ** 2).mean(0))
         choice = torch.stack(losses).argmin(0)
@@ -372,6 +392,183 @@ class LassoCVRegressor(_ComponentModel):
         self.alpha_ = penalty.cpu().numpy()
         self._set_linear(coef, Y.mean(0).double() - coef @ X.mean(0).double())
         return self
+
+
+def _check_prior(prior: Any, T: int, C: int, device: str) -> Tensor:
+    """The prior as a (T, C) float64 tensor; zeros when ``prior`` is None."""
+    if prior is None:
+        return torch.zeros(T, C, dtype=torch.float64, device=device)
+    prior = np.atleast_2d(np.asarray(prior, dtype=np.float64))
+    if prior.shape != (T, C):
+        raise ValueError(f"prior has shape {prior.shape}; expected (n_inputs, n_components) = ({T}, {C})")
+    if not np.isfinite(prior).all():
+        raise ValueError("prior contains NaN or infinite values")
+    return torch.as_tensor(prior, dtype=torch.float64, device=device)
+
+
+class GradientPriorRegressor(_ComponentModel):
+    """Regression on the masks with a prior: ``theta_z = s_z * a_z + delta_z``.
+
+    ``a_z`` is a prior attribution of input ``z`` (in the workflow, attribution
+    patching: one forward and one backward pass, no ablations), passed to
+    :meth:`fit`. The scale ``s_z`` is unpenalised least squares; the correction
+    ``delta_z`` is shrunk toward zero by a ridge (``correction="ridge"``) or
+    lasso (``"lasso"``) penalty chosen per input on the validation split, then
+    the model is refitted on all rows. With a huge penalty the model is the
+    rescaled prior; with no penalty it is least squares, whatever the prior.
+
+    Ridge: for a penalty ``lam`` the correction is profiled out in closed form,
+    ``s(lam) = sum_k b_k p_k / (e_k + lam) / sum_k e_k b_k^2 / (e_k + lam)`` with
+    ``e, V`` the eigenpairs of the centred Gram matrix ``X'X``, ``b = V'a`` and
+    ``p = V'X'y``, and ``delta = V diag(1 / (e + lam)) (p - s e * b)``: one
+    eigendecomposition serves every input and penalty, as in
+    :class:`RidgeCVRegressor` (the grid also holds ``lam = inf``, the prior alone,
+    rescaled). Lasso: ``s`` and ``delta`` are solved jointly by batched FISTA on
+    the penalty path (``s`` unpenalised), with warm starts.
+
+    Parameters
+    ----------
+    correction : {"ridge", "lasso"}, default="ridge"
+    alphas : sequence of float, default=logspace(-3, 3, 25)
+        Ridge penalties relative to the mean eigenvalue of the Gram matrix.
+    n_alphas, min_ratio, max_iter, tol
+        Lasso path, as in :class:`LassoCVRegressor` (``alpha_max`` is that of
+        the residual of the rescaled prior).
+    validation_fraction : float, default=0.2
+    device : str, default="cpu"
+
+    Attributes
+    ----------
+    coef_, intercept_
+    alpha_ : ndarray of shape (n_inputs,)
+        Chosen penalty: ridge, in the relative units of ``alphas`` (``inf``: the
+        rescaled prior alone); lasso, as a ratio of the input's ``alpha_max``.
+    scale_ : ndarray of shape (n_inputs,)
+        Fitted scale ``s`` of each input's prior.
+    """
+
+    uses_prior = True
+
+    def __init__(
+        self,
+        *,
+        correction: str = "ridge",
+        alphas: Any = None,
+        n_alphas: int = 20,
+        min_ratio: float = 1e-3,
+        max_iter: int = 1000,
+        tol: float = 1e-4,
+        validation_fraction: float = 0.2,
+        device: str = "cpu",
+    ) -> None:
+        self.correction = correction
+        self.alphas = alphas
+        self.n_alphas = n_alphas
+        self.min_ratio = min_ratio
+        self.max_iter = max_iter
+        self.tol = tol
+        self.validation_fraction = validation_fraction
+        self.device = device
+
+    _alphas = RidgeCVRegressor._alphas
+
+    def fit(self, X: Any, Y: Any, prior: Any = None) -> GradientPriorRegressor:
+        """Fit ``s`` and the correction of every input on the masks; ``prior`` is (n_inputs, n_components)."""
+        if self.correction not in ("ridge", "lasso"):
+            raise ValueError(f"correction must be 'ridge' or 'lasso', got {self.correction!r}")
+        X, Y = self._prepare(X, Y)
+        a = _check_prior(prior, Y.shape[1], X.shape[1], self.device).T  # (C, T)
+        solve = self._ridge if self.correction == "ridge" else self._lasso
+        Xf, Yf, Xv, Yv = self._split(X, Y)
+        paths = solve(Xf, Yf, a)  # penalty -> (theta (C, T), s (T,))
+        Xv_c, Yv_c = (Xv - Xf.mean(0)).double(), (Yv - Yf.mean(0)).double()
+        losses = torch.stack([((Xv_c @ theta - Yv_c) ** 2).mean(0) for theta, _ in paths.values()])
+        penalties = torch.as_tensor(list(paths), dtype=torch.float64)
+        chosen = penalties[losses.argmin(0).cpu()]
+        theta, s = torch.empty_like(a), torch.empty(a.shape[1], dtype=torch.float64, device=a.device)
+        for penalty in chosen.unique():
+            cols = (chosen == penalty).to(a.device)
+            refit = solve(X, Y[:, cols], a[:, cols], float(penalty))[float(penalty)]
+            theta[:, cols], s[cols] = refit
+        coef = theta.T
+        self.alpha_ = chosen.numpy()
+        self.scale_ = s.cpu().numpy()
+        self._set_linear(coef, Y.mean(0).double() - coef @ X.mean(0).double())
+        return self
+
+    def _ridge(self, X: Tensor, Y: Tensor, a: Tensor, only: float | None = None) -> dict[float, tuple[Tensor, Tensor]]:
+        """Closed-form fits for every relative penalty (or ``only`` that one)."""
+        e, V, Xc = RidgeCVRegressor._eig(X)
+        scale = e.mean().clamp_min(1e-12)
+        p = V.T @ (Xc.T @ (Y - Y.mean(0)).double())  # (C, T)
+        b = V.T @ a
+        grid = [only] if only is not None else [*self._alphas().tolist(), math.inf]
+        fits = {}
+        for lam in grid:
+            w = torch.zeros_like(e) if math.isinf(lam) else 1 / (e + lam * scale)
+            if math.isinf(lam):  # the limit: s by least squares on the prior's direction, no correction
+                num, den = (b * p).sum(0), (e[:, None] * b**2).sum(0)
+            else:
+                num, den = (b * p * w[:, None]).sum(0), (e[:, None] * b**2 * w[:, None]).sum(0)
+            s = torch.where(den > 1e-12 * den.max().clamp_min(1e-300), num / den.clamp_min(1e-300), 0.0)
+            theta = s * a + V @ ((p - s * e[:, None] * b) * w[:, None])
+            fits[lam] = (theta, s)
+        return fits
+
+    def _lasso(self, X: Tensor, Y: Tensor, a: Tensor, only: float | None = None) -> dict[float, tuple[Tensor, Tensor]]:
+        """Penalty path (ratios of each input's ``alpha_max``) or one ratio, by joint FISTA on ``(delta, s)``."""
+        if self.n_alphas < 1 or not 0 < self.min_ratio <= 1:
+            raise ValueError("n_alphas must be positive and min_ratio in (0, 1]")
+        gram, q, _ = LassoCVRegressor._moments(X, Y)
+        norm = a.norm(dim=0)
+        u = torch.where(norm > 0, a / norm.clamp_min(1e-300), 0.0)  # unit prior directions (C, T)
+        gu, uq = gram @ u, (u * q).sum(0)
+        ugu = (u * gu).sum(0)
+        s0 = torch.where(ugu > 0, uq / ugu.clamp_min(1e-300), 0.0)  # rescaled prior alone
+        alpha_max = (q - gu * s0).abs().amax(0).clamp_min(1e-12)
+        ratios = [only] if only is not None else torch.logspace(0, math.log10(self.min_ratio), self.n_alphas).tolist()
+        L = 2 * _largest_eigenvalue(gram)  # bounds [I u]' G [I u] for unit u
+        W, s = torch.zeros_like(q), s0.clone()
+        fits = {}
+        for ratio in ratios:
+            penalty = ratio * alpha_max
+            W, s = _fista_with_free_direction(gram, q, u, gu, ugu, uq, penalty, W, s, L, self.max_iter, self.tol)
+            scale = torch.where(norm > 0, s / norm.clamp_min(1e-300), 0.0)
+            fits[ratio] = (scale * a + W, scale)
+        return fits
+
+
+def _fista_with_free_direction(
+    gram: Tensor,
+    q: Tensor,
+    u: Tensor,
+    gu: Tensor,
+    ugu: Tensor,
+    uq: Tensor,
+    penalty: Tensor,
+    W: Tensor,
+    s: Tensor,
+    L: float,
+    max_iter: int,
+    tol: float,
+) -> tuple[Tensor, Tensor]:
+    """FISTA for ``min (w + s u)' G (w + s u) / 2 - (w + s u)' q + penalty |w|_1`` per column, ``s`` free."""
+    Zw, Zs, t = W.clone(), s.clone(), 1.0
+    for _ in range(max_iter):
+        grad_w = gram @ Zw + gu * Zs - q
+        grad_s = (gu * Zw).sum(0) + ugu * Zs - uq
+        step = Zw - grad_w / L
+        W_next = torch.sign(step) * (step.abs() - penalty / L).clamp_min(0)
+        s_next = Zs - grad_s / L
+        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        momentum = (t - 1) / t_next
+        Zw, Zs = W_next + momentum * (W_next - W), s_next + momentum * (s_next - s)
+        change = max(float((W_next - W).abs().max()), float((s_next - s).abs().max()))
+        size = max(float(W_next.abs().max()), float(s_next.abs().max()), 1.0)
+        W, s, t = W_next, s_next, t_next
+        if change <= tol * size:
+            break
+    return W, s
 
 
 def collapse_relu_network(W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor]:
@@ -468,7 +665,15 @@ class ReluCollapseRegressor(_ComponentModel):
         self.random_state = random_state
         self.device = device
 
-    def _init_params(self, T: int, C: int, generator: torch.Generator) -> list[Tensor]:
+    def _init_params(self, T: int, C: int, generator: torch.Generator, prior: Tensor | None = None) -> list[Tensor]:
+        """Scaled Kaiming-uniform weights; with ``prior`` (T, C), plus pairs of units that encode it.
+
+        Pairs of units ``(W1, W2) = (+k a, +c)`` and ``(-k a, -c)`` collapse to
+        ``2 c k a``; with ``c k = 1 / (2 * pairs)`` the prior part of the collapse
+        is ``a`` exactly, and both layers get the same norm. The network itself
+        is then linear in that part too (``c relu(k a.x) - c relu(-k a.x) = c k a.x``),
+        with half the collapse's slope.
+        """
         d = self.hidden
         bound1, bound2 = self.init_scale / math.sqrt(C), self.init_scale / math.sqrt(d)
 
@@ -485,6 +690,15 @@ class ReluCollapseRegressor(_ComponentModel):
         if not self.fit_bias:
             for bias in params[1::2]:
                 bias.detach_().zero_()
+        pairs = d // 2
+        if prior is not None and pairs:
+            norm = prior.norm(dim=1, keepdim=True).float().to(self.device)  # (T, 1)
+            c = (norm / (2 * pairs)).sqrt()
+            k = torch.where(norm > 0, 1 / (2 * pairs * c.clamp_min(1e-30)), 0.0)
+            sign = torch.cat([torch.ones(pairs), -torch.ones(pairs)]).to(self.device)  # (2 * pairs,)
+            with torch.no_grad():
+                params[0][:, : 2 * pairs] += sign[None, :, None] * k[:, :, None] * prior.float()[:, None, :]
+                params[2][:, : 2 * pairs] += sign[None, :] * c
         return params
 
     def _network(self, A: Tensor, params: list[Tensor]) -> Tensor:
@@ -496,8 +710,12 @@ class ReluCollapseRegressor(_ComponentModel):
             hidden = torch.relu(hidden)
         return (hidden * W2).sum(-1) + b2
 
-    def fit(self, X: Any, Y: Any) -> ReluCollapseRegressor:
-        """Train every input's network on the shared masks and keep its best epoch."""
+    def fit(self, X: Any, Y: Any, prior: Any = None) -> ReluCollapseRegressor:
+        """Train every input's network on the shared masks and keep its best epoch.
+
+        ``prior`` (n_inputs, n_components), optional: a linear attribution in raw
+        units that the networks start from (see :meth:`_init_params`).
+        """
         if self.hidden < 1 or self.max_epochs < 1 or self.batch_size < 1:
             raise ValueError("hidden, max_epochs and batch_size must be positive")
         if self.early_stopping not in ("auto", "collapse", "network"):
@@ -510,7 +728,9 @@ class ReluCollapseRegressor(_ComponentModel):
         A, B, Av, Bv = xs(Xf), ys(Yf), xs(Xv), ys(Yv)
         (n, C), T = A.shape, B.shape[1]
         generator = torch.Generator().manual_seed(self.random_state)
-        params = self._init_params(T, C, generator)
+        if prior is not None:  # to standardised units: the inverse of _unstandardize
+            prior = _check_prior(prior, T, C, self.device) * (xs.std[None, :] / ys.std[:, None]).double()
+        params = self._init_params(T, C, generator, prior)
         trained = params if self.fit_bias else params[0::2]
         optimizer = torch.optim.AdamW(trained, lr=self.lr, weight_decay=self.weight_decay)
         on_network = (self.early_stopping if self.early_stopping != "auto" else self._predictor) == "network"
@@ -580,6 +800,18 @@ class LinearCollapseRegressor(ReluCollapseRegressor):
     _activation = "identity"
 
 
+class PriorReluCollapseRegressor(ReluCollapseRegressor):
+    """ReLU-collapse whose networks start from a prior attribution (the workflow's: attribution patching).
+
+    Half of each network's units encode ``+a`` and half ``-a`` (see
+    :meth:`ReluCollapseRegressor._init_params`), so at initialisation the
+    collapse is the prior (plus the small random initialisation) and the network
+    is linear along it; training then proceeds as for :class:`ReluCollapseRegressor`.
+    """
+
+    uses_prior = True
+
+
 class ReluNetRegressor(ReluCollapseRegressor):
     """Control: the uncollapsed 2-layer ReLU network used directly as the predictor.
 
@@ -613,11 +845,16 @@ ESTIMATORS: dict[str, type[_ComponentModel]] = {
     "relu_collapse": ReluCollapseRegressor,
     "linear_collapse": LinearCollapseRegressor,
     "relu_net": ReluNetRegressor,
+    "gradient_prior": GradientPriorRegressor,
+    "gradient_prior_lasso": GradientPriorRegressor,
+    "relu_collapse_prior": PriorReluCollapseRegressor,
 }
+#: Defaults of registered names that share a class with another name.
+ESTIMATOR_DEFAULTS: dict[str, dict[str, Any]] = {"gradient_prior_lasso": {"correction": "lasso"}}
 
 
 def make_estimator(name: str, params: dict[str, Any] | None = None, **overrides: Any) -> _ComponentModel:
     """Build the estimator registered as ``name`` with ``params`` (and ``overrides``)."""
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}")
-    return ESTIMATORS[name](**{**(params or {}), **overrides})
+    return ESTIMATORS[name](**{**ESTIMATOR_DEFAULTS.get(name, {}), **(params or {}), **overrides})

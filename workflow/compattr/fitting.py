@@ -41,13 +41,26 @@ class SavedFit:
 
 
 def fit_on_store(
-    store: str | Path, n_train: int, estimator: str, params: dict[str, Any], device: str | torch.device = "cpu"
+    store: str | Path,
+    n_train: int,
+    estimator: str,
+    params: dict[str, Any],
+    device: str | torch.device = "cpu",
+    prior: np.ndarray | None = None,
 ) -> tuple[Any, float]:
-    """Fit ``estimator`` on the first ``n_train`` masks of ``store``; return it and the fit time (s)."""
+    """Fit ``estimator`` on the first ``n_train`` masks of ``store``; return it and the fit time (s).
+
+    Estimators with ``uses_prior`` need ``prior`` (input x component), e.g. the
+    ``coef`` of an attribution-patching fit.
+    """
     masks, margins = read_rows(store, n_train)
     model = make_estimator(estimator, params, device=str(device))
+    if model.uses_prior and prior is None:
+        raise ValueError(f"estimator {estimator!r} needs a prior attribution (input x component); none was given")
+    if not model.uses_prior and prior is not None:
+        raise ValueError(f"estimator {estimator!r} takes no prior")
     start = time.perf_counter()
-    model.fit(masks, margins)
+    model.fit(masks, margins, **({"prior": prior} if model.uses_prior else {}))
     return model, time.perf_counter() - start
 
 
@@ -65,10 +78,10 @@ def save_fit(path: str | Path, model: Any, attributes: dict[str, Any]) -> None:
     """Write a fitted estimator: its linear model, its network if it predicts with one, and diagnostics.
 
     Per-input diagnostics the estimator exposes (``alpha_``, ``n_iter_``,
-    ``validation_mse_``) are kept as arrays over inputs.
+    ``validation_mse_``, ``scale_``) are kept as arrays over inputs.
     """
     group = save_linear_fit(path, model.coef_, model.intercept_, attributes)
-    for name in ("alpha_", "n_iter_", "validation_mse_"):
+    for name in ("alpha_", "n_iter_", "validation_mse_", "scale_"):
         if hasattr(model, name):
             group.create_array(name.rstrip("_"), data=np.atleast_1d(getattr(model, name)), dimension_names=("input",))
     if hasattr(model, "network_"):
@@ -84,7 +97,7 @@ def load_fit(path: str | Path) -> SavedFit:
     network = None
     if "network" in {name for name, _ in group.groups()}:
         network = {name: array[...] for name, array in group["network"].arrays()}
-    diagnostics = {name: group[name][:] for name in ("alpha", "n_iter", "validation_mse") if name in names}
+    diagnostics = {name: group[name][:] for name in ("alpha", "n_iter", "validation_mse", "scale") if name in names}
     return SavedFit(group["coef"][:], group["intercept"][:], dict(group.attrs), network, diagnostics)
 
 

@@ -1,0 +1,93 @@
+"""The gradient-prior estimators: theta = s * prior + correction, and ReLU-collapse started from a prior."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import planted_problem
+from test_baselines import _linear_margin_model
+
+from compattr.baselines import attribution_patching
+from compattr.components import conv_components
+from compattr.estimators import GradientPriorRegressor, PriorReluCollapseRegressor, RidgeCVRegressor
+from compattr.lds import lds_scores
+from compattr.sampling import ComponentMarginEvaluator, shard_masks
+
+
+@pytest.mark.parametrize("correction", ["ridge", "lasso"])
+def test_an_exact_prior_keeps_lds_one_on_a_model_linear_in_its_components(correction):
+    model = _linear_margin_model()
+    components = conv_components(model)
+    images, labels = torch.randn(9, 1, 5, 5), torch.randint(0, 2, (9,))
+    evaluator = ComponentMarginEvaluator(model, components, images, labels)
+    prior, intercept = attribution_patching(model, components, images, labels)
+    heldout = shard_masks(1, 0, 200, len(components), 0.3)
+    truth = evaluator(heldout)
+    assert lds_scores(heldout @ prior.T + intercept, truth)[0].min() > 0.999  # the prior alone is exact
+    train = shard_masks(0, 0, 30, len(components), 0.3)
+    fit = GradientPriorRegressor(correction=correction).fit(train, evaluator(train), prior=prior)
+    assert lds_scores(fit.predict(heldout), truth)[0].min() > 0.999
+    np.testing.assert_allclose(fit.scale_, 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("correction", ["ridge", "lasso"])
+def test_a_wrong_prior_gives_way_to_the_truth_as_masks_grow(correction):
+    _, _, theta, _ = planted_problem(10)
+    wrong = -theta + np.random.default_rng(7).normal(size=theta.shape)  # anti-correlated with the truth
+    errors = []
+    for n in (100, 400, 4000):
+        X, Y, _, _ = planted_problem(n, noise=0.2)
+        fit = GradientPriorRegressor(correction=correction).fit(X, Y, prior=wrong)
+        errors.append(np.abs(fit.coef_ - theta).mean())
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.05 * np.abs(theta).mean()
+    assert (fit.scale_ <= 0).all()  # the wrong prior is not followed: its weight is zero or negative
+
+
+def test_ridge_correction_matches_a_direct_solve_at_each_penalty():
+    """Closed form vs. the normal equations of [prior direction, masks] with only the correction penalised."""
+    X, Y, theta, _ = planted_problem(200, noise=1.0)
+    prior = theta + np.random.default_rng(3).normal(size=theta.shape)
+    model = GradientPriorRegressor(alphas=[0.01, 1.0, 100.0])
+    fits = model._ridge(torch.as_tensor(X), torch.as_tensor(Y), torch.as_tensor(prior.T))
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    scale = np.linalg.eigvalsh(Xc.T @ Xc).clip(0).mean()
+    C = X.shape[1]
+    for lam, (coef, s) in fits.items():
+        for t in range(Y.shape[1]):
+            if np.isinf(lam):
+                u = Xc @ prior[t]
+                expected_s = u @ Yc[:, t] / (u @ u)
+                np.testing.assert_allclose(s[t], expected_s, rtol=1e-6)
+                np.testing.assert_allclose(coef[:, t], expected_s * prior[t], rtol=1e-6)
+                continue
+            design = np.c_[Xc @ prior[t], Xc]
+            penalty = np.diag(np.r_[0.0, np.full(C, lam * scale)])
+            solution = np.linalg.solve(design.T @ design + penalty, design.T @ Yc[:, t])
+            np.testing.assert_allclose(s[t], solution[0], rtol=1e-5, atol=1e-8)
+            np.testing.assert_allclose(coef[:, t], solution[0] * prior[t] + solution[1:], rtol=1e-5, atol=1e-6)
+
+
+def test_no_prior_is_ridge():
+    X, Y, _, _ = planted_problem(300, noise=1.0)
+    plain = RidgeCVRegressor().fit(X, Y)
+    with_zero = GradientPriorRegressor().fit(X, Y)
+    np.testing.assert_allclose(with_zero.coef_, plain.coef_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(with_zero.scale_, 0.0)
+
+
+def test_prior_shape_and_correction_are_checked():
+    X, Y, theta, _ = planted_problem(100)
+    with pytest.raises(ValueError, match="prior has shape"):
+        GradientPriorRegressor().fit(X, Y, prior=theta[:, :-1])
+    with pytest.raises(ValueError, match="correction"):
+        GradientPriorRegressor(correction="elastic").fit(X, Y, prior=theta)
+
+
+def test_relu_collapse_starts_from_the_prior():
+    """With a negligible random part and no learning, the kept collapse is the prior in raw units."""
+    X, Y, theta, _ = planted_problem(400)
+    prior = theta * 2.0
+    model = PriorReluCollapseRegressor(init_scale=1e-6, lr=1e-12, max_epochs=2).fit(X, Y, prior=prior)
+    np.testing.assert_allclose(model.coef_, prior, rtol=1e-3, atol=1e-4)
+    trained = PriorReluCollapseRegressor(init_scale=0.1, lr=3e-3, max_epochs=100).fit(X, Y, prior=prior)
+    assert np.abs(trained.coef_ - theta).mean() < np.abs(prior - theta).mean()  # training moves it to the truth
