@@ -1,13 +1,38 @@
-"""Datasets, as (train, test) splits of image tensors and integer labels."""
+"""Datasets, as (train, test) splits of image tensors and integer labels.
+
+- ``digits``: scikit-learn's bundled 8x8 digits (no download).
+- ``cifar10``: the CIFAR-10 python batches under ``root`` (downloaded there by
+  torchvision, archive md5 checked, when ``download`` is true).
+- ``imagenet``: an ImageNet validation folder in ImageFolder layout (one
+  sub-folder per class wnid), read lazily: only the images asked for are decoded.
+"""
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["ImageSplit", "load_dataset", "select_test_inputs", "save_test_inputs", "load_test_inputs"]
+__all__ = [
+    "DataMissingError",
+    "ImageSplit",
+    "ImageFolderSplit",
+    "load_dataset",
+    "select_test_inputs",
+    "save_test_inputs",
+    "load_test_inputs",
+]
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class DataMissingError(FileNotFoundError):
+    """A dataset is not where the config says and cannot be downloaded; the message says what to put where."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +56,104 @@ class ImageSplit:
         """Number of classes, taken as one more than the largest label."""
         return int(self.labels.max()) + 1
 
+    def subset(self, index: np.ndarray) -> ImageSplit:
+        """The images at ``index``."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageSplit(self.images[index], self.labels[index])
+
+    def batches(self, batch_size: int) -> Iterator[ImageSplit]:
+        """Consecutive batches of at most ``batch_size`` images."""
+        for start in range(0, len(self), batch_size):
+            yield ImageSplit(self.images[start : start + batch_size], self.labels[start : start + batch_size])
+
+
+class ImageFolderSplit:
+    """An image folder (one sub-folder per class) read lazily, with ImageNet's evaluation transform.
+
+    Images are resized (shorter side ``resize``), centre-cropped to ``crop`` and
+    normalised with the ImageNet mean and std, as torchvision's pretrained
+    weights expect. Classes are the sub-folders in sorted order, so for the
+    ImageNet validation set (1,000 wnid folders) the labels are torchvision's
+    class indices; ``num_classes`` is checked against the folders found.
+    """
+
+    def __init__(self, root: str | Path, num_classes: int = 1000, resize: int = 256, crop: int = 224) -> None:
+        from torchvision import datasets, transforms
+
+        root = Path(root)
+        if not root.is_dir():
+            raise DataMissingError(
+                f"image folder {root} not found: set data.root to a folder with one sub-folder per class "
+                f"({num_classes} for the ImageNet validation set, named by wnid, e.g. n01440764/)"
+            )
+        transform = transforms.Compose(
+            [
+                transforms.Resize(resize),
+                transforms.CenterCrop(crop),
+                transforms.ToTensor(),
+                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+        try:
+            self.folder = datasets.ImageFolder(str(root), transform=transform)
+        except FileNotFoundError as err:
+            raise DataMissingError(f"image folder {root} holds no images in class sub-folders: {err}") from err
+        if len(self.folder.classes) != num_classes:
+            raise DataMissingError(
+                f"image folder {root} has {len(self.folder.classes)} class sub-folders, expected {num_classes}: "
+                "labels would not match the model's classes"
+            )
+        self.labels = torch.as_tensor(self.folder.targets, dtype=torch.long)
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray) -> ImageSplit:
+        """Decode the images at ``index``."""
+        images = [self.folder[int(i)][0] for i in index]
+        return ImageSplit(torch.stack(images), self.labels[torch.as_tensor(index, dtype=torch.long)])
+
+    def batches(self, batch_size: int) -> Iterator[ImageSplit]:
+        """Consecutive decoded batches of at most ``batch_size`` images."""
+        for start in range(0, len(self), batch_size):
+            yield self.subset(np.arange(start, min(start + batch_size, len(self))))
+
+
+def _load_cifar10(root: str | Path, download: bool) -> tuple[ImageSplit, ImageSplit]:
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    folder = Path(root) / CIFAR10.base_folder
+    names = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list]
+    if download and not all((folder / name).is_file() for name in names):
+        try:
+            download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+        except (OSError, RuntimeError) as err:
+            raise DataMissingError(
+                f"CIFAR-10 is not in {folder} and could not be downloaded from {CIFAR10.url} ({err}): download "
+                f"that archive (md5 {CIFAR10.tgz_md5}) and extract it into {root}"
+            ) from err
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise DataMissingError(
+            f"CIFAR-10 python batches {missing} missing in {folder}: set data.download: true, or download "
+            f"{CIFAR10.url} (md5 {CIFAR10.tgz_md5}) and extract it into {root}"
+        )
+
+    def read(batch_names: list[str]) -> ImageSplit:
+        images, labels = [], []
+        for name in batch_names:
+            with open(folder / name, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        x = torch.from_numpy(np.concatenate(images)).float() / 255.0
+        mean, std = torch.tensor(CIFAR10_MEAN)[:, None, None], torch.tensor(CIFAR10_STD)[:, None, None]
+        return ImageSplit((x - mean) / std, torch.from_numpy(np.concatenate(labels)))
+
+    return read([name for name, _ in CIFAR10.train_list]), read([name for name, _ in CIFAR10.test_list])
+
 
 def _load_digits(test_fraction: float, seed: int, image_size: int) -> tuple[ImageSplit, ImageSplit]:
     from sklearn.datasets import load_digits
@@ -50,28 +173,55 @@ def _load_digits(test_fraction: float, seed: int, image_size: int) -> tuple[Imag
 
 
 def load_dataset(
-    name: str, *, test_fraction: float = 0.3, seed: int = 0, image_size: int = 8
-) -> tuple[ImageSplit, ImageSplit]:
+    name: str,
+    *,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    image_size: int = 8,
+    root: str | Path | None = None,
+    download: bool = False,
+    num_classes: int = 1000,
+) -> tuple[ImageSplit | None, ImageSplit | ImageFolderSplit]:
     """Load a dataset by name and return its ``(train, test)`` splits.
 
     Parameters
     ----------
-    name : {"digits"}
+    name : {"digits", "cifar10", "imagenet"}
         ``"digits"``: scikit-learn's bundled 8x8 handwritten digits (no download),
         scaled to [-1, 1] and split at random into train and test.
+        ``"cifar10"``: the python batches under ``root`` (train 50,000, test 10,000).
+        ``"imagenet"``: the validation folder ``root`` as test split, read lazily;
+        there is no train split (``None``): the model comes with pretrained weights.
     test_fraction : float, default=0.3
-        Fraction of the images held out as the test split.
+        Digits: fraction of the images held out as the test split.
     seed : int, default=0
-        Seed of the train/test permutation.
+        Digits: seed of the train/test permutation.
     image_size : int, default=8
-        Side of the returned images (bilinear resampling when not 8).
+        Digits: side of the returned images (bilinear resampling when not 8).
+    root : path
+        Where CIFAR-10 is (or is downloaded to), or the ImageNet validation folder.
+    download : bool, default=False
+        CIFAR-10: download into ``root`` when missing (torchvision, md5 checked).
+    num_classes : int, default=1000
+        ImageNet: number of class folders expected under ``root``.
+
+    Raises
+    ------
+    DataMissingError
+        When the data are not where ``root`` says and cannot be downloaded.
     """
     if name == "digits":
         return _load_digits(test_fraction, seed, image_size)
-    raise ValueError(f"unknown dataset {name!r}; known: 'digits'")
+    if name in ("cifar10", "imagenet") and root is None:
+        raise DataMissingError(f"dataset {name!r} needs data.root in the config")
+    if name == "cifar10":
+        return _load_cifar10(root, download)
+    if name == "imagenet":
+        return None, ImageFolderSplit(root, num_classes=num_classes)
+    raise ValueError(f"unknown dataset {name!r}; known: 'digits', 'cifar10', 'imagenet'")
 
 
-def select_test_inputs(split: ImageSplit, n_inputs: int, seed: int) -> np.ndarray:
+def select_test_inputs(split: ImageSplit | ImageFolderSplit, n_inputs: int, seed: int) -> np.ndarray:
     """Seeded choice of ``n_inputs`` distinct indices into ``split`` (sorted)."""
     if n_inputs > len(split):
         raise ValueError(f"asked for {n_inputs} test inputs but the split holds {len(split)} images")
@@ -79,9 +229,10 @@ def select_test_inputs(split: ImageSplit, n_inputs: int, seed: int) -> np.ndarra
     return np.sort(rng.choice(len(split), size=n_inputs, replace=False))
 
 
-def save_test_inputs(path: str, split: ImageSplit, index: np.ndarray) -> None:
+def save_test_inputs(path: str, split: ImageSplit | ImageFolderSplit, index: np.ndarray) -> None:
     """Write the chosen test inputs (their indices into ``split``, images and labels) as ``.npz``."""
-    np.savez(path, index=index, images=split.images[index].numpy(), labels=split.labels[index].numpy())
+    chosen = split.subset(index)
+    np.savez(path, index=index, images=chosen.images.numpy(), labels=chosen.labels.numpy())
 
 
 def load_test_inputs(path: str) -> ImageSplit:

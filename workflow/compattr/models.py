@@ -9,19 +9,27 @@ is the same as zeroing that filter's weights.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from compattr.components import ComponentSet, conv_components
-from compattr.data import ImageSplit
+from compattr.data import ImageFolderSplit, ImageSplit
 
 __all__ = [
+    "WeightsMissingError",
     "BasicBlock",
     "CifarResNet",
     "build_model",
+    "sha256sum",
+    "load_state_dict_file",
+    "torchvision_weights",
+    "random_crop_flip",
     "train_classifier",
     "accuracy",
     "margins",
@@ -104,18 +112,97 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def build_model(arch: dict, num_classes: int, in_channels: int, seed: int | None = None) -> nn.Module:
-    """Build a model from its config entry (``{"name": "cifar_resnet", "widths": [...], "blocks": [...]}``).
+class WeightsMissingError(FileNotFoundError):
+    """Model weights are missing, cannot be downloaded, or fail their checksum; the message says what to do."""
 
+
+def build_model(arch: dict, num_classes: int, in_channels: int, seed: int | None = None) -> nn.Module:
+    """Build a model from its config entry.
+
+    ``{"name": "cifar_resnet", "widths": [...], "blocks": [...]}``: :class:`CifarResNet`;
+    ``{"name": "torchvision_resnet50"}``: torchvision's ResNet-50 (ImageNet stem),
+    randomly initialised (load weights with :func:`torchvision_weights`).
     With ``seed``, the initial weights depend on it alone (the global RNG is left as it was).
     """
     name = arch["name"]
-    if name != "cifar_resnet":
-        raise ValueError(f"unknown architecture {name!r}; known: 'cifar_resnet'")
+    if name not in ("cifar_resnet", "torchvision_resnet50"):
+        raise ValueError(f"unknown architecture {name!r}; known: 'cifar_resnet', 'torchvision_resnet50'")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
+        if name == "torchvision_resnet50":
+            from torchvision.models import resnet50
+
+            if in_channels != 3:
+                raise ValueError(f"torchvision_resnet50 takes 3-channel images, got {in_channels}")
+            return resnet50(weights=None, num_classes=num_classes)
         return CifarResNet(arch["widths"], arch["blocks"], num_classes, in_channels)
+
+
+def sha256sum(path: str | Path) -> str:
+    """Hex SHA-256 digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_state_dict_file(path: str | Path, sha256: str | None = None) -> dict[str, Tensor]:
+    """Read a state dict (or a :func:`save_checkpoint` file) after checking its SHA-256 when given."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsMissingError(f"checkpoint {path} not found: set model.checkpoint.path to the file")
+    if sha256 is not None and (actual := sha256sum(path)) != sha256.lower():
+        raise WeightsMissingError(f"checkpoint {path} has sha256 {actual}, but model.checkpoint.sha256 says {sha256}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state)
+
+
+TORCHVISION_WEIGHTS = {"torchvision_resnet50": "ResNet50_Weights"}
+
+
+def torchvision_weights(arch: str, weights: str) -> dict[str, Tensor]:
+    """Torchvision's pretrained ``weights`` (e.g. ``IMAGENET1K_V1``) of ``arch``, from torch's cache.
+
+    Missing files are downloaded into the cache (``$TORCH_HOME/hub/checkpoints``);
+    the file's SHA-256 must start with the hash in its name, as torch.hub names them.
+    """
+    from torchvision.models import get_weight
+
+    if arch not in TORCHVISION_WEIGHTS:
+        raise ValueError(f"architecture {arch!r} has no torchvision weights; known: {sorted(TORCHVISION_WEIGHTS)}")
+    name = f"{TORCHVISION_WEIGHTS[arch]}.{weights}"
+    url = get_weight(name).url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    prefix = re.search(r"-([a-f0-9]+)\.", cached.name).group(1)
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(cached), hash_prefix=prefix)
+        except (OSError, RuntimeError) as err:
+            raise WeightsMissingError(
+                f"weights {name} are not in torch's cache ({cached}) and could not be downloaded from {url} "
+                f"({err}): copy that file to {cached} (TORCH_HOME moves the cache), or give model.checkpoint"
+            ) from err
+    if not sha256sum(cached).startswith(prefix):
+        raise WeightsMissingError(f"{cached} fails its checksum (sha256 should start with {prefix}): delete it")
+    return torch.load(cached, map_location="cpu", weights_only=True)
+
+
+def random_crop_flip(images: Tensor, pad: int, generator: torch.Generator) -> Tensor:
+    """Per-image random crop after zero padding by ``pad`` pixels, and random horizontal flip."""
+    n, c, h, w = images.shape
+    padded = nn.functional.pad(images, (pad, pad, pad, pad))
+    top = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
+    left = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
+    rows = (top[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
+    cols = (left[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    channel = torch.arange(c, device=images.device)[None, :, None, None]
+    out = padded[batch, channel, rows, cols]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
 def train_classifier(
@@ -127,11 +214,15 @@ def train_classifier(
     lr: float,
     weight_decay: float,
     seed: int,
+    augment: bool = False,
+    label_smoothing: float = 0.0,
     device: str | torch.device = "cpu",
 ) -> list[float]:
     """Train ``model`` with SGD (Nesterov momentum 0.9) and a one-cycle learning rate.
 
-    Returns the mean training loss of each epoch. Deterministic for a given seed on CPU.
+    With ``augment``, every batch gets a random 4-pixel-padded crop and a random
+    horizontal flip (the standard CIFAR augmentation). Returns the mean training
+    loss of each epoch. Deterministic for a given seed on CPU.
     """
     if epochs < 1:
         raise ValueError("epochs must be at least 1")
@@ -148,7 +239,9 @@ def train_classifier(
         for start in range(0, len(train), batch_size):
             idx = order[start : start + batch_size]
             x, y = train.images[idx].to(device), train.labels[idx].to(device)
-            loss = nn.functional.cross_entropy(model(x), y)
+            if augment:
+                x = random_crop_flip(x, 4, generator)
+            loss = nn.functional.cross_entropy(model(x), y, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -160,14 +253,13 @@ def train_classifier(
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, split: ImageSplit, batch_size: int = 1024) -> float:
+def accuracy(model: nn.Module, split: ImageSplit | ImageFolderSplit, batch_size: int = 1024) -> float:
     """Top-1 accuracy of ``model`` (in eval mode) on ``split``."""
     model.eval()
     device = next(model.parameters()).device
     correct = 0
-    for start in range(0, len(split), batch_size):
-        x = split.images[start : start + batch_size].to(device)
-        correct += int((model(x).argmax(1).cpu() == split.labels[start : start + batch_size]).sum())
+    for batch in split.batches(batch_size):
+        correct += int((model(batch.images.to(device)).argmax(1).cpu() == batch.labels).sum())
     return correct / len(split)
 
 
