@@ -6,9 +6,11 @@ import pytest
 from compattr.analysis import (
     ablations_needed,
     bootstrap_curves,
+    grouped_gain_markdown,
     markdown_table,
     read_lds_csv,
     read_ood_csv,
+    summary_markdown,
     summary_rows,
     write_lds_csv,
 )
@@ -23,6 +25,14 @@ def test_ablations_needed_interpolates_in_log_size():
     assert math.isnan(ablations_needed(sizes, curve, 0.7))
     # The first crossing counts, even if the curve dips later.
     assert ablations_needed(sizes, np.array([0.5, 0.3, 0.6]), 0.45) == 100
+
+
+def test_ablations_needed_from_a_prior_at_zero_masks():
+    sizes = np.array([0, 100, 400])
+    curve = np.array([0.2, 0.4, 0.6])
+    assert ablations_needed(sizes, curve, 0.1) == 0  # the prior alone reaches it
+    assert ablations_needed(sizes, curve, 0.3) == pytest.approx(50)  # linear between 0 and 100
+    assert ablations_needed(sizes, curve, 0.5) == pytest.approx(200)  # log above
 
 
 def test_bootstrap_interval_contains_the_mean_and_shrinks_with_inputs():
@@ -72,11 +82,17 @@ def test_best_linear_reference_is_the_cheapest_linear_estimator(tmp_path):
         for n, step in [(100, 0.0), (200, 0.2), (400, 0.4)]:
             rows += [(estimator, n, i, base + step + 0.001 * i, 0.0) for i in range(4)]
     write_lds_csv(tmp_path / "lds.csv", rows)
-    summary = summary_rows(read_lds_csv(tmp_path / "lds.csv"), [0.5], n_bootstrap=50, ci=0.9, seed=0)
+    table = read_lds_csv(tmp_path / "lds.csv")
+    summary = summary_rows(table, [0.5], n_bootstrap=50, ci=0.9, seed=0, references=["coar", "lasso", "absent"])
     by = {r["estimator"]: r for r in summary}
     assert by["ridge"]["reduction_vs_best_linear"] == 0  # ridge needs fewer masks than lasso
     expected = 1 - by["new"]["ablations_needed"] / by["ridge"]["ablations_needed"]
     assert by["new"]["reduction_vs_best_linear"] == pytest.approx(expected)
+    expected = 1 - by["new"]["ablations_needed"] / by["lasso"]["ablations_needed"]
+    assert by["new"]["reduction_vs_lasso"] == pytest.approx(expected)
+    assert math.isnan(by["new"]["reduction_vs_absent"])
+    text = summary_markdown(summary, "s", 100, 400, references=["coar", "lasso"])
+    assert "| estimator | masks needed | vs coar | vs lasso | vs best tuned linear |" in text
 
 
 def test_ood_table_round_trip(tmp_path):
@@ -85,3 +101,23 @@ def test_ood_table_round_trip(tmp_path):
     tables = read_ood_csv(tmp_path / "ood.csv")
     assert list(tables) == [0.025, 0.1]
     np.testing.assert_allclose(tables[0.1].spearman["coar"], [[0.0, 0.1, 0.2]])
+
+
+def test_grouped_gain_splits_inputs_by_the_covariate():
+    rows = []
+    for i in range(6):
+        rows += [("ridge", n, i, 0.2, 0.0) for n in (100, 200)]
+        rows += [("prior", n, i, 0.2 + 0.1 * (i >= 3) * (n == 100), 0.0) for n in (0, 100, 200)]
+    table = _table_from(rows)
+    text = grouped_gain_markdown(table, "prior", "ridge", np.arange(6.0), "covariate", n_groups=2)
+    lines = text.splitlines()
+    assert lines[0] == "| covariate | inputs | n=100 | n=200 |"
+    assert lines[2] == "| 0.00 to 2.00 | 3 | +0.000 | +0.000 |"
+    assert lines[3] == "| 3.00 to 5.00 | 3 | +0.100 | +0.000 |"
+
+
+def _table_from(rows):
+    from compattr.analysis import _table
+
+    keys = ("estimator", "n_train", "input", "spearman", "pearson")
+    return _table({k: str(v) for k, v in zip(keys, row, strict=True)} for row in rows)

@@ -23,6 +23,7 @@ __all__ = [
     "bootstrap_curves",
     "summary_rows",
     "coefficient_agreement",
+    "grouped_gain_markdown",
     "select_by_validation",
     "markdown_table",
     "summary_markdown",
@@ -128,7 +129,8 @@ def ablations_needed(sizes: np.ndarray, curve: np.ndarray, target: float) -> flo
     """Smallest number of masks at which ``curve`` first reaches ``target``; NaN if never.
 
     Between two train sizes the curve is interpolated linearly in log(size), as
-    it is drawn on the figure. A curve already at the target at the smallest
+    it is drawn on the figure; from a point at size 0 (a prior alone) to the
+    next size, linearly in size. A curve already at the target at the smallest
     size gives that size.
     """
     sizes = np.asarray(sizes, dtype=np.float64)
@@ -139,8 +141,10 @@ def ablations_needed(sizes: np.ndarray, curve: np.ndarray, target: float) -> flo
     k = int(above[0])
     if k == 0:
         return float(sizes[0])
-    lo, hi = np.log(sizes[k - 1]), np.log(sizes[k])
     frac = (target - curve[k - 1]) / (curve[k] - curve[k - 1])
+    if sizes[k - 1] == 0:
+        return float(frac * sizes[k])
+    lo, hi = np.log(sizes[k - 1]), np.log(sizes[k])
     return float(np.exp(lo + frac * (hi - lo)))
 
 
@@ -173,12 +177,13 @@ def summary_rows(
     n_bootstrap: int,
     ci: float,
     seed: int,
-    reference: str = "coar",
+    references: Sequence[str] = ("coar",),
     linear: Sequence[str] = ("ridge", "lasso"),
 ) -> list[dict[str, object]]:
     """Ablations needed per estimator and LDS target, with bootstrap intervals and reductions.
 
-    Reductions are ``1 - masks(estimator) / masks(other)`` against ``reference``
+    Reductions are ``1 - masks(estimator) / masks(other)`` against each of
+    ``references`` (columns ``reduction_vs_<reference>``, NaN when it was not fitted)
     and against the best of the tuned ``linear`` estimators present (the one
     needing the fewest masks; within each bootstrap resample the best is chosen
     again). The same resamples of inputs serve every estimator, so intervals of
@@ -210,11 +215,13 @@ def summary_rows(
                 best_boot = np.nanmin(np.stack([boot[e] for e in linear]), axis=0)
         for e in table.estimators:
             row: dict[str, object] = {"estimator": e, "target_lds": target, "ablations_needed": needed[e]}
-            row["reduction_vs_coar"] = _reduction(needed[e], needed.get(reference, np.nan))
+            for name in references:
+                row[f"reduction_vs_{name}"] = _reduction(needed[e], needed.get(name, np.nan))
             row["reduction_vs_best_linear"] = _reduction(needed[e], best_needed)
             row["ablations_low"] = _quantile(boot[e], tail, True)
             row["ablations_high"] = _quantile(boot[e], 1 - tail, True)
-            for name, other in (("coar", boot.get(reference, missing)), ("best_linear", best_boot)):
+            others = [(name, boot.get(name, missing)) for name in references] + [("best_linear", best_boot)]
+            for name, other in others:
                 reductions = _reduction(boot[e], other)
                 row[f"reduction_vs_{name}_low"] = _quantile(reductions, tail, False)
                 row[f"reduction_vs_{name}_high"] = _quantile(reductions, 1 - tail, False)
@@ -238,6 +245,35 @@ def select_by_validation(validation_mse: dict[tuple[str, int], float]) -> dict[i
 def coefficient_agreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-input Pearson correlation between two attributions ``(n_inputs, n_components)``."""
     return columnwise_pearson(np.asarray(a).T, np.asarray(b).T)
+
+
+def grouped_gain_markdown(
+    table: LdsTable, estimator: str, reference: str, covariate: np.ndarray, label: str, n_groups: int = 3
+) -> str:
+    """Mean LDS gain of ``estimator`` over ``reference`` per train size, inputs grouped by ``covariate``.
+
+    Inputs are split into ``n_groups`` quantile groups of ``covariate`` (one value
+    per input, e.g. the prior's own LDS or the unablated margin); a Markdown table
+    has one row per group with the covariate's range and the gain at every train
+    size the two estimators share.
+    """
+    covariate = np.asarray(covariate, dtype=np.float64)
+    sizes = [n for n in table.sizes[estimator] if n in set(table.sizes[reference])]
+    rows_e = [list(table.sizes[estimator]).index(n) for n in sizes]
+    rows_r = [list(table.sizes[reference]).index(n) for n in sizes]
+    gain = table.spearman[estimator][rows_e] - table.spearman[reference][rows_r]  # (sizes, inputs)
+    edges = np.quantile(covariate, np.linspace(0, 1, n_groups + 1)[1:-1])
+    group = np.digitize(covariate, edges)
+    header = [label, "inputs", *(f"n={n}" for n in sizes)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for k in range(n_groups):
+        chosen = group == k
+        if not chosen.any():
+            continue
+        span = f"{covariate[chosen].min():.2f} to {covariate[chosen].max():.2f}"
+        cells = [f"{g:+.3f}" for g in gain[:, chosen].mean(1)]
+        lines.append(f"| {span} | {int(chosen.sum())} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _reduction(needed: np.ndarray | float, reference: np.ndarray | float) -> np.ndarray | float:
@@ -277,9 +313,17 @@ def markdown_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) ->
 
 
 def summary_markdown(
-    rows: Sequence[dict[str, object]], study: str, smallest: int, largest: int, notes: Sequence[str] = ()
+    rows: Sequence[dict[str, object]],
+    study: str,
+    smallest: int,
+    largest: int,
+    notes: Sequence[str] = (),
+    references: Sequence[str] = ("coar",),
 ) -> str:
-    """The generated ``summary.md``: per LDS target, masks needed and reductions with their intervals."""
+    """The generated ``summary.md``: per LDS target, masks needed and reductions with their intervals.
+
+    ``references`` name the ``reduction_vs_<reference>`` columns of ``rows`` to show.
+    """
 
     def interval(row: dict[str, object], key: str, percent: bool) -> str:
         value, low, high = (float(row[k]) for k in (key, f"{key}_low", f"{key}_high"))  # type: ignore[arg-type]
@@ -291,22 +335,16 @@ def summary_markdown(
 
     lines = [f"# {study}: ablated forward passes needed per LDS target", ""]
     for target in dict.fromkeys(r["target_lds"] for r in rows):
-        lines += [
-            f"## LDS {target}",
-            "",
-            "| estimator | masks needed | vs coar | vs best tuned linear |",
-            "|---|---|---|---|",
-        ]
+        header = ["estimator", "masks needed", *(f"vs {name}" for name in references), "vs best tuned linear"]
+        lines += [f"## LDS {target}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in (r for r in rows if r["target_lds"] == target):
             ablations = interval(
                 {**r, "ablations_needed_low": r["ablations_low"], "ablations_needed_high": r["ablations_high"]},
                 "ablations_needed",
                 False,
             )
-            lines.append(
-                f"| {r['estimator']} | {ablations} | {interval(r, 'reduction_vs_coar', True)} | "
-                f"{interval(r, 'reduction_vs_best_linear', True)} |"
-            )
+            cells = [interval(r, f"reduction_vs_{name}", True) for name in (*references, "best_linear")]
+            lines.append(f"| {r['estimator']} | {ablations} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [
         "Masks needed are read off the mean LDS curve over test inputs (interpolated in log masks) and count "
@@ -316,7 +354,9 @@ def summary_markdown(
         f"the tuned linear estimators needs fewest masks. A value of {smallest} (the smallest train size) means "
         f"the target was already reached there (the need is at most that); 'not reached': not with {largest} "
         "masks. Baselines count their ablated forward passes: 0 for attribution patching, one per component "
-        "for leave-one-out.",
+        "for leave-one-out. Estimators with a prior (gradient_prior*, relu_collapse_prior) start from attribution "
+        "patching: their curve has a point at 0 masks (the prior alone), and a need of 0 means the prior "
+        "already reaches the target.",
         "",
         *notes,
     ]

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter  # noqa: E402
 
 from compattr.analysis import LdsTable, bootstrap_curves  # noqa: E402
 
@@ -23,6 +24,9 @@ LABELS = {
     "relu_collapse": "ReLU-collapse",
     "linear_collapse": "linear-collapse (no ReLU)",
     "relu_net": "ReLU net (uncollapsed)",
+    "gradient_prior": "gradient prior + ridge correction",
+    "gradient_prior_lasso": "gradient prior + lasso correction",
+    "relu_collapse_prior": "ReLU-collapse from the gradient prior",
     "attribution_patching": "attribution patching (0 passes)",
     "loo": "leave-one-out (1 pass / component)",
 }
@@ -49,7 +53,19 @@ def _panel(
             continue
         ax.plot(sizes[estimator], mean, marker="o", ms=3.5, color=color, label=label)
         ax.fill_between(sizes[estimator], low, high, color=color, alpha=0.2, linewidth=0)
-    ax.set_xscale("log")
+    positive = [n for e, s in sizes.items() if e not in baselines for n in s if n > 0]
+    if any(s[0] == 0 for e, s in sizes.items() if e not in baselines) and positive:
+        # A prior's point at 0 masks: linear from 0 to the smallest size, logarithmic above.
+        smallest, largest = min(positive), max(positive)
+        ax.set_xscale("symlog", linthresh=smallest, linscale=0.5)
+        decades = 10.0 ** np.arange(np.ceil(np.log10(smallest * 1.01)), np.log10(largest) + 1)
+        ax.xaxis.set_major_locator(FixedLocator([0.0, smallest, *decades]))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+        ax.xaxis.set_minor_locator(
+            FixedLocator([m * d for d in decades / 10 for m in range(2, 10) if m * d > smallest])
+        )
+    else:
+        ax.set_xscale("log")
     ax.set_xlabel("ablated forward passes per input (training masks)")
     ax.grid(True, which="both", alpha=0.3)
 
@@ -72,10 +88,13 @@ def plot_lds_vs_ablations(
     rate, then LDS on each out-of-distribution rate in ``ood``. Shaded bands are
     percentile bootstrap intervals over inputs; ``baselines`` are drawn as dashed
     horizontal lines (with a star at their number of passes when it is not 0);
-    dotted grey lines mark the LDS targets of the summary table.
+    dotted grey lines mark the LDS targets of the summary table. Estimators with
+    a point at 0 masks (a prior alone) put the x axis on a symlog scale.
     """
     ood = ood or {}
-    colors = {e: f"C{k}" for k, e in enumerate(table.estimators)}
+    palette = plt.get_cmap("tab20").colors
+    palette = palette[0::2] + palette[1::2]  # the ten strong colours first, then their light pairs
+    colors = {e: palette[k % len(palette)] for k, e in enumerate(table.estimators)}
     panels = [("LDS (Spearman)", table.spearman, table.sizes, alpha), ("Pearson", table.pearson, table.sizes, alpha)]
     panels += [("LDS (Spearman)", t.spearman, t.sizes, a) for a, t in ood.items()]
     ncols = 2
@@ -95,10 +114,11 @@ def plot_lds_vs_ablations(
     spare = axes.flat[len(panels) :]
     for ax in spare:
         ax.axis("off")
+    handles = axes.flat[0].get_legend_handles_labels()
     if len(spare):
-        spare[0].legend(*axes.flat[0].get_legend_handles_labels(), loc="center", fontsize=9, **legend)
+        spare[0].legend(*handles, loc="center", fontsize=9, **legend)
     else:
-        axes.flat[0].legend(loc="lower right", fontsize=7, **legend)
+        fig.legend(*handles, loc="outside lower center", ncols=3, fontsize=9, **legend)
     if title:
         fig.suptitle(title)
     return fig
