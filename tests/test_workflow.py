@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,14 +27,16 @@ def copy_repo(dest: Path) -> Path:
     """Copy what a fresh clone holds of the workflow (not results, logs or the venv) to ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", dest)
-    for folder in ("workflow", "config", "envs"):
+    for folder in ("workflow", "config", "envs", "slurm"):
         shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    """Run Snakemake in ``workdir`` on the tiny config; its log (stdout and stderr) is in ``.stdout``."""
-    cmd = [sys.executable, "-m", "snakemake", *args, "--configfile", "config/tiny.yaml"]
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, configfile: str = "config/tiny.yaml", **kwargs
+) -> subprocess.CompletedProcess:
+    """Run Snakemake in ``workdir`` on a config (the tiny one); its log (stdout and stderr) is in ``.stdout``."""
+    cmd = [sys.executable, "-m", "snakemake", *args, "--configfile", configfile]
     result = subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-6000:]}")
@@ -58,7 +62,12 @@ def test_study_writes_sane_tables_and_figures(study):
     assert list(lds[0]) == ["estimator", "n_train", "input", "spearman", "pearson"]
     n_inputs, n_sizes = config["inputs"]["n"], len(config["fit"]["train_sizes"])
     baselines = config["fit"]["baselines"]
-    assert len(lds) == (len(config["fit"]["estimators"]) * n_sizes + len(baselines)) * n_inputs
+    # Estimators with a prior also have the prior's point at 0 masks.
+    assert "gradient_prior" in config["fit"]["estimators"]
+    assert len(lds) == (len(config["fit"]["estimators"]) * n_sizes + len(baselines) + 1) * n_inputs
+    prior = {r["input"]: r["spearman"] for r in lds if r["estimator"] == "attribution_patching"}
+    at_zero = {r["input"]: r["spearman"] for r in lds if r["estimator"] == "gradient_prior" and r["n_train"] == "0"}
+    assert prior == at_zero
     values = np.array([[float(r["spearman"]), float(r["pearson"])] for r in lds])
     assert np.isfinite(values).all() and (np.abs(values) <= 1).all()
     # The largest fit of every estimator predicts held-out margins clearly better than chance.
@@ -76,11 +85,12 @@ def test_study_writes_sane_tables_and_figures(study):
     assert {r["estimator"] for r in summary} == set(config["fit"]["estimators"]) | set(baselines)
     for row in summary:
         if row["ablations_needed"] and row["estimator"] not in baselines:
-            assert 40 <= float(row["ablations_needed"]) <= 240
+            smallest = 0 if row["estimator"] == "gradient_prior" else 40  # a prior alone may reach a target
+            assert smallest <= float(row["ablations_needed"]) <= 240
         if row["estimator"] == "coar" and row["ablations_needed"]:
             assert float(row["reduction_vs_coar"]) == 0
     markdown = (study / STUDY / "summary.md").read_text()
-    assert "| estimator | masks needed | vs coar | vs best tuned linear |" in markdown
+    assert "| estimator | masks needed | vs coar | vs relu_collapse | vs best tuned linear |" in markdown
     assert "Attribution patching against leave-one-out" in markdown
     for ext in ("png", "pdf"):
         figure = study / STUDY / f"figures/lds_vs_ablations.{ext}"
@@ -188,3 +198,35 @@ def test_bad_config_fails_before_any_job_naming_the_field(tmp_path, edit, messag
     assert result.returncode != 0
     assert message in result.stdout
     assert not (workdir / "results").exists()
+
+
+def test_prior_estimators_of_the_rules_are_those_of_the_library():
+    """common.smk lists the estimators that get a prior's fit as input; the classes say which take one."""
+    from compattr.estimators import ESTIMATORS
+
+    text = (REPO / "workflow/rules/common.smk").read_text()
+    listed = ast.literal_eval(re.search(r"^PRIOR_ESTIMATORS = (\(.*?\))$", text, re.M).group(1))
+    assert set(listed) == {name for name, cls in ESTIMATORS.items() if cls.uses_prior}
+
+
+def test_reduced_gpu_scale_config_runs_on_cpu(tmp_path):
+    """config/digits_resnet18.yaml at toy sizes (same data, architecture and estimators' settings) runs end to end."""
+    workdir = copy_repo(tmp_path / "repo")
+    cfg = yaml.safe_load((REPO / "config/digits_resnet18.yaml").read_text())
+    cfg.update(study="reduced", device="cpu")
+    cfg["inputs"]["n"] = 6
+    cfg["model"]["train"]["epochs"] = 1
+    sampling = cfg["sampling"]
+    sampling.update(shard_size=20, batch_size=512)
+    sampling["train"]["n_masks"], sampling["heldout"]["n_masks"], sampling["ood"]["n_masks"] = 40, 20, 10
+    cfg["fit"]["train_sizes"] = [40]
+    cfg["fit"]["estimators"] = {e: cfg["fit"]["estimators"][e] for e in ("coar", "ridge", "gradient_prior")}
+    cfg["fit"]["baselines"] = ["attribution_patching"]
+    (workdir / "config/reduced.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(workdir, "--cores", "2", configfile="config/reduced.yaml")
+    metrics = yaml.safe_load((workdir / "results/reduced/model/metrics.json").read_text())
+    assert metrics["n_components"] == 4800 and metrics["n_test"] == 1078
+    lds = read_csv(workdir / "results/reduced/lds.csv")
+    assert len(lds) == (3 + 1 + 1) * 6  # three estimators at 40 masks, the prior's point, the baseline
+    masks, margins = read_rows(workdir / "results/reduced/ablations/train.zarr")
+    assert masks.shape == (40, 4800) and margins.shape == (40, 6) and np.isfinite(margins).all()

@@ -11,6 +11,12 @@ SPLITS = ["train", "heldout", *OOD_SPLITS]
 ESTIMATORS = list(config["fit"]["estimators"])
 BASELINES = list(config["fit"].get("baselines", []))
 METHODS = ESTIMATORS + BASELINES
+# Estimators whose fit takes attribution patching's attribution as a prior
+# (the classes with ``uses_prior`` in compattr.estimators; a test checks the two agree).
+PRIOR_ESTIMATORS = ("gradient_prior", "gradient_prior_lasso", "relu_collapse_prior")
+PRIOR_FIT = f"{RESULTS}/fits/attribution_patching/baseline.zarr"
+USES_PRIOR = any(e in PRIOR_ESTIMATORS for e in ESTIMATORS)
+BASELINE_FITS = sorted(set(BASELINES) | ({"attribution_patching"} if USES_PRIOR else set()))
 TRAIN_SIZES = sorted(config["fit"]["train_sizes"])
 ENV = "../../envs/study.yaml"
 
@@ -30,10 +36,21 @@ def _check_config():
         raise ValueError(
             f"config sweep.estimator {sweep['estimator']!r} is not one of fit.estimators"
         )
-    arch = config["model"]["arch"]
-    if len(arch["widths"]) != len(arch["blocks"]):
+    model = config["model"]
+    arch = model["arch"]
+    if arch["name"] == "cifar_resnet" and len(arch["widths"]) != len(arch["blocks"]):
         raise ValueError(
             "config model.arch.widths and model.arch.blocks must have the same length"
+        )
+    sources = [key for key in ("train", "weights", "checkpoint") if key in model]
+    if len(sources) != 1:
+        raise ValueError(
+            "config model needs exactly one of model.train (train the model), model.weights "
+            f"(torchvision's pretrained weights) or model.checkpoint (your file); got {sources or 'none'}"
+        )
+    if config["data"]["name"] == "imagenet" and "train" in model:
+        raise ValueError(
+            "config data.name imagenet has no train split: use model.weights or model.checkpoint"
         )
 
 
@@ -64,10 +81,20 @@ def store_path(split):
 
 
 def method_fits(wildcards):
-    """The fits of one method: every train size for an estimator, the single fit of a baseline."""
+    """The fits of one method: every train size for an estimator, the single fit of a baseline.
+
+    An estimator with a prior also gets the prior's fit: its point at zero ablations.
+    """
     if wildcards.estimator in BASELINES:
         return [f"{RESULTS}/fits/{wildcards.estimator}/baseline.zarr"]
-    return expand(f"{RESULTS}/fits/{wildcards.estimator}/n{{n}}.zarr", n=TRAIN_SIZES)
+    fits = expand(f"{RESULTS}/fits/{wildcards.estimator}/n{{n}}.zarr", n=TRAIN_SIZES)
+    return [PRIOR_FIT, *fits] if wildcards.estimator in PRIOR_ESTIMATORS else fits
+
+
+def prior_input(wildcards):
+    """The prior attribution's fit, for the estimators that take one (a sweep's: its estimator)."""
+    estimator = wildcards.get("estimator", SWEEP["estimator"])
+    return {"prior": PRIOR_FIT} if estimator in PRIOR_ESTIMATORS else {}
 
 
 def shard_flags(wildcards):

@@ -1,5 +1,6 @@
 rule fit_estimator:
     input:
+        unpack(prior_input),
         summary=f"{RESULTS}/ablations/train.summary.json",
     output:
         directory(f"{RESULTS}/fits/{{estimator}}/n{{n}}.zarr"),
@@ -27,7 +28,7 @@ rule fit_baseline:
     log:
         f"{LOGS}/fit_baseline/{{baseline}}.log",
     wildcard_constraints:
-        baseline="|".join(BASELINES) or "none",
+        baseline="|".join(BASELINE_FITS) or "none",
     conda:
         ENV
     threads: 2

@@ -13,6 +13,7 @@ rule score_lds:
     conda:
         ENV
     params:
+        label=lambda wc: wc.estimator,
         heldout=store_path("heldout"),
         ood={alpha: store_path(split) for alpha, split in zip(OOD_ALPHAS, OOD_SPLITS)},
     script:

@@ -1,5 +1,6 @@
 rule fit_sweep:
     input:
+        unpack(prior_input),
         summary=f"{RESULTS}/ablations/train.summary.json",
     output:
         directory(f"{RESULTS}/sweep/fits/{{setting}}/n{{n}}.zarr"),
@@ -31,6 +32,7 @@ rule score_sweep:
     conda:
         ENV
     params:
+        label=lambda wc: wc.setting,
         heldout=store_path("heldout"),
         ood={},
     script:

@@ -2,14 +2,16 @@
 
 import torch
 
-from compattr.fitting import fit_on_store, save_fit
+from compattr.fitting import fit_on_store, load_fit, save_fit
 from compattr.io import provenance, resolve_device, start_log
 
 log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 device = resolve_device(snakemake.params.device)
 p = snakemake.params
-model, seconds = fit_on_store(p.store, p.n_train, p.estimator, p.estimator_params, device)
+prior_path = snakemake.input.get("prior")  # attribution patching's fit, for estimators that take a prior
+prior = load_fit(prior_path).coef if prior_path else None
+model, seconds = fit_on_store(p.store, p.n_train, p.estimator, p.estimator_params, device, prior=prior)
 log.info("fitted %s on %d masks in %.2f s", p.estimator, p.n_train, seconds)
 save_fit(
     snakemake.output[0],
@@ -21,6 +23,7 @@ save_fit(
         "fit_seconds": seconds,
         "device": str(device),
         "store": p.store,
+        "prior": prior_path,
         "provenance": provenance(),
     },
 )

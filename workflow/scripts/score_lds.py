@@ -9,9 +9,10 @@ log = start_log(snakemake.log[0])
 heldout_masks = read_rows(snakemake.params.heldout)
 ood_masks = {alpha: read_rows(store) for alpha, store in snakemake.params.ood.items()}
 heldout, ood = [], []
+name = snakemake.params.label  # a prior's fit is labelled as its estimator's point at n_train 0
 for path in snakemake.input.fits:
     fit = load_fit(path)
-    name, n = fit.attrs["estimator"], fit.attrs["n_train"]
+    n = fit.attrs["n_train"]
     spearman, pearson = score_fit(fit, *heldout_masks)
     log.info("%s n=%d: mean LDS %.3f, mean Pearson %.3f", name, n, spearman.mean(), pearson.mean())
     heldout += [(name, n, i, s, p) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]

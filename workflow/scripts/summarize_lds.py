@@ -4,7 +4,14 @@ import csv
 
 import numpy as np
 
-from compattr.analysis import coefficient_agreement, concat_csv, read_lds_csv, summary_markdown, summary_rows
+from compattr.analysis import (
+    coefficient_agreement,
+    concat_csv,
+    grouped_gain_markdown,
+    read_lds_csv,
+    summary_markdown,
+    summary_rows,
+)
 from compattr.fitting import load_fit
 from compattr.io import start_log
 
@@ -13,8 +20,15 @@ cfg = snakemake.params.analysis
 concat_csv(snakemake.input.heldout, snakemake.output.lds)
 concat_csv(snakemake.input.ood, snakemake.output.ood)
 table = read_lds_csv(snakemake.output.lds)
+references = cfg["references"]
 rows = summary_rows(
-    table, cfg["lds_targets"], cfg["n_bootstrap"], cfg["ci"], cfg["seed"], linear=cfg["linear_baselines"]
+    table,
+    cfg["lds_targets"],
+    cfg["n_bootstrap"],
+    cfg["ci"],
+    cfg["seed"],
+    references=references,
+    linear=cfg["linear_baselines"],
 )
 with open(snakemake.output.summary, "w", newline="") as fh:
     writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -30,7 +44,20 @@ if {"attribution_patching", "loo"} <= set(fits):
         f"of the attributions, mean {r.mean():.3f}, median {np.median(r):.3f}, range [{r.min():.3f}, {r.max():.3f}] "
         f"over {len(r)} inputs."
     )
-sizes = sorted({int(n) for e in table.estimators for n in table.sizes[e] if len(table.sizes[e]) > 1})
+if "attribution_patching" in fits and {"gradient_prior", "ridge"} <= set(table.estimators):
+    prior = fits["attribution_patching"]
+    for covariate, label in (
+        (table.spearman["attribution_patching"][0], "prior's own LDS"),
+        (prior.intercept, "unablated margin"),
+    ):
+        notes += [
+            "",
+            f"Where the gradient prior helps: mean per-input LDS of gradient_prior minus ridge at each train size, "
+            f"inputs in thirds by the {label}.",
+            "",
+            grouped_gain_markdown(table, "gradient_prior", "ridge", covariate, label).rstrip(),
+        ]
+sizes = sorted({int(n) for e in table.estimators for n in table.sizes[e] if len(table.sizes[e]) > 1 and n > 0})
 with open(snakemake.output.markdown, "w") as fh:
-    fh.write(summary_markdown(rows, snakemake.params.study, sizes[0], sizes[-1], notes))
+    fh.write(summary_markdown(rows, snakemake.params.study, sizes[0], sizes[-1], notes, references))
 log.info("wrote %s", snakemake.output.markdown)

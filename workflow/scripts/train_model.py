@@ -1,29 +1,46 @@
-"""Train the study's classifier; write its checkpoint, test accuracy and component table."""
+"""Train the study's classifier, or load its weights; write its checkpoint, test accuracy and component table."""
 
 import torch
 
 from compattr.components import conv_components
-from compattr.data import load_dataset
+from compattr.data import load_dataset, select_test_inputs
 from compattr.io import provenance, resolve_device, start_log, write_json
-from compattr.models import accuracy, build_model, save_checkpoint, train_classifier
+from compattr.models import (
+    accuracy,
+    build_model,
+    load_state_dict_file,
+    save_checkpoint,
+    torchvision_weights,
+    train_classifier,
+)
 
 log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 data_cfg, model_cfg = snakemake.params.data, snakemake.params.model
 device = resolve_device(snakemake.params.device)
 
-train, test = load_dataset(**data_cfg)
-log.info("dataset %s: %d train, %d test images", data_cfg["name"], len(train), len(test))
-model = build_model(model_cfg["arch"], train.num_classes, train.images.shape[1], seed=model_cfg["train"]["seed"])
-losses = train_classifier(model, train, device=device, **model_cfg["train"])
+train, test = load_dataset(**data_cfg)  # fails at once, naming what is missing, when the data are not there
+log.info("dataset %s: %s train, %d test images", data_cfg["name"], "no" if train is None else len(train), len(test))
+in_channels = test.subset([0]).images.shape[1]
+arch = model_cfg["arch"]
+model = build_model(arch, test.num_classes, in_channels, seed=model_cfg.get("train", {}).get("seed"))
+metrics = {"n_test": len(test)}
+if "checkpoint" in model_cfg:
+    checkpoint = model_cfg["checkpoint"]
+    model.load_state_dict(load_state_dict_file(checkpoint["path"], checkpoint.get("sha256")))
+    metrics["weights"] = checkpoint
+elif "weights" in model_cfg:
+    model.load_state_dict(torchvision_weights(arch["name"], model_cfg["weights"]))
+    metrics["weights"] = model_cfg["weights"]
+else:
+    losses = train_classifier(model, train, device=device, **model_cfg["train"])
+    metrics.update(train_accuracy=accuracy(model, train), final_train_loss=losses[-1], n_train=len(train))
+model.to(device)
+evaluated = test
+if model_cfg.get("n_eval") and model_cfg["n_eval"] < len(test):
+    evaluated = test.subset(select_test_inputs(test, model_cfg["n_eval"], seed=0))
+metrics.update(test_accuracy=accuracy(model, evaluated, batch_size=256), n_eval=len(evaluated))
 model.cpu()
-metrics = {
-    "train_accuracy": accuracy(model, train),
-    "test_accuracy": accuracy(model, test),
-    "final_train_loss": losses[-1],
-    "n_train": len(train),
-    "n_test": len(test),
-}
 include_shortcuts = snakemake.params.components["include_shortcuts"]
 components = conv_components(model, include_shortcuts=include_shortcuts)
 metrics["n_components"] = len(components)
@@ -32,9 +49,9 @@ log.info("metrics: %s", metrics)
 save_checkpoint(
     snakemake.output.model,
     model,
-    model_cfg["arch"],
-    num_classes=train.num_classes,
-    in_channels=train.images.shape[1],
+    arch,
+    num_classes=test.num_classes,
+    in_channels=in_channels,
     include_shortcuts=include_shortcuts,
 )
 write_json(

@@ -1,0 +1,78 @@
+"""The SLURM profile, run end to end on fake SLURM programs; dry runs of the paper-scale configs."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+from test_workflow import REPO, STUDY, copy_repo, read_csv, snakemake
+
+FAKE_SLURM = REPO / "tests/fake_slurm"
+GPU_RULES = {"train_model", "sample_ablation_shard", "fit_estimator", "fit_baseline"}
+
+
+def sbatch_calls(state: Path) -> dict[str, list[list[str]]]:
+    """The logged sbatch argument lists, by rule (from the ``--comment rule_<name>...`` the plugin sets)."""
+    calls: dict[str, list[list[str]]] = {}
+    for line in (state / "sbatch.log").read_text().splitlines():
+        args = shlex.split(line)
+        comment = args[args.index("--comment") + 1]
+        rule = comment.removeprefix("rule_").split("_wildcards_")[0]
+        calls.setdefault(rule, []).append(args)
+    return calls
+
+
+def test_tiny_study_runs_through_the_slurm_profile_on_fake_slurm(tmp_path):
+    workdir = copy_repo(tmp_path / "repo")
+    state = tmp_path / "slurm_state"
+    state.mkdir()
+    env = {**os.environ, "PATH": f"{FAKE_SLURM}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_DIR": str(state)}
+    snakemake(workdir, "--profile", "slurm", "--slurm-init-seconds-before-status-checks", "1", env=env)
+    assert len(read_csv(workdir / STUDY / "summary.csv")) > 0
+    assert (workdir / STUDY / "figures/lds_vs_ablations.png").stat().st_size > 10_000
+    calls = sbatch_calls(state)
+    profile = yaml.safe_load((REPO / "slurm/config.yaml").read_text())
+    account = profile["default-resources"]["slurm_account"]
+    cpu_partition = profile["default-resources"]["slurm_partition"]
+    gpu_partition = profile["set-resources"]["train_model"]["slurm_partition"]
+    assert set(calls) >= GPU_RULES | {"summarize_lds", "plot_lds", "score_lds"}
+    for rule, rule_calls in calls.items():
+        for args in rule_calls:
+            line = " ".join(args)
+            assert f"-A {account}" in line or f"--account {account}" in line, line
+            if rule in GPU_RULES:
+                assert "--gpus=1" in line or "--gres=gpu:1" in line, line
+                assert gpu_partition in line, line
+            else:
+                assert "gpu" not in line.replace(gpu_partition, ""), line
+                assert cpu_partition in line, line
+    assert len(calls["sample_ablation_shard"]) == 4 + 2 + 1  # one job per shard: 240, 120 and 60 masks by 60
+    assert list((workdir / "logs/slurm").rglob("*.log")), "the SLURM job logs go to logs/slurm/"
+
+
+def test_no_default_profile_can_override_the_slurm_resources():
+    for folder in ("profiles/default", "workflow/profiles/default"):
+        assert not (REPO / folder).exists(), f"{folder} would be loaded automatically and replace default-resources"
+
+
+@pytest.mark.parametrize("config", ["cifar10_resnet18", "imagenet_resnet50", "digits_resnet18"])
+def test_dry_run_of_the_paper_scale_configs_resolves_the_job_graph(tmp_path, config):
+    workdir = copy_repo(tmp_path / "repo")
+    result = snakemake(workdir, "-n", "--quiet", "rules", "--profile", "slurm", configfile=f"config/{config}.yaml")
+    cfg = yaml.safe_load((REPO / f"config/{config}.yaml").read_text())
+    counts = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    shards = sum(
+        -(-n // cfg["sampling"]["shard_size"])
+        for n in [cfg["sampling"]["train"]["n_masks"], cfg["sampling"]["heldout"]["n_masks"]]
+        + [cfg["sampling"]["ood"]["n_masks"]] * len(cfg["sampling"]["ood"]["alphas"])
+    )
+    assert counts["sample_ablation_shard"] == shards
+    assert counts["fit_estimator"] == len(cfg["fit"]["estimators"]) * len(cfg["fit"]["train_sizes"])
+    assert counts["train_model"] == 1
