@@ -85,3 +85,20 @@ def test_read_rows_refuses_more_masks_than_stored(tmp_path):
     create_store(path, n_masks=10, n_units=5, n_inputs=3, shard_size=10, attributes={})
     with pytest.raises(ValueError, match="asked for 11 masks but the store"):
         read_rows(path, 11)
+
+
+def test_reduced_precision_and_channels_last_keep_float32_margins_close(trained_model, digits):
+    model, components = trained_model
+    _, test = digits
+    images, labels = test.images[:6], test.labels[:6]
+    masks = shard_masks(3, 0, 5, len(components), 0.1)
+    reference = ComponentMarginEvaluator(model, components, images, labels)(masks)
+    for options in ({"channels_last": True}, {"precision": "bfloat16"}):
+        evaluator = ComponentMarginEvaluator(model, components, images, labels, **options)
+        out = evaluator(masks)
+        assert out.dtype == np.float32
+        tolerance = 1e-4 if "channels_last" in options else 0.1  # bfloat16 keeps 8 bits of mantissa
+        np.testing.assert_allclose(out, reference, atol=tolerance * np.abs(reference).max())
+    model.to(memory_format=torch.contiguous_format)
+    with pytest.raises(ValueError, match="precision"):
+        ComponentMarginEvaluator(model, components, images, labels, precision="int8")

@@ -14,6 +14,7 @@ gives the same arrays.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -76,15 +77,36 @@ class ComponentMarginEvaluator:
         Test inputs ``(n_inputs, c, h, w)`` and their labels ``(n_inputs,)``.
     batch_size : int, default=4096
         Largest number of (mask, input) samples in one forward pass.
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Compute precision of the forward pass (autocast below float32); "auto"
+        is bfloat16 on CUDA and float32 elsewhere. Margins are float32 always.
+    channels_last : bool or "auto", default="auto"
+        Run the network in channels-last memory format; "auto": on CUDA only.
     """
 
     def __init__(
-        self, model: nn.Module, components: ComponentSet, images: Tensor, labels: Tensor, batch_size: int = 4096
+        self,
+        model: nn.Module,
+        components: ComponentSet,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int = 4096,
+        *,
+        precision: str = "auto",
+        channels_last: bool | str = "auto",
     ) -> None:
-        self.model = model.eval()
-        self.components = components
         self.device = next(model.parameters()).device
-        self.images = images.to(self.device)
+        on_cuda = self.device.type == "cuda"
+        if precision == "auto":
+            precision = "bfloat16" if on_cuda else "float32"
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be 'auto' or one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.dtype = PRECISIONS[precision]
+        self.channels_last = on_cuda if channels_last == "auto" else bool(channels_last)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.eval().to(memory_format=memory_format)
+        self.components = components
+        self.images = images.to(self.device).contiguous(memory_format=memory_format)
         self.labels = labels.to(self.device)
         self.batch_size = batch_size
 
@@ -102,10 +124,19 @@ class ComponentMarginEvaluator:
                 x, y = self.images[i0 : i0 + in_step], self.labels[i0 : i0 + in_step]
                 n = len(y)
                 batch_keep = k.repeat_interleave(n, dim=0)
-                with self.components.ablate(self.model, batch_keep):
+                with self.components.ablate(self.model, batch_keep), self.autocast():
                     logits = self.model(x.repeat(len(k), 1, 1, 1))
                 out[m0 : m0 + len(k), i0 : i0 + n] = margins(logits.float(), y.repeat(len(k))).reshape(len(k), n).cpu()
         return out.numpy()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context the forward passes run in: autocast to ``dtype``, or nothing for float32."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def shard_count(n_masks: int, shard_size: int) -> int:

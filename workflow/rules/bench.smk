@@ -11,6 +11,7 @@ rule bench_throughput:
     threads: 2
     params:
         batch=config["sampling"]["batch_size"],
+        forward=FORWARD,
         device=config["device"],
         study=STUDY,
     script:
@@ -19,6 +20,7 @@ rule bench_throughput:
 
 rule bench_fit:
     input:
+        unpack(bench_prior),
         train=f"{RESULTS}/ablations/train.summary.json",
         heldout=f"{RESULTS}/ablations/heldout.summary.json",
     output:
@@ -32,7 +34,8 @@ rule bench_fit:
         train=store_path("train"),
         heldout=store_path("heldout"),
         n_train=max(TRAIN_SIZES),
-        estimators=["ridge", "lasso"],
+        estimators={e: config["fit"]["estimators"][e] for e in BENCH_ESTIMATORS},
+        reference_inputs=config["bench"]["reference_inputs"],
         device=config["device"],
     script:
         "../scripts/bench_fit.py"

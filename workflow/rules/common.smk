@@ -19,6 +19,8 @@ USES_PRIOR = any(e in PRIOR_ESTIMATORS for e in ESTIMATORS)
 BASELINE_FITS = sorted(set(BASELINES) | ({"attribution_patching"} if USES_PRIOR else set()))
 TRAIN_SIZES = sorted(config["fit"]["train_sizes"])
 ENV = "../../envs/study.yaml"
+# Precision and memory format of the ablated forward passes (ComponentMarginEvaluator).
+FORWARD = {key: config["sampling"][key] for key in ("precision", "channels_last")}
 
 
 def _check_config():
@@ -123,6 +125,19 @@ def sweep_params(wildcards):
     """Parameters of one sweep setting: the estimator's config updated by the setting's overrides."""
     base = config["fit"]["estimators"][SWEEP["estimator"]]
     return {**base, **SWEEP["settings"][wildcards.setting]}
+
+
+# Estimators the fit benchmark times against a per-input scikit-learn loop (compattr.bench.REFERENCES).
+BENCH_ESTIMATORS = [
+    e
+    for e in ("coar", "ridge", "lasso", "relu_collapse", "gradient_prior")
+    if e in ESTIMATORS
+]
+
+
+def bench_prior(wildcards):
+    """The prior's fit, when the fit benchmark includes an estimator that takes one."""
+    return {"prior": PRIOR_FIT} if set(BENCH_ESTIMATORS) & set(PRIOR_ESTIMATORS) else {}
 
 
 def final_targets():

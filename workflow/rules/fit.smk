@@ -35,6 +35,7 @@ rule fit_baseline:
     params:
         baseline=lambda wc: wc.baseline,
         batch_size=config["sampling"]["batch_size"],
+        forward=FORWARD,
         device=config["device"],
     script:
         "../scripts/fit_baseline.py"

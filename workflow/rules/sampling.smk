@@ -36,6 +36,7 @@ rule sample_ablation_shard:
         alpha=lambda wc: split_settings(wc.split)["alpha"],
         seed=lambda wc: split_settings(wc.split)["seed"],
         batch_size=config["sampling"]["batch_size"],
+        forward=FORWARD,
         device=config["device"],
     script:
         "../scripts/sample_ablation_shard.py"

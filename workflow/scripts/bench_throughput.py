@@ -18,6 +18,7 @@ result = forward_throughput(
     inputs.images,
     inputs.labels,
     batch=snakemake.params.batch,
+    **snakemake.params.forward,
 )
 result = {
     "model": f"{snakemake.params.study} ({len(components)} components)",

@@ -20,7 +20,9 @@ if baseline == "attribution_patching":
     coef, intercept = attribution_patching(model, components, images, labels)
     passes = 0  # one forward and one backward pass, no ablated forward pass
 else:
-    evaluator = ComponentMarginEvaluator(model, components, images, labels, batch_size=snakemake.params.batch_size)
+    evaluator = ComponentMarginEvaluator(
+        model, components, images, labels, batch_size=snakemake.params.batch_size, **snakemake.params.forward
+    )
     coef, intercept = leave_one_out(evaluator, len(components))
     passes = len(components)
 log.info("%s: %d inputs x %d components, %d ablated forward passes per input", baseline, *coef.shape, passes)

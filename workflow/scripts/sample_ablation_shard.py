@@ -13,8 +13,9 @@ device = resolve_device(snakemake.params.device)
 model, components = load_checkpoint(snakemake.input.model, device=device)
 inputs = load_test_inputs(snakemake.input.inputs)
 evaluator = ComponentMarginEvaluator(
-    model, components, inputs.images, inputs.labels, batch_size=snakemake.params.batch_size
+    model, components, inputs.images, inputs.labels, batch_size=snakemake.params.batch_size, **snakemake.params.forward
 )
+log.info("forward passes on %s in %s, channels-last %s", device, evaluator.dtype, evaluator.channels_last)
 shard = int(snakemake.wildcards.shard)
 summary = run_shard(snakemake.params.store, shard, evaluator, alpha=snakemake.params.alpha, seed=snakemake.params.seed)
 log.info("shard %d done: %s", shard, summary)
