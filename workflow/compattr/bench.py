@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -34,29 +35,42 @@ def _timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
 
 
 def forward_throughput(
-    model: nn.Module, components: ComponentSet, images: Tensor, labels: Tensor, *, batch: int, repeats: int = 5
+    model: nn.Module,
+    components: ComponentSet,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    batch: int,
+    repeats: int = 5,
+    precision: str = "auto",
+    channels_last: bool | str = "auto",
 ) -> dict[str, Any]:
-    """Images per second of plain inference and of ablated sampling at the same batch size and device.
+    """Images per second of plain inference and of ablated sampling at the same batch size, device and precision.
 
     The ablated pass is what sampling runs: ``batch`` (mask, input) samples per
-    forward pass with per-sample channel masks, margins included.
+    forward pass with per-sample channel masks, margins included. The plain pass
+    runs the same model in the same precision and memory format on the same batch.
     """
     device = next(model.parameters()).device
-    evaluator = ComponentMarginEvaluator(model, components, images, labels, batch_size=batch)
+    evaluator = ComponentMarginEvaluator(
+        model, components, images, labels, batch_size=batch, precision=precision, channels_last=channels_last
+    )
     n_masks = max(1, batch // len(labels))
     masks = np.random.default_rng(0).random((n_masks, len(components))) < 0.05
-    x = images.to(device).repeat(n_masks, 1, 1, 1)
+    x = evaluator.images.repeat(n_masks, 1, 1, 1)
 
     @torch.no_grad()
     def plain() -> None:
-        model(x)
+        with evaluator.autocast():
+            model(x)
 
     samples = n_masks * len(labels)
     plain_s = _timed(plain, repeats, device)
     ablated_s = _timed(lambda: evaluator(masks), repeats, device)
     return {
         "device": str(device),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": str(evaluator.dtype).removeprefix("torch."),
+        "channels_last": evaluator.channels_last,
         "batch": samples,
         "plain_per_s": samples / plain_s,
         "ablated_per_s": samples / ablated_s,
@@ -109,26 +123,127 @@ def _lasso_reference(X: np.ndarray, Y: np.ndarray, validation_fraction: float) -
     return np.c_[coef, intercept]
 
 
-REFERENCES: dict[str, Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = {
+def _coar_reference(X: np.ndarray, Y: np.ndarray, validation_fraction: float) -> np.ndarray:
+    """One scikit-learn ``LinearRegression`` per input on the fit rows: the least squares COAR approaches."""
+    from sklearn.linear_model import LinearRegression
+
+    n_fit = len(X) - int(np.ceil(validation_fraction * len(X)))
+    models = [LinearRegression().fit(X[:n_fit], Y[:n_fit, t]) for t in range(Y.shape[1])]
+    return np.array([np.r_[m.coef_, m.intercept_] for m in models])
+
+
+def _relu_collapse_reference(X: np.ndarray, Y: np.ndarray, validation_fraction: float) -> np.ndarray:
+    """One scikit-learn ``MLPRegressor`` (width 32, ReLU, Adam) per input, then its collapse ``W2 W1``."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(X)
+    A = scaler.transform(X)
+    rows = []
+    for t in range(Y.shape[1]):
+        y_mean, y_std = Y[:, t].mean(), Y[:, t].std() or 1.0
+        net = MLPRegressor(
+            hidden_layer_sizes=(32,),
+            learning_rate_init=1e-3,
+            batch_size=min(256, len(X) - int(np.ceil(validation_fraction * len(X)))),
+            max_iter=200,
+            early_stopping=True,
+            validation_fraction=validation_fraction,
+            n_iter_no_change=20,
+            random_state=0,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # stopping at max_iter, as ours may
+            net.fit(A, (Y[:, t] - y_mean) / y_std)
+        (W1, W2), (b1, b2) = net.coefs_, net.intercepts_
+        theta, bias = (W1 @ W2)[:, 0], float(b1 @ W2[:, 0] + b2[0])
+        coef = theta * y_std / scaler.scale_
+        rows.append(np.r_[coef, y_mean + y_std * bias - coef @ scaler.mean_])
+    return np.array(rows)
+
+
+def _prior_ridge(design: np.ndarray, y: np.ndarray, alpha: float) -> Any:
+    """scikit-learn fit on ``[c * X a, X]``: Ridge, or least squares on the prior's column alone (``alpha`` inf)."""
+    from sklearn.linear_model import LinearRegression, Ridge
+
+    if np.isinf(alpha):
+        return LinearRegression().fit(design[:, :1], y)
+    return Ridge(alpha=alpha).fit(design, y)
+
+
+def _gradient_prior_reference(
+    X: np.ndarray, Y: np.ndarray, validation_fraction: float, prior: np.ndarray
+) -> np.ndarray:
+    """Per input, scikit-learn ``Ridge`` on ``[c * X a, X]``: with ``c`` huge the prior's scale is unpenalised.
+
+    The same penalty grid (plus the prior alone), split and refit as ours.
+    """
+    n_fit = len(X) - int(np.ceil(validation_fraction * len(X)))
+    grid = [*np.logspace(-3, 3, 25), np.inf]
+
+    def scale_of(rows: np.ndarray) -> float:
+        centred = rows - rows.mean(0)
+        return float(np.linalg.eigvalsh(centred.T @ centred).clip(0).mean())
+
+    scale, scale_all = scale_of(X[:n_fit]), scale_of(X)
+    out = []
+    for t in range(Y.shape[1]):
+        u = X @ prior[t]
+        big = 1e4 * np.sqrt(scale) / max(np.abs(u - u.mean()).max(), 1e-12)
+        design = np.c_[big * u, X]
+        losses = []
+        for a in grid:
+            model = _prior_ridge(design[:n_fit], Y[:n_fit, t], a * scale)
+            losses.append(((model.predict(design[n_fit:, : model.coef_.shape[0]]) - Y[n_fit:, t]) ** 2).mean())
+        model = _prior_ridge(design, Y[:, t], grid[int(np.argmin(losses))] * scale_all)
+        delta = model.coef_[1:] if model.coef_.shape[0] > 1 else np.zeros(X.shape[1])
+        out.append(np.r_[big * model.coef_[0] * prior[t] + delta, model.intercept_])
+    return np.array(out)
+
+
+REFERENCES: dict[str, Callable[..., np.ndarray]] = {
+    "coar": _coar_reference,
     "ridge": _ridge_reference,
     "lasso": _lasso_reference,
+    "relu_collapse": _relu_collapse_reference,
+    "gradient_prior": _gradient_prior_reference,
 }
 
 
 def fit_speed(
-    estimator: str, X: np.ndarray, Y: np.ndarray, X_test: np.ndarray, Y_test: np.ndarray, device: str = "cpu"
+    estimator: str,
+    X: np.ndarray,
+    Y: np.ndarray,
+    X_test: np.ndarray,
+    Y_test: np.ndarray,
+    device: str = "cpu",
+    params: dict[str, Any] | None = None,
+    prior: np.ndarray | None = None,
+    reference_inputs: int | None = None,
 ) -> dict[str, Any]:
-    """Time our batched fit and the per-input scikit-learn loop of ``estimator``; score both on held-out masks."""
+    """Time our batched fit and the per-input scikit-learn loop of ``estimator``; score both on held-out masks.
+
+    ``params`` are our estimator's settings; ``prior`` (input x component) is
+    passed to both sides for estimators that take one. Ours fits every input at
+    once. The reference loop runs on the first ``reference_inputs`` inputs (all
+    by default); its time is scaled to every input (a loop is linear in them),
+    and both LDS are means over those inputs.
+    """
     X, X_test = X.astype(np.float64), X_test.astype(np.float64)
-    ours = make_estimator(estimator, device=device)
+    ours = make_estimator(estimator, params, device=device)
+    extra = {"prior": prior} if ours.uses_prior else {}
     start = time.perf_counter()
-    ours.fit(X, Y)
+    ours.fit(X, Y, **extra)
     ours_s = time.perf_counter() - start
+    k = Y.shape[1] if reference_inputs is None else min(reference_inputs, Y.shape[1])
+    subset = {"prior": prior[:k]} if ours.uses_prior else {}
     start = time.perf_counter()
-    reference = REFERENCES[estimator](X, Y, RidgeCVRegressor().validation_fraction)
-    reference_s = time.perf_counter() - start
-    lds_ours = lds_scores(ours.predict(X_test), Y_test)[0].mean()
-    lds_reference = lds_scores(X_test @ reference[:, :-1].T + reference[:, -1], Y_test)[0].mean()
+    reference = REFERENCES[estimator](X, Y[:, :k], RidgeCVRegressor().validation_fraction, **subset)
+    measured_s = time.perf_counter() - start
+    reference_s = measured_s * Y.shape[1] / k
+    lds_ours = lds_scores(ours.predict(X_test)[:, :k], Y_test[:, :k])[0].mean()
+    lds_reference = lds_scores(X_test @ reference[:, :-1].T + reference[:, -1], Y_test[:, :k])[0].mean()
     return {
         "estimator": estimator,
         "n_train": len(X),
@@ -139,4 +254,7 @@ def fit_speed(
         "speedup": reference_s / ours_s,
         "lds_ours": float(lds_ours),
         "lds_reference": float(lds_reference),
+        "reference": REFERENCES[estimator].__doc__.splitlines()[0],
+        "reference_inputs": k,
+        "reference_measured_s": measured_s,
     }

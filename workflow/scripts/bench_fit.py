@@ -3,6 +3,7 @@
 import torch
 
 from compattr.bench import fit_speed
+from compattr.fitting import load_fit
 from compattr.io import resolve_device, start_log, write_json
 from compattr.sampling import read_rows
 
@@ -11,8 +12,22 @@ torch.set_num_threads(snakemake.threads)
 device = str(resolve_device(snakemake.params.device))
 X, Y = read_rows(snakemake.params.train, snakemake.params.n_train)
 X_test, Y_test = read_rows(snakemake.params.heldout)
+prior_path = snakemake.input.get("prior")
+prior = load_fit(prior_path).coef if prior_path else None
 results = []
-for estimator in snakemake.params.estimators:
-    results.append(fit_speed(estimator, X, Y, X_test, Y_test, device=device))
+for estimator, params in snakemake.params.estimators.items():
+    results.append(
+        fit_speed(
+            estimator,
+            X,
+            Y,
+            X_test,
+            Y_test,
+            device=device,
+            params=params,
+            prior=prior,
+            reference_inputs=snakemake.params.reference_inputs,
+        )
+    )
     log.info("%s", results[-1])
 write_json(snakemake.output[0], results)
