@@ -4,7 +4,7 @@ from conftest import planted_problem
 
 from compattr.estimators import make_estimator
 from compattr.fitting import fit_on_store, load_fit, save_fit, score_fit
-from compattr.sampling import create_store, run_shard
+from compattr.sampling import create_store, read_rows, run_shard
 
 
 @pytest.mark.parametrize("name", ["ridge", "relu_net"])
@@ -34,3 +34,24 @@ def test_fit_on_store_passes_the_prior_to_estimators_that_use_one(tmp_path):
         fit_on_store(tmp_path / "s.zarr", 150, "gradient_prior", {})
     with pytest.raises(ValueError, match="takes no prior"):
         fit_on_store(tmp_path / "s.zarr", 150, "ridge", {}, prior=theta)
+
+
+@pytest.mark.parametrize("name", ["ridge", "lasso", "gradient_prior", "gradient_prior_lasso"])
+def test_fits_streamed_from_the_store_equal_fits_on_the_rows(tmp_path, name):
+    """Moments summed shard by shard give the model a fit on the rows in memory gives."""
+    _, _, theta, bias = planted_problem(1, n_units=30, n_outputs=4)
+    noise = np.random.default_rng(2)
+    create_store(tmp_path / "s.zarr", n_masks=230, n_units=30, n_inputs=4, shard_size=50, attributes={})
+    for shard in range(5):
+        run_shard(
+            tmp_path / "s.zarr", shard, lambda m: m @ theta.T + bias + noise.normal(size=(len(m), 4)), alpha=0.2, seed=3
+        )
+    prior = theta + np.random.default_rng(4).normal(size=theta.shape)
+    params = {"tol": 1e-10, "max_iter": 50_000} if "lasso" in name else {}
+    uses_prior = name.startswith("gradient_prior")
+    streamed, _ = fit_on_store(tmp_path / "s.zarr", 217, name, params, prior=prior if uses_prior else None)
+    masks, margins = read_rows(tmp_path / "s.zarr", 217)
+    in_memory = make_estimator(name, params).fit(masks, margins, **({"prior": prior} if uses_prior else {}))
+    np.testing.assert_allclose(streamed.coef_, in_memory.coef_, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(streamed.intercept_, in_memory.intercept_, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(streamed.alpha_, in_memory.alpha_)

@@ -8,7 +8,7 @@ from test_baselines import _linear_margin_model
 
 from compattr.baselines import attribution_patching
 from compattr.components import conv_components
-from compattr.estimators import GradientPriorRegressor, PriorReluCollapseRegressor, RidgeCVRegressor
+from compattr.estimators import GradientPriorRegressor, Moments, PriorReluCollapseRegressor, RidgeCVRegressor
 from compattr.lds import lds_scores
 from compattr.sampling import ComponentMarginEvaluator, shard_masks
 
@@ -48,7 +48,7 @@ def test_ridge_correction_matches_a_direct_solve_at_each_penalty():
     X, Y, theta, _ = planted_problem(200, noise=1.0)
     prior = theta + np.random.default_rng(3).normal(size=theta.shape)
     model = GradientPriorRegressor(alphas=[0.01, 1.0, 100.0])
-    fits = model._ridge(torch.as_tensor(X), torch.as_tensor(Y), torch.as_tensor(prior.T))
+    fits = model._ridge(Moments.of(torch.as_tensor(X), torch.as_tensor(Y)), torch.as_tensor(prior.T))
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
     scale = np.linalg.eigvalsh(Xc.T @ Xc).clip(0).mean()
     C = X.shape[1]

@@ -17,6 +17,7 @@ are never seen.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ __all__ = [
     "predict_network",
     "ESTIMATORS",
     "ESTIMATOR_DEFAULTS",
+    "Moments",
     "make_estimator",
     "collapse_relu_network",
 ]
@@ -64,6 +66,68 @@ def _unstandardize(theta: Tensor, bias: Tensor, xs: _Standardizer, ys: _Standard
     coef = theta * (ys.std[:, None] / xs.std[None, :])
     intercept = ys.mean + ys.std * bias - coef @ xs.mean
     return coef, intercept
+
+
+@dataclass
+class Moments:
+    """Sums over rows of masks ``x`` (C) and outputs ``y`` (T): all a linear least-squares fit needs.
+
+    ``n`` rows; ``x`` (C,), ``y`` (T,), ``xx`` (C, C), ``xy`` (C, T), ``yy`` (T,)
+    sums in float64. Moments of row blocks add up, so a store larger than memory
+    is summarised chunk by chunk (:func:`compattr.fitting.store_moments`).
+    """
+
+    n: int
+    x: Tensor
+    y: Tensor
+    xx: Tensor
+    xy: Tensor
+    yy: Tensor
+
+    @classmethod
+    def of(cls, X: Tensor, Y: Tensor) -> Moments:
+        """Moments of the rows of ``X`` (n, C) and ``Y`` (n, T)."""
+        X, Y = X.double(), Y.double()
+        return cls(len(X), X.sum(0), Y.sum(0), X.T @ X, X.T @ Y, (Y * Y).sum(0))
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(*(a + b for a, b in zip(self._fields(), other._fields(), strict=True)))
+
+    def _fields(self) -> tuple:
+        return (self.n, self.x, self.y, self.xx, self.xy, self.yy)
+
+    def outputs(self, columns: Tensor) -> Moments:
+        """The moments of a subset of the outputs (``columns``: bool mask or indices over T)."""
+        return Moments(self.n, self.x, self.y[columns], self.xx, self.xy[:, columns], self.yy[columns])
+
+    @property
+    def x_mean(self) -> Tensor:
+        """Mean mask (C,)."""
+        return self.x / self.n
+
+    @property
+    def y_mean(self) -> Tensor:
+        """Mean output (T,)."""
+        return self.y / self.n
+
+    def gram(self) -> Tensor:
+        """Centred Gram matrix ``sum (x - mean)(x - mean)'`` (C, C)."""
+        return self.xx - torch.outer(self.x, self.x) / self.n
+
+    def cross(self) -> Tensor:
+        """Centred cross products ``sum (x - mean)(y - mean)'`` (C, T)."""
+        return self.xy - torch.outer(self.x, self.y) / self.n
+
+    def sse(self, coef: Tensor, intercept: Tensor) -> Tensor:
+        """Sum of squared residuals of ``y ~ coef' x + intercept`` over the rows, per output (T,)."""
+        quadratic = (coef * (self.xx @ coef)).sum(0)
+        linear = intercept * (self.x @ coef) - (coef * self.xy).sum(0)
+        return quadratic + 2 * linear + self.n * intercept**2 - 2 * intercept * self.y + self.yy
+
+
+def _intercept(coef: Tensor, moments: Moments) -> Tensor:
+    """Intercepts (T,) that centre the linear models ``coef`` (C, T) on ``moments``' means."""
+    return moments.y_mean - coef.T @ moments.x_mean
 
 
 class _ComponentModel(RegressorMixin, BaseEstimator):
@@ -95,6 +159,39 @@ class _ComponentModel(RegressorMixin, BaseEstimator):
     def _split(self, X: Tensor, Y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         n_fit = len(X) - self.n_validation_
         return X[:n_fit], Y[:n_fit], X[n_fit:], Y[n_fit:]
+
+    def n_validation(self, n_rows: int) -> int:
+        """Number of validation rows (the last ones) of a fit on ``n_rows`` masks."""
+        return math.ceil(self.validation_fraction * n_rows)
+
+    @property
+    def streams(self) -> bool:
+        """Whether the estimator can fit from :class:`Moments` (:meth:`fit_moments`), without the rows."""
+        return hasattr(self, "_fit_moments")
+
+    def fit_moments(self, fit: Moments, val: Moments, **fit_params: Any) -> _ComponentModel:
+        """Fit from the moments of the fit rows and of the validation rows (the last rows, as :meth:`fit` splits).
+
+        The same model as :meth:`fit` on the rows (up to rounding), for the
+        estimators that need only sums of products (``streams``); ``fit_params``
+        as for :meth:`fit` (e.g. ``prior``).
+        """
+        if not self.streams:
+            raise TypeError(f"{type(self).__name__} needs the rows themselves; it cannot fit from moments")
+        fit, val = self._prepare_moments(fit, val)
+        return self._fit_moments(fit, val, **fit_params)
+
+    def _prepare_moments(self, fit: Moments, val: Moments) -> tuple[Moments, Moments]:
+        """Check moments of the fit and validation rows and set what :meth:`_prepare` sets for arrays."""
+        self._check_params()
+        if fit.n < 2 or val.n < 2:
+            raise ValueError(f"{fit.n} fit and {val.n} validation masks are too few")
+        self.n_features_in_ = int(fit.x.shape[0])
+        self._single_output = False
+        self.n_validation_ = val.n
+        device = torch.device(self.device)
+        moved = [Moments(m.n, *(t.to(device) for t in m._fields()[1:])) for m in (fit, val)]
+        return moved[0], moved[1]
 
     def _set_linear(self, coef: Tensor, intercept: Tensor) -> None:
         coef_np = coef.detach().double().cpu().numpy()
@@ -229,36 +326,36 @@ class RidgeCVRegressor(_ComponentModel):
         return torch.as_tensor(alphas, dtype=torch.float64, device=self.device)
 
     @staticmethod
-    def _eig(X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        Xc = (X - X.mean(0)).double()
-        s, V = torch.linalg.eigh(Xc.T @ Xc)
-        return s.clamp_min(0), V, Xc
+    def _eig(moments: Moments) -> tuple[Tensor, Tensor]:
+        e, V = torch.linalg.eigh(moments.gram())
+        return e.clamp_min(0), V
 
     def fit(self, X: Any, Y: Any) -> RidgeCVRegressor:
         """Choose each input's penalty on the validation rows, then refit on all rows."""
         X, Y = self._prepare(X, Y)
-        alphas = self._alphas()
         Xf, Yf, Xv, Yv = self._split(X, Y)
-        s, V, Xc = self._eig(Xf)
-        scale = s.mean().clamp_min(1e-12)
-        proj_y = V.T @ (Xc.T @ (Yf - Yf.mean(0)).double())  # (C, T)
-        proj_v = (Xv - Xf.mean(0)).double() @ V  # (n_val, C)
-        target = (Yv - Yf.mean(0)).double()
-        losses = torch.stack(
-            [((proj_v @ (proj_y / (s + a * scale)[:, None]) - target) ** 2).mean(0) for a in alphas]
-        )  # (n_alphas, T)
-        choice = losses.argmin(0)
-        s, V, Xc = self._eig(X)
-        scale = s.mean().clamp_min(1e-12)
-        proj_y = V.T @ (Xc.T @ (Y - Y.mean(0)).double())
+        return self._fit_moments(Moments.of(Xf, Yf), Moments.of(Xv, Yv))
+
+    def _fit_moments(self, fit: Moments, val: Moments) -> RidgeCVRegressor:
+        alphas = self._alphas()
+        e, V = self._eig(fit)
+        scale = e.mean().clamp_min(1e-12)
+        proj_y = V.T @ fit.cross()  # (C, T)
+        losses = []
+        for a in alphas:
+            coef = V @ (proj_y / (e + a * scale)[:, None])
+            losses.append(val.sse(coef, _intercept(coef, fit)))
+        choice = torch.stack(losses).argmin(0)  # (T,)
+        total = fit + val
+        e, V = self._eig(total)
+        scale = e.mean().clamp_min(1e-12)
+        proj_y = V.T @ total.cross()
         coef = torch.empty_like(proj_y)
         for k in choice.unique():
             cols = choice == k
-            coef[:, cols] = V @ (proj_y[:, cols] / (s + alphas[k] * scale)[:, None])
-        coef = coef.T
-        intercept = Y.mean(0).double() - coef @ X.mean(0).double()
+            coef[:, cols] = V @ (proj_y[:, cols] / (e + alphas[k] * scale)[:, None])
         self.alpha_ = alphas[choice].cpu().numpy()
-        self._set_linear(coef, intercept)
+        self._set_linear(coef.T, _intercept(coef, total))
         return self
 
 
@@ -362,35 +459,37 @@ class LassoCVRegressor(_ComponentModel):
         self.device = device
 
     @staticmethod
-    def _moments(X: Tensor, Y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        Xc, Yc = (X - X.mean(0)).double(), (Y - Y.mean(0)).double()
-        q = Xc.T @ Yc / len(X)
-        return Xc.T @ Xc / len(X), q, q.abs().amax(0).clamp_min(1e-12)
+    def _scaled(moments: Moments) -> tuple[Tensor, Tensor, Tensor]:
+        """scikit-learn's lasso quantities: ``X'X / n`` and ``X'y / n`` on centred rows, and ``alpha_max``."""
+        q = moments.cross() / moments.n
+        return moments.gram() / moments.n, q, q.abs().amax(0).clamp_min(1e-12)
 
     def fit(self, X: Any, Y: Any) -> LassoCVRegressor:
         """Run every input's penalty path on the fit rows, choose on validation, refit on all rows."""
-        if self.n_alphas < 1 or not 0 < self.min_ratio <= 1:
-            raise ValueError("n_alphas must be positive and min_ratio in (0, 1]")
         X, Y = self._prepare(X, Y)
         Xf, Yf, Xv, Yv = self._split(X, Y)
-        ratios = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64)
-        gram, q, alpha_max = self._moments(Xf, Yf)
+        return self._fit_moments(Moments.of(Xf, Yf), Moments.of(Xv, Yv))
+
+    def _fit_moments(self, fit: Moments, val: Moments) -> LassoCVRegressor:
+        if self.n_alphas < 1 or not 0 < self.min_ratio <= 1:
+            raise ValueError("n_alphas must be positive and min_ratio in (0, 1]")
+        ratios = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64, device=fit.x.device)
+        gram, q, alpha_max = self._scaled(fit)
         L = _largest_eigenvalue(gram)
-        Xv_c, Yv_c = (Xv - Xf.mean(0)).double(), (Yv - Yf.mean(0)).double()
         W = None
         path, losses = [], []
         for ratio in ratios:
             W, _ = lasso_fista(gram, q, ratio * alpha_max, W, max_iter=self.max_iter, tol=self.tol, lipschitz=L)
             path.append(W)
-            losses.append(((Xv_c @ W - Yv_c) ** 2).mean(0))
+            losses.append(val.sse(W, _intercept(W, fit)))
         choice = torch.stack(losses).argmin(0)
-        init = torch.stack(path)[choice, :, torch.arange(len(choice))].T  # (C, T)
-        gram, q, alpha_max = self._moments(X, Y)
-        penalty = ratios.to(alpha_max.device)[choice] * alpha_max
+        init = torch.stack(path)[choice, :, torch.arange(len(choice), device=choice.device)].T  # (C, T)
+        total = fit + val
+        gram, q, alpha_max = self._scaled(total)
+        penalty = ratios[choice] * alpha_max
         W, self.n_iter_ = lasso_fista(gram, q, penalty, init, max_iter=self.max_iter, tol=self.tol)
-        coef = W.T
         self.alpha_ = penalty.cpu().numpy()
-        self._set_linear(coef, Y.mean(0).double() - coef @ X.mean(0).double())
+        self._set_linear(W.T, _intercept(W, total))
         return self
 
 
@@ -474,33 +573,34 @@ class GradientPriorRegressor(_ComponentModel):
 
     def fit(self, X: Any, Y: Any, prior: Any = None) -> GradientPriorRegressor:
         """Fit ``s`` and the correction of every input on the masks; ``prior`` is (n_inputs, n_components)."""
+        X, Y = self._prepare(X, Y)
+        Xf, Yf, Xv, Yv = self._split(X, Y)
+        return self._fit_moments(Moments.of(Xf, Yf), Moments.of(Xv, Yv), prior)
+
+    def _fit_moments(self, fit: Moments, val: Moments, prior: Any = None) -> GradientPriorRegressor:
         if self.correction not in ("ridge", "lasso"):
             raise ValueError(f"correction must be 'ridge' or 'lasso', got {self.correction!r}")
-        X, Y = self._prepare(X, Y)
-        a = _check_prior(prior, Y.shape[1], X.shape[1], self.device).T  # (C, T)
+        a = _check_prior(prior, fit.y.shape[0], fit.x.shape[0], self.device).T  # (C, T)
         solve = self._ridge if self.correction == "ridge" else self._lasso
-        Xf, Yf, Xv, Yv = self._split(X, Y)
-        paths = solve(Xf, Yf, a)  # penalty -> (theta (C, T), s (T,))
-        Xv_c, Yv_c = (Xv - Xf.mean(0)).double(), (Yv - Yf.mean(0)).double()
-        losses = torch.stack([((Xv_c @ theta - Yv_c) ** 2).mean(0) for theta, _ in paths.values()])
+        paths = solve(fit, a)  # penalty -> (theta (C, T), s (T,))
+        losses = torch.stack([val.sse(theta, _intercept(theta, fit)) for theta, _ in paths.values()])
         penalties = torch.as_tensor(list(paths), dtype=torch.float64)
         chosen = penalties[losses.argmin(0).cpu()]
+        total = fit + val
         theta, s = torch.empty_like(a), torch.empty(a.shape[1], dtype=torch.float64, device=a.device)
         for penalty in chosen.unique():
             cols = (chosen == penalty).to(a.device)
-            refit = solve(X, Y[:, cols], a[:, cols], float(penalty))[float(penalty)]
-            theta[:, cols], s[cols] = refit
-        coef = theta.T
+            theta[:, cols], s[cols] = solve(total.outputs(cols), a[:, cols], float(penalty))[float(penalty)]
         self.alpha_ = chosen.numpy()
         self.scale_ = s.cpu().numpy()
-        self._set_linear(coef, Y.mean(0).double() - coef @ X.mean(0).double())
+        self._set_linear(theta.T, _intercept(theta, total))
         return self
 
-    def _ridge(self, X: Tensor, Y: Tensor, a: Tensor, only: float | None = None) -> dict[float, tuple[Tensor, Tensor]]:
+    def _ridge(self, moments: Moments, a: Tensor, only: float | None = None) -> dict[float, tuple[Tensor, Tensor]]:
         """Closed-form fits for every relative penalty (or ``only`` that one)."""
-        e, V, Xc = RidgeCVRegressor._eig(X)
+        e, V = RidgeCVRegressor._eig(moments)
         scale = e.mean().clamp_min(1e-12)
-        p = V.T @ (Xc.T @ (Y - Y.mean(0)).double())  # (C, T)
+        p = V.T @ moments.cross()  # (C, T)
         b = V.T @ a
         grid = [only] if only is not None else [*self._alphas().tolist(), math.inf]
         fits = {}
@@ -515,11 +615,11 @@ class GradientPriorRegressor(_ComponentModel):
             fits[lam] = (theta, s)
         return fits
 
-    def _lasso(self, X: Tensor, Y: Tensor, a: Tensor, only: float | None = None) -> dict[float, tuple[Tensor, Tensor]]:
+    def _lasso(self, moments: Moments, a: Tensor, only: float | None = None) -> dict[float, tuple[Tensor, Tensor]]:
         """Penalty path (ratios of each input's ``alpha_max``) or one ratio, by joint FISTA on ``(delta, s)``."""
         if self.n_alphas < 1 or not 0 < self.min_ratio <= 1:
             raise ValueError("n_alphas must be positive and min_ratio in (0, 1]")
-        gram, q, _ = LassoCVRegressor._moments(X, Y)
+        gram, q, _ = LassoCVRegressor._scaled(moments)
         norm = a.norm(dim=0)
         u = torch.where(norm > 0, a / norm.clamp_min(1e-300), 0.0)  # unit prior directions (C, T)
         gu, uq = gram @ u, (u * q).sum(0)

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 import zarr
 
-from compattr.estimators import make_estimator, predict_network
+from compattr.estimators import Moments, make_estimator, predict_network
 from compattr.lds import lds_scores
-from compattr.sampling import read_rows
+from compattr.sampling import iter_rows, read_rows
 
-__all__ = ["SavedFit", "fit_on_store", "save_fit", "save_linear_fit", "load_fit", "score_fit"]
+__all__ = ["SavedFit", "fit_on_store", "store_moments", "save_fit", "save_linear_fit", "load_fit", "score_fit"]
 
 
 @dataclass
@@ -51,17 +51,39 @@ def fit_on_store(
     """Fit ``estimator`` on the first ``n_train`` masks of ``store``; return it and the fit time (s).
 
     Estimators with ``uses_prior`` need ``prior`` (input x component), e.g. the
-    ``coef`` of an attribution-patching fit.
+    ``coef`` of an attribution-patching fit. Estimators that fit from moments
+    (ridge, lasso, gradient_prior) read the store chunk by chunk; the others read
+    the ``n_train`` rows at once.
     """
-    masks, margins = read_rows(store, n_train)
     model = make_estimator(estimator, params, device=str(device))
     if model.uses_prior and prior is None:
         raise ValueError(f"estimator {estimator!r} needs a prior attribution (input x component); none was given")
     if not model.uses_prior and prior is not None:
         raise ValueError(f"estimator {estimator!r} takes no prior")
+    fit_params = {"prior": prior} if model.uses_prior else {}
     start = time.perf_counter()
-    model.fit(masks, margins, **({"prior": prior} if model.uses_prior else {}))
+    if model.streams:  # sums of products, chunk by chunk: memory does not grow with the number of masks
+        n_fit = n_train - model.n_validation(n_train)
+        fit_rows, validation_rows = store_moments(store, 0, n_fit, device), store_moments(store, n_fit, n_train, device)
+        model.fit_moments(fit_rows, validation_rows, **fit_params)
+    else:
+        masks, margins = read_rows(store, n_train)
+        model.fit(masks, margins, **fit_params)
     return model, time.perf_counter() - start
+
+
+def store_moments(store: str | Path, start: int, stop: int, device: str | torch.device = "cpu") -> Moments:
+    """The :class:`~compattr.estimators.Moments` of rows ``start:stop`` of a store, summed chunk by chunk.
+
+    Only one chunk of rows (plus the C x C sums) is in memory at a time.
+    """
+    total = None
+    for masks, margins in iter_rows(store, start, stop):
+        block = Moments.of(torch.as_tensor(masks, device=device), torch.as_tensor(margins, device=device))
+        total = block if total is None else total + block
+    if total is None:
+        raise ValueError(f"rows {start}:{stop} of {store} are empty")
+    return total
 
 
 def save_linear_fit(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "run_shard",
     "check_store",
     "read_rows",
+    "iter_rows",
     "NonFiniteMarginError",
 ]
 
@@ -247,3 +248,17 @@ def read_rows(path: str | Path, stop: int | None = None) -> tuple[np.ndarray, np
     if stop is not None and stop > n:
         raise ValueError(f"asked for {stop} masks but the store at {path} holds {n}")
     return group["masks"][:stop], group["margins"][:stop]
+
+
+def iter_rows(path: str | Path, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Rows ``start:stop`` of a store, as (masks, margins) blocks of at most one chunk (shard) each."""
+    group = zarr.open_group(str(path), mode="r")
+    masks, values = group["masks"], group["margins"]
+    if not 0 <= start <= stop <= masks.shape[0]:
+        raise ValueError(f"rows {start}:{stop} are outside the store at {path} ({masks.shape[0]} masks)")
+    step = masks.chunks[0]
+    lo = start
+    while lo < stop:
+        hi = min(stop, (lo // step + 1) * step)  # the end of lo's chunk
+        yield masks[lo:hi], values[lo:hi]
+        lo = hi
