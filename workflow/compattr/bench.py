@@ -19,19 +19,25 @@ from compattr.sampling import ComponentMarginEvaluator
 __all__ = ["forward_throughput", "fit_speed", "REFERENCES"]
 
 
-def _timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    """Best wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _timed_pair(
+    first: Callable[[], Any], second: Callable[[], Any], repeats: int, device: torch.device
+) -> tuple[float, float]:
+    """Best wall times of ``repeats`` calls of each function, calls alternating, after one warm-up call each.
+
+    Alternating the two keeps slow drifts of a shared machine from favouring either.
+    """
+    best = [float("inf"), float("inf")]
+    for round_ in range(repeats + 1):
+        for k, fn in enumerate((first, second)):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if round_:  # round 0 warms up
+                best[k] = min(best[k], time.perf_counter() - start)
+    return best[0], best[1]
 
 
 def forward_throughput(
@@ -41,7 +47,7 @@ def forward_throughput(
     labels: Tensor,
     *,
     batch: int,
-    repeats: int = 5,
+    repeats: int = 10,
     precision: str = "auto",
     channels_last: bool | str = "auto",
 ) -> dict[str, Any]:
@@ -65,8 +71,7 @@ def forward_throughput(
             model(x)
 
     samples = n_masks * len(labels)
-    plain_s = _timed(plain, repeats, device)
-    ablated_s = _timed(lambda: evaluator(masks), repeats, device)
+    plain_s, ablated_s = _timed_pair(plain, lambda: evaluator(masks), repeats, device)
     return {
         "device": str(device),
         "dtype": str(evaluator.dtype).removeprefix("torch."),
