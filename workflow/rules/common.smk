@@ -113,6 +113,7 @@ def store_provenance(wildcards):
         "study": STUDY,
         "split": wildcards.split,
         **split_settings(wildcards.split),
+        "forward": FORWARD,
         **{key: config[key] for key in ("data", "model", "components", "inputs")},
     }
 
