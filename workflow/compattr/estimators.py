@@ -359,6 +359,12 @@ class RidgeCVRegressor(_ComponentModel):
         return self
 
 
+def _check_path(n_alphas: int, min_ratio: float) -> None:
+    """Reject a lasso penalty path of no penalties or with a ratio outside (0, 1]."""
+    if n_alphas < 1 or not 0 < min_ratio <= 1:
+        raise ValueError("n_alphas must be positive and min_ratio in (0, 1]")
+
+
 def _largest_eigenvalue(gram: Tensor) -> float:
     """Largest eigenvalue of a symmetric positive semi-definite matrix (at least 1e-12)."""
     return float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
@@ -471,8 +477,7 @@ class LassoCVRegressor(_ComponentModel):
         return self._fit_moments(Moments.of(Xf, Yf), Moments.of(Xv, Yv))
 
     def _fit_moments(self, fit: Moments, val: Moments) -> LassoCVRegressor:
-        if self.n_alphas < 1 or not 0 < self.min_ratio <= 1:
-            raise ValueError("n_alphas must be positive and min_ratio in (0, 1]")
+        _check_path(self.n_alphas, self.min_ratio)
         ratios = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64, device=fit.x.device)
         gram, q, alpha_max = self._scaled(fit)
         L = _largest_eigenvalue(gram)
@@ -617,8 +622,7 @@ class GradientPriorRegressor(_ComponentModel):
 
     def _lasso(self, moments: Moments, a: Tensor, only: float | None = None) -> dict[float, tuple[Tensor, Tensor]]:
         """Penalty path (ratios of each input's ``alpha_max``) or one ratio, by joint FISTA on ``(delta, s)``."""
-        if self.n_alphas < 1 or not 0 < self.min_ratio <= 1:
-            raise ValueError("n_alphas must be positive and min_ratio in (0, 1]")
+        _check_path(self.n_alphas, self.min_ratio)
         gram, q, _ = LassoCVRegressor._scaled(moments)
         norm = a.norm(dim=0)
         u = torch.where(norm > 0, a / norm.clamp_min(1e-300), 0.0)  # unit prior directions (C, T)
