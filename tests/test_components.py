@@ -3,6 +3,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from compattr.components import conv_components, zero_filters
 from compattr.models import CifarResNet, margins
@@ -32,8 +33,7 @@ def test_all_keep_mask_reproduces_unablated_margins(trained_model, digits):
     x, y = test.images[:32], test.labels[:32]
     with torch.no_grad():
         plain = margins(model(x), y)
-        with components.ablate(model, torch.ones(32, len(components))):
-            masked = margins(model(x), y)
+        masked = margins(components.ablatable(model)(x, torch.ones(32, len(components))), y)
     torch.testing.assert_close(masked, plain)
 
 
@@ -43,8 +43,10 @@ def test_masking_a_channel_equals_zeroing_its_weights(trained_model, digits):
     x, y = test.images[:16], test.labels[:16]
     rng = np.random.default_rng(0)
     ablated = torch.from_numpy(rng.random((16, len(components))) < 0.2)
-    with torch.no_grad(), components.ablate(model, (~ablated).float()):
-        masked = margins(model(x), y)
+    network = components.ablatable(model)
+    assert network.n_folded == len(components)  # every conv of the ResNet feeds a BatchNorm
+    with torch.no_grad():
+        masked = margins(network(x, (~ablated).float()), y)
     for i in range(16):
         reference = copy.deepcopy(model)
         zero_filters(reference, components, ablated[i])
@@ -55,7 +57,37 @@ def test_masking_a_channel_equals_zeroing_its_weights(trained_model, digits):
         assert not torch.allclose(masked, margins(model(x), y))
 
 
-def test_ablate_rejects_wrong_mask_shape(trained_model):
+def test_masks_outside_batchnorm_and_in_it_both_equal_zeroed_weights():
+    """A conv feeding a ReLU is masked on its output, one feeding a BatchNorm inside the BatchNorm."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 3),
+    )
+    model[3].running_mean.normal_()
+    model[3].running_var.uniform_(0.5, 2)
+    model[3].weight.data.normal_()
+    model.eval()
+    components = conv_components(model)
+    network = components.ablatable(model)
+    assert network.n_folded == 6
+    x = torch.randn(8, 2, 8, 8)
+    ablated = torch.from_numpy(np.random.default_rng(1).random((8, len(components))) < 0.4)
+    with torch.no_grad():
+        out = network(x, (~ablated).float())
+        for i in range(8):
+            reference = copy.deepcopy(model)
+            zero_filters(reference, components, ablated[i])
+            torch.testing.assert_close(out[i : i + 1], reference(x[i : i + 1]), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(out, model(x))
+
+
+def test_ablatable_network_rejects_wrong_mask_shape(trained_model):
     model, components = trained_model
-    with pytest.raises(ValueError, match="keep must be"), components.ablate(model, torch.ones(4, 3)):
-        pass
+    with pytest.raises(ValueError, match="keep must be"):
+        components.ablatable(model)(torch.zeros(4, 1, 8, 8), torch.ones(4, 3))

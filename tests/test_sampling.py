@@ -31,10 +31,11 @@ def test_evaluator_matches_one_mask_at_a_time(trained_model, digits):
     masks = shard_masks(0, 0, 9, len(components), 0.1)
     batched = ComponentMarginEvaluator(model, components, images, labels, batch_size=20)(masks)
     assert batched.shape == (9, 7) and batched.dtype == np.float32
+    network = components.ablatable(model)
     for i, mask in enumerate(masks):
         keep = torch.from_numpy(~mask).float().repeat(7, 1)
-        with torch.no_grad(), components.ablate(model, keep):
-            expected = margins(model(images), labels)
+        with torch.no_grad():
+            expected = margins(network(images, keep), labels)
         np.testing.assert_allclose(batched[i], expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -102,3 +103,17 @@ def test_reduced_precision_and_channels_last_keep_float32_margins_close(trained_
     model.to(memory_format=torch.contiguous_format)
     with pytest.raises(ValueError, match="precision"):
         ComponentMarginEvaluator(model, components, images, labels, precision="int8")
+
+
+def test_compiled_evaluator_matches_eager_and_compiles_once(trained_model, digits):
+    """The masks are buffers: new masks of the same shape reuse the compiled graph."""
+    model, components = trained_model
+    _, test = digits
+    images, labels = test.images[:4], test.labels[:4]
+    eager = ComponentMarginEvaluator(model, components, images, labels, batch_size=8)
+    compiled = ComponentMarginEvaluator(model, components, images, labels, batch_size=8, compile=True)
+    assert compiled.compiled and not eager.compiled
+    first, second = shard_masks(4, 0, 2, len(components), 0.2), shard_masks(4, 1, 2, len(components), 0.2)
+    np.testing.assert_allclose(compiled(first), eager(first), rtol=1e-4, atol=1e-4)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        np.testing.assert_allclose(compiled(second), eager(second), rtol=1e-4, atol=1e-4)

@@ -50,17 +50,27 @@ def forward_throughput(
     repeats: int = 10,
     precision: str = "auto",
     channels_last: bool | str = "auto",
+    compile: bool | str = "auto",
 ) -> dict[str, Any]:
     """Images per second of plain inference and of ablated sampling at the same batch size, device and precision.
 
     The ablated pass is what sampling runs: ``batch`` (mask, input) samples per
     forward pass with per-sample channel masks, margins included. The plain pass
-    runs the same model in the same precision and memory format on the same batch.
+    runs the same model in the same precision and memory format on the same
+    batch, compiled when the ablated one is.
     """
     device = next(model.parameters()).device
     evaluator = ComponentMarginEvaluator(
-        model, components, images, labels, batch_size=batch, precision=precision, channels_last=channels_last
+        model,
+        components,
+        images,
+        labels,
+        batch_size=batch,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile,
     )
+    network = torch.compile(evaluator.model) if evaluator.compiled else evaluator.model
     n_masks = max(1, batch // len(labels))
     masks = np.random.default_rng(0).random((n_masks, len(components))) < 0.05
     x = evaluator.images.repeat(n_masks, 1, 1, 1)
@@ -68,7 +78,7 @@ def forward_throughput(
     @torch.no_grad()
     def plain() -> None:
         with evaluator.autocast():
-            model(x)
+            network(x)
 
     samples = n_masks * len(labels)
     plain_s, ablated_s = _timed_pair(plain, lambda: evaluator(masks), repeats, device)
@@ -76,6 +86,7 @@ def forward_throughput(
         "device": str(device),
         "dtype": str(evaluator.dtype).removeprefix("torch."),
         "channels_last": evaluator.channels_last,
+        "compiled": evaluator.compiled,
         "batch": samples,
         "plain_per_s": samples / plain_s,
         "ablated_per_s": samples / ablated_s,

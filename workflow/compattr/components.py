@@ -10,14 +10,15 @@ COAR, Shah et al. 2024).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import copy
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ComponentSet", "conv_components"]
+__all__ = ["ComponentSet", "AblatableNetwork", "conv_components", "zero_filters"]
 
 
 @dataclass(frozen=True)
@@ -52,39 +53,121 @@ class ComponentSet:
             total += n
         return out
 
-    @contextmanager
-    def ablate(self, model: nn.Module, keep: Tensor) -> Iterator[None]:
-        """Within the block, multiply each sample's component outputs by ``keep``.
-
-        Parameters
-        ----------
-        model : nn.Module
-            The model the components belong to.
-        keep : Tensor of shape (batch, n_components)
-            1 keeps a component, 0 ablates it; row ``i`` applies to sample ``i``
-            of every forward pass run inside the block.
-        """
-        if keep.ndim != 2 or keep.shape[1] != len(self):
-            raise ValueError(f"keep must be (batch, {len(self)}), got {tuple(keep.shape)}")
-        modules = dict(model.named_modules())
-        handles = []
-        try:
-            for name, offset, size in zip(self.module_names, self.offsets, self.sizes, strict=True):
-                handles.append(modules[name].register_forward_hook(_channel_mask_hook(keep[:, offset : offset + size])))
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+    def ablatable(self, model: nn.Module) -> AblatableNetwork:
+        """A copy of ``model`` whose forward takes per-sample keep masks over these components."""
+        return AblatableNetwork(model, self)
 
 
-def _channel_mask_hook(keep: Tensor):
-    def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-        if output.shape[0] != keep.shape[0]:
-            raise ValueError(f"mask batch {keep.shape[0]} does not match the forward batch {output.shape[0]}")
-        shape = keep.shape + (1,) * (output.ndim - 2)
-        return output * keep.reshape(shape).to(output.dtype)
+class _MaskedOutput(nn.Module):
+    """A module whose output channels are multiplied by the per-sample mask in buffer ``keep`` (batch, channels)."""
 
-    return hook
+    def __init__(self, module: nn.Module, size: int) -> None:
+        super().__init__()
+        self.module = module
+        self.register_buffer("keep", torch.ones(1, size), persistent=False)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        output = self.module(*args, **kwargs)
+        return output * self.keep.reshape(self.keep.shape + (1,) * (output.ndim - 2)).to(output.dtype)
+
+
+class _MaskedBatchNorm(nn.Module):
+    """An eval-mode BatchNorm2d that also masks its input channels per sample.
+
+    In eval mode BatchNorm is ``x * scale + shift`` per channel, so masking its
+    input is ``x * (scale * keep) + shift``: one elementwise pass, the cost of
+    the BatchNorm alone. Ablated channels output ``shift``, exactly as when the
+    preceding convolution's filter is zeroed.
+    """
+
+    def __init__(self, norm: nn.BatchNorm2d) -> None:
+        super().__init__()
+        with torch.no_grad():
+            scale = torch.rsqrt(norm.running_var + norm.eps)
+            if norm.weight is not None:
+                scale = scale * norm.weight
+            shift = -norm.running_mean * scale
+            if norm.bias is not None:
+                shift = shift + norm.bias
+        self.register_buffer("scale", scale.detach().clone(), persistent=False)
+        self.register_buffer("shift", shift.detach().clone()[:, None, None], persistent=False)
+        self.register_buffer("keep", torch.ones(1, len(scale)), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        factor = (self.keep * self.scale)[:, :, None, None]
+        return torch.addcmul(self.shift.to(x.dtype), x, factor.to(x.dtype))
+
+
+class AblatableNetwork(nn.Module):
+    """A frozen copy of a network whose forward pass ablates components per sample.
+
+    ``forward(x, keep)`` runs the copy on ``x`` with sample ``i``'s components
+    multiplied by ``keep[i]`` (1 keeps, 0 ablates). A component module whose only
+    consumer is an eval-mode ``BatchNorm2d`` is masked inside that BatchNorm
+    (see :class:`_MaskedBatchNorm`), so ablation costs no extra pass over its
+    activations; any other module's output is multiplied by the mask. The copy
+    is in eval mode, and the pairs are found by tracing the network with
+    ``torch.fx`` (a network that cannot be traced keeps the multiplications).
+    The masks live in buffers, so the copy's ``network`` can be compiled once
+    and reused for every mask.
+
+    Attributes
+    ----------
+    network : nn.Module
+        The copy, with its component modules (or their BatchNorms) wrapped.
+    n_folded : int
+        Number of components masked inside a BatchNorm.
+    """
+
+    def __init__(self, model: nn.Module, components: ComponentSet) -> None:
+        super().__init__()
+        self.n_components = len(components)
+        pairs = _batchnorm_consumers(model, components.module_names)
+        self.network = copy.deepcopy(model).eval()
+        self._gates = []
+        self.n_folded = 0
+        for name, offset, size in zip(components.module_names, components.offsets, components.sizes, strict=True):
+            if name in pairs:
+                target, gate = pairs[name], _MaskedBatchNorm(self.network.get_submodule(pairs[name]))
+                self.n_folded += size
+            else:
+                target, gate = name, _MaskedOutput(self.network.get_submodule(name), size)
+            parent, _, child = target.rpartition(".")
+            setattr(self.network.get_submodule(parent), child, gate)
+            self._gates.append((gate, offset, size))
+
+    def forward(self, x: Tensor, keep: Tensor) -> Tensor:
+        """Outputs of the network on ``x`` (batch, ...) ablated by ``keep`` (batch, n_components)."""
+        if keep.ndim != 2 or keep.shape != (x.shape[0], self.n_components):
+            raise ValueError(f"keep must be ({x.shape[0]}, {self.n_components}), got {tuple(keep.shape)}")
+        for gate, offset, size in self._gates:
+            gate.keep = keep[:, offset : offset + size]
+        return self.network(x)
+
+
+def _batchnorm_consumers(model: nn.Module, names: tuple[str, ...]) -> dict[str, str]:
+    """For each module in ``names`` whose output feeds only a ``BatchNorm2d`` with running statistics, its name.
+
+    Modules or BatchNorms called more than once are left out, as is everything
+    when ``torch.fx`` cannot trace the model (data-dependent control flow).
+    """
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # any untraceable model: no folding, the generic masks still apply
+        return {}
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+    wanted = set(names)
+    pairs = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in wanted or calls[node.target] != 1 or len(node.users) != 1:
+            continue
+        (user,) = node.users
+        if user.op != "call_module" or calls[user.target] != 1:
+            continue
+        norm = model.get_submodule(user.target)
+        if isinstance(norm, nn.BatchNorm2d) and norm.running_var is not None:
+            pairs[node.target] = user.target
+    return pairs
 
 
 def conv_components(model: nn.Module, *, include_shortcuts: bool = True) -> ComponentSet:

@@ -83,6 +83,9 @@ class ComponentMarginEvaluator:
         is bfloat16 on CUDA and float32 elsewhere. Margins are float32 always.
     channels_last : bool or "auto", default="auto"
         Run the network in channels-last memory format; "auto": on CUDA only.
+    compile : bool or "auto", default="auto"
+        Compile the ablatable network with ``torch.compile`` (once: the masks
+        are buffers, not constants); "auto": on CUDA only.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class ComponentMarginEvaluator:
         *,
         precision: str = "auto",
         channels_last: bool | str = "auto",
+        compile: bool | str = "auto",
     ) -> None:
         self.device = next(model.parameters()).device
         on_cuda = self.device.type == "cuda"
@@ -104,8 +108,12 @@ class ComponentMarginEvaluator:
             raise ValueError(f"precision must be 'auto' or one of {sorted(PRECISIONS)}, got {precision!r}")
         self.dtype = PRECISIONS[precision]
         self.channels_last = on_cuda if channels_last == "auto" else bool(channels_last)
+        self.compiled = on_cuda if compile == "auto" else bool(compile)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.eval().to(memory_format=memory_format)
+        self.network = components.ablatable(self.model)
+        if self.compiled:
+            self.network.network.compile()
         self.components = components
         self.images = images.to(self.device).contiguous(memory_format=memory_format)
         self.labels = labels.to(self.device)
@@ -124,9 +132,8 @@ class ComponentMarginEvaluator:
             for i0 in range(0, n_inputs, in_step):
                 x, y = self.images[i0 : i0 + in_step], self.labels[i0 : i0 + in_step]
                 n = len(y)
-                batch_keep = k.repeat_interleave(n, dim=0)
-                with self.components.ablate(self.model, batch_keep), self.autocast():
-                    logits = self.model(x.repeat(len(k), 1, 1, 1))
+                with self.autocast():
+                    logits = self.network(x.repeat(len(k), 1, 1, 1), k.repeat_interleave(n, dim=0))
                 out[m0 : m0 + len(k), i0 : i0 + n] = margins(logits.float(), y.repeat(len(k))).reshape(len(k), n).cpu()
         return out.numpy()
 

@@ -19,8 +19,8 @@ USES_PRIOR = any(e in PRIOR_ESTIMATORS for e in ESTIMATORS)
 BASELINE_FITS = sorted(set(BASELINES) | ({"attribution_patching"} if USES_PRIOR else set()))
 TRAIN_SIZES = sorted(config["fit"]["train_sizes"])
 ENV = "../../envs/study.yaml"
-# Precision and memory format of the ablated forward passes (ComponentMarginEvaluator).
-FORWARD = {key: config["sampling"][key] for key in ("precision", "channels_last")}
+# Precision, memory format and compilation of the ablated forward passes (ComponentMarginEvaluator).
+FORWARD = {key: config["sampling"][key] for key in ("precision", "channels_last", "compile")}
 
 
 def _check_config():

@@ -15,7 +15,15 @@ inputs = load_test_inputs(snakemake.input.inputs)
 evaluator = ComponentMarginEvaluator(
     model, components, inputs.images, inputs.labels, batch_size=snakemake.params.batch_size, **snakemake.params.forward
 )
-log.info("forward passes on %s in %s, channels-last %s", device, evaluator.dtype, evaluator.channels_last)
+log.info(
+    "forward passes on %s in %s, channels-last %s, compiled %s; %d of %d components masked inside a BatchNorm",
+    device,
+    evaluator.dtype,
+    evaluator.channels_last,
+    evaluator.compiled,
+    evaluator.network.n_folded,
+    len(components),
+)
 shard = int(snakemake.wildcards.shard)
 summary = run_shard(snakemake.params.store, shard, evaluator, alpha=snakemake.params.alpha, seed=snakemake.params.seed)
 log.info("shard %d done: %s", shard, summary)
