@@ -153,3 +153,21 @@ def test_validation_mse_is_that_of_the_returned_collapse(early_stopping):
     n_fit = len(X) - model.n_validation_
     expected = ((model.predict(X[n_fit:]) - Y[n_fit:]) ** 2).mean(0)
     np.testing.assert_allclose(model.validation_mse_, expected, rtol=1e-3)
+
+
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_calibrated_collapse_is_least_squares_scaled_on_the_fit_rows(calibrate):
+    """With ``calibrate`` the collapse's residuals on the fit rows are orthogonal to its centred predictions."""
+    X, Y, _, _ = planted_problem(400)
+    model = ReluCollapseRegressor(max_epochs=20, calibrate=calibrate).fit(X, Y)
+    n_fit = len(X) - model.n_validation_
+    pred = model.predict(X[:n_fit])
+    residual = Y[:n_fit] - pred
+    centred = pred - pred.mean(0)
+    # Relative size of the scale error: 0 when the scale is the least-squares one.
+    scale_error = np.abs((centred * residual).sum(0)) / (centred**2).sum(0)
+    if calibrate:
+        np.testing.assert_allclose(residual.mean(0), 0, atol=1e-3 * Y.std())
+        assert scale_error.max() < 1e-3
+    else:
+        assert scale_error.max() > 0.05

@@ -84,10 +84,17 @@ def test_prior_shape_and_correction_are_checked():
 
 
 def test_relu_collapse_starts_from_the_prior():
-    """With a negligible random part and no learning, the kept collapse is the prior in raw units."""
+    """With a negligible random part and no learning, the kept raw collapse is the prior in raw units.
+
+    Calibrated, it is the prior rescaled to the data (here by 1/2: the prior is twice the truth).
+    """
     X, Y, theta, _ = planted_problem(400)
     prior = theta * 2.0
-    model = PriorReluCollapseRegressor(init_scale=1e-6, lr=1e-12, max_epochs=2).fit(X, Y, prior=prior)
+    untrained = {"init_scale": 1e-6, "lr": 1e-12, "max_epochs": 2}
+    model = PriorReluCollapseRegressor(**untrained, calibrate=False).fit(X, Y, prior=prior)
     np.testing.assert_allclose(model.coef_, prior, rtol=1e-3, atol=1e-4)
-    trained = PriorReluCollapseRegressor(init_scale=0.1, lr=3e-3, max_epochs=100).fit(X, Y, prior=prior)
+    calibrated = PriorReluCollapseRegressor(**untrained).fit(X, Y, prior=prior)
+    np.testing.assert_allclose(calibrated.coef_, theta, rtol=0.05, atol=0.05 * np.abs(theta).max())
+    trained = PriorReluCollapseRegressor(init_scale=0.1, lr=3e-3, max_epochs=100, calibrate=False)
+    trained.fit(X, Y, prior=prior)
     assert np.abs(trained.coef_ - theta).mean() < np.abs(prior - theta).mean()  # training moves it to the truth

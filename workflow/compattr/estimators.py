@@ -685,6 +685,17 @@ def collapse_relu_network(W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> tup
     return theta, (W2 * b1).sum(1) + b2
 
 
+def _least_squares_scale(theta: Tensor, gram: Tensor, cross: Tensor) -> Tensor:
+    """Per output, the least-squares ``s`` of ``b ~ s * (theta . a)`` on centred rows with moments ``gram``, ``cross``.
+
+    ``theta`` (T, C); ``gram`` (C, C) and ``cross`` (C, T) are ``A'A / n`` and
+    ``A'B / n``. A collapse with no variance on the rows gets ``s = 0``.
+    """
+    variance = (theta * (theta @ gram)).sum(1)
+    covariance = (theta * cross.T).sum(1)
+    return torch.where(variance > 0, covariance / variance.clamp_min(1e-30), 0.0)
+
+
 class ReluCollapseRegressor(_ComponentModel):
     """The ReLU-collapse estimator: fit a 2-layer ReLU net per input, keep its linear collapse.
 
@@ -694,10 +705,18 @@ class ReluCollapseRegressor(_ComponentModel):
     Adam(W) on the mean squared error of standardised masks (and, by default,
     standardised outputs). The returned linear model is the collapse
     ``theta = W2 W1``, ``b = W2 b1 + b2`` (see :func:`collapse_relu_network`),
-    mapped back to raw masks and outputs. Each input keeps the epoch with the
-    lowest validation MSE, of the collapsed model (``early_stopping="collapse"``)
-    or of the network itself (``"network"``); training stops when no input
-    improved for ``patience`` epochs.
+    mapped back to raw masks and outputs; with ``calibrate`` (the default) its
+    scale and intercept are refitted by least squares on the fit rows.
+    Each input keeps the epoch with the lowest validation MSE, of the collapsed
+    model (``early_stopping="collapse"``) or of the network itself (``"network"``);
+    training stops when no input improved for ``patience`` epochs.
+
+    Why calibrate: dropping the ReLUs counts every unit as always active, so the
+    raw collapse's slope is off by a factor that drifts during training. Its
+    validation MSE is then dominated by that scale, which rank-based scores
+    (LDS) ignore, and stopping on it keeps a far too early epoch. A positive
+    rescaling leaves every input's LDS unchanged; ``calibrate=False`` is the
+    seed's raw collapse, stopped on its own MSE.
 
     Parameters
     ----------
@@ -720,6 +739,9 @@ class ReluCollapseRegressor(_ComponentModel):
         Train ``b1`` and ``b2``; when False they stay zero (outputs are centred).
     standardize_targets : bool, default=True
         Train on z-scored outputs (else on centred raw outputs).
+    calibrate : bool, default=True
+        Rescale each input's collapse by the least-squares factor on the fit
+        rows (and refit its intercept) before validating and returning it.
     validation_fraction : float, default=0.2
     random_state : int, default=0
         Seed of the initialisation and of the batch order.
@@ -751,6 +773,7 @@ class ReluCollapseRegressor(_ComponentModel):
         early_stopping: str = "auto",
         fit_bias: bool = True,
         standardize_targets: bool = True,
+        calibrate: bool = True,
         validation_fraction: float = 0.2,
         random_state: int = 0,
         device: str = "cpu",
@@ -765,6 +788,7 @@ class ReluCollapseRegressor(_ComponentModel):
         self.early_stopping = early_stopping
         self.fit_bias = fit_bias
         self.standardize_targets = standardize_targets
+        self.calibrate = calibrate
         self.validation_fraction = validation_fraction
         self.random_state = random_state
         self.device = device
@@ -831,6 +855,7 @@ class ReluCollapseRegressor(_ComponentModel):
             ys.std = torch.ones_like(ys.std)
         A, B, Av, Bv = xs(Xf), ys(Yf), xs(Xv), ys(Yv)
         (n, C), T = A.shape, B.shape[1]
+        gram, cross = (A.T @ A) / n, (A.T @ B) / n
         generator = torch.Generator().manual_seed(self.random_state)
         if prior is not None:  # to standardised units: the inverse of _unstandardize
             prior = _check_prior(prior, T, C, self.device) * (xs.std[None, :] / ys.std[:, None]).double()
@@ -839,12 +864,18 @@ class ReluCollapseRegressor(_ComponentModel):
         optimizer = torch.optim.AdamW(trained, lr=self.lr, weight_decay=self.weight_decay)
         on_network = (self.early_stopping if self.early_stopping != "auto" else self._predictor) == "network"
 
+        def collapsed(params: list[Tensor]) -> tuple[Tensor, Tensor]:
+            theta, bias = collapse_relu_network(*params)
+            if not self.calibrate:
+                return theta, bias
+            return _least_squares_scale(theta, gram, cross)[:, None] * theta, torch.zeros_like(bias)
+
         def validation_loss() -> Tensor:
             pred = self._network(Av, params) if on_network else Av @ collapse.T + bias
             return ((pred - Bv) ** 2).mean(0)
 
         with torch.no_grad():
-            collapse, bias = collapse_relu_network(*params)
+            collapse, bias = collapsed(params)
             best_loss = validation_loss()
             best = [p.detach().clone() for p in params]
         best_epoch = torch.zeros(T, dtype=torch.long)
@@ -858,7 +889,7 @@ class ReluCollapseRegressor(_ComponentModel):
                 loss.backward()
                 optimizer.step()
             with torch.no_grad():
-                collapse, bias = collapse_relu_network(*params)
+                collapse, bias = collapsed(params)
                 val = validation_loss()
                 better = val < best_loss
                 if not better.any():
@@ -873,7 +904,7 @@ class ReluCollapseRegressor(_ComponentModel):
                 best_epoch[better.cpu()] = epoch
         self.n_iter_ = best_epoch.numpy()
         with torch.no_grad():
-            collapse, bias = collapse_relu_network(*best)
+            collapse, bias = collapsed(best)
             kept = self._network(Av, best) if self._predictor == "network" else Av @ collapse.T + bias
             # Validation MSE of the predictor returned, whatever chose the epoch (comparable across settings).
             self.validation_mse_ = (((kept - Bv) ** 2).mean(0) * ys.std**2).cpu().numpy()
