@@ -90,6 +90,27 @@ def test_coar_converges_to_least_squares_without_early_stopping_pressure():
     np.testing.assert_allclose(model.coef_, ls[:-1].T, atol=2e-3)
 
 
+@pytest.mark.parametrize("lr", [1.0, 1.9])
+def test_coar_closed_form_equals_stepping_gradient_descent(lr):
+    """The iterate COAR keeps is that of explicit gradient descent on the standardised fit rows."""
+    X, Y, _, _ = planted_problem(500, noise=1.0)
+    steps = 40
+    model = CoarRegressor(lr=lr, max_iter=steps, check_every=steps).fit(X, Y)
+    assert (model.n_iter_ == steps).all()
+    n_fit = len(X) - model.n_validation_
+    x_mean, x_std = X[:n_fit].mean(0), X[:n_fit].std(0)
+    y_mean, y_std = Y[:n_fit].mean(0), Y[:n_fit].std(0)
+    A, B = (X[:n_fit] - x_mean) / x_std, (Y[:n_fit] - y_mean) / y_std
+    step = lr / np.linalg.eigvalsh(A.T @ A / n_fit).max()
+    theta = np.zeros((X.shape[1], Y.shape[1]))
+    for _ in range(steps):
+        theta -= step * A.T @ (A @ theta - B) / n_fit
+    coef = (theta * y_std / x_std[:, None]).T
+    tol = 1e-6 * np.abs(coef).max()  # the estimator holds its data in float32
+    np.testing.assert_allclose(model.coef_, coef, rtol=1e-5, atol=tol)
+    np.testing.assert_allclose(model.intercept_, y_mean - coef @ x_mean, rtol=1e-5, atol=tol)
+
+
 def test_relu_collapse_algebra_on_a_hand_built_network():
     W1 = torch.tensor([[[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]]])  # one network, d=2, C=3
     b1 = torch.tensor([[0.5, -1.0]])

@@ -216,7 +216,11 @@ class CoarRegressor(_ComponentModel):
     descent (step ``lr / L``, ``L`` the largest eigenvalue of the standardised
     Gram matrix over ``n``) from zero, checks the validation MSE of every input
     every ``check_every`` steps and keeps each input's best iterate; it stops when
-    no input improved for ``patience`` checks.
+    no input improved for ``patience`` checks. Gradient descent on a quadratic
+    has a closed form in the eigenbasis of the Gram matrix (see
+    :func:`_gradient_descent_filter`), so the iterates at the checks are computed
+    directly from the masks' :class:`Moments`, without stepping: a check costs
+    ``C^2`` per input whatever the number of masks, and the fit streams from a store.
 
     Parameters
     ----------
@@ -261,34 +265,71 @@ class CoarRegressor(_ComponentModel):
         """Fit every input's linear model on the shared masks ``X``."""
         X, Y = self._prepare(X, Y)
         Xf, Yf, Xv, Yv = self._split(X, Y)
-        xs, ys = _Standardizer(Xf), _Standardizer(Yf)
-        A, B, Av, Bv = xs(Xf), ys(Yf), xs(Xv), ys(Yv)
-        n = len(A)
-        L = float(torch.linalg.eigvalsh((A.T @ A).double() / n).max()) if A.shape[1] else 1.0
-        step = self.lr / max(L, 1e-12)
-        theta = torch.zeros(A.shape[1], B.shape[1], device=A.device)  # bias is 0 on centred data
-        best_theta, best_loss = theta.clone(), ((Bv) ** 2).mean(0)
-        best_iter = torch.zeros(B.shape[1], dtype=torch.long)
+        return self._fit_moments(Moments.of(Xf, Yf), Moments.of(Xv, Yv))
+
+    def _fit_moments(self, fit: Moments, val: Moments) -> CoarRegressor:
+        # Standardised masks and outputs of the fit rows: A = (x - mean) / x_std, B likewise.
+        x_std = _moment_std(fit.gram().diagonal() / fit.n)
+        y_std = _moment_std((fit.yy - fit.y**2 / fit.n) / fit.n)
+        gram = fit.gram() / fit.n / torch.outer(x_std, x_std)  # A'A / n
+        e, V = torch.linalg.eigh(gram)
+        e = e.clamp_min(0)
+        step = self.lr / max(float(e.max()) if len(e) else 1.0, 1e-12)
+        # Gradient descent from 0 on (1/2n)|A theta - B|^2 reaches, after k steps,
+        # theta_k = V diag(g_k(e)) V' A'B / n with g_k(e) = (1 - (1 - step e)^k) / e.
+        proj = V.T @ (fit.cross() / fit.n / torch.outer(x_std, y_std))  # V' A'B / n, (C, T)
+        # Sums over the validation rows standardised with the fit rows' statistics, in the same eigenbasis.
+        mean = fit.x_mean / x_std
+        val_x = val.x / x_std
+        val_y = (val.y - val.n * fit.y_mean) / y_std
+        val_gram = val.xx / torch.outer(x_std, x_std) - torch.outer(val_x, mean) - torch.outer(mean, val_x)
+        val_gram = V.T @ (val_gram + val.n * torch.outer(mean, mean)) @ V
+        val_cross = (val.xy - torch.outer(val.x, fit.y_mean)) / torch.outer(x_std, y_std) - torch.outer(mean, val_y)
+        val_cross = V.T @ val_cross
+        val_yy = (val.yy - 2 * fit.y_mean * val.y + val.n * fit.y_mean**2) / y_std**2
+
+        def iterate(k: Tensor) -> Tensor:
+            """Eigen-coordinates (C, T) of every input's iterate after ``k`` (T,) steps."""
+            return _gradient_descent_filter(e, step, k) * proj
+
+        def validation_sse(u: Tensor) -> Tensor:
+            return (u * (val_gram @ u)).sum(0) - 2 * (u * val_cross).sum(0) + val_yy
+
+        T = proj.shape[1]
+        best_iter = torch.zeros(T, dtype=torch.long, device=proj.device)
+        best_loss = val_yy.clone()  # theta = 0
         stale = 0
-        for it in range(1, self.max_iter + 1):
-            theta -= step * (A.T @ (A @ theta - B)) / n
-            if it % self.check_every:
-                continue
-            loss = ((Av @ theta - Bv) ** 2).mean(0)
+        for it in range(self.check_every, self.max_iter + 1, self.check_every):
+            loss = validation_sse(iterate(torch.full((T,), it, device=proj.device)))
             better = loss < best_loss
             if better.any():
                 best_loss = torch.where(better, loss, best_loss)
-                best_theta[:, better] = theta[:, better]
-                best_iter[better.cpu()] = it
+                best_iter = torch.where(better, it, best_iter)
                 stale = 0
             else:
                 stale += 1
                 if stale >= self.patience:
                     break
-        self.n_iter_ = best_iter.numpy()
-        coef, intercept = _unstandardize(best_theta.T, torch.zeros(B.shape[1], device=A.device), xs, ys)
-        self._set_linear(coef, intercept)
+        self.n_iter_ = best_iter.cpu().numpy()
+        coef = (V @ iterate(best_iter)) * (y_std[None, :] / x_std[:, None])
+        self._set_linear(coef.T, _intercept(coef, fit))
         return self
+
+
+def _gradient_descent_filter(e: Tensor, step: float, k: Tensor) -> Tensor:
+    """``(1 - (1 - step e)^k) / e`` (C, T) for eigenvalues ``e`` (C,) and step counts ``k`` (T,); ``step k`` at 0."""
+    r = 1 - step * e[:, None]
+    k = k[None, :].to(e.dtype)
+    positive = r > 0
+    # For 0 < r <= 1, 1 - r^k = -expm1(k log r) keeps its digits when step e is tiny.
+    decayed = torch.where(positive, -torch.expm1(k * torch.log1p(-step * e[:, None])), 1 - r**k)
+    return torch.where(e[:, None] > 0, decayed / e[:, None].clamp_min(1e-300), step * k)
+
+
+def _moment_std(variance: Tensor) -> Tensor:
+    """Standard deviations from variances; constant columns keep a scale of 1 (as :class:`_Standardizer`)."""
+    std = variance.clamp_min(0).sqrt()
+    return torch.where(std > 0, std, torch.ones_like(std))
 
 
 class RidgeCVRegressor(_ComponentModel):
