@@ -477,7 +477,8 @@ class LassoCVRegressor(_ComponentModel):
     max_iter : int, default=1000
         FISTA steps per penalty.
     tol : float, default=1e-4
-        Relative coefficient change at which FISTA stops.
+        Relative coefficient change at which FISTA stops. FISTA runs in float32
+        for ``tol >= 1e-6``, in float64 below.
     validation_fraction : float, default=0.2
     device : str, default="cpu"
 
@@ -520,21 +521,24 @@ class LassoCVRegressor(_ComponentModel):
     def _fit_moments(self, fit: Moments, val: Moments) -> LassoCVRegressor:
         _check_path(self.n_alphas, self.min_ratio)
         ratios = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64, device=fit.x.device)
-        gram, q, alpha_max = self._scaled(fit)
+        # FISTA's steps in float32 unless the tolerance asks for more digits than it keeps.
+        dtype = torch.float32 if self.tol >= 1e-6 else torch.float64
+        gram, q, alpha_max = (t.to(dtype) for t in self._scaled(fit))
         L = _largest_eigenvalue(gram)
         W = None
         path, losses = [], []
-        for ratio in ratios:
+        for ratio in ratios.to(dtype):
             W, _ = lasso_fista(gram, q, ratio * alpha_max, W, max_iter=self.max_iter, tol=self.tol, lipschitz=L)
             path.append(W)
-            losses.append(val.sse(W, _intercept(W, fit)))
+            losses.append(val.sse(W.double(), _intercept(W.double(), fit)))
         choice = torch.stack(losses).argmin(0)
         init = torch.stack(path)[choice, :, torch.arange(len(choice), device=choice.device)].T  # (C, T)
         total = fit + val
-        gram, q, alpha_max = self._scaled(total)
-        penalty = ratios[choice] * alpha_max
-        W, self.n_iter_ = lasso_fista(gram, q, penalty, init, max_iter=self.max_iter, tol=self.tol)
+        gram, q, alpha_max = (t.to(dtype) for t in self._scaled(total))
+        penalty = ratios[choice] * alpha_max.double()
+        W, self.n_iter_ = lasso_fista(gram, q, penalty.to(dtype), init, max_iter=self.max_iter, tol=self.tol)
         self.alpha_ = penalty.cpu().numpy()
+        W = W.double()
         self._set_linear(W.T, _intercept(W, total))
         return self
 
