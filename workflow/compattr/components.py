@@ -1,4 +1,4 @@
-"""Ablatable components of a network and per-sample ablation through forward hooks.
+"""Ablatable components of a network, and copies of it whose forward pass ablates them per sample.
 
 A *component* is one output channel of a module (a convolution filter, or a
 neuron of a linear layer). Components are numbered in module order and named
