@@ -192,3 +192,14 @@ def test_calibrated_collapse_is_least_squares_scaled_on_the_fit_rows(calibrate):
         assert scale_error.max() < 1e-3
     else:
         assert scale_error.max() > 0.05
+
+
+@pytest.mark.parametrize("name", ["ridge", "relu_collapse"])
+def test_bool_masks_fit_as_float_masks_do(name):
+    """Stores hold bool masks; they are fitted without a float64 copy, to the same model."""
+    X, Y, _, _ = planted_problem(300)
+    params = {"max_epochs": 5} if name == "relu_collapse" else {}
+    as_bool = make_estimator(name, params).fit(X.astype(bool), Y.astype(np.float32))
+    as_float = make_estimator(name, params).fit(X.astype(np.float64), Y)
+    np.testing.assert_array_equal(as_bool.coef_, as_float.coef_)
+    np.testing.assert_array_equal(as_bool.predict(X.astype(bool)), as_float.predict(X))

@@ -144,7 +144,8 @@ class _ComponentModel(RegressorMixin, BaseEstimator):
 
     def _prepare(self, X: Any, Y: Any) -> tuple[Tensor, Tensor]:
         self._check_params()
-        X, Y = validate_data(self, X, Y, multi_output=True, y_numeric=True, dtype=np.float64)
+        # Bool masks (as stores hold them) and float32 stay as they are: no float64 copy of the rows.
+        X, Y = validate_data(self, X, Y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32, np.bool_])
         self._single_output = Y.ndim == 1
         Y = Y.reshape(len(Y), -1)
         n_val = math.ceil(self.validation_fraction * len(X))
@@ -899,6 +900,7 @@ class ReluCollapseRegressor(_ComponentModel):
         if not self.standardize_targets:
             ys.std = torch.ones_like(ys.std)
         A, B, Av, Bv = xs(Xf), ys(Yf), xs(Xv), ys(Yv)
+        del X, Y, Xf, Yf, Xv, Yv  # the standardised copies are all training needs
         (n, C), T = A.shape, B.shape[1]
         gram, cross = (A.T @ A) / n, (A.T @ B) / n
         generator = torch.Generator().manual_seed(self.random_state)
