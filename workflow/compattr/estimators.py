@@ -531,7 +531,8 @@ class LassoCVRegressor(_ComponentModel):
         for ratio in ratios.to(dtype):
             W, _ = lasso_fista(gram, q, ratio * alpha_max, W, max_iter=self.max_iter, tol=self.tol, lipschitz=L)
             path.append(W)
-            losses.append(val.sse(W.double(), _intercept(W.double(), fit)))
+            coef = W.double()
+            losses.append(val.sse(coef, _intercept(coef, fit)))
         choice = torch.stack(losses).argmin(0)
         init = torch.stack(path)[choice, :, torch.arange(len(choice), device=choice.device)].T  # (C, T)
         total = fit + val

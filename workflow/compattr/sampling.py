@@ -114,7 +114,6 @@ class ComponentMarginEvaluator:
         self.network = components.ablatable(self.model)
         if self.compiled:
             self.network.network.compile()
-        self.components = components
         self.images = images.to(self.device).contiguous(memory_format=memory_format)
         self.labels = labels.to(self.device)
         self.batch_size = batch_size
