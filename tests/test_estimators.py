@@ -6,6 +6,7 @@ from scipy.stats import spearmanr
 from sklearn.base import clone
 from sklearn.linear_model import Ridge
 
+from compattr import estimators
 from compattr.estimators import (
     ESTIMATORS,
     CoarRegressor,
@@ -203,3 +204,68 @@ def test_bool_masks_fit_as_float_masks_do(name):
     as_float = make_estimator(name, params).fit(X.astype(np.float64), Y)
     np.testing.assert_array_equal(as_bool.coef_, as_float.coef_)
     np.testing.assert_array_equal(as_bool.predict(X.astype(bool)), as_float.predict(X))
+
+
+@pytest.mark.parametrize("rare", [1, 0], ids=["rare_ones", "rare_zeros"])
+def test_sparse_masks_train_the_networks_dense_masks_do(rare, monkeypatch):
+    """Binary masks with a rare value train through sparse products, to the fit of the dense masks."""
+    X, Y, _, _ = planted_problem(300)  # ones are rare (alpha 0.1); 1 - X: zeros are, as in keep-masks
+    X = X if rare == 1 else 1 - X
+    calls = []
+    sparse_product = estimators._SparseProduct.apply
+    monkeypatch.setattr(estimators._SparseProduct, "apply", lambda *a: calls.append(1) or sparse_product(*a))
+    fits = []
+    for limit in (1.0, 0.0):  # largest share of rare entries trained sparsely: always, never
+        monkeypatch.setattr(estimators, "_SPARSE_MAX_DENSITY", limit)
+        calls.clear()
+        fits.append(ReluCollapseRegressor(max_epochs=10).fit(X, Y))
+        assert bool(calls) == (limit == 1.0)
+    np.testing.assert_array_equal(fits[0].n_iter_, fits[1].n_iter_)
+    np.testing.assert_allclose(fits[0].coef_, fits[1].coef_, rtol=1e-4, atol=1e-4 * np.abs(fits[1].coef_).max())
+
+
+def test_each_input_trains_as_it_would_alone():
+    """An input's network, stopping epoch and collapse do not depend on the other inputs fitted with it.
+
+    Networks are seeded by (random_state, position): the first ``k`` inputs fitted
+    on their own get what they get in the whole ensemble.
+    """
+    X, Y, _, _ = planted_problem(300, noise=1.0)
+    together = ReluCollapseRegressor(lr=0.01, patience=3).fit(X, Y)
+    assert len(set(together.n_iter_)) > 1  # the inputs stop at different epochs
+    for k in (1, 3):
+        first = ReluCollapseRegressor(lr=0.01, patience=3).fit(X, Y[:, :k])
+        np.testing.assert_array_equal(first.n_iter_, together.n_iter_[:k])
+        np.testing.assert_allclose(first.coef_, together.coef_[:k], rtol=1e-4, atol=1e-4)
+
+
+def test_non_binary_masks_are_trained_densely_to_the_same_model():
+    """Masks of 0 and 0.5 standardise to the rows of 0/1 masks: the same networks, coefficients doubled.
+
+    Fed in chunks that turn non-binary after the first, the masks held sparsely are made dense on the way.
+    """
+    X, Y, _, _ = planted_problem(300)
+    binary = ReluCollapseRegressor(max_epochs=10).fit(X, Y)
+    halved = ReluCollapseRegressor(max_epochs=10).fit(0.5 * X, Y)
+    np.testing.assert_array_equal(halved.n_iter_, binary.n_iter_)
+    np.testing.assert_allclose(halved.coef_, 2 * binary.coef_, rtol=1e-4, atol=1e-4 * np.abs(binary.coef_).max())
+    mixed = X.copy()
+    mixed[150] *= 0.5  # one fit row, in the second chunk
+    n_fit = 300 - ReluCollapseRegressor().n_validation(300)
+    fit_chunks = [(mixed[:100], Y[:100]), (mixed[100:n_fit], Y[100:n_fit])]
+    chunked = ReluCollapseRegressor(max_epochs=10).fit_chunks(fit_chunks, [(mixed[n_fit:], Y[n_fit:])])
+    whole = ReluCollapseRegressor(max_epochs=10).fit(mixed, Y)
+    np.testing.assert_allclose(chunked.coef_, whole.coef_, rtol=1e-4, atol=1e-4 * np.abs(whole.coef_).max())
+
+
+def test_fit_chunks_rejects_mismatched_or_bad_blocks():
+    X, Y, _, _ = planted_problem(200)
+    model = ReluCollapseRegressor(max_epochs=2)
+    with pytest.raises(ValueError, match="does not match"):
+        model.fit_chunks([(X[:100], Y[:100]), (X[100:150, :-1], Y[100:150])], [(X[150:], Y[150:])])
+    bad = Y.copy()
+    bad[5, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.fit_chunks([(X[:150], bad[:150])], [(X[150:], Y[150:])])
+    with pytest.raises(ValueError, match="too few"):
+        model.fit_chunks([(X[:150], Y[:150])], [(X[150:151], Y[150:151])])

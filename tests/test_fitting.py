@@ -36,9 +36,9 @@ def test_fit_on_store_passes_the_prior_to_estimators_that_use_one(tmp_path):
         fit_on_store(tmp_path / "s.zarr", 150, "ridge", {}, prior=theta)
 
 
-@pytest.mark.parametrize("name", ["coar", "ridge", "lasso", "gradient_prior", "gradient_prior_lasso"])
+@pytest.mark.parametrize("name", ["coar", "ridge", "lasso", "gradient_prior", "gradient_prior_lasso", "relu_collapse"])
 def test_fits_streamed_from_the_store_equal_fits_on_the_rows(tmp_path, name):
-    """Moments summed shard by shard give the model a fit on the rows in memory gives."""
+    """Moments (or the 2-layer fits' rows) gathered shard by shard give the model a fit on the rows in memory gives."""
     _, _, theta, bias = planted_problem(1, n_units=30, n_outputs=4)
     noise = np.random.default_rng(2)
     create_store(tmp_path / "s.zarr", n_masks=230, n_units=30, n_inputs=4, shard_size=50, attributes={})
@@ -48,11 +48,12 @@ def test_fits_streamed_from_the_store_equal_fits_on_the_rows(tmp_path, name):
         )
     prior = theta + np.random.default_rng(4).normal(size=theta.shape)
     params = {"tol": 1e-10, "max_iter": 50_000} if "lasso" in name else {}
+    params = {"max_epochs": 10} if name == "relu_collapse" else params
     uses_prior = name.startswith("gradient_prior")
     streamed, _ = fit_on_store(tmp_path / "s.zarr", 217, name, params, prior=prior if uses_prior else None)
     masks, margins = read_rows(tmp_path / "s.zarr", 217)
     in_memory = make_estimator(name, params).fit(masks, margins, **({"prior": prior} if uses_prior else {}))
     np.testing.assert_allclose(streamed.coef_, in_memory.coef_, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(streamed.intercept_, in_memory.intercept_, rtol=1e-6, atol=1e-6)
-    choice = "n_iter_" if name == "coar" else "alpha_"  # the early-stopping step, or the penalty
+    choice = "n_iter_" if name in ("coar", "relu_collapse") else "alpha_"  # the early-stopping step, or the penalty
     np.testing.assert_array_equal(getattr(streamed, choice), getattr(in_memory, choice))

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from compattr.components import ComponentSet
-from compattr.estimators import RidgeCVRegressor, make_estimator
+from compattr.estimators import make_estimator
 from compattr.lds import lds_scores
 from compattr.sampling import ComponentMarginEvaluator
 
@@ -94,11 +94,11 @@ def forward_throughput(
     }
 
 
-def _ridge_reference(X: np.ndarray, Y: np.ndarray, validation_fraction: float) -> np.ndarray:
+def _ridge_reference(X: np.ndarray, Y: np.ndarray, model: Any) -> np.ndarray:
     """One scikit-learn ``Ridge`` per input and penalty, the same grid, split and refit as ours."""
     from sklearn.linear_model import Ridge
 
-    n_val = int(np.ceil(validation_fraction * len(X)))
+    n_val = model.n_validation(len(X))
     Xf, Xv = X[:-n_val], X[-n_val:]
     Xc = Xf - Xf.mean(0)
     scale = np.linalg.eigvalsh(Xc.T @ Xc).clip(0).mean()
@@ -116,11 +116,11 @@ def _ridge_reference(X: np.ndarray, Y: np.ndarray, validation_fraction: float) -
     return np.c_[coef, intercept]
 
 
-def _lasso_reference(X: np.ndarray, Y: np.ndarray, validation_fraction: float) -> np.ndarray:
+def _lasso_reference(X: np.ndarray, Y: np.ndarray, model: Any) -> np.ndarray:
     """One scikit-learn lasso path per input on the same split, penalties and refit as ours."""
     from sklearn.linear_model import Lasso, lasso_path
 
-    n_val = int(np.ceil(validation_fraction * len(X)))
+    n_val = model.n_validation(len(X))
     Xf, Xv, Yf, Yv = X[:-n_val], X[-n_val:], Y[:-n_val], Y[-n_val:]
     ratios = np.logspace(0, -3, 20)
     coef = np.empty((Y.shape[1], X.shape[1]))
@@ -139,17 +139,25 @@ def _lasso_reference(X: np.ndarray, Y: np.ndarray, validation_fraction: float) -
     return np.c_[coef, intercept]
 
 
-def _coar_reference(X: np.ndarray, Y: np.ndarray, validation_fraction: float) -> np.ndarray:
+def _coar_reference(X: np.ndarray, Y: np.ndarray, model: Any) -> np.ndarray:
     """One scikit-learn ``LinearRegression`` per input on the fit rows: the least squares COAR approaches."""
     from sklearn.linear_model import LinearRegression
 
-    n_fit = len(X) - int(np.ceil(validation_fraction * len(X)))
+    n_fit = len(X) - model.n_validation(len(X))
     models = [LinearRegression().fit(X[:n_fit], Y[:n_fit, t]) for t in range(Y.shape[1])]
     return np.array([np.r_[m.coef_, m.intercept_] for m in models])
 
 
-def _relu_collapse_reference(X: np.ndarray, Y: np.ndarray, validation_fraction: float) -> np.ndarray:
-    """One scikit-learn ``MLPRegressor`` (width 32, ReLU, Adam) per input, then its collapse ``W2 W1``."""
+def _relu_collapse_reference(X: np.ndarray, Y: np.ndarray, model: Any) -> np.ndarray:
+    """One scikit-learn ``MLPRegressor`` (ReLU, Adam, our settings) per input, then its collapse ``W2 W1``.
+
+    Mirrored from ``model``: width, learning rate, batch size, epochs, patience
+    (strict improvement, ``tol=0``), validation fraction, and L2 penalty
+    ``weight_decay`` (the same as our decoupled decay at its default, 0).
+    scikit-learn cannot mirror the initialisation scale, the calibration of the
+    collapse, or stopping on the collapse: it stops on its network's validation
+    score, on a random split of the rows.
+    """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPRegressor
     from sklearn.preprocessing import StandardScaler
@@ -160,13 +168,15 @@ def _relu_collapse_reference(X: np.ndarray, Y: np.ndarray, validation_fraction: 
     for t in range(Y.shape[1]):
         y_mean, y_std = Y[:, t].mean(), Y[:, t].std() or 1.0
         net = MLPRegressor(
-            hidden_layer_sizes=(32,),
-            learning_rate_init=1e-3,
-            batch_size=min(256, len(X) - int(np.ceil(validation_fraction * len(X)))),
-            max_iter=200,
+            hidden_layer_sizes=(model.hidden,),
+            learning_rate_init=model.lr,
+            alpha=model.weight_decay,
+            batch_size=min(model.batch_size, len(X) - model.n_validation(len(X))),
+            max_iter=model.max_epochs,
             early_stopping=True,
-            validation_fraction=validation_fraction,
-            n_iter_no_change=20,
+            validation_fraction=model.validation_fraction,
+            n_iter_no_change=model.patience,
+            tol=0.0,
             random_state=0,
         )
         with warnings.catch_warnings():
@@ -188,14 +198,12 @@ def _prior_ridge(design: np.ndarray, y: np.ndarray, alpha: float) -> Any:
     return Ridge(alpha=alpha).fit(design, y)
 
 
-def _gradient_prior_reference(
-    X: np.ndarray, Y: np.ndarray, validation_fraction: float, prior: np.ndarray
-) -> np.ndarray:
+def _gradient_prior_reference(X: np.ndarray, Y: np.ndarray, model: Any, prior: np.ndarray) -> np.ndarray:
     """Per input, scikit-learn ``Ridge`` on ``[c * X a, X]``: with ``c`` huge the prior's scale is unpenalised.
 
     The same penalty grid (plus the prior alone), split and refit as ours.
     """
-    n_fit = len(X) - int(np.ceil(validation_fraction * len(X)))
+    n_fit = len(X) - model.n_validation(len(X))
     grid = [*np.logspace(-3, 3, 25), np.inf]
 
     def scale_of(rows: np.ndarray) -> float:
@@ -261,7 +269,7 @@ def fit_speed(
     k = Y.shape[1] if reference_inputs is None else min(reference_inputs, Y.shape[1])
     subset = {"prior": prior[:k]} if ours.uses_prior else {}
     start = time.perf_counter()
-    reference = REFERENCES[estimator](X, Y[:, :k], RidgeCVRegressor().validation_fraction, **subset)
+    reference = REFERENCES[estimator](X, Y[:, :k], ours, **subset)
     measured_s = time.perf_counter() - start
     reference_s = measured_s * Y.shape[1] / k
     lds_ours = lds_scores(ours.predict(X_test)[:, :k], Y_test[:, :k])[0].mean()

@@ -13,7 +13,7 @@ import zarr
 
 from compattr.estimators import Moments, make_estimator, predict_network
 from compattr.lds import lds_scores
-from compattr.sampling import iter_rows, read_rows
+from compattr.sampling import iter_rows
 
 __all__ = ["SavedFit", "fit_on_store", "store_moments", "save_fit", "save_linear_fit", "load_fit", "score_fit"]
 
@@ -51,9 +51,10 @@ def fit_on_store(
     """Fit ``estimator`` on the first ``n_train`` masks of ``store``; return it and the fit time (s).
 
     Estimators with ``uses_prior`` need ``prior`` (input x component), e.g. the
-    ``coef`` of an attribution-patching fit. Estimators that fit from moments
-    (ridge, lasso, gradient_prior) read the store chunk by chunk; the others read
-    the ``n_train`` rows at once.
+    ``coef`` of an attribution-patching fit. Every estimator reads the store chunk
+    by chunk: those that fit from moments (coar, ridge, lasso, gradient_prior)
+    keep only sums of products; the 2-layer ones (``fit_chunks``) keep binary
+    masks as the coordinates of their rare value, and the margins.
     """
     model = make_estimator(estimator, params, device=str(device))
     if model.uses_prior and prior is None:
@@ -62,13 +63,12 @@ def fit_on_store(
         raise ValueError(f"estimator {estimator!r} takes no prior")
     fit_params = {"prior": prior} if model.uses_prior else {}
     start = time.perf_counter()
+    n_fit = n_train - model.n_validation(n_train)
     if model.streams:  # sums of products, chunk by chunk: memory does not grow with the number of masks
-        n_fit = n_train - model.n_validation(n_train)
         fit_rows, validation_rows = store_moments(store, 0, n_fit, device), store_moments(store, n_fit, n_train, device)
         model.fit_moments(fit_rows, validation_rows, **fit_params)
     else:
-        masks, margins = read_rows(store, n_train)
-        model.fit(masks, margins, **fit_params)
+        model.fit_chunks(iter_rows(store, 0, n_fit), iter_rows(store, n_fit, n_train), **fit_params)
     return model, time.perf_counter() - start
 
 
