@@ -857,7 +857,8 @@ class _RowCollector:
             raise ValueError(f"a block of {tuple(x.shape)} masks, {tuple(y.shape)} outputs does not match the others")
         if not (bool(torch.isfinite(y).all()) and (x.dtype == torch.bool or bool(torch.isfinite(x).all()))):
             raise ValueError("masks or outputs contain NaN or infinity")
-        block = [x.sum(0, dtype=torch.float64), (x.double() ** 2).sum(0)]
+        total = x.sum(0, dtype=torch.float64)
+        block = [total, total if x.dtype == torch.bool else (x.double() ** 2).sum(0)]  # bool: x^2 = x
         block += [y.sum(0, dtype=torch.float64), (y.double() ** 2).sum(0)]
         self.sums = block if not self.sums else [a + b for a, b in zip(self.sums, block, strict=True)]
         self.n += len(x)
