@@ -16,7 +16,7 @@ def test_forward_throughput_reports_both_rates(trained_model, digits):
 
 @pytest.mark.parametrize("estimator", ["coar", "ridge", "lasso", "gradient_prior", "relu_collapse"])
 def test_fit_reference_reaches_the_same_lds(estimator):
-    """The per-input scikit-learn loops solve our problems: same LDS (ReLU-collapse: another training recipe)."""
+    """The per-input scikit-learn loops solve our problems: same LDS (ReLU-collapse: own init and stopping)."""
     X, Y, theta, bias = planted_problem(300, n_units=40, n_outputs=4, noise=1.0)
     X_test = planted_problem(200, n_units=40, n_outputs=4, seed=5)[0]
     prior = theta + np.random.default_rng(1).normal(size=theta.shape)

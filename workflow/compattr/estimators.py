@@ -845,8 +845,9 @@ class _RowCollector:
         self.n = 0
         self.sums: list[Tensor] = []  # x, x^2, y, y^2 (float64)
         self.outputs: list[Tensor] = []
-        self.blocks: list[Tensor] = []  # dense float32 masks, or (counts, columns) pairs while sparse
-        self.rare: int | None = None if self.device.type == "cpu" else -1  # -1: dense
+        self.blocks: list[Any] = []  # float32 masks, or (counts per row, columns) of the rare entries
+        self.sparse = self.device.type == "cpu"  # binary masks so far, held as coordinates of `rare`
+        self.rare: int | None = None  # their less common value, set by the first block
         self.n_rare = 0
 
     def add(self, X: np.ndarray, Y: np.ndarray) -> None:
@@ -864,9 +865,10 @@ class _RowCollector:
         self.n += len(x)
         self.outputs.append(y.to(self.device))
         binary = x.dtype == torch.bool or bool(((x == 0) | (x == 1)).all())
-        if self.rare is None and binary:
+        self.sparse = self.sparse and binary
+        if self.sparse and self.rare is None:
             self.rare = int(float(block[0].sum()) < 0.5 * x.numel())  # the less common value
-        if self.rare is not None and self.rare >= 0 and binary:
+        if self.sparse:
             rows, columns = torch.nonzero(x == self.rare, as_tuple=True)
             self.blocks.append((torch.bincount(rows, minlength=len(x)), columns))
             self.n_rare += len(columns)
@@ -876,14 +878,14 @@ class _RowCollector:
 
     def _densify(self) -> None:
         """Turn the blocks held as coordinates into float32 masks; later blocks stay dense."""
-        if self.rare is not None and self.rare >= 0:
+        if self.rare is not None:
             dense = []
             for counts, columns in self.blocks:
                 block = torch.full((len(counts), self.n_columns), float(1 - self.rare))
                 block[torch.repeat_interleave(torch.arange(len(counts)), counts), columns] = float(self.rare)
                 dense.append(block.to(self.device))
             self.blocks = dense
-        self.rare = -1
+        self.sparse, self.rare = False, None
 
     @property
     def n_columns(self) -> int:
@@ -902,10 +904,10 @@ class _RowCollector:
 
     def rows(self, xs: _Standardizer, ys: _Standardizer) -> tuple[_Rows, Tensor]:
         """The masks standardised by ``xs`` and the outputs by ``ys``; the blocks are released."""
-        if self.rare is not None and self.rare >= 0 and self.n_rare > _SPARSE_MAX_DENSITY * self.n * self.n_columns:
+        if self.sparse and self.n_rare > _SPARSE_MAX_DENSITY * self.n * self.n_columns:
             self._densify()
         outputs = (torch.cat(self.outputs) - ys.mean) / ys.std
-        if self.rare is not None and self.rare >= 0:
+        if self.sparse:
             counts = torch.cat([c for c, _ in self.blocks]).to(self.device)
             columns = torch.cat([c for _, c in self.blocks]).to(self.device)
             rows = _Rows(xs.mean, xs.std, sparse=(counts, columns, self.rare))
@@ -929,7 +931,12 @@ class ReluCollapseRegressor(_ComponentModel):
     Each input keeps the epoch with the lowest validation MSE, of the collapsed
     model (``early_stopping="collapse"``) or of the network itself (``"network"``);
     each input stops when it has not improved for ``patience`` epochs (and leaves
-    the ensemble, so the others train faster).
+    the ensemble, so the others train faster). With networks seeded per input
+    position, each input gets the network it would get fitted alone.
+
+    Binary masks with few ablated units (on CPU) are held as the coordinates of
+    those units and multiplied as sparse matrices (see :class:`_Rows`);
+    :meth:`fit_chunks` gathers them block by block, e.g. from a store's chunks.
 
     Why calibrate: dropping the ReLUs counts every unit as always active, so the
     raw collapse's slope is off by a factor that drifts during training. Its
@@ -952,6 +959,7 @@ class ReluCollapseRegressor(_ComponentModel):
     batch_size : int, default=256
         Masks per step (all of them when fewer).
     patience : int, default=20
+        Epochs without improvement after which an input stops training.
     early_stopping : {"auto", "collapse", "network"}, default="auto"
         Whose validation MSE picks each input's epoch; "auto" is the predictor
         the estimator returns (the collapse here, the network for :class:`ReluNetRegressor`).
@@ -964,7 +972,7 @@ class ReluCollapseRegressor(_ComponentModel):
         rows (and refit its intercept) before validating and returning it.
     validation_fraction : float, default=0.2
     random_state : int, default=0
-        Seed of the initialisation and of the batch order.
+        Seed of the batch order, and with each input's position, of its initialisation.
     device : str, default="cpu"
 
     Attributes
