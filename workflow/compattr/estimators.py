@@ -55,10 +55,7 @@ class _Standardizer:
         variance = (squares / n - mean**2).clamp_min(0)
         constant = variance <= 1e-12 * (squares / n)  # zero up to the rounding of the sums
         self.mean = mean.float()
-        self.std = torch.where(constant, 1.0, variance.sqrt()).float()
-
-    def __call__(self, X: Tensor) -> Tensor:
-        return (X - self.mean) / self.std
+        self.std = _moment_std(torch.where(constant, 0.0, variance)).float()
 
 
 def _unstandardize(theta: Tensor, bias: Tensor, xs: _Standardizer, ys: _Standardizer) -> tuple[Tensor, Tensor]:
@@ -337,7 +334,7 @@ def _gradient_descent_filter(e: Tensor, step: float, k: Tensor) -> Tensor:
 
 
 def _moment_std(variance: Tensor) -> Tensor:
-    """Standard deviations from variances; constant columns keep a scale of 1 (as :class:`_Standardizer`)."""
+    """Standard deviations from variances; constant columns (variance 0) keep a scale of 1."""
     std = variance.clamp_min(0).sqrt()
     return torch.where(std > 0, std, torch.ones_like(std))
 
@@ -1158,11 +1155,12 @@ class ReluCollapseRegressor(_ComponentModel):
                 return theta, bias
             return _least_squares_scale(rows @ theta.T.contiguous(), target)[:, None] * theta, torch.zeros_like(bias)
 
-        def validation_loss(params: list[Tensor], active: Tensor) -> Tensor:
+        def validation_loss(params: list[Tensor], active: Tensor, targets: Tensor) -> Tensor:
+            """Validation MSE of the ``active`` inputs; ``targets`` are their fit rows' outputs."""
             if on_network:
                 pred = self._network(val_rows, params)
             else:
-                collapse, bias = collapsed(params, B[:, active])
+                collapse, bias = collapsed(params, targets)
                 pred = val_rows @ collapse.T.contiguous() + bias
             return ((pred - Bv[:, active]) ** 2).mean(0)
 
@@ -1170,7 +1168,7 @@ class ReluCollapseRegressor(_ComponentModel):
         # would alone; inputs that stop leave the ensemble, so later epochs cost only the rest.
         active = torch.arange(T, device=B.device)
         with torch.no_grad():
-            best_loss = validation_loss(params, active)
+            best_loss = validation_loss(params, active, B)
         stale = torch.zeros(T, dtype=torch.long, device=B.device)
         best_epoch = torch.zeros(T, dtype=torch.long, device=B.device)
         order_generator = torch.Generator().manual_seed(self.random_state)
@@ -1184,7 +1182,7 @@ class ReluCollapseRegressor(_ComponentModel):
                 loss.backward()
                 optimizer.step()
             with torch.no_grad():
-                val = validation_loss(params, active)
+                val = validation_loss(params, active, targets)
                 better = val < best_loss[active]
                 improved = active[better]
                 best_loss[improved] = val[better]
