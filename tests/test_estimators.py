@@ -11,6 +11,7 @@ from compattr.estimators import (
     ESTIMATORS,
     CoarRegressor,
     LassoCVRegressor,
+    LinearCollapseRegressor,
     ReluCollapseRegressor,
     RidgeCVRegressor,
     collapse_relu_network,
@@ -212,8 +213,8 @@ def test_sparse_masks_train_the_networks_dense_masks_do(rare, monkeypatch):
     X, Y, _, _ = planted_problem(300)  # ones are rare (alpha 0.1); 1 - X: zeros are, as in keep-masks
     X = X if rare == 1 else 1 - X
     calls = []
-    sparse_product = estimators._SparseProduct.apply
-    monkeypatch.setattr(estimators._SparseProduct, "apply", lambda *a: calls.append(1) or sparse_product(*a))
+    sparse_product = estimators._bag_product
+    monkeypatch.setattr(estimators, "_bag_product", lambda *a: calls.append(1) or sparse_product(*a))
     fits = []
     for limit in (1.0, 0.0):  # largest share of rare entries trained sparsely: always, never
         monkeypatch.setattr(estimators, "_SPARSE_MAX_DENSITY", limit)
@@ -222,6 +223,31 @@ def test_sparse_masks_train_the_networks_dense_masks_do(rare, monkeypatch):
         assert bool(calls) == (limit == 1.0)
     np.testing.assert_array_equal(fits[0].n_iter_, fits[1].n_iter_)
     np.testing.assert_allclose(fits[0].coef_, fits[1].coef_, rtol=1e-4, atol=1e-4 * np.abs(fits[1].coef_).max())
+
+
+@pytest.mark.parametrize("model", [ReluCollapseRegressor, LinearCollapseRegressor])
+@pytest.mark.parametrize("limit", [1.0, 0.0], ids=["sparse", "dense"])
+def test_hand_gradients_equal_autograd(model, limit, monkeypatch):
+    """The step's gradients, by hand, equal autograd's on the textbook network with dense masks."""
+    X, Y, _, _ = planted_problem(64)
+    monkeypatch.setattr(estimators, "_SPARSE_MAX_DENSITY", limit)
+    collector = estimators._RowCollector("cpu")
+    collector.add(X, Y)
+    xs, ys = collector.standardizers()
+    rows, targets = collector.rows(xs, ys)
+    assert (rows.dense is None) == (limit == 1.0)
+    net = model(init_scale=2.0)  # some units off on some masks: the ReLU's gradient matters
+    params = net._init_params(targets.shape[1], X.shape[1])
+    hidden, out = net._forward(rows, params)
+    grads = net._gradients(rows, hidden, out - targets, params)
+    leaves = [p.clone().requires_grad_() for p in params]
+    W1, b1, W2, b2 = leaves  # W1 is (C, T, d)
+    pre = torch.einsum("nc,ctd->ntd", (torch.as_tensor(X, dtype=torch.float32) - xs.mean) / xs.std, W1) + b1
+    act = torch.relu(pre) if model is ReluCollapseRegressor else pre
+    assert model is LinearCollapseRegressor or 0 < float((pre > 0).float().mean()) < 1
+    (((act * W2).sum(-1) + b2 - targets) ** 2).mean(0).sum().backward()
+    for grad, leaf in zip(grads, leaves, strict=True):
+        torch.testing.assert_close(grad, leaf.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_each_input_trains_as_it_would_alone():

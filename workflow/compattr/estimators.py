@@ -17,7 +17,6 @@ are never seen.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -750,23 +749,21 @@ def _least_squares_scale(pred: Tensor, target: Tensor) -> Tensor:
 
 #: Largest share of rare entries in binary masks for which the 2-layer fits use sparse products
 #: (on CPU). Measured on 2 cores, masks 256 x 336 times a 336 x 3,200 first layer, forward plus
-#: gradient: 0.9 ms sparse vs 5.8 ms dense at 5%; about even near 20%; dense faster above.
-_SPARSE_MAX_DENSITY = 0.1
+#: gradient: 1.2 ms sparse vs 5.8 ms dense at 5%, 4.5 vs 5.9 ms at 20%; about even near 35%.
+_SPARSE_MAX_DENSITY = 0.2
 #: Rows per block when masks given as one array are gathered (bounds the temporary copies).
 _BLOCK_ROWS = 4096
 
+#: A sparse matrix as the bags of :func:`torch.nn.functional.embedding_bag`: for each of its rows,
+#: the columns of its entries (concatenated), where each row's columns start, and the entries.
+_Bags = tuple[Tensor, Tensor, Tensor]
 
-class _SparseProduct(torch.autograd.Function):
-    """``S @ W`` for a sparse CSR ``S``; its gradient ``S' @ grad`` uses a prebuilt CSR ``S'``."""
 
-    @staticmethod
-    def forward(ctx: Any, S: Tensor, S_t: Tensor, W: Tensor) -> Tensor:
-        ctx.S_t = S_t
-        return S @ W
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:
-        return None, None, ctx.S_t @ grad
+def _bag_product(bags: _Bags, W: Tensor) -> Tensor:
+    """``S @ W`` for the sparse ``S`` held as ``bags``: per row, the weighted sum of the rows of ``W`` it names."""
+    columns, starts, entries = bags
+    W = W.contiguous()
+    return torch.nn.functional.embedding_bag(columns, W, starts, mode="sum", per_sample_weights=entries.to(W.dtype))
 
 
 class _Rows:
@@ -776,7 +773,8 @@ class _Rows:
     small ablation rate) are held as the coordinates of that value: a
     standardised row is ``base + s`` with ``base = (1 - rare - mean) / std`` and
     ``s`` sparse, ``(2 rare - 1) / std_j`` at its rare entries ``j``. A product
-    with a (C, k) matrix then costs one row of ``k`` per rare entry.
+    with a (C, k) matrix then costs one row of ``k`` per rare entry (an
+    embedding-bag sum: on 2 cores, less than half the time of a CSR product).
     """
 
     def __init__(self, mean: Tensor, std: Tensor, *, dense: Tensor | None = None, sparse: tuple | None = None) -> None:
@@ -786,7 +784,7 @@ class _Rows:
             self.offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
             self.base = (1 - self.rare - mean) / std
             self.values = (2 * self.rare - 1) / std
-            self._csr: tuple[Tensor, Tensor | None] | None = None
+            self._bags: list[_Bags | None] = [None, None]  # of the rows, of their transpose
 
     def __len__(self) -> int:
         return len(self.dense) if self.dense is not None else len(self.offsets) - 1
@@ -800,32 +798,37 @@ class _Rows:
         where = torch.repeat_interleave(starts - first, counts) + torch.arange(int(counts.sum()), device=counts.device)
         return _Rows(self.mean, self.std, sparse=(counts, self.columns[where], self.rare))
 
-    def _sparse(self, transposed: bool) -> tuple[Tensor, Tensor | None]:
-        """The CSR ``s`` (n, C), and with ``transposed`` its transpose (C, n); built once."""
-        if self._csr is None or (transposed and self._csr[1] is None):
-            n, C = len(self), len(self.mean)
-            values = self.values[self.columns]
-            S_t = None
-            with warnings.catch_warnings():  # "sparse CSR support is in beta": we use construction and matmul only
-                warnings.simplefilter("ignore", UserWarning)
-                S = torch.sparse_csr_tensor(self.offsets, self.columns, values, (n, C), check_invariants=False)
-                if transposed:
-                    row = torch.repeat_interleave(torch.arange(n, device=values.device), self.offsets.diff())
-                    order = torch.argsort(self.columns, stable=True)
-                    per_column = torch.bincount(self.columns, minlength=C)
-                    offsets_t = torch.cat([per_column.new_zeros(1), per_column.cumsum(0)])
-                    S_t = torch.sparse_csr_tensor(offsets_t, row[order], values[order], (C, n), check_invariants=False)
-            self._csr = (S, S_t)
-        return self._csr
+    def _sparse(self, transposed: bool) -> _Bags:
+        """The bags of ``s`` (n, C), or with ``transposed`` those of its transpose (C, n); each built once."""
+        if self._bags[transposed] is None:
+            entries = self.values[self.columns]
+            if transposed:
+                n, C = len(self), len(self.mean)
+                row = torch.repeat_interleave(torch.arange(n, device=entries.device), self.offsets.diff())
+                # Sparse rows live on the CPU; numpy's sort, not torch.argsort (5x slower inside the fit loop).
+                order = torch.from_numpy(np.argsort(self.columns.numpy(), kind="stable"))
+                per_column = torch.bincount(self.columns, minlength=C)
+                starts = torch.cat([per_column.new_zeros(1), per_column.cumsum(0)[:-1]])
+                self._bags[1] = (row[order], starts, entries[order])
+            else:
+                self._bags[0] = (self.columns, self.offsets[:-1], entries)
+        return self._bags[transposed]
+
+    def affine(self, W: Tensor, b: Tensor) -> Tensor:
+        """``rows @ W + b`` (n, k) for ``W`` (C, k) and ``b`` (k,)."""
+        if self.dense is not None:
+            return torch.addmm(b, self.dense, W)
+        return _bag_product(self._sparse(transposed=False), W).add_(self.base @ W + b)
 
     def __matmul__(self, W: Tensor) -> Tensor:
-        """``rows @ W`` (n, k) for ``W`` (C, k), differentiable in ``W``."""
+        """``rows @ W`` (n, k) for ``W`` (C, k)."""
+        return self.affine(W, W.new_zeros(W.shape[1]))
+
+    def transpose_matmul(self, G: Tensor, G_sums: Tensor) -> Tensor:
+        """``rows' @ G`` (C, k) for ``G`` (n, k) whose column sums are ``G_sums``."""
         if self.dense is not None:
-            return self.dense @ W
-        if W.requires_grad and torch.is_grad_enabled():
-            S, S_t = self._sparse(transposed=True)
-            return self.base @ W + _SparseProduct.apply(S, S_t, W)
-        return self.base @ W + self._sparse(transposed=False)[0] @ W
+            return self.dense.T @ G
+        return _bag_product(self._sparse(transposed=True), G).addr_(self.base, G_sums)
 
 
 class _RowCollector:
@@ -1053,16 +1056,38 @@ class ReluCollapseRegressor(_ComponentModel):
             params[0][:, : 2 * pairs] += sign[None, :, None] * k[:, :, None] * prior.float()[:, None, :]
             params[2][:, : 2 * pairs] += sign[None, :] * c
         params[0] = params[0].permute(2, 0, 1).contiguous()  # (C, T, d): the first layer of all networks at once
-        return [p.requires_grad_() for p in params]
+        return params
+
+    def _forward(self, rows: _Rows, params: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Hidden activations (n, T, d) and outputs (n, T) of every network on standardised masks ``rows`` (n, C)."""
+        W1, b1, W2, b2 = params
+        C, T, d = W1.shape
+        hidden = rows.affine(W1.reshape(C, T * d), b1.reshape(-1)).reshape(-1, T, d)
+        if self._activation == "relu":
+            hidden.clamp_min_(0)
+        return hidden, (hidden * W2).sum(-1) + b2
 
     def _network(self, rows: _Rows, params: list[Tensor]) -> Tensor:
         """Outputs (n, T) of every network on standardised masks ``rows`` (n, C)."""
-        W1, b1, W2, b2 = params
+        return self._forward(rows, params)[1]
+
+    def _gradients(self, rows: _Rows, hidden: Tensor, residual: Tensor, params: list[Tensor]) -> list[Tensor]:
+        """Gradients of the step's loss (per input, the mean squared ``residual``; summed) for ``params``.
+
+        Backpropagation by hand, as scikit-learn's MLP does: ``hidden`` and
+        ``residual`` (outputs minus targets) come from :meth:`_forward` on ``rows``.
+        """
+        W1, _, W2, _ = params
         C, T, d = W1.shape
-        hidden = (rows @ W1.reshape(C, T * d)).reshape(-1, T, d) + b1
-        if self._activation == "relu":
-            hidden = torch.relu(hidden)
-        return (hidden * W2).sum(-1) + b2
+        grad_out = residual * (2 / len(residual))  # (n, T)
+        grad_hidden = grad_out[:, :, None] * W2  # (n, T, d)
+        if self._activation == "relu":  # zero where the unit is off: ReLU's own backward (masked_fill is 30x slower)
+            grad_hidden = torch.ops.aten.threshold_backward(grad_hidden, hidden, 0)
+        grad_W2 = (hidden * grad_out[:, :, None]).sum(0)
+        grad_hidden = grad_hidden.reshape(-1, T * d)
+        grad_b1 = grad_hidden.sum(0)
+        grad_W1 = rows.transpose_matmul(grad_hidden, grad_b1)
+        return [grad_W1.reshape(C, T, d), grad_b1.reshape(T, d), grad_W2, grad_out.sum(0)]
 
     def _optimizer(self, params: list[Tensor]) -> torch.optim.AdamW:
         """AdamW over the trained parameters (the biases stay zero without ``fit_bias``)."""
@@ -1077,7 +1102,7 @@ class ReluCollapseRegressor(_ComponentModel):
         def select(t: Tensor, first_layer: bool) -> Tensor:
             return t[:, keep] if first_layer else t[keep]
 
-        kept = [select(p.detach(), i == 0).clone().requires_grad_() for i, p in enumerate(params)]
+        kept = [select(p, i == 0).clone() for i, p in enumerate(params)]
         new = self._optimizer(kept)
         for old_param, param in zip(optimizer.param_groups[0]["params"], new.param_groups[0]["params"], strict=True):
             first_layer = old_param is params[0]
@@ -1117,6 +1142,7 @@ class ReluCollapseRegressor(_ComponentModel):
         self._single_output = False
         return self._fit_blocks(fit_chunks, validation_chunks, prior)
 
+    @torch.no_grad()  # gradients are computed by hand (see _gradients)
     def _fit_blocks(
         self,
         fit_chunks: Iterable[tuple[np.ndarray, np.ndarray]],
@@ -1145,7 +1171,7 @@ class ReluCollapseRegressor(_ComponentModel):
         if prior is not None:  # to standardised units: the inverse of _unstandardize
             prior = _check_prior(prior, T, C, self.device) * (xs.std[None, :] / ys.std[:, None]).double()
         params = self._init_params(T, C, prior)
-        best = [p.detach().clone() for p in params]
+        best = [p.clone() for p in params]
         optimizer = self._optimizer(params)
         on_network = (self.early_stopping if self.early_stopping != "auto" else self._predictor) == "network"
 
@@ -1153,7 +1179,7 @@ class ReluCollapseRegressor(_ComponentModel):
             theta, bias = collapse_relu_network(params[0].permute(1, 2, 0), *params[1:])
             if not self.calibrate:
                 return theta, bias
-            return _least_squares_scale(rows @ theta.T.contiguous(), target)[:, None] * theta, torch.zeros_like(bias)
+            return _least_squares_scale(rows @ theta.T, target)[:, None] * theta, torch.zeros_like(bias)
 
         def validation_loss(params: list[Tensor], active: Tensor, targets: Tensor) -> Tensor:
             """Validation MSE of the ``active`` inputs; ``targets`` are their fit rows' outputs."""
@@ -1161,14 +1187,13 @@ class ReluCollapseRegressor(_ComponentModel):
                 pred = self._network(val_rows, params)
             else:
                 collapse, bias = collapsed(params, targets)
-                pred = val_rows @ collapse.T.contiguous() + bias
+                pred = val_rows @ collapse.T + bias
             return ((pred - Bv[:, active]) ** 2).mean(0)
 
         # Each input trains until its validation loss has not improved for `patience` epochs, as it
         # would alone; inputs that stop leave the ensemble, so later epochs cost only the rest.
         active = torch.arange(T, device=B.device)
-        with torch.no_grad():
-            best_loss = validation_loss(params, active, B)
+        best_loss = validation_loss(params, active, B)
         stale = torch.zeros(T, dtype=torch.long, device=B.device)
         best_epoch = torch.zeros(T, dtype=torch.long, device=B.device)
         order_generator = torch.Generator().manual_seed(self.random_state)
@@ -1177,32 +1202,31 @@ class ReluCollapseRegressor(_ComponentModel):
             targets = B[:, active]
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
-                loss = ((self._network(rows.take(idx), params) - targets[idx]) ** 2).mean(0).sum()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                batch = rows.take(idx)
+                hidden, out = self._forward(batch, params)
+                for param, grad in zip(params, self._gradients(batch, hidden, out - targets[idx], params), strict=True):
+                    param.grad = grad
                 optimizer.step()
-            with torch.no_grad():
-                val = validation_loss(params, active, targets)
-                better = val < best_loss[active]
-                improved = active[better]
-                best_loss[improved] = val[better]
-                best_epoch[improved] = epoch
-                best[0][:, improved] = params[0][:, better]  # W1 is (C, T, d)
-                for kept, current in zip(best[1:], params[1:], strict=True):
-                    kept[improved] = current[better]
-                stale[active] = torch.where(better, 0, stale[active] + 1)
-                going = stale[active] < self.patience
-                if not going.all():
-                    if not going.any():
-                        break
-                    active = active[going]
-                    params, optimizer = self._keep_inputs(params, optimizer, going)
+            val = validation_loss(params, active, targets)
+            better = val < best_loss[active]
+            improved = active[better]
+            best_loss[improved] = val[better]
+            best_epoch[improved] = epoch
+            best[0][:, improved] = params[0][:, better]  # W1 is (C, T, d)
+            for kept, current in zip(best[1:], params[1:], strict=True):
+                kept[improved] = current[better]
+            stale[active] = torch.where(better, 0, stale[active] + 1)
+            going = stale[active] < self.patience
+            if not going.all():
+                if not going.any():
+                    break
+                active = active[going]
+                params, optimizer = self._keep_inputs(params, optimizer, going)
         self.n_iter_ = best_epoch.cpu().numpy()
-        with torch.no_grad():
-            collapse, bias = collapsed(best, B)
-            kept = self._network(val_rows, best) if self._predictor == "network" else val_rows @ collapse.T + bias
-            # Validation MSE of the predictor returned, whatever chose the epoch (comparable across settings).
-            self.validation_mse_ = (((kept - Bv) ** 2).mean(0) * ys.std**2).cpu().numpy()
+        collapse, bias = collapsed(best, B)
+        kept = self._network(val_rows, best) if self._predictor == "network" else val_rows @ collapse.T + bias
+        # Validation MSE of the predictor returned, whatever chose the epoch (comparable across settings).
+        self.validation_mse_ = (((kept - Bv) ** 2).mean(0) * ys.std**2).cpu().numpy()
         coef, intercept = _unstandardize(collapse, bias, xs, ys)
         self._set_linear(coef, intercept)
         if self._predictor == "network":
