@@ -864,8 +864,8 @@ class _RowCollector:
         self.sums = block if not self.sums else [a + b for a, b in zip(self.sums, block, strict=True)]
         self.n += len(x)
         self.outputs.append(y.to(self.device))
-        binary = x.dtype == torch.bool or bool(((x == 0) | (x == 1)).all())
-        self.sparse = self.sparse and binary
+        # Still sparse only for binary masks (not checked once the masks are held densely).
+        self.sparse = self.sparse and (x.dtype == torch.bool or bool(((x == 0) | (x == 1)).all()))
         if self.sparse and self.rare is None:
             self.rare = int(float(block[0].sum()) < 0.5 * x.numel())  # the less common value
         if self.sparse:
