@@ -9,7 +9,7 @@ def test_forward_throughput_reports_both_rates(trained_model, digits):
     model, components = trained_model
     _, test = digits
     result = forward_throughput(model, components, test.images[:10], test.labels[:10], batch=200, repeats=2)
-    assert result["batch"] == 200 and result["device"] == "cpu"
+    assert result["batch"] == 200 and result["batches"] == 8 and result["device"] == "cpu"
     assert result["plain_per_s"] > 0 and result["ablated_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["ablated_per_s"] / result["plain_per_s"])
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from compattr.components import ComponentSet
 from compattr.estimators import make_estimator
 from compattr.lds import lds_scores
-from compattr.sampling import ComponentMarginEvaluator
+from compattr.sampling import BATCHES_PER_CALL, ComponentMarginEvaluator
 
 __all__ = ["forward_throughput", "fit_speed", "REFERENCES"]
 
@@ -47,6 +47,7 @@ def forward_throughput(
     labels: Tensor,
     *,
     batch: int,
+    batches: int = BATCHES_PER_CALL,
     repeats: int = 10,
     precision: str = "auto",
     channels_last: bool | str = "auto",
@@ -54,10 +55,11 @@ def forward_throughput(
 ) -> dict[str, Any]:
     """Images per second of plain inference and of ablated sampling at the same batch size, device and precision.
 
-    The ablated pass is what sampling runs: ``batch`` (mask, input) samples per
-    forward pass with per-sample channel masks, margins included. The plain pass
-    runs the same model in the same precision and memory format on the same
-    batch, compiled when the ablated one is.
+    The ablated pass is what sampling runs: one evaluator call of ``batches``
+    forward passes of ``batch`` (mask, input) samples with per-sample channel
+    masks, margins copied to the host included. The plain pass runs the same
+    model in the same precision and memory format on the same batch ``batches``
+    times, compiled when the ablated one is.
     """
     device = next(model.parameters()).device
     evaluator = ComponentMarginEvaluator(
@@ -72,22 +74,24 @@ def forward_throughput(
     )
     network = torch.compile(evaluator.model) if evaluator.compiled else evaluator.model
     n_masks = max(1, batch // len(labels))
-    masks = np.random.default_rng(0).random((n_masks, len(components))) < 0.05
+    masks = np.random.default_rng(0).random((n_masks * batches, len(components))) < 0.05
     x = evaluator.images.repeat(n_masks, 1, 1, 1)
 
     @torch.no_grad()
     def plain() -> None:
         with evaluator.autocast():
-            network(x)
+            for _ in range(batches):
+                network(x)
 
-    samples = n_masks * len(labels)
+    samples = n_masks * len(labels) * batches
     plain_s, ablated_s = _timed_pair(plain, lambda: evaluator(masks), repeats, device)
     return {
         "device": str(device),
         "dtype": str(evaluator.dtype).removeprefix("torch."),
         "channels_last": evaluator.channels_last,
         "compiled": evaluator.compiled,
-        "batch": samples,
+        "batch": n_masks * len(labels),
+        "batches": batches,
         "plain_per_s": samples / plain_s,
         "ablated_per_s": samples / ablated_s,
         "ratio": plain_s / ablated_s,

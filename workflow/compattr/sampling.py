@@ -120,10 +120,14 @@ class ComponentMarginEvaluator:
 
     @torch.no_grad()
     def __call__(self, ablated: np.ndarray) -> np.ndarray:
-        """Margins ``(n_masks, n_inputs)`` (float32) for the bool masks ``ablated`` ``(n_masks, n_components)``."""
+        """Margins ``(n_masks, n_inputs)`` (float32) for the bool masks ``ablated`` ``(n_masks, n_components)``.
+
+        The margins stay on the device until every batch of the call has run, so
+        on CUDA the host queues the next batch while the GPU runs the last one.
+        """
         n_inputs = len(self.labels)
         keep = torch.from_numpy(~np.asarray(ablated, dtype=bool)).to(self.device, torch.float32)
-        out = torch.empty(len(keep), n_inputs, dtype=torch.float32)
+        out = torch.empty(len(keep), n_inputs, dtype=torch.float32, device=self.device)
         in_step = min(n_inputs, self.batch_size)
         mask_step = max(1, self.batch_size // in_step)
         for m0 in range(0, len(keep), mask_step):
@@ -133,8 +137,8 @@ class ComponentMarginEvaluator:
                 n = len(y)
                 with self.autocast():
                     logits = self.network(x.repeat(len(k), 1, 1, 1), k.repeat_interleave(n, dim=0))
-                out[m0 : m0 + len(k), i0 : i0 + n] = margins(logits.float(), y.repeat(len(k))).reshape(len(k), n).cpu()
-        return out.numpy()
+                out[m0 : m0 + len(k), i0 : i0 + n] = margins(logits.float(), y.repeat(len(k))).reshape(len(k), n)
+        return out.cpu().numpy()
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context the forward passes run in: autocast to ``dtype``, or nothing for float32."""
@@ -144,6 +148,8 @@ class ComponentMarginEvaluator:
 
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: Forward passes (batches of ``batch_size`` samples) per evaluator call in :func:`run_shard`.
+BATCHES_PER_CALL = 8
 
 
 def shard_count(n_masks: int, shard_size: int) -> int:
@@ -200,9 +206,11 @@ def run_shard(path: str | Path, shard: int, evaluator: Evaluator, *, alpha: floa
         raise ValueError(f"shard {shard} out of range: the store at {path} has {n_shards} shards")
     start, stop = shard * shard_size, min((shard + 1) * shard_size, masks_arr.shape[0])
     masks = shard_masks(seed, shard, stop - start, masks_arr.shape[1], alpha)
-    step = max(1, getattr(evaluator, "batch_size", 4096) // margins_arr.shape[1])
+    # calls of BATCHES_PER_CALL forward passes: progress is shown per call, and on CUDA a call's passes
+    # run back to back (the evaluator copies margins to the host once per call)
+    step = BATCHES_PER_CALL * max(1, getattr(evaluator, "batch_size", 4096) // margins_arr.shape[1])
     values = np.empty((stop - start, margins_arr.shape[1]), dtype=np.float32)
-    for i in tqdm(range(0, len(masks), step), desc=f"shard {shard}", unit="batch", mininterval=5):
+    for i in tqdm(range(0, len(masks), step), desc=f"shard {shard}", unit="call", mininterval=5):
         values[i : i + step] = evaluator(masks[i : i + step])
     bad = ~np.isfinite(values)
     if bad.any():
