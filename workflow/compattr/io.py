@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -12,7 +13,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["start_log", "resolve_device", "provenance", "write_json"]
+from compattr import __version__
+
+__all__ = ["start_log", "resolve_device", "code_commit", "provenance", "write_json"]
 
 
 def start_log(path: str | Path) -> logging.Logger:
@@ -33,15 +36,36 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def code_commit() -> str | None:
+    """The git commit of the checkout this library runs from, ``-dirty`` if it has changes; None outside git."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=40"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
 def provenance(config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """Versions of the stack, the host, and (optionally) the config that made an output."""
+    """Versions of the stack, the code's git commit, the host, and (optionally) the config that made an output."""
     versions = {}
     for package in ("compattr", "torch", "numpy", "scipy", "scikit-learn", "zarr", "snakemake"):
         try:
             versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    out: dict[str, Any] = {"versions": versions, "python": platform.python_version(), "host": platform.node()}
+        except metadata.PackageNotFoundError:  # e.g. compattr imported from a checkout on PYTHONPATH
+            versions[package] = __version__ if package == "compattr" else None
+    out: dict[str, Any] = {
+        "versions": versions,
+        "commit": code_commit(),
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
     if config is not None:
         out["config"] = config
     out.update(extra)
