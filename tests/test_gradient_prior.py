@@ -47,12 +47,14 @@ def test_ridge_correction_matches_a_direct_solve_at_each_penalty():
     """Closed form vs. the normal equations of [prior direction, masks] with only the correction penalised."""
     X, Y, theta, _ = planted_problem(200, noise=1.0)
     prior = theta + np.random.default_rng(3).normal(size=theta.shape)
-    model = GradientPriorRegressor(alphas=[0.01, 1.0, 100.0])
-    fits = model._ridge(Moments.of(torch.as_tensor(X), torch.as_tensor(Y)), torch.as_tensor(prior.T))
+    grid = [0.01, 1.0, 100.0, np.inf]
+    fits = GradientPriorRegressor()._ridge(
+        Moments.of(torch.as_tensor(X), torch.as_tensor(Y)), torch.as_tensor(prior.T), grid
+    )
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
     scale = np.linalg.eigvalsh(Xc.T @ Xc).clip(0).mean()
     C = X.shape[1]
-    for lam, (coef, s) in fits.items():
+    for lam, (coef, s) in zip(grid, fits, strict=True):
         for t in range(Y.shape[1]):
             if np.isinf(lam):
                 u = Xc @ prior[t]
@@ -98,3 +100,19 @@ def test_relu_collapse_starts_from_the_prior():
     trained = PriorReluCollapseRegressor(init_scale=0.1, lr=3e-3, max_epochs=100, calibrate=False)
     trained.fit(X, Y, prior=prior)
     assert np.abs(trained.coef_ - theta).mean() < np.abs(prior - theta).mean()  # training moves it to the truth
+
+
+def test_lasso_refit_solves_each_input_at_its_own_ratio():
+    """The refit's single warm-started run equals cold fits at each input's chosen ratio, on all rows."""
+    X, _, theta, bias = planted_problem(400, n_units=40, n_outputs=8, sparse=True)
+    noise = np.random.default_rng(1).normal(size=(400, 8)) * np.geomspace(0.05, 5.0, 8)
+    Y = X @ theta.T + bias + noise  # noise levels apart, so that inputs choose different penalties
+    prior = theta + np.random.default_rng(2).normal(size=theta.shape)
+    model = GradientPriorRegressor(correction="lasso", tol=1e-7).fit(X, Y, prior=prior)
+    assert np.unique(model.alpha_).size >= 3
+    total = Moments.of(torch.as_tensor(X), torch.as_tensor(Y))
+    for ratio in np.unique(model.alpha_):
+        cols = np.flatnonzero(model.alpha_ == ratio)
+        ((W, s),) = model._lasso(total.outputs(torch.as_tensor(cols)), torch.as_tensor(prior[cols].T), [ratio])
+        theta_cold, _ = model._lasso_coef(torch.as_tensor(prior[cols].T), W, s)
+        np.testing.assert_allclose(model.coef_[cols], theta_cold.T.numpy(), atol=1e-4 * np.abs(theta).max())

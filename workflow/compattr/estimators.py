@@ -638,29 +638,41 @@ class GradientPriorRegressor(_ComponentModel):
         if self.correction not in ("ridge", "lasso"):
             raise ValueError(f"correction must be 'ridge' or 'lasso', got {self.correction!r}")
         a = _check_prior(prior, fit.y.shape[0], fit.x.shape[0], self.device).T  # (C, T)
-        solve = self._ridge if self.correction == "ridge" else self._lasso
-        paths = solve(fit, a)  # penalty -> (theta (C, T), s (T,))
-        losses = torch.stack([val.sse(theta, _intercept(theta, fit)) for theta, _ in paths.values()])
-        penalties = torch.as_tensor(list(paths), dtype=torch.float64)
-        chosen = penalties[losses.argmin(0).cpu()]
         total = fit + val
-        theta, s = torch.empty_like(a), torch.empty(a.shape[1], dtype=torch.float64, device=a.device)
-        for penalty in chosen.unique():
-            cols = (chosen == penalty).to(a.device)
-            theta[:, cols], s[cols] = solve(total.outputs(cols), a[:, cols], float(penalty))[float(penalty)]
+        if self.correction == "ridge":
+            grid = [*self._alphas().tolist(), math.inf]
+            path = self._ridge(fit, a, grid)
+        else:
+            _check_path(self.n_alphas, self.min_ratio)
+            grid = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64).tolist()
+            states = self._lasso(fit, a, grid)
+            path = [self._lasso_coef(a, *state) for state in states]
+        losses = torch.stack([val.sse(theta, _intercept(theta, fit)) for theta, _ in path])
+        choice = losses.argmin(0)  # (T,): index into the grid
+        chosen = torch.as_tensor(grid, dtype=torch.float64)[choice.cpu()]
+        columns = torch.arange(a.shape[1], device=a.device)
+        if self.correction == "ridge":  # closed form on all rows, once per penalty chosen by some input
+            unique, inverse = choice.unique(return_inverse=True)
+            refits = self._ridge(total, a, [grid[i] for i in unique.tolist()])
+            theta = torch.stack([theta for theta, _ in refits])[inverse, :, columns].T
+            s = torch.stack([s for _, s in refits])[inverse, columns]
+        else:  # one FISTA run on all rows, each input at its ratio, warm-started from its path solution
+            W0 = torch.stack([W for W, _ in states])[choice, :, columns].T
+            s0 = torch.stack([s for _, s in states])[choice, columns]
+            ((W, s_unit),) = self._lasso(total, a, [chosen.to(a.device)], init=(W0, s0))
+            theta, s = self._lasso_coef(a, W, s_unit)
         self.alpha_ = chosen.numpy()
         self.scale_ = s.cpu().numpy()
         self._set_linear(theta.T, _intercept(theta, total))
         return self
 
-    def _ridge(self, moments: Moments, a: Tensor, only: float | None = None) -> dict[float, tuple[Tensor, Tensor]]:
-        """Closed-form fits for every relative penalty (or ``only`` that one)."""
+    def _ridge(self, moments: Moments, a: Tensor, grid: list[float]) -> list[tuple[Tensor, Tensor]]:
+        """Closed-form ``(theta (C, T), s (T,))`` for each relative penalty of ``grid`` (``inf``: the prior alone)."""
         e, V = RidgeCVRegressor._eig(moments)
         scale = e.mean().clamp_min(1e-12)
         p = V.T @ moments.cross()  # (C, T)
         b = V.T @ a
-        grid = [only] if only is not None else [*self._alphas().tolist(), math.inf]
-        fits = {}
+        fits = []
         for lam in grid:
             w = torch.zeros_like(e) if math.isinf(lam) else 1 / (e + lam * scale)
             if math.isinf(lam):  # the limit: s by least squares on the prior's direction, no correction
@@ -669,29 +681,43 @@ class GradientPriorRegressor(_ComponentModel):
                 num, den = (b * p * w[:, None]).sum(0), (e[:, None] * b**2 * w[:, None]).sum(0)
             s = torch.where(den > 1e-12 * den.max().clamp_min(1e-300), num / den.clamp_min(1e-300), 0.0)
             theta = s * a + V @ ((p - s * e[:, None] * b) * w[:, None])
-            fits[lam] = (theta, s)
+            fits.append((theta, s))
         return fits
 
-    def _lasso(self, moments: Moments, a: Tensor, only: float | None = None) -> dict[float, tuple[Tensor, Tensor]]:
-        """Penalty path (ratios of each input's ``alpha_max``) or one ratio, by joint FISTA on ``(delta, s)``."""
-        _check_path(self.n_alphas, self.min_ratio)
-        gram, q, _ = LassoCVRegressor._scaled(moments)
+    def _lasso(
+        self, moments: Moments, a: Tensor, ratios: list[Any], init: tuple[Tensor, Tensor] | None = None
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Joint FISTA on ``(delta, s)`` at each ratio of each input's ``alpha_max`` (a float, or a (T,) tensor).
+
+        Warm starts run down the path, from ``init`` when given (else the
+        rescaled prior alone). Returns ``(delta (C, T), s (T,))`` per ratio, ``s``
+        along the unit prior direction, in float64; the steps run in float32
+        unless ``tol`` asks for more digits than it keeps (as in :class:`LassoCVRegressor`).
+        """
+        dtype = torch.float32 if self.tol >= 1e-6 else torch.float64
+        gram, q, _ = (t.to(dtype) for t in LassoCVRegressor._scaled(moments))
+        a = a.to(dtype)
         norm = a.norm(dim=0)
-        u = torch.where(norm > 0, a / norm.clamp_min(1e-300), 0.0)  # unit prior directions (C, T)
+        u = torch.where(norm > 0, a / norm.clamp_min(1e-30), 0.0)  # unit prior directions (C, T)
         gu, uq = gram @ u, (u * q).sum(0)
         ugu = (u * gu).sum(0)
-        s0 = torch.where(ugu > 0, uq / ugu.clamp_min(1e-300), 0.0)  # rescaled prior alone
+        s0 = torch.where(ugu > 0, uq / ugu.clamp_min(1e-30), 0.0)  # rescaled prior alone
         alpha_max = (q - gu * s0).abs().amax(0).clamp_min(1e-12)
-        ratios = [only] if only is not None else torch.logspace(0, math.log10(self.min_ratio), self.n_alphas).tolist()
         L = 2 * _largest_eigenvalue(gram)  # bounds [I u]' G [I u] for unit u
-        W, s = torch.zeros_like(q), s0.clone()
-        fits = {}
+        W, s = (torch.zeros_like(q), s0) if init is None else (init[0].to(dtype), init[1].to(dtype))
+        states = []
         for ratio in ratios:
-            penalty = ratio * alpha_max
+            penalty = torch.as_tensor(ratio, device=q.device).to(dtype) * alpha_max
             W, s = _fista_with_free_direction(gram, q, u, gu, ugu, uq, penalty, W, s, L, self.max_iter, self.tol)
-            scale = torch.where(norm > 0, s / norm.clamp_min(1e-300), 0.0)
-            fits[ratio] = (scale * a + W, scale)
-        return fits
+            states.append((W.double(), s.double()))
+        return states
+
+    @staticmethod
+    def _lasso_coef(a: Tensor, W: Tensor, s_unit: Tensor) -> tuple[Tensor, Tensor]:
+        """``(theta, s)`` from a lasso state: ``theta = s a + delta`` with ``s`` rescaled to the prior's own norm."""
+        norm = a.norm(dim=0)
+        scale = torch.where(norm > 0, s_unit / norm.clamp_min(1e-300), 0.0)
+        return scale * a + W, scale
 
 
 def _fista_with_free_direction(
