@@ -20,9 +20,11 @@ from compattr.sampling import ComponentMarginEvaluator, shard_masks
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-# Moment-based fits run in float64 on both devices; the 2-layer ensembles train in float32 (dense
-# first layer on CUDA, sparse on the CPU), so their SGD paths drift apart by rounding.
+# The closed-form and gradient-descent fits from moments run in float64 on both devices, the FISTA
+# ones step in float32; the 2-layer ensembles train in float32 (dense first layer on CUDA, sparse on
+# the CPU), so their SGD paths drift apart by rounding.
 TWO_LAYER = {"relu_collapse", "linear_collapse", "relu_net", "relu_collapse_prior"}
+FISTA = {"lasso", "gradient_prior_lasso"}
 
 
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
@@ -41,8 +43,11 @@ def test_estimator_on_cuda_matches_cpu(name):
     if name in TWO_LAYER:
         assert abs(lds_cuda - lds_cpu) < 0.02
         assert np.abs(pred_cuda - pred_cpu).max() < 0.1 * Y_test.std()
+    elif name in FISTA:  # float32 steps stopped at a relative change of 1e-4: GPU reductions round differently
+        scale = np.abs(fits["cpu"].coef_).max()
+        np.testing.assert_allclose(fits["cuda"].coef_, fits["cpu"].coef_, rtol=0, atol=1e-4 * scale)
+        np.testing.assert_allclose(fits["cuda"].intercept_, fits["cpu"].intercept_, rtol=0, atol=1e-4 * scale)
     else:
-        # iterative solvers (lasso's FISTA) stop at a tolerance: GPU reductions round differently
         np.testing.assert_allclose(fits["cuda"].coef_, fits["cpu"].coef_, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(fits["cuda"].intercept_, fits["cpu"].intercept_, rtol=1e-5, atol=1e-6)
 
