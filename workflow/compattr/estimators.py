@@ -417,6 +417,11 @@ def _largest_eigenvalue(gram: Tensor) -> float:
     return float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
 
 
+def _fista_dtype(tol: float) -> torch.dtype:
+    """FISTA's step precision: float32 unless the tolerance asks for more digits than it keeps."""
+    return torch.float32 if tol >= 1e-6 else torch.float64
+
+
 def lasso_fista(
     gram: Tensor,
     xty: Tensor,
@@ -527,8 +532,7 @@ class LassoCVRegressor(_ComponentModel):
     def _fit_moments(self, fit: Moments, val: Moments) -> LassoCVRegressor:
         _check_path(self.n_alphas, self.min_ratio)
         ratios = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64, device=fit.x.device)
-        # FISTA's steps in float32 unless the tolerance asks for more digits than it keeps.
-        dtype = torch.float32 if self.tol >= 1e-6 else torch.float64
+        dtype = _fista_dtype(self.tol)
         gram, q, alpha_max = (t.to(dtype) for t in self._scaled(fit))
         L = _largest_eigenvalue(gram)
         W = None
@@ -694,7 +698,7 @@ class GradientPriorRegressor(_ComponentModel):
         along the unit prior direction, in float64; the steps run in float32
         unless ``tol`` asks for more digits than it keeps (as in :class:`LassoCVRegressor`).
         """
-        dtype = torch.float32 if self.tol >= 1e-6 else torch.float64
+        dtype = _fista_dtype(self.tol)
         gram, q, _ = (t.to(dtype) for t in LassoCVRegressor._scaled(moments))
         a = a.to(dtype)
         norm = a.norm(dim=0)
