@@ -87,7 +87,23 @@ def test_masks_outside_batchnorm_and_in_it_both_equal_zeroed_weights():
         assert not torch.allclose(out, model(x))
 
 
+def test_one_mask_row_per_group_of_samples_equals_the_rows_repeated(trained_model, digits):
+    """keep with 3 rows for 12 samples: samples 0-3 take row 0, 4-7 row 1, 8-11 row 2."""
+    model, components = trained_model
+    _, test = digits
+    x = test.images[:12]
+    keep = torch.from_numpy(np.random.default_rng(2).random((3, len(components))) > 0.3).float()
+    network = components.ablatable(model)
+    with torch.no_grad():
+        grouped, repeated = network(x, keep), network(x, keep.repeat_interleave(4, dim=0))
+        torch.testing.assert_close(grouped, repeated, rtol=0, atol=0)
+        assert not torch.allclose(grouped, network(x, keep.repeat(4, 1)))  # the rows' order matters
+
+
 def test_ablatable_network_rejects_wrong_mask_shape(trained_model):
     model, components = trained_model
+    network = components.ablatable(model)
     with pytest.raises(ValueError, match="keep must be"):
-        components.ablatable(model)(torch.zeros(4, 1, 8, 8), torch.ones(4, 3))
+        network(torch.zeros(4, 1, 8, 8), torch.ones(4, 3))
+    with pytest.raises(ValueError, match="rows dividing the batch of 4"):
+        network(torch.zeros(4, 1, 8, 8), torch.ones(3, len(components)))

@@ -52,16 +52,20 @@ def test_estimator_on_cuda_matches_cpu(name):
         np.testing.assert_allclose(fits["cuda"].intercept_, fits["cpu"].intercept_, rtol=1e-5, atol=1e-6)
 
 
-def test_compiled_bf16_sampling_on_cuda_matches_float32_cpu(trained_model, digits):
+@pytest.mark.parametrize("compile", ["auto", True])
+def test_compiled_bf16_sampling_on_cuda_matches_float32_cpu(trained_model, digits, compile):
+    """Compiled with CUDA graphs (the default on CUDA) and without; 24 masks in batches of 5: a partial last one."""
     model, components = trained_model
     _, test = digits
     images, labels = test.images[:40], test.labels[:40]
     masks = shard_masks(0, 0, 24, len(components), 0.05)
     cpu = ComponentMarginEvaluator(model, components, images, labels, batch_size=200)(masks)
     gpu_model = copy.deepcopy(model).cuda()
-    evaluator = ComponentMarginEvaluator(gpu_model, components, images, labels, batch_size=200)
-    assert evaluator.dtype == torch.bfloat16 and evaluator.channels_last and evaluator.compiled
+    evaluator = ComponentMarginEvaluator(gpu_model, components, images, labels, batch_size=200, compile=compile)
+    assert evaluator.dtype == torch.bfloat16 and evaluator.channels_last
+    assert evaluator.compile_mode == ("reduce-overhead" if compile == "auto" else "default")
     cuda = evaluator(masks)
+    np.testing.assert_array_equal(evaluator(masks), cuda)  # replays give the same margins
     assert cuda.dtype == np.float32 and np.isfinite(cuda).all()
     # bf16 carries ~3 significant digits: margins agree to a few percent of their spread
     assert np.abs(cuda - cpu).max() < 0.05 * cpu.std()

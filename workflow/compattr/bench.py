@@ -59,7 +59,7 @@ def forward_throughput(
     forward passes of ``batch`` (mask, input) samples with per-sample channel
     masks, margins copied to the host included. The plain pass runs the same
     model in the same precision and memory format on the same batch ``batches``
-    times, compiled when the ablated one is.
+    times, compiled as the ablated one is (same mode).
     """
     device = next(model.parameters()).device
     evaluator = ComponentMarginEvaluator(
@@ -72,7 +72,7 @@ def forward_throughput(
         channels_last=channels_last,
         compile=compile,
     )
-    network = torch.compile(evaluator.model) if evaluator.compiled else evaluator.model
+    network = evaluator.compile(evaluator.model)
     n_masks = max(1, batch // len(labels))
     masks = np.random.default_rng(0).random((n_masks * batches, len(components))) < 0.05
     x = evaluator.images.repeat(n_masks, 1, 1, 1)
@@ -90,6 +90,7 @@ def forward_throughput(
         "dtype": str(evaluator.dtype).removeprefix("torch."),
         "channels_last": evaluator.channels_last,
         "compiled": evaluator.compiled,
+        "compile_mode": evaluator.compile_mode,
         "batch": n_masks * len(labels),
         "batches": batches,
         "plain_per_s": samples / plain_s,

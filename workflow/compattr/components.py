@@ -58,17 +58,30 @@ class ComponentSet:
         return AblatableNetwork(model, self)
 
 
-class _MaskedOutput(nn.Module):
-    """A module whose output channels are multiplied by the per-sample mask in buffer ``keep`` (batch, channels)."""
+class _KeepSlot:
+    """The keep mask of the forward pass under way, shared by the gates of one :class:`AblatableNetwork`.
 
-    def __init__(self, module: nn.Module, size: int) -> None:
+    A plain attribute rather than a buffer: the mask is set and cleared inside
+    ``AblatableNetwork.forward``, so a compiled forward takes it as an input.
+    """
+
+    keep: Tensor | None = None
+
+
+class _MaskedOutput(nn.Module):
+    """A module whose output channels are multiplied by its slice of the shared per-sample keep mask."""
+
+    def __init__(self, module: nn.Module, slot: _KeepSlot, offset: int, size: int) -> None:
         super().__init__()
         self.module = module
-        self.register_buffer("keep", torch.ones(1, size), persistent=False)
+        self.slot, self.offset, self.size = slot, offset, size
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         output = self.module(*args, **kwargs)
-        return output * self.keep.reshape(self.keep.shape + (1,) * (output.ndim - 2)).to(output.dtype)
+        keep = self.slot.keep[:, self.offset : self.offset + self.size]
+        grouped = output.unflatten(0, (len(keep), -1))  # (masks, samples per mask, channels, ...)
+        factor = keep.reshape(len(keep), 1, self.size, *(1,) * (output.ndim - 2))  # (masks, 1, channels, 1, ...)
+        return (grouped * factor.to(output.dtype)).flatten(0, 1)
 
 
 class _MaskedBatchNorm(nn.Module):
@@ -80,7 +93,7 @@ class _MaskedBatchNorm(nn.Module):
     preceding convolution's filter is zeroed.
     """
 
-    def __init__(self, norm: nn.BatchNorm2d) -> None:
+    def __init__(self, norm: nn.BatchNorm2d, slot: _KeepSlot, offset: int, size: int) -> None:
         super().__init__()
         with torch.no_grad():
             scale = torch.rsqrt(norm.running_var + norm.eps)
@@ -91,25 +104,30 @@ class _MaskedBatchNorm(nn.Module):
                 shift = shift + norm.bias
         self.register_buffer("scale", scale.detach().clone(), persistent=False)
         self.register_buffer("shift", shift.detach().clone()[:, None, None], persistent=False)
-        self.register_buffer("keep", torch.ones(1, len(scale)), persistent=False)
+        self.slot, self.offset, self.size = slot, offset, size
 
     def forward(self, x: Tensor) -> Tensor:
-        factor = (self.keep * self.scale)[:, :, None, None]
-        return torch.addcmul(self.shift.to(x.dtype), x, factor.to(x.dtype))
+        keep = self.slot.keep[:, self.offset : self.offset + self.size]
+        factor = (keep * self.scale)[:, None, :, None, None]  # (masks, 1, channels, 1, 1)
+        grouped = x.unflatten(0, (len(keep), -1))
+        return torch.addcmul(self.shift.to(x.dtype), grouped, factor.to(x.dtype)).flatten(0, 1)
 
 
 class AblatableNetwork(nn.Module):
     """A frozen copy of a network whose forward pass ablates components per sample.
 
-    ``forward(x, keep)`` runs the copy on ``x`` with sample ``i``'s components
-    multiplied by ``keep[i]`` (1 keeps, 0 ablates). A component module whose only
-    consumer is an eval-mode ``BatchNorm2d`` is masked inside that BatchNorm
-    (see :class:`_MaskedBatchNorm`), so ablation costs no extra pass over its
+    ``forward(x, keep)`` runs the copy on ``x`` (batch, ...) with the components
+    of sample ``i`` multiplied by ``keep[i // (batch // len(keep))]`` (1 keeps,
+    0 ablates): one row of ``keep`` per sample, or one per group of consecutive
+    samples (e.g. one mask for every test input), so a mask is never repeated
+    per sample. A component module whose only consumer is an eval-mode
+    ``BatchNorm2d`` is masked inside that BatchNorm (see
+    :class:`_MaskedBatchNorm`), so ablation costs no extra pass over its
     activations; any other module's output is multiplied by the mask. The copy
     is in eval mode, and the pairs are found by tracing the network with
     ``torch.fx`` (a network that cannot be traced keeps the multiplications).
-    The masks live in buffers, so the copy's ``network`` can be compiled once
-    and reused for every mask.
+    The gates read the mask from a slot that ``forward`` sets and clears, so
+    ``forward`` compiles once (with ``torch.compile``) and serves every mask.
 
     Attributes
     ----------
@@ -124,25 +142,29 @@ class AblatableNetwork(nn.Module):
         self.n_components = len(components)
         pairs = _batchnorm_consumers(model, components.module_names)
         self.network = copy.deepcopy(model).eval()
-        self._gates = []
+        self.slot = _KeepSlot()
         self.n_folded = 0
         for name, offset, size in zip(components.module_names, components.offsets, components.sizes, strict=True):
             if name in pairs:
-                target, gate = pairs[name], _MaskedBatchNorm(self.network.get_submodule(pairs[name]))
+                target = pairs[name]
+                gate = _MaskedBatchNorm(self.network.get_submodule(target), self.slot, offset, size)
                 self.n_folded += size
             else:
-                target, gate = name, _MaskedOutput(self.network.get_submodule(name), size)
+                target, gate = name, _MaskedOutput(self.network.get_submodule(name), self.slot, offset, size)
             parent, _, child = target.rpartition(".")
             setattr(self.network.get_submodule(parent), child, gate)
-            self._gates.append((gate, offset, size))
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
-        """Outputs of the network on ``x`` (batch, ...) ablated by ``keep`` (batch, n_components)."""
-        if keep.ndim != 2 or keep.shape != (x.shape[0], self.n_components):
-            raise ValueError(f"keep must be ({x.shape[0]}, {self.n_components}), got {tuple(keep.shape)}")
-        for gate, offset, size in self._gates:
-            gate.keep = keep[:, offset : offset + size]
-        return self.network(x)
+        """Outputs of the network on ``x`` (batch, ...) ablated by ``keep`` (batch or fewer rows, n_components)."""
+        if keep.ndim != 2 or keep.shape[1] != self.n_components or not 0 < len(keep) <= len(x) or len(x) % len(keep):
+            raise ValueError(
+                f"keep must be (rows, {self.n_components}) with rows dividing the batch of {len(x)}, "
+                f"got {tuple(keep.shape)}"
+            )
+        self.slot.keep = keep
+        out = self.network(x)
+        self.slot.keep = None
+        return out
 
 
 def _batchnorm_consumers(model: nn.Module, names: tuple[str, ...]) -> dict[str, str]:

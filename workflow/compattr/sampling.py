@@ -83,9 +83,11 @@ class ComponentMarginEvaluator:
         is bfloat16 on CUDA and float32 elsewhere. Margins are float32 always.
     channels_last : bool or "auto", default="auto"
         Run the network in channels-last memory format; "auto": on CUDA only.
-    compile : bool or "auto", default="auto"
-        Compile the ablatable network with ``torch.compile`` (once: the masks
-        are buffers, not constants); "auto": on CUDA only.
+    compile : bool, "reduce-overhead" or "auto", default="auto"
+        Compile each batch's work (network, masks and margins) once with
+        ``torch.compile``; "reduce-overhead" also replays it as a CUDA graph,
+        which removes the host's per-batch work (kernel launches) on CUDA;
+        "auto": "reduce-overhead" on CUDA, not compiled elsewhere.
     """
 
     def __init__(
@@ -106,38 +108,51 @@ class ComponentMarginEvaluator:
             precision = "bfloat16" if on_cuda else "float32"
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be 'auto' or one of {sorted(PRECISIONS)}, got {precision!r}")
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {compile!r}")
         self.dtype = PRECISIONS[precision]
         self.channels_last = on_cuda if channels_last == "auto" else bool(channels_last)
-        self.compiled = on_cuda if compile == "auto" else bool(compile)
+        self.compile_mode = COMPILE_MODES[compile][on_cuda]
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.eval().to(memory_format=memory_format)
         self.network = components.ablatable(self.model)
-        if self.compiled:
-            self.network.network.compile()
+        self._batch = self.compile(self._margins)
         self.images = images.to(self.device).contiguous(memory_format=memory_format)
         self.labels = labels.to(self.device)
         self.batch_size = batch_size
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the forward passes run compiled."""
+        return self.compile_mode is not None
+
+    def compile(self, fn: Callable) -> Callable:
+        """``fn`` compiled as the evaluator compiles its batches (unchanged when it does not)."""
+        return fn if self.compile_mode is None else torch.compile(fn, mode=self.compile_mode)
+
+    def _margins(self, images: Tensor, ablated: Tensor, labels: Tensor) -> Tensor:
+        """Margins (masks, inputs) of ``images`` under each row of the bool masks ``ablated`` (masks, components)."""
+        x = images.repeat(len(ablated), 1, 1, 1)
+        with self.autocast():
+            logits = self.network(x, (~ablated).float())
+        return margins(logits.float(), labels.repeat(len(ablated))).reshape(len(ablated), len(labels))
 
     @torch.no_grad()
     def __call__(self, ablated: np.ndarray) -> np.ndarray:
         """Margins ``(n_masks, n_inputs)`` (float32) for the bool masks ``ablated`` ``(n_masks, n_components)``.
 
-        The margins stay on the device until every batch of the call has run, so
-        on CUDA the host queues the next batch while the GPU runs the last one.
+        The masks go to the device once per call and the margins come back once,
+        so on CUDA the host queues the next batch while the GPU runs the last one.
         """
         n_inputs = len(self.labels)
-        keep = torch.from_numpy(~np.asarray(ablated, dtype=bool)).to(self.device, torch.float32)
-        out = torch.empty(len(keep), n_inputs, dtype=torch.float32, device=self.device)
+        ablated = torch.from_numpy(np.asarray(ablated, dtype=bool)).to(self.device)
+        out = torch.empty(len(ablated), n_inputs, dtype=torch.float32, device=self.device)
         in_step = min(n_inputs, self.batch_size)
         mask_step = max(1, self.batch_size // in_step)
-        for m0 in range(0, len(keep), mask_step):
-            k = keep[m0 : m0 + mask_step]
+        for m0 in range(0, len(ablated), mask_step):
             for i0 in range(0, n_inputs, in_step):
-                x, y = self.images[i0 : i0 + in_step], self.labels[i0 : i0 + in_step]
-                n = len(y)
-                with self.autocast():
-                    logits = self.network(x.repeat(len(k), 1, 1, 1), k.repeat_interleave(n, dim=0))
-                out[m0 : m0 + len(k), i0 : i0 + n] = margins(logits.float(), y.repeat(len(k))).reshape(len(k), n)
+                images, labels = self.images[i0 : i0 + in_step], self.labels[i0 : i0 + in_step]
+                out[m0 : m0 + mask_step, i0 : i0 + in_step] = self._batch(images, ablated[m0 : m0 + mask_step], labels)
         return out.cpu().numpy()
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -148,6 +163,13 @@ class ComponentMarginEvaluator:
 
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: ``torch.compile`` mode of each ``compile`` setting, off CUDA and on it (None: not compiled).
+COMPILE_MODES: dict[bool | str, tuple[str | None, str | None]] = {
+    False: (None, None),
+    True: ("default", "default"),
+    "auto": (None, "reduce-overhead"),
+    "reduce-overhead": ("reduce-overhead", "reduce-overhead"),
+}
 #: Forward passes (batches of ``batch_size`` samples) per evaluator call in :func:`run_shard`.
 BATCHES_PER_CALL = 8
 
