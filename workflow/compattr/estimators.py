@@ -413,13 +413,34 @@ def _check_path(n_alphas: int, min_ratio: float) -> None:
 
 
 def _largest_eigenvalue(gram: Tensor) -> float:
-    """Largest eigenvalue of a symmetric positive semi-definite matrix (at least 1e-12)."""
-    return float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
+    """Largest eigenvalue of a symmetric positive semi-definite matrix (at least 1e-12).
+
+    On CUDA in float64: cuSOLVER is faster there than in float32 (H100, 336 x 336:
+    3.2 ms against 7.3 ms).
+    """
+    return float(torch.linalg.eigvalsh(gram.double() if gram.is_cuda else gram).max().clamp_min(1e-12))
 
 
 def _fista_dtype(tol: float) -> torch.dtype:
     """FISTA's step precision: float32 unless the tolerance asks for more digits than it keeps."""
     return torch.float32 if tol >= 1e-6 else torch.float64
+
+
+#: FISTA iterations between convergence checks (each check waits for the device: one sync).
+_FISTA_CHECK_EVERY = 10
+
+
+def _fista_converged(steps: list[tuple[Tensor, Tensor]], tol: float) -> bool:
+    """Whether the ``(new, old)`` pairs changed by at most ``tol`` times the largest new entry (or ``tol``)."""
+    change = torch.stack([(new - old).abs().amax() for new, old in steps]).amax()
+    size = torch.stack([new.abs().amax() for new, _ in steps]).amax().clamp_min(1.0)
+    return bool(change <= tol * size)
+
+
+def _momentum(t: float) -> tuple[float, float]:
+    """FISTA's next ``t`` and the extrapolation weight ``1 + (t - 1) / t_next`` of the new iterate over the old."""
+    t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+    return t_next, 1 + (t - 1) / t_next
 
 
 def lasso_fista(
@@ -436,7 +457,8 @@ def lasso_fista(
 
     Minimises ``w' G w / 2 - w' q + penalty_t |w|_1`` for every column ``t``,
     i.e. scikit-learn's ``(1 / 2n) |y - X w|^2 + alpha |w|_1`` with ``G = X'X / n``
-    and ``q = X'y / n`` on centred data.
+    and ``q = X'y / n`` on centred data. A step is one matrix product and three
+    elementwise passes; convergence is checked every ``_FISTA_CHECK_EVERY`` steps.
 
     Parameters
     ----------
@@ -446,8 +468,8 @@ def lasso_fista(
     init : Tensor (C, T), optional
         Warm start.
     max_iter, tol
-        Stops when the largest coefficient change of a step is below ``tol``
-        times the largest coefficient (or ``tol`` when all are zero).
+        Stops at the first check where that step's largest coefficient change is
+        below ``tol`` times the largest coefficient (or ``tol`` when all are zero).
     lipschitz : float, optional
         The largest eigenvalue of ``gram``, when the caller has it (a path reuses it).
 
@@ -457,18 +479,19 @@ def lasso_fista(
     n_iter : int
     """
     L = _largest_eigenvalue(gram) if lipschitz is None else lipschitz
+    descent = torch.eye(len(gram), dtype=gram.dtype, device=gram.device) - gram / L  # Z - grad / L = descent Z + q / L
+    shift, threshold = xty / L, penalty / L
+    lower = -threshold
     W = torch.zeros_like(xty) if init is None else init.clone()
     Z, t = W.clone(), 1.0
-    threshold = penalty / L
     for it in range(1, max_iter + 1):
-        step = Z - (gram @ Z - xty) / L
-        W_next = torch.sign(step) * (step.abs() - threshold).clamp_min(0)
-        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
-        Z = W_next + ((t - 1) / t_next) * (W_next - W)
-        change = float((W_next - W).abs().max())
-        W, t = W_next, t_next
-        if change <= tol * max(float(W.abs().max()), 1.0):
-            return W, it
+        step = torch.addmm(shift, descent, Z)
+        W_next = step - step.clamp(lower, threshold)  # soft thresholding
+        t, weight = _momentum(t)
+        Z = torch.lerp(W, W_next, weight)
+        if (it % _FISTA_CHECK_EVERY == 0 or it == max_iter) and _fista_converged([(W_next, W)], tol):
+            return W_next, it
+        W = W_next
     return W, max_iter
 
 
@@ -738,22 +761,24 @@ def _fista_with_free_direction(
     max_iter: int,
     tol: float,
 ) -> tuple[Tensor, Tensor]:
-    """FISTA for ``min (w + s u)' G (w + s u) / 2 - (w + s u)' q + penalty |w|_1`` per column, ``s`` free."""
+    """FISTA for ``min (w + s u)' G (w + s u) / 2 - (w + s u)' q + penalty |w|_1`` per column, ``s`` free.
+
+    Convergence is checked as in :func:`lasso_fista`, on ``w`` and ``s`` together.
+    """
     Zw, Zs, t = W.clone(), s.clone(), 1.0
-    for _ in range(max_iter):
-        grad_w = gram @ Zw + gu * Zs - q
+    threshold = penalty / L
+    lower = -threshold
+    for it in range(1, max_iter + 1):
+        grad_w = torch.addmm(torch.addcmul(-q, gu, Zs), gram, Zw)
         grad_s = (gu * Zw).sum(0) + ugu * Zs - uq
         step = Zw - grad_w / L
-        W_next = torch.sign(step) * (step.abs() - penalty / L).clamp_min(0)
+        W_next = step - step.clamp(lower, threshold)  # soft thresholding
         s_next = Zs - grad_s / L
-        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
-        momentum = (t - 1) / t_next
-        Zw, Zs = W_next + momentum * (W_next - W), s_next + momentum * (s_next - s)
-        change = max(float((W_next - W).abs().max()), float((s_next - s).abs().max()))
-        size = max(float(W_next.abs().max()), float(s_next.abs().max()), 1.0)
-        W, s, t = W_next, s_next, t_next
-        if change <= tol * size:
-            break
+        t, weight = _momentum(t)
+        Zw, Zs = torch.lerp(W, W_next, weight), torch.lerp(s, s_next, weight)
+        if (it % _FISTA_CHECK_EVERY == 0 or it == max_iter) and _fista_converged([(W_next, W), (s_next, s)], tol):
+            return W_next, s_next
+        W, s = W_next, s_next
     return W, s
 
 
