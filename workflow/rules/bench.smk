@@ -1,7 +1,12 @@
+# The two benchmarks run alone, one after the other: the throughput one after every job that the
+# fit one needs (no sampling job shares the device with it), the fit one after it.
 rule bench_throughput:
     input:
+        unpack(bench_prior),
         model=rules.train_model.output.model,
         inputs=rules.select_test_inputs.output[0],
+        train=f"{RESULTS}/ablations/train.summary.json",
+        heldout=f"{RESULTS}/ablations/heldout.summary.json",
     output:
         "results/bench/throughput.json",
     log:
@@ -23,6 +28,7 @@ rule bench_fit:
         unpack(bench_prior),
         train=f"{RESULTS}/ablations/train.summary.json",
         heldout=f"{RESULTS}/ablations/heldout.summary.json",
+        after=rules.bench_throughput.output[0],
     output:
         "results/bench/fit.json",
     log:
