@@ -103,6 +103,9 @@ def test_reduced_precision_and_channels_last_keep_float32_margins_close(trained_
     model.to(memory_format=torch.contiguous_format)
     with pytest.raises(ValueError, match="precision"):
         ComponentMarginEvaluator(model, components, images, labels, precision="int8")
+    with pytest.raises(ValueError, match="compile must be one of"):
+        ComponentMarginEvaluator(model, components, images, labels, compile="max-autotune")
+    assert ComponentMarginEvaluator(model, components, images, labels).compile_mode is None  # auto, on CPU
 
 
 def test_compiled_evaluator_matches_eager_and_compiles_once(trained_model, digits):
