@@ -68,23 +68,34 @@ class _KeepSlot:
     keep: Tensor | None = None
 
 
-class _MaskedOutput(nn.Module):
+class _Gate(nn.Module):
+    """A module that masks channels ``offset : offset + size`` of the components, read from a shared slot."""
+
+    def __init__(self, slot: _KeepSlot, offset: int, size: int) -> None:
+        super().__init__()
+        self.slot, self.offset, self.size = slot, offset, size
+
+    def _grouped(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x`` (batch, channels, ...) as (masks, samples per mask, channels, ...), and the keep (masks, size)."""
+        keep = self.slot.keep[:, self.offset : self.offset + self.size]
+        return x.unflatten(0, (len(keep), -1)), keep
+
+
+class _MaskedOutput(_Gate):
     """A module whose output channels are multiplied by its slice of the shared per-sample keep mask."""
 
     def __init__(self, module: nn.Module, slot: _KeepSlot, offset: int, size: int) -> None:
-        super().__init__()
+        super().__init__(slot, offset, size)
         self.module = module
-        self.slot, self.offset, self.size = slot, offset, size
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         output = self.module(*args, **kwargs)
-        keep = self.slot.keep[:, self.offset : self.offset + self.size]
-        grouped = output.unflatten(0, (len(keep), -1))  # (masks, samples per mask, channels, ...)
+        grouped, keep = self._grouped(output)
         factor = keep.reshape(len(keep), 1, self.size, *(1,) * (output.ndim - 2))  # (masks, 1, channels, 1, ...)
         return (grouped * factor.to(output.dtype)).flatten(0, 1)
 
 
-class _MaskedBatchNorm(nn.Module):
+class _MaskedBatchNorm(_Gate):
     """An eval-mode BatchNorm2d that also masks its input channels per sample.
 
     In eval mode BatchNorm is ``x * scale + shift`` per channel, so masking its
@@ -94,7 +105,7 @@ class _MaskedBatchNorm(nn.Module):
     """
 
     def __init__(self, norm: nn.BatchNorm2d, slot: _KeepSlot, offset: int, size: int) -> None:
-        super().__init__()
+        super().__init__(slot, offset, size)
         with torch.no_grad():
             scale = torch.rsqrt(norm.running_var + norm.eps)
             if norm.weight is not None:
@@ -104,12 +115,10 @@ class _MaskedBatchNorm(nn.Module):
                 shift = shift + norm.bias
         self.register_buffer("scale", scale.detach().clone(), persistent=False)
         self.register_buffer("shift", shift.detach().clone()[:, None, None], persistent=False)
-        self.slot, self.offset, self.size = slot, offset, size
 
     def forward(self, x: Tensor) -> Tensor:
-        keep = self.slot.keep[:, self.offset : self.offset + self.size]
+        grouped, keep = self._grouped(x)
         factor = (keep * self.scale)[:, None, :, None, None]  # (masks, 1, channels, 1, 1)
-        grouped = x.unflatten(0, (len(keep), -1))
         return torch.addcmul(self.shift.to(x.dtype), grouped, factor.to(x.dtype)).flatten(0, 1)
 
 
