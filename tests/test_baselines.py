@@ -1,9 +1,11 @@
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from compattr.baselines import attribution_patching, leave_one_out
 from compattr.components import conv_components
+from compattr.models import build_model
 from compattr.sampling import ComponentMarginEvaluator, shard_masks
 
 
@@ -49,3 +51,43 @@ def test_attribution_patching_tracks_leave_one_out_on_a_trained_resnet(trained_m
     r = [np.corrcoef(a, b)[0, 1] for a, b in zip(coef, loo, strict=True)]
     # First order through ReLUs: correlated with the exact effects (a sign error would anti-correlate).
     assert np.median(r) > 0.1
+
+
+def _first_order_exact_resnet():
+    """A ResNet with shortcut convolutions and no ReLU, two classes: the margin is affine in every component.
+
+    Its second stage calls the shortcut convolution before ``conv1``, so execution
+    order differs from component (module) order. BatchNorm statistics are random,
+    so no channel is trivially scaled.
+    """
+    torch.manual_seed(0)
+    model = build_model({"name": "cifar_resnet", "widths": [4, 8, 8], "blocks": [1, 1, 1]}, 2, 1)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.ReLU):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, nn.Identity())
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_attribution_patching_columns_follow_component_order_in_a_resnet_with_shortcuts():
+    model = _first_order_exact_resnet()
+    components = conv_components(model)
+    assert any("downsample" in name for name in components.module_names)
+    images, labels = torch.randn(5, 1, 8, 8), torch.randint(0, 2, (5,))
+    coef, intercept = attribution_patching(model, components, images, labels, batch_size=2)
+    loo, base = leave_one_out(ComponentMarginEvaluator(model, components, images, labels), len(components))
+    np.testing.assert_allclose(intercept, base, rtol=1e-4, atol=1e-4)
+    scale = np.abs(loo).max()
+    for c, name in enumerate(components.names):  # every column, against that component's own ablation
+        np.testing.assert_allclose(coef[:, c], loo[:, c], atol=1e-4 * scale, err_msg=name)
+
+
+def test_attribution_patching_refuses_a_component_module_called_twice():
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    model = nn.Sequential(conv, conv, nn.Flatten(), nn.Linear(4, 2)).eval()
+    components = conv_components(model)
+    with pytest.raises(ValueError, match="called more than once"):
+        attribution_patching(model, components, torch.randn(2, 1, 2, 2), torch.tensor([0, 1]))

@@ -42,17 +42,24 @@ def attribution_patching(
     device = next(model.parameters()).device
     modules = dict(model.named_modules())
     coefs, intercepts = [], []
-    outputs: list[Tensor] = []
+    # Keyed by module name: hooks fire in execution order, which is not component (module) order
+    # where a block calls its shortcut convolution before its main path.
+    outputs: dict[str, Tensor] = {}
 
-    def keep_output(module: nn.Module, args: tuple, output: Tensor) -> None:
-        output.retain_grad()
-        outputs.append(output)
+    def keeper(name: str):
+        def keep_output(module: nn.Module, args: tuple, output: Tensor) -> None:
+            if name in outputs:
+                raise ValueError(f"component module {name!r} is called more than once per forward pass")
+            output.retain_grad()
+            outputs[name] = output
+
+        return keep_output
 
     for start in range(0, len(labels), batch_size):
         x = images[start : start + batch_size].to(device)
         y = labels[start : start + batch_size].to(device)
         outputs.clear()
-        handles = [modules[name].register_forward_hook(keep_output) for name in components.module_names]
+        handles = [modules[name].register_forward_hook(keeper(name)) for name in components.module_names]
         try:
             with torch.enable_grad():
                 f = margins(model(x), y)
@@ -61,7 +68,10 @@ def attribution_patching(
         finally:
             for handle in handles:
                 handle.remove()
-        effect = [-(z.grad * z).flatten(2).sum(-1) for z in outputs]
+        missing = [name for name in components.module_names if name not in outputs]
+        if missing:
+            raise ValueError(f"component modules {missing} were not called in the model's forward pass")
+        effect = [-(outputs[name].grad * outputs[name]).flatten(2).sum(-1) for name in components.module_names]
         coefs.append(torch.cat(effect, dim=1).detach().cpu())
         intercepts.append(f.detach().cpu())
     model.zero_grad(set_to_none=True)
