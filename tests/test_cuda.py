@@ -31,7 +31,7 @@ FISTA = {"lasso", "gradient_prior_lasso"}
 def test_estimator_on_cuda_matches_cpu(name):
     X, Y, theta, _ = planted_problem(700, n_units=60, n_outputs=6, noise=0.3, alpha=0.1, seed=3)
     X_test, Y_test, _, _ = planted_problem(300, n_units=60, n_outputs=6, noise=0.3, alpha=0.1, seed=4)
-    params = {"max_epochs": 60} if name in TWO_LAYER else {}
+    params = {"max_steps": 120} if name in TWO_LAYER else {}
     fits = {}
     for device in ("cpu", "cuda"):
         model = make_estimator(name, params, device=device)

@@ -10,6 +10,7 @@ from compattr import estimators
 from compattr.estimators import (
     ESTIMATORS,
     CoarRegressor,
+    EarlyStoppedLeastSquaresRegressor,
     LassoCVRegressor,
     LinearCollapseRegressor,
     ReluCollapseRegressor,
@@ -20,7 +21,7 @@ from compattr.estimators import (
 from compattr.lds import lds_scores
 
 FAST = {
-    name: {"max_epochs": 300, "lr": 3e-3}
+    name: {"max_steps": 3000, "lr": 3e-3}
     for name in ("relu_collapse", "linear_collapse", "relu_net", "relu_collapse_prior")
 }
 FAST["gradient_prior_lasso"] = {"tol": 1e-7, "max_iter": 20_000}  # its free scale converges more slowly
@@ -67,7 +68,7 @@ def test_single_output_and_sklearn_contract(name):
     assert one.n_features_in_ == X.shape[1]
     many = clone(est).fit(X, Y)
     assert many.predict(X[:7]).shape == (7, Y.shape[1])
-    convex = ("coar", "ridge", "lasso", "gradient_prior", "gradient_prior_lasso")
+    convex = ("coar", "ls_early_stopped", "ridge", "lasso", "gradient_prior", "gradient_prior_lasso")
     if name in convex:  # convex fits: each output does not depend on the others
         np.testing.assert_allclose(many.coef_[0], one.coef_, rtol=1e-4, atol=1e-5)
 
@@ -83,34 +84,61 @@ def test_ridge_matches_scikit_learn_at_the_chosen_penalty():
         assert model.intercept_[j] == pytest.approx(ref.intercept_, rel=1e-4, abs=1e-5)
 
 
-def test_coar_converges_to_least_squares_without_early_stopping_pressure():
-    X, Y, _, _ = planted_problem(2000, noise=0.01)
-    model = CoarRegressor(max_iter=20000, patience=1000).fit(X, Y)
-    n_fit = len(X) - model.n_validation_
-    A = np.c_[X[:n_fit], np.ones(n_fit)]
-    ls = np.linalg.lstsq(A, Y[:n_fit], rcond=None)[0]
-    np.testing.assert_allclose(model.coef_, ls[:-1].T, atol=2e-3)
+def _standardized(X):
+    """Masks standardised column by column as the estimators do (a constant column keeps a scale of 1)."""
+    mean, std = X.mean(0), X.std(0)
+    std = np.where(std > 0, std, 1.0)
+    return (X - mean) / std, mean, std
+
+
+@pytest.mark.parametrize("n", [40, 61, 200], ids=["n<C", "n=C+1", "n>C"])
+def test_coar_is_minimum_norm_least_squares_on_standardised_masks(n):
+    """COAR as its code runs: SAGA at lambda 0 from zero converges to lstsq's minimum-norm solution."""
+    X, Y, _, _ = planted_problem(n, n_units=60, noise=0.5, alpha=0.2)
+    model = CoarRegressor().fit(X, Y)
+    A, mean, std = _standardized(X)
+    solution = np.linalg.lstsq(np.c_[A, np.ones(n)], Y, rcond=None)[0]  # the intercept in the least squares too
+    coef = (solution[:-1] / std[:, None]).T
+    scale = np.abs(coef).max()
+    np.testing.assert_allclose(model.coef_, coef, atol=1e-6 * scale)
+    np.testing.assert_allclose(model.intercept_, solution[-1] - coef @ mean, atol=1e-6 * scale)
+    assert model.rank_ == min(n - 1, X.shape[1])
+    assert model.n_validation(n) == 0  # every mask is fitted
+
+
+def test_coar_gives_never_ablated_components_zero_effect():
+    X, Y, _, _ = planted_problem(50, n_units=60, alpha=0.1)
+    X[:, 7] = 0.0
+    assert CoarRegressor().fit(X, Y).coef_[:, 7] == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("lr", [1.0, 1.9])
-def test_coar_closed_form_equals_stepping_gradient_descent(lr):
-    """The iterate COAR keeps is that of explicit gradient descent on the standardised fit rows."""
+def test_early_stopped_least_squares_refits_its_chosen_steps_on_all_rows(lr):
+    """The step count is chosen on validation; the returned model is explicit gradient descent on all rows."""
     X, Y, _, _ = planted_problem(500, noise=1.0)
     steps = 40
-    model = CoarRegressor(lr=lr, max_iter=steps, check_every=steps).fit(X, Y)
-    assert (model.n_iter_ == steps).all()
-    n_fit = len(X) - model.n_validation_
-    x_mean, x_std = X[:n_fit].mean(0), X[:n_fit].std(0)
-    y_mean, y_std = Y[:n_fit].mean(0), Y[:n_fit].std(0)
-    A, B = (X[:n_fit] - x_mean) / x_std, (Y[:n_fit] - y_mean) / y_std
-    step = lr / np.linalg.eigvalsh(A.T @ A / n_fit).max()
+    model = EarlyStoppedLeastSquaresRegressor(lr=lr, max_iter=steps, check_every=steps).fit(X, Y)
+    assert (model.n_iter_ == steps).all() and not model.failed_.any()
+    A, x_mean, x_std = _standardized(X)
+    y_mean, y_std = Y.mean(0), Y.std(0)
+    B = (Y - y_mean) / y_std
+    step = lr / np.linalg.eigvalsh(A.T @ A / len(X)).max()
     theta = np.zeros((X.shape[1], Y.shape[1]))
     for _ in range(steps):
-        theta -= step * A.T @ (A @ theta - B) / n_fit
+        theta -= step * A.T @ (A @ theta - B) / len(X)
     coef = (theta * y_std / x_std[:, None]).T
     tol = 1e-6 * np.abs(coef).max()  # the estimator holds its data in float32
     np.testing.assert_allclose(model.coef_, coef, rtol=1e-5, atol=tol)
     np.testing.assert_allclose(model.intercept_, y_mean - coef @ x_mean, rtol=1e-5, atol=tol)
+
+
+def test_early_stopped_least_squares_marks_an_input_that_never_left_zero_as_failed():
+    X, Y, _, _ = planted_problem(300, n_outputs=3)
+    rng = np.random.default_rng(5)
+    Y[:, 1] = rng.normal(size=len(Y))  # pure noise: no step beats the zero model on validation
+    model = EarlyStoppedLeastSquaresRegressor().fit(X, Y)
+    assert model.failed_.tolist() == [False, True, False]
+    assert model.n_iter_[1] == 0 and np.all(model.coef_[1] == 0)
 
 
 def test_relu_collapse_algebra_on_a_hand_built_network():
@@ -130,9 +158,9 @@ def test_relu_collapse_algebra_on_a_hand_built_network():
 
 def test_relu_collapse_is_seeded():
     X, Y, _, _ = planted_problem(300)
-    a = ReluCollapseRegressor(max_epochs=5, random_state=3).fit(X, Y).coef_
-    b = ReluCollapseRegressor(max_epochs=5, random_state=3).fit(X, Y).coef_
-    c = ReluCollapseRegressor(max_epochs=5, random_state=4).fit(X, Y).coef_
+    a = ReluCollapseRegressor(max_steps=10, random_state=3).fit(X, Y).coef_
+    b = ReluCollapseRegressor(max_steps=10, random_state=3).fit(X, Y).coef_
+    c = ReluCollapseRegressor(max_steps=10, random_state=4).fit(X, Y).coef_
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
 
@@ -140,7 +168,7 @@ def test_relu_collapse_is_seeded():
 def test_bad_parameters_and_data_are_rejected():
     X, Y, _, _ = planted_problem(100)
     with pytest.raises(ValueError, match="validation_fraction"):
-        CoarRegressor(validation_fraction=1.5).fit(X, Y)
+        EarlyStoppedLeastSquaresRegressor(validation_fraction=1.5).fit(X, Y)
     with pytest.raises(ValueError, match="too few rows"):
         RidgeCVRegressor().fit(X[:3], Y[:3])
     with pytest.raises(ValueError, match="unknown estimator"):
@@ -170,22 +198,64 @@ def test_lasso_recovers_a_sparse_truth_better_than_ridge_support():
 
 
 @pytest.mark.parametrize("early_stopping", ["collapse", "network"])
-def test_validation_mse_is_that_of_the_returned_collapse(early_stopping):
-    X, Y, _, _ = planted_problem(300)
-    model = ReluCollapseRegressor(max_epochs=30, early_stopping=early_stopping).fit(X, Y)
+def test_two_layer_fit_is_refitted_on_all_rows_for_its_chosen_steps(early_stopping):
+    """Each input's step count is chosen on validation; the returned model is that many steps on all rows.
+
+    The validation scores are those of the predictor trained on the fit rows alone
+    for the chosen steps (a fit with no validation split on those rows).
+    """
+    X, Y, _, _ = planted_problem(300, n_outputs=6, noise=1.0)
+    settings = {"max_steps": 80, "check_every": 10, "patience": 20, "lr": 0.01}
+    model = ReluCollapseRegressor(**settings, early_stopping=early_stopping).fit(X, Y)
     n_fit = len(X) - model.n_validation_
-    expected = ((model.predict(X[n_fit:]) - Y[n_fit:]) ** 2).mean(0)
-    np.testing.assert_allclose(model.validation_mse_, expected, rtol=1e-3)
+    assert len(set(model.n_iter_)) > 1 and not model.failed_.any()
+    for k in set(model.n_iter_):
+        same = np.flatnonzero(model.n_iter_ == k)
+        alone = {**settings, "max_steps": int(k), "early_stopping": "none"}
+        on_all = ReluCollapseRegressor(**alone).fit(X, Y)
+        scale = np.abs(on_all.coef_).max()
+        np.testing.assert_allclose(model.coef_[same], on_all.coef_[same], rtol=1e-4, atol=1e-5 * scale)
+        np.testing.assert_allclose(model.intercept_[same], on_all.intercept_[same], rtol=1e-4, atol=1e-5 * scale)
+        on_fit_rows = ReluCollapseRegressor(**alone).fit(X[:n_fit], Y[:n_fit])
+        pred = on_fit_rows.predict(X[n_fit:])[:, same]
+        mse = ((pred - Y[n_fit:, same]) ** 2).mean(0)
+        np.testing.assert_allclose(model.validation_mse_[same], mse, rtol=1e-3)
+        np.testing.assert_allclose(model.validation_spearman_[same], lds_scores(pred, Y[n_fit:, same])[0], atol=1e-6)
+
+
+def test_no_early_stopping_trains_on_every_row_for_max_steps():
+    X, Y, _, _ = planted_problem(200)
+    model = ReluCollapseRegressor(max_steps=15, early_stopping="none")
+    assert model.n_validation(200) == 0
+    model.fit(X, Y)
+    assert model.n_validation_ == 0 and (model.n_iter_ == 15).all()
+
+
+def test_a_network_that_never_leaves_its_initialisation_is_marked_failed():
+    X, Y, _, _ = planted_problem(200)
+    model = ReluCollapseRegressor(lr=0.0, max_steps=40, patience=20).fit(X, Y)  # no step can improve
+    assert model.failed_.all() and (model.n_iter_ == 0).all()
+    learned = ReluCollapseRegressor(lr=0.01, max_steps=40, patience=20).fit(X, Y)
+    assert not learned.failed_.any()
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_trains_the_networks(momentum):
+    X, Y, theta, _ = planted_problem(1500, noise=0.2)
+    model = ReluCollapseRegressor(optimizer="sgd", momentum=momentum, lr=0.05, max_steps=1500).fit(X, Y)
+    for j in range(len(theta)):
+        assert np.corrcoef(model.coef_[j], theta[j])[0, 1] > 0.8
+    with pytest.raises(ValueError, match="optimizer"):
+        ReluCollapseRegressor(optimizer="lbfgs").fit(X, Y)
 
 
 @pytest.mark.parametrize("calibrate", [True, False])
-def test_calibrated_collapse_is_least_squares_scaled_on_the_fit_rows(calibrate):
-    """With ``calibrate`` the collapse's residuals on the fit rows are orthogonal to its centred predictions."""
+def test_calibrated_collapse_is_least_squares_scaled_on_the_training_rows(calibrate):
+    """With ``calibrate`` the collapse's residuals on all rows (the refit's) are orthogonal to its predictions."""
     X, Y, _, _ = planted_problem(400)
-    model = ReluCollapseRegressor(max_epochs=20, calibrate=calibrate).fit(X, Y)
-    n_fit = len(X) - model.n_validation_
-    pred = model.predict(X[:n_fit])
-    residual = Y[:n_fit] - pred
+    model = ReluCollapseRegressor(max_steps=40, calibrate=calibrate).fit(X, Y)
+    pred = model.predict(X)
+    residual = Y - pred
     centred = pred - pred.mean(0)
     # Relative size of the scale error: 0 when the scale is the least-squares one.
     scale_error = np.abs((centred * residual).sum(0)) / (centred**2).sum(0)
@@ -194,13 +264,14 @@ def test_calibrated_collapse_is_least_squares_scaled_on_the_fit_rows(calibrate):
         assert scale_error.max() < 1e-3
     else:
         assert scale_error.max() > 0.05
+        assert (model.calibration_ == 1).all()
 
 
 @pytest.mark.parametrize("name", ["ridge", "relu_collapse"])
 def test_bool_masks_fit_as_float_masks_do(name):
     """Stores hold bool masks; they are fitted without a float64 copy, to the same model."""
     X, Y, _, _ = planted_problem(300)
-    params = {"max_epochs": 5} if name == "relu_collapse" else {}
+    params = {"max_steps": 10} if name == "relu_collapse" else {}
     as_bool = make_estimator(name, params).fit(X.astype(bool), Y.astype(np.float32))
     as_float = make_estimator(name, params).fit(X.astype(np.float64), Y)
     np.testing.assert_array_equal(as_bool.coef_, as_float.coef_)
@@ -219,7 +290,7 @@ def test_sparse_masks_train_the_networks_dense_masks_do(rare, monkeypatch):
     for limit in (1.0, 0.0):  # largest share of rare entries trained sparsely: always, never
         monkeypatch.setattr(estimators, "_SPARSE_MAX_DENSITY", limit)
         calls.clear()
-        fits.append(ReluCollapseRegressor(max_epochs=10).fit(X, Y))
+        fits.append(ReluCollapseRegressor(max_steps=20).fit(X, Y))
         assert bool(calls) == (limit == 1.0)
     np.testing.assert_array_equal(fits[0].n_iter_, fits[1].n_iter_)
     np.testing.assert_allclose(fits[0].coef_, fits[1].coef_, rtol=1e-4, atol=1e-4 * np.abs(fits[1].coef_).max())
@@ -237,7 +308,7 @@ def test_hand_gradients_equal_autograd(model, limit, monkeypatch):
     rows, targets = collector.rows(xs, ys)
     assert (rows.dense is None) == (limit == 1.0)
     net = model(init_scale=2.0)  # some units off on some masks: the ReLU's gradient matters
-    params = net._init_params(targets.shape[1], X.shape[1])
+    params = net._initial_weights(targets.shape[1], X.shape[1])
     hidden, out = net._forward(rows, params)
     grads = net._gradients(rows, hidden, out - targets, params)
     leaves = [p.clone().requires_grad_() for p in params]
@@ -251,16 +322,17 @@ def test_hand_gradients_equal_autograd(model, limit, monkeypatch):
 
 
 def test_each_input_trains_as_it_would_alone():
-    """An input's network, stopping epoch and collapse do not depend on the other inputs fitted with it.
+    """An input's network, stopping step and collapse do not depend on the other inputs fitted with it.
 
     Networks are seeded by (random_state, position): the first ``k`` inputs fitted
     on their own get what they get in the whole ensemble.
     """
     X, Y, _, _ = planted_problem(300, noise=1.0)
-    together = ReluCollapseRegressor(lr=0.01, patience=3).fit(X, Y)
-    assert len(set(together.n_iter_)) > 1  # the inputs stop at different epochs
+    settings = {"lr": 0.01, "check_every": 2, "patience": 6}
+    together = ReluCollapseRegressor(**settings).fit(X, Y)
+    assert len(set(together.n_iter_)) > 1  # the inputs stop at different steps
     for k in (1, 3):
-        first = ReluCollapseRegressor(lr=0.01, patience=3).fit(X, Y[:, :k])
+        first = ReluCollapseRegressor(**settings).fit(X, Y[:, :k])
         np.testing.assert_array_equal(first.n_iter_, together.n_iter_[:k])
         np.testing.assert_allclose(first.coef_, together.coef_[:k], rtol=1e-4, atol=1e-4)
 
@@ -271,22 +343,22 @@ def test_non_binary_masks_are_trained_densely_to_the_same_model():
     Fed in chunks that turn non-binary after the first, the masks held sparsely are made dense on the way.
     """
     X, Y, _, _ = planted_problem(300)
-    binary = ReluCollapseRegressor(max_epochs=10).fit(X, Y)
-    halved = ReluCollapseRegressor(max_epochs=10).fit(0.5 * X, Y)
+    binary = ReluCollapseRegressor(max_steps=20).fit(X, Y)
+    halved = ReluCollapseRegressor(max_steps=20).fit(0.5 * X, Y)
     np.testing.assert_array_equal(halved.n_iter_, binary.n_iter_)
     np.testing.assert_allclose(halved.coef_, 2 * binary.coef_, rtol=1e-4, atol=1e-4 * np.abs(binary.coef_).max())
     mixed = X.copy()
     mixed[150] *= 0.5  # one fit row, in the second chunk
     n_fit = 300 - ReluCollapseRegressor().n_validation(300)
     fit_chunks = [(mixed[:100], Y[:100]), (mixed[100:n_fit], Y[100:n_fit])]
-    chunked = ReluCollapseRegressor(max_epochs=10).fit_chunks(fit_chunks, [(mixed[n_fit:], Y[n_fit:])])
-    whole = ReluCollapseRegressor(max_epochs=10).fit(mixed, Y)
+    chunked = ReluCollapseRegressor(max_steps=20).fit_chunks(fit_chunks, [(mixed[n_fit:], Y[n_fit:])])
+    whole = ReluCollapseRegressor(max_steps=20).fit(mixed, Y)
     np.testing.assert_allclose(chunked.coef_, whole.coef_, rtol=1e-4, atol=1e-4 * np.abs(whole.coef_).max())
 
 
 def test_fit_chunks_rejects_mismatched_or_bad_blocks():
     X, Y, _, _ = planted_problem(200)
-    model = ReluCollapseRegressor(max_epochs=2)
+    model = ReluCollapseRegressor(max_steps=2)
     with pytest.raises(ValueError, match="does not match"):
         model.fit_chunks([(X[:100], Y[:100]), (X[100:150, :-1], Y[100:150])], [(X[150:], Y[150:])])
     bad = Y.copy()

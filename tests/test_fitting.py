@@ -10,7 +10,7 @@ from compattr.sampling import create_store, read_rows, run_shard
 @pytest.mark.parametrize("name", ["ridge", "relu_net"])
 def test_saved_fit_predicts_and_scores_like_the_estimator(name, tmp_path):
     X, Y, _, _ = planted_problem(300)
-    model = make_estimator(name, {"max_epochs": 5} if name == "relu_net" else None).fit(X, Y)
+    model = make_estimator(name, {"max_steps": 10} if name == "relu_net" else None).fit(X, Y)
     save_fit(tmp_path / "fit.zarr", model, {"estimator": name, "n_train": 300})
     fit = load_fit(tmp_path / "fit.zarr")
     assert fit.attrs == {"estimator": name, "n_train": 300}
@@ -36,7 +36,9 @@ def test_fit_on_store_passes_the_prior_to_estimators_that_use_one(tmp_path):
         fit_on_store(tmp_path / "s.zarr", 150, "ridge", {}, prior=theta)
 
 
-@pytest.mark.parametrize("name", ["coar", "ridge", "lasso", "gradient_prior", "gradient_prior_lasso", "relu_collapse"])
+@pytest.mark.parametrize(
+    "name", ["coar", "ls_early_stopped", "ridge", "lasso", "gradient_prior", "gradient_prior_lasso", "relu_collapse"]
+)
 def test_fits_streamed_from_the_store_equal_fits_on_the_rows(tmp_path, name):
     """Moments (or the 2-layer fits' rows) gathered shard by shard give the model a fit on the rows in memory gives."""
     _, _, theta, bias = planted_problem(1, n_units=30, n_outputs=4)
@@ -48,12 +50,12 @@ def test_fits_streamed_from_the_store_equal_fits_on_the_rows(tmp_path, name):
         )
     prior = theta + np.random.default_rng(4).normal(size=theta.shape)
     params = {"tol": 1e-10, "max_iter": 50_000} if "lasso" in name else {}
-    params = {"max_epochs": 10} if name == "relu_collapse" else params
+    params = {"max_steps": 20} if name == "relu_collapse" else params
     uses_prior = name.startswith("gradient_prior")
     streamed, _ = fit_on_store(tmp_path / "s.zarr", 217, name, params, prior=prior if uses_prior else None)
     masks, margins = read_rows(tmp_path / "s.zarr", 217)
     in_memory = make_estimator(name, params).fit(masks, margins, **({"prior": prior} if uses_prior else {}))
     np.testing.assert_allclose(streamed.coef_, in_memory.coef_, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(streamed.intercept_, in_memory.intercept_, rtol=1e-6, atol=1e-6)
-    choice = "n_iter_" if name in ("coar", "relu_collapse") else "alpha_"  # the early-stopping step, or the penalty
+    choice = {"coar": "rank_", "ls_early_stopped": "n_iter_", "relu_collapse": "n_iter_"}.get(name, "alpha_")
     np.testing.assert_array_equal(getattr(streamed, choice), getattr(in_memory, choice))

@@ -92,12 +92,12 @@ def test_relu_collapse_starts_from_the_prior():
     """
     X, Y, theta, _ = planted_problem(400)
     prior = theta * 2.0
-    untrained = {"init_scale": 1e-6, "lr": 1e-12, "max_epochs": 2}
+    untrained = {"init_scale": 1e-6, "lr": 1e-12, "max_steps": 2}
     model = PriorReluCollapseRegressor(**untrained, calibrate=False).fit(X, Y, prior=prior)
     np.testing.assert_allclose(model.coef_, prior, rtol=1e-3, atol=1e-4)
     calibrated = PriorReluCollapseRegressor(**untrained).fit(X, Y, prior=prior)
     np.testing.assert_allclose(calibrated.coef_, theta, rtol=0.05, atol=0.05 * np.abs(theta).max())
-    trained = PriorReluCollapseRegressor(init_scale=0.1, lr=3e-3, max_epochs=100, calibrate=False)
+    trained = PriorReluCollapseRegressor(init_scale=0.1, lr=3e-3, max_steps=200, calibrate=False)
     trained.fit(X, Y, prior=prior)
     assert np.abs(trained.coef_ - theta).mean() < np.abs(prior - theta).mean()  # training moves it to the truth
 

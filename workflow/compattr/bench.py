@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -145,23 +146,31 @@ def _lasso_reference(X: np.ndarray, Y: np.ndarray, model: Any) -> np.ndarray:
 
 
 def _coar_reference(X: np.ndarray, Y: np.ndarray, model: Any) -> np.ndarray:
-    """One scikit-learn ``LinearRegression`` per input on the fit rows: the least squares COAR approaches."""
+    """One scikit-learn ``LinearRegression`` per input on all standardised masks: the minimum-norm least squares."""
     from sklearn.linear_model import LinearRegression
+    from sklearn.preprocessing import StandardScaler
 
-    n_fit = len(X) - model.n_validation(len(X))
-    models = [LinearRegression().fit(X[:n_fit], Y[:n_fit, t]) for t in range(Y.shape[1])]
-    return np.array([np.r_[m.coef_, m.intercept_] for m in models])
+    scaler = StandardScaler().fit(X)
+    A = scaler.transform(X)
+    rows = []
+    for t in range(Y.shape[1]):
+        fitted = LinearRegression().fit(A, Y[:, t])
+        coef = fitted.coef_ / scaler.scale_
+        rows.append(np.r_[coef, fitted.intercept_ - coef @ scaler.mean_])
+    return np.array(rows)
 
 
 def _relu_collapse_reference(X: np.ndarray, Y: np.ndarray, model: Any) -> np.ndarray:
     """One scikit-learn ``MLPRegressor`` (ReLU, Adam, our settings) per input, then its collapse ``W2 W1``.
 
-    Mirrored from ``model``: width, learning rate, batch size, epochs, patience
-    (strict improvement, ``tol=0``), validation fraction, and L2 penalty
-    ``weight_decay`` (the same as our decoupled decay at its default, 0).
-    scikit-learn cannot mirror the initialisation scale, the calibration of the
-    collapse, or stopping on the collapse: it stops on its network's validation
-    score, on a random split of the rows.
+    Mirrored from ``model``: width, learning rate, batch size, step limit and
+    patience (scikit-learn counts both in epochs: ours in steps are converted
+    at the fit rows' steps per epoch; strict improvement, ``tol=0``),
+    validation fraction, and L2 penalty ``weight_decay`` (the same as our
+    decoupled decay at its default, 0). scikit-learn cannot mirror the
+    initialisation scale, the calibration of the collapse, stopping on the
+    collapse, or the refit on all rows: it stops on its network's validation
+    score, on a random split of the rows, and keeps that network.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPRegressor
@@ -169,6 +178,8 @@ def _relu_collapse_reference(X: np.ndarray, Y: np.ndarray, model: Any) -> np.nda
 
     scaler = StandardScaler().fit(X)
     A = scaler.transform(X)
+    batch_size = min(model.batch_size, len(X) - model.n_validation(len(X)))
+    steps_per_epoch = math.ceil((len(X) - model.n_validation(len(X))) / batch_size)
     rows = []
     for t in range(Y.shape[1]):
         y_mean, y_std = Y[:, t].mean(), Y[:, t].std() or 1.0
@@ -176,11 +187,11 @@ def _relu_collapse_reference(X: np.ndarray, Y: np.ndarray, model: Any) -> np.nda
             hidden_layer_sizes=(model.hidden,),
             learning_rate_init=model.lr,
             alpha=model.weight_decay,
-            batch_size=min(model.batch_size, len(X) - model.n_validation(len(X))),
-            max_iter=model.max_epochs,
+            batch_size=batch_size,
+            max_iter=math.ceil(model.max_steps / steps_per_epoch),
             early_stopping=True,
             validation_fraction=model.validation_fraction,
-            n_iter_no_change=model.patience,
+            n_iter_no_change=math.ceil(model.patience / steps_per_epoch),
             tol=0.0,
             random_state=0,
         )

@@ -27,8 +27,11 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
+from compattr.lds import lds_scores
+
 __all__ = [
     "CoarRegressor",
+    "EarlyStoppedLeastSquaresRegressor",
     "RidgeCVRegressor",
     "LassoCVRegressor",
     "lasso_fista",
@@ -137,9 +140,11 @@ class _ComponentModel(RegressorMixin, BaseEstimator):
     device: str
     #: Whether :meth:`fit` takes a prior attribution (the workflow passes attribution patching's).
     uses_prior: bool = False
+    #: Whether the estimator chooses something on a validation split (then refits on all rows).
+    _validates: bool = True
 
     def _check_params(self) -> None:
-        if not 0.0 < self.validation_fraction < 1.0:
+        if self._validates and not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction}")
 
     def _validate(self, X: Any, Y: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -149,8 +154,8 @@ class _ComponentModel(RegressorMixin, BaseEstimator):
         X, Y = validate_data(self, X, Y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32, np.bool_])
         self._single_output = Y.ndim == 1
         Y = Y.reshape(len(Y), -1)
-        n_val = math.ceil(self.validation_fraction * len(X))
-        if len(X) - n_val < 2 or n_val < 2:
+        n_val = self.n_validation(len(X))
+        if len(X) - n_val < 2 or (self._validates and n_val < 2):
             raise ValueError(f"{len(X)} masks leave too few rows for a {self.validation_fraction:.0%} validation split")
         self.n_validation_ = n_val
         return X, Y
@@ -167,37 +172,44 @@ class _ComponentModel(RegressorMixin, BaseEstimator):
         return X[:n_fit], Y[:n_fit], X[n_fit:], Y[n_fit:]
 
     def n_validation(self, n_rows: int) -> int:
-        """Number of validation rows (the last ones) of a fit on ``n_rows`` masks."""
-        return math.ceil(self.validation_fraction * n_rows)
+        """Number of validation rows (the last ones) of a fit on ``n_rows`` masks (0: no validation split)."""
+        return math.ceil(self.validation_fraction * n_rows) if self._validates else 0
 
     @property
     def streams(self) -> bool:
         """Whether the estimator can fit from :class:`Moments` (:meth:`fit_moments`), without the rows."""
         return hasattr(self, "_fit_moments")
 
-    def fit_moments(self, fit: Moments, val: Moments, **fit_params: Any) -> _ComponentModel:
+    def fit_moments(self, fit: Moments, val: Moments | None, **fit_params: Any) -> _ComponentModel:
         """Fit from the moments of the fit rows and of the validation rows (the last rows, as :meth:`fit` splits).
 
         The same model as :meth:`fit` on the rows (up to rounding), for the
         estimators that need only sums of products (``streams``); ``fit_params``
-        as for :meth:`fit` (e.g. ``prior``).
+        as for :meth:`fit` (e.g. ``prior``). ``val`` is None for an estimator
+        without a validation split (:meth:`n_validation` is 0).
         """
         if not self.streams:
             raise TypeError(f"{type(self).__name__} needs the rows themselves; it cannot fit from moments")
         fit, val = self._prepare_moments(fit, val)
         return self._fit_moments(fit, val, **fit_params)
 
-    def _prepare_moments(self, fit: Moments, val: Moments) -> tuple[Moments, Moments]:
+    def _prepare_moments(self, fit: Moments, val: Moments | None) -> tuple[Moments, Moments | None]:
         """Check moments of the fit and validation rows and set what :meth:`_prepare` sets for arrays."""
         self._check_params()
-        if fit.n < 2 or val.n < 2:
-            raise ValueError(f"{fit.n} fit and {val.n} validation masks are too few")
+        if (val is None) == self._validates:
+            raise ValueError(f"{type(self).__name__} {'needs' if self._validates else 'takes no'} validation moments")
+        n_val = 0 if val is None else val.n
+        if fit.n < 2 or (self._validates and n_val < 2):
+            raise ValueError(f"{fit.n} fit and {n_val} validation masks are too few")
         self.n_features_in_ = int(fit.x.shape[0])
         self._single_output = False
-        self.n_validation_ = val.n
+        self.n_validation_ = n_val
         device = torch.device(self.device)
-        moved = [Moments(m.n, *(t.to(device) for t in m._fields()[1:])) for m in (fit, val)]
-        return moved[0], moved[1]
+
+        def moved(m: Moments) -> Moments:
+            return Moments(m.n, *(t.to(device) for t in m._fields()[1:]))
+
+        return moved(fit), None if val is None else moved(val)
 
     def _set_linear(self, coef: Tensor, intercept: Tensor) -> None:
         coef_np = coef.detach().double().cpu().numpy()
@@ -212,21 +224,92 @@ class _ComponentModel(RegressorMixin, BaseEstimator):
         return X @ self.coef_.T + self.intercept_
 
 
+def _standardized_gram(moments: Moments) -> tuple[Tensor, Tensor, Tensor]:
+    """The masks' column scales and, on masks standardised by them, ``A'A / n`` and ``A'(y - mean y) / n``.
+
+    Constant columns (a component never or always ablated) keep a scale of 1:
+    centred, they are zero.
+    """
+    x_std = _moment_std(moments.gram().diagonal() / moments.n)
+    gram = moments.gram() / moments.n / torch.outer(x_std, x_std)
+    return x_std, gram, moments.cross() / moments.n / x_std[:, None]
+
+
 class CoarRegressor(_ComponentModel):
-    """COAR's component model: unregularised least squares, stopped early on validation.
+    """COAR's component model as its reference code fits it: minimum-norm least squares on standardised masks.
 
     The reference code (MadryLab/modelcomponents) fits ``margin ~ theta . mask + b``
-    with datamodels' SAGA solver at lambda 0, on standardised masks with a fitted
-    bias, and keeps the iterate with the best validation loss. This class solves
-    the same objective on the same standardised data by full-batch gradient
-    descent (step ``lr / L``, ``L`` the largest eigenvalue of the standardised
-    Gram matrix over ``n``) from zero, checks the validation MSE of every input
-    every ``check_every`` steps and keeps each input's best iterate; it stops when
-    no input improved for ``patience`` checks. Gradient descent on a quadratic
-    has a closed form in the eigenbasis of the Gram matrix (see
-    :func:`_gradient_descent_filter`), so the iterates at the checks are computed
-    directly from the masks' :class:`Moments`, without stepping: a check costs
-    ``C^2`` per input whatever the number of masks, and the fit streams from a store.
+    with datamodels' SAGA solver at one lambda of 0, on standardised masks with a
+    fitted bias. With one lambda the solver's stopping test (a worse validation
+    loss, checked only after 10 lambdas) never applies, so SAGA runs to
+    convergence, and the model is refitted on the training plus validation masks.
+    A gradient method from zero on least squares stays in the row space of the
+    centred masks, so it converges to the minimum-norm solution, which is unique
+    even when there are fewer masks than components.
+
+    This class computes that limit directly, on all the masks it is given: with
+    ``A`` the standardised centred masks, ``theta = pinv(A'A / n) A'(y - mean y) / n``,
+    the pseudo-inverse taken on the eigenbasis of ``A'A / n`` (float64). Its rank
+    is at most ``min(n - 1, C)``; eigenvalues beyond that rank, or below
+    ``C * eps`` times the largest (rounding), are treated as zero. Nothing is
+    held out: there is no setting to choose.
+
+    Parameters
+    ----------
+    device : str, default="cpu"
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_inputs, n_components) or (n_components,)
+    intercept_ : ndarray of shape (n_inputs,) or float
+    rank_ : int
+        Rank of the standardised centred masks (eigenvalues kept).
+    """
+
+    _validates = False  # no validation split: every mask is fitted
+
+    def __init__(self, *, device: str = "cpu") -> None:
+        self.device = device
+
+    def fit(self, X: Any, Y: Any) -> CoarRegressor:
+        """Fit every input's minimum-norm least-squares model on all masks ``X``."""
+        X, Y = self._prepare(X, Y)
+        return self._fit_moments(Moments.of(X, Y), None)
+
+    def _fit_moments(self, fit: Moments, val: Moments | None) -> CoarRegressor:
+        total = fit if val is None else fit + val
+        x_std, gram, q = _standardized_gram(total)
+        e, V = torch.linalg.eigh(gram)  # ascending
+        rank = min(total.n - 1, len(e))
+        kept = torch.zeros_like(e, dtype=torch.bool)
+        if rank > 0:
+            kept[len(e) - rank :] = True
+        kept &= e > len(e) * torch.finfo(e.dtype).eps * e.max().clamp_min(1e-300)
+        inverse = torch.where(kept, 1 / e.clamp_min(1e-300), 0.0)
+        theta = V @ (inverse[:, None] * (V.T @ q))  # (C, T) on standardised masks, raw outputs
+        coef = theta / x_std[:, None]
+        self.rank_ = int(kept.sum())
+        self._set_linear(coef.T, _intercept(coef, total))
+        return self
+
+
+class EarlyStoppedLeastSquaresRegressor(_ComponentModel):
+    """Least squares by gradient descent from zero, stopped early per input on a validation split.
+
+    Not COAR (which runs its solver to convergence: :class:`CoarRegressor`), but
+    what an earlier version of this study called COAR: an implicitly regularised
+    least-squares fit. On standardised masks and outputs of the fit rows, full-batch
+    gradient descent (step ``lr / L``, ``L`` the largest eigenvalue of the
+    standardised Gram matrix over ``n``) runs from zero; the validation MSE of
+    every input is checked every ``check_every`` steps and each input keeps its
+    best step count; the search stops when no input improved for ``patience``
+    checks. The model is then refitted on all rows: the same number of steps
+    from zero on all rows, standardised by all rows (Goodfellow et al., 2016,
+    Algorithm 7.2). Gradient descent on a quadratic has a closed form in the
+    eigenbasis of the Gram matrix (see :func:`_gradient_descent_filter`), so the
+    iterates are computed from the masks' :class:`Moments`, without stepping.
+    An input whose best step count is 0 keeps the zero model: it is marked in
+    ``failed_``.
 
     Parameters
     ----------
@@ -239,7 +322,7 @@ class CoarRegressor(_ComponentModel):
     patience : int, default=20
         Checks without improvement on any input before stopping.
     validation_fraction : float, default=0.2
-        Fraction of the masks held out for early stopping.
+        Fraction of the masks held out to choose the step count.
     device : str, default="cpu"
 
     Attributes
@@ -247,7 +330,9 @@ class CoarRegressor(_ComponentModel):
     coef_ : ndarray of shape (n_inputs, n_components) or (n_components,)
     intercept_ : ndarray of shape (n_inputs,) or float
     n_iter_ : ndarray of shape (n_inputs,)
-        Step at which each input's kept iterate was reached.
+        Step count each input kept (chosen on validation, used in the refit).
+    failed_ : ndarray of shape (n_inputs,)
+        Whether the input kept step 0 (the zero model).
     """
 
     def __init__(
@@ -267,23 +352,28 @@ class CoarRegressor(_ComponentModel):
         self.validation_fraction = validation_fraction
         self.device = device
 
-    def fit(self, X: Any, Y: Any) -> CoarRegressor:
-        """Fit every input's linear model on the shared masks ``X``."""
+    def fit(self, X: Any, Y: Any) -> EarlyStoppedLeastSquaresRegressor:
+        """Choose every input's step count on the validation rows, then refit on all rows."""
         X, Y = self._prepare(X, Y)
         Xf, Yf, Xv, Yv = self._split(X, Y)
         return self._fit_moments(Moments.of(Xf, Yf), Moments.of(Xv, Yv))
 
-    def _fit_moments(self, fit: Moments, val: Moments) -> CoarRegressor:
-        # Standardised masks and outputs of the fit rows: A = (x - mean) / x_std, B likewise.
-        x_std = _moment_std(fit.gram().diagonal() / fit.n)
-        y_std = _moment_std((fit.yy - fit.y**2 / fit.n) / fit.n)
-        gram = fit.gram() / fit.n / torch.outer(x_std, x_std)  # A'A / n
+    def _descent(self, moments: Moments) -> tuple[Tensor, Tensor, float, Tensor, Tensor, Tensor]:
+        """Eigenpairs, step and ``V' A'B / n`` of gradient descent on ``moments``' standardised rows, with the scales.
+
+        Returns ``e, V, step, proj, x_std, y_std``.
+        """
+        x_std, gram, q = _standardized_gram(moments)
+        y_std = _moment_std((moments.yy - moments.y**2 / moments.n) / moments.n)
         e, V = torch.linalg.eigh(gram)
         e = e.clamp_min(0)
         step = self.lr / max(float(e.max()) if len(e) else 1.0, 1e-12)
-        # Gradient descent from 0 on (1/2n)|A theta - B|^2 reaches, after k steps,
+        return e, V, step, V.T @ (q / y_std[None, :]), x_std, y_std
+
+    def _fit_moments(self, fit: Moments, val: Moments) -> EarlyStoppedLeastSquaresRegressor:
+        # Gradient descent from 0 on (1/2n)|A theta - B|^2 (A, B standardised fit rows) reaches, after k steps,
         # theta_k = V diag(g_k(e)) V' A'B / n with g_k(e) = (1 - (1 - step e)^k) / e.
-        proj = V.T @ (fit.cross() / fit.n / torch.outer(x_std, y_std))  # V' A'B / n, (C, T)
+        e, V, step, proj, x_std, y_std = self._descent(fit)
         # Sums over the validation rows standardised with the fit rows' statistics, in the same eigenbasis.
         mean = fit.x_mean / x_std
         val_x = val.x / x_std
@@ -294,10 +384,6 @@ class CoarRegressor(_ComponentModel):
         val_cross = V.T @ val_cross
         val_yy = (val.yy - 2 * fit.y_mean * val.y + val.n * fit.y_mean**2) / y_std**2
 
-        def iterate(k: Tensor) -> Tensor:
-            """Eigen-coordinates (C, T) of every input's iterate after ``k`` (T,) steps."""
-            return _gradient_descent_filter(e, step, k) * proj
-
         def validation_sse(u: Tensor) -> Tensor:
             return (u * (val_gram @ u)).sum(0) - 2 * (u * val_cross).sum(0) + val_yy
 
@@ -306,7 +392,7 @@ class CoarRegressor(_ComponentModel):
         best_loss = val_yy.clone()  # theta = 0
         stale = 0
         for it in range(self.check_every, self.max_iter + 1, self.check_every):
-            loss = validation_sse(iterate(torch.full((T,), it, device=proj.device)))
+            loss = validation_sse(_gradient_descent_filter(e, step, torch.full((T,), it, device=proj.device)) * proj)
             better = loss < best_loss
             if better.any():
                 best_loss = torch.where(better, loss, best_loss)
@@ -317,8 +403,11 @@ class CoarRegressor(_ComponentModel):
                 if stale >= self.patience:
                     break
         self.n_iter_ = best_iter.cpu().numpy()
-        coef = (V @ iterate(best_iter)) * (y_std[None, :] / x_std[:, None])
-        self._set_linear(coef.T, _intercept(coef, fit))
+        self.failed_ = self.n_iter_ == 0
+        total = fit + val  # refit: the chosen number of steps on all rows
+        e, V, step, proj, x_std, y_std = self._descent(total)
+        coef = (V @ (_gradient_descent_filter(e, step, best_iter) * proj)) * (y_std[None, :] / x_std[:, None])
+        self._set_linear(coef.T, _intercept(coef, total))
         return self
 
 
@@ -957,18 +1046,35 @@ class _RowCollector:
         x, xx, y, yy = (t.to(self.device) for t in self.sums)
         return _Standardizer(self.n, x, xx), _Standardizer(self.n, y, yy)
 
+    def extend(self, other: _RowCollector) -> None:
+        """Append the rows gathered by ``other`` after this collector's own (e.g. validation rows after fit rows)."""
+        if other.n == 0:
+            return
+        if not (self.sparse and other.sparse and self.rare in (None, other.rare)):
+            self._densify()
+            other._densify()
+        elif self.rare is None:
+            self.rare = other.rare
+        self.sums = other.sums if not self.sums else [a + b for a, b in zip(self.sums, other.sums, strict=True)]
+        self.n += other.n
+        self.n_rare += other.n_rare
+        self.outputs += other.outputs
+        self.blocks += other.blocks
+
     def rows(self, xs: _Standardizer, ys: _Standardizer) -> tuple[_Rows, Tensor]:
-        """The masks standardised by ``xs`` and the outputs by ``ys``; the blocks are released."""
+        """The masks standardised by ``xs`` and the outputs by ``ys`` (the raw blocks are kept, joined in one)."""
         if self.sparse and self.n_rare > _SPARSE_MAX_DENSITY * self.n * self.n_columns:
             self._densify()
-        outputs = (torch.cat(self.outputs) - ys.mean) / ys.std
+        self.outputs = [torch.cat(self.outputs)]
+        outputs = (self.outputs[0] - ys.mean) / ys.std
         if self.sparse:
-            counts = torch.cat([c for c, _ in self.blocks]).to(self.device)
-            columns = torch.cat([c for _, c in self.blocks]).to(self.device)
-            rows = _Rows(xs.mean, xs.std, sparse=(counts, columns, self.rare))
+            counts = torch.cat([c for c, _ in self.blocks])
+            columns = torch.cat([c for _, c in self.blocks])
+            self.blocks = [(counts, columns)]
+            rows = _Rows(xs.mean, xs.std, sparse=(counts.to(self.device), columns.to(self.device), self.rare))
         else:
-            rows = _Rows(xs.mean, xs.std, dense=torch.cat(self.blocks).sub_(xs.mean).div_(xs.std))
-        self.blocks, self.outputs = [], []
+            self.blocks = [torch.cat(self.blocks)]
+            rows = _Rows(xs.mean, xs.std, dense=(self.blocks[0] - xs.mean) / xs.std)
         return rows, outputs
 
 
@@ -978,15 +1084,25 @@ class ReluCollapseRegressor(_ComponentModel):
     Each input gets its own network ``phi(x) = W2 relu(W1 x + b1) + b2`` of width
     ``hidden``; all networks train together as one batched ensemble (the first
     layer of every network is one matrix product with the shared masks) with
-    Adam(W) on the mean squared error of standardised masks (and, by default,
-    standardised outputs). The returned linear model is the collapse
+    Adam(W) or SGD on the mean squared error of standardised masks (and, by
+    default, standardised outputs). The returned linear model is the collapse
     ``theta = W2 W1``, ``b = W2 b1 + b2`` (see :func:`collapse_relu_network`),
     mapped back to raw masks and outputs; with ``calibrate`` (the default) its
-    scale and intercept are refitted by least squares on the fit rows.
-    Each input keeps the epoch with the lowest validation MSE, of the collapsed
-    model (``early_stopping="collapse"``) or of the network itself (``"network"``);
-    each input stops when it has not improved for ``patience`` epochs (and leaves
-    the ensemble, so the others train faster). With networks seeded per input
+    scale and intercept are refitted by least squares on the training rows.
+
+    Training length is counted in optimisation steps (batches), so patience
+    means the same at every number of masks. Every ``check_every`` steps each
+    input's validation MSE is computed, of the collapsed model
+    (``early_stopping="collapse"``) or of the network itself (``"network"``);
+    each input keeps its best step count and stops when it has not improved
+    for ``patience`` steps (it leaves the ensemble, so the others train faster).
+    Then every network is trained again from the same initialisation on all
+    the rows, standardised by all of them, for its chosen number of steps
+    (Goodfellow et al., 2016, Algorithm 7.2): the returned model is a fit on
+    every mask the budget counts. An input whose best step count is 0 keeps its
+    random initialisation: it is marked in ``failed_``. With
+    ``early_stopping="none"`` there is no validation split and every network
+    trains on all rows for ``max_steps``. With networks seeded per input
     position, each input gets the network it would get fitted alone.
 
     Binary masks with few ablated units (on CPU) are held as the coordinates of
@@ -996,35 +1112,43 @@ class ReluCollapseRegressor(_ComponentModel):
     Why calibrate: dropping the ReLUs counts every unit as always active, so the
     raw collapse's slope is off by a factor that drifts during training. Its
     validation MSE is then dominated by that scale, which rank-based scores
-    (LDS) ignore, and stopping on it keeps a far too early epoch. A positive
-    rescaling leaves every input's LDS unchanged; ``calibrate=False`` is the
-    seed's raw collapse, stopped on its own MSE.
+    (LDS) ignore, and stopping on it keeps a far too early step. The least-squares
+    factor is usually positive (LDS unchanged), but it may be negative, which
+    flips the sign of the collapse: ``calibration_`` records it per input.
+    ``calibrate=False`` is the seed's raw collapse.
 
     Parameters
     ----------
     hidden : int, default=32
         Width ``d`` of each network.
     lr : float, default=1e-3
-        Adam learning rate.
+        Learning rate.
+    optimizer : {"adam", "sgd"}, default="adam"
+        AdamW (decoupled weight decay) or SGD (L2 weight decay, ``momentum``).
+    momentum : float, default=0.0
+        SGD's momentum (ignored by Adam).
     weight_decay : float, default=0.0
-        Decoupled weight decay (AdamW).
     init_scale : float, default=1.0
         Multiplier of PyTorch's default (Kaiming-uniform) initialisation.
-    max_epochs : int, default=200
+    max_steps : int, default=3000
+        Largest number of optimisation steps.
     batch_size : int, default=256
         Masks per step (all of them when fewer).
-    patience : int, default=20
-        Epochs without improvement after which an input stops training.
-    early_stopping : {"auto", "collapse", "network"}, default="auto"
-        Whose validation MSE picks each input's epoch; "auto" is the predictor
-        the estimator returns (the collapse here, the network for :class:`ReluNetRegressor`).
+    check_every : int, default=10
+        Steps between validation checks (the chosen step count is a multiple of it).
+    patience : int, default=300
+        Steps without improvement after which an input stops training.
+    early_stopping : {"auto", "collapse", "network", "none"}, default="auto"
+        Whose validation MSE picks each input's step count; "auto" is the
+        predictor the estimator returns (the collapse here, the network for
+        :class:`ReluNetRegressor`); "none": no validation split, ``max_steps`` on all rows.
     fit_bias : bool, default=True
         Train ``b1`` and ``b2``; when False they stay zero (outputs are centred).
     standardize_targets : bool, default=True
         Train on z-scored outputs (else on centred raw outputs).
     calibrate : bool, default=True
-        Rescale each input's collapse by the least-squares factor on the fit
-        rows (and refit its intercept) before validating and returning it.
+        Rescale each input's collapse by the least-squares factor on the
+        training rows (and refit its intercept) before validating and returning it.
     validation_fraction : float, default=0.2
     random_state : int, default=0
         Seed of the batch order, and with each input's position, of its initialisation.
@@ -1034,10 +1158,17 @@ class ReluCollapseRegressor(_ComponentModel):
     ----------
     coef_, intercept_
     n_iter_ : ndarray of shape (n_inputs,)
-        Epoch each input kept.
+        Step count each input kept (chosen on validation, used in the refit).
+    failed_ : ndarray of shape (n_inputs,)
+        Whether the input kept step 0 (its random initialisation).
     validation_mse_ : ndarray of shape (n_inputs,)
         Validation MSE of the predictor returned (the collapse here), at the kept
-        epoch, in output units; comparable across settings whatever ``early_stopping`` is.
+        step, in output units, before the refit; comparable across settings whatever ``early_stopping`` is.
+    validation_spearman_ : ndarray of shape (n_inputs,)
+        Spearman correlation of that predictor with the validation outputs, at the kept step.
+    calibration_ : ndarray of shape (n_inputs,)
+        Least-squares factor applied to the returned collapse (1 without ``calibrate``;
+        negative where the rescaling flipped its sign).
     """
 
     _activation = "relu"
@@ -1048,11 +1179,14 @@ class ReluCollapseRegressor(_ComponentModel):
         *,
         hidden: int = 32,
         lr: float = 1e-3,
+        optimizer: str = "adam",
+        momentum: float = 0.0,
         weight_decay: float = 0.0,
         init_scale: float = 1.0,
-        max_epochs: int = 200,
+        max_steps: int = 3000,
         batch_size: int = 256,
-        patience: int = 20,
+        check_every: int = 10,
+        patience: int = 300,
         early_stopping: str = "auto",
         fit_bias: bool = True,
         standardize_targets: bool = True,
@@ -1063,10 +1197,13 @@ class ReluCollapseRegressor(_ComponentModel):
     ) -> None:
         self.hidden = hidden
         self.lr = lr
+        self.optimizer = optimizer
+        self.momentum = momentum
         self.weight_decay = weight_decay
         self.init_scale = init_scale
-        self.max_epochs = max_epochs
+        self.max_steps = max_steps
         self.batch_size = batch_size
+        self.check_every = check_every
         self.patience = patience
         self.early_stopping = early_stopping
         self.fit_bias = fit_bias
@@ -1076,7 +1213,11 @@ class ReluCollapseRegressor(_ComponentModel):
         self.random_state = random_state
         self.device = device
 
-    def _init_params(self, T: int, C: int, prior: Tensor | None = None) -> list[Tensor]:
+    @property
+    def _validates(self) -> bool:  # type: ignore[override]
+        return self.early_stopping != "none"
+
+    def _initial_weights(self, T: int, C: int, prior: Tensor | None = None) -> list[Tensor]:
         """Scaled Kaiming-uniform weights; with ``prior`` (T, C), plus pairs of units that encode it.
 
         Each input's network is drawn from its own generator, seeded by
@@ -1144,15 +1285,17 @@ class ReluCollapseRegressor(_ComponentModel):
         grad_W1 = rows.transpose_matmul(grad_hidden, grad_b1)
         return [grad_W1.reshape(C, T, d), grad_b1.reshape(T, d), grad_W2, grad_out.sum(0)]
 
-    def _optimizer(self, params: list[Tensor]) -> torch.optim.AdamW:
-        """AdamW over the trained parameters (the biases stay zero without ``fit_bias``)."""
+    def _optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
+        """The optimizer over the trained parameters (the biases stay zero without ``fit_bias``)."""
         trained = params if self.fit_bias else params[0::2]
-        return torch.optim.AdamW(trained, lr=self.lr, weight_decay=self.weight_decay, fused=True)
+        if self.optimizer == "adam":
+            return torch.optim.AdamW(trained, lr=self.lr, weight_decay=self.weight_decay, fused=True)
+        return torch.optim.SGD(trained, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, fused=True)
 
     def _keep_inputs(
-        self, params: list[Tensor], optimizer: torch.optim.AdamW, keep: Tensor
-    ) -> tuple[list[Tensor], torch.optim.AdamW]:
-        """The parameters and optimizer (with its moments) of the inputs ``keep`` (bool over the current ones)."""
+        self, params: list[Tensor], optimizer: torch.optim.Optimizer, keep: Tensor
+    ) -> tuple[list[Tensor], torch.optim.Optimizer]:
+        """The parameters and optimizer (with its state) of the inputs ``keep`` (bool over the current ones)."""
 
         def select(t: Tensor, first_layer: bool) -> Tensor:
             return t[:, keep] if first_layer else t[keep]
@@ -1166,10 +1309,10 @@ class ReluCollapseRegressor(_ComponentModel):
         return kept, new
 
     def fit(self, X: Any, Y: Any, prior: Any = None) -> ReluCollapseRegressor:
-        """Train every input's network on the shared masks and keep its best epoch.
+        """Choose every input's step count on the validation rows, then train it on all rows.
 
         ``prior`` (n_inputs, n_components), optional: a linear attribution in raw
-        units that the networks start from (see :meth:`_init_params`).
+        units that the networks start from (see :meth:`_initial_weights`).
         """
         X, Y = self._validate(X, Y)
         n_fit = len(X) - self.n_validation_
@@ -1189,13 +1332,26 @@ class ReluCollapseRegressor(_ComponentModel):
         """Fit from blocks of (masks, outputs) rows, e.g. a store's chunks, without holding the masks whole.
 
         ``fit_chunks`` and ``validation_chunks`` are the fit rows and the
-        validation rows (the last ones, as :meth:`fit` splits). The same model
-        as :meth:`fit` on the concatenated rows; binary masks are kept only as
-        the coordinates of their rare value (see :class:`_Rows`).
+        validation rows (the last ones, as :meth:`fit` splits; none with
+        ``early_stopping="none"``). The same model as :meth:`fit` on the
+        concatenated rows; binary masks are kept only as the coordinates of
+        their rare value (see :class:`_Rows`).
         """
         self._check_params()
         self._single_output = False
         return self._fit_blocks(fit_chunks, validation_chunks, prior)
+
+    def _check_training(self) -> None:
+        if min(self.hidden, self.max_steps, self.batch_size, self.check_every, self.patience) < 1:
+            raise ValueError("hidden, max_steps, batch_size, check_every and patience must be positive")
+        if self.early_stopping not in ("auto", "collapse", "network", "none"):
+            raise ValueError(
+                f"early_stopping must be 'auto', 'collapse', 'network' or 'none', got {self.early_stopping!r}"
+            )
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
 
     @torch.no_grad()  # gradients are computed by hand (see _gradients)
     def _fit_blocks(
@@ -1204,99 +1360,173 @@ class ReluCollapseRegressor(_ComponentModel):
         validation_chunks: Iterable[tuple[np.ndarray, np.ndarray]],
         prior: Any,
     ) -> ReluCollapseRegressor:
-        if self.hidden < 1 or self.max_epochs < 1 or self.batch_size < 1:
-            raise ValueError("hidden, max_epochs and batch_size must be positive")
-        if self.early_stopping not in ("auto", "collapse", "network"):
-            raise ValueError(f"early_stopping must be 'auto', 'collapse' or 'network', got {self.early_stopping!r}")
+        self._check_training()
         collected = [_RowCollector(self.device), _RowCollector(self.device)]
         for collector, chunks in zip(collected, (fit_chunks, validation_chunks), strict=True):
             for masks, outputs in chunks:
                 collector.add(masks, outputs)
-        if collected[0].n < 2 or collected[1].n < 2:
-            raise ValueError(f"{collected[0].n} fit and {collected[1].n} validation masks are too few")
-        if collected[0].n_columns != collected[1].n_columns:
+        n_fit, n_val = collected[0].n, collected[1].n
+        if n_fit < 2 or (self._validates and n_val < 2):
+            raise ValueError(f"{n_fit} fit and {n_val} validation masks are too few")
+        if n_val and collected[0].n_columns != collected[1].n_columns:
             raise ValueError("the fit and validation masks have different numbers of components")
-        self.n_features_in_, self.n_validation_ = collected[0].n_columns, collected[1].n
-        xs, ys = collected[0].standardizers()
-        if not self.standardize_targets:
-            ys.std = torch.ones_like(ys.std)
+        self.n_features_in_, self.n_validation_ = collected[0].n_columns, n_val
+        T = collected[0].n_outputs
+        if prior is not None:
+            prior = _check_prior(prior, T, self.n_features_in_, self.device)
+        if self._validates:
+            xs, ys = self._standardizers(collected[0])
+            rows, B = collected[0].rows(xs, ys)
+            val_rows, Bv = collected[1].rows(xs, ys)
+            chosen, mse, spearman = self._select_steps(rows, B, val_rows, Bv, self._init_params(T, xs, ys, prior))
+            self.validation_mse_ = (mse * ys.std**2).cpu().numpy()
+            self.validation_spearman_ = spearman.cpu().numpy()
+            del rows, val_rows
+            collected[0].extend(collected[1])
+        else:
+            chosen = torch.full((T,), self.max_steps, dtype=torch.long)
+        # The refit: every network from its initialisation, on all rows, for its chosen number of steps.
+        xs, ys = self._standardizers(collected[0])
         rows, B = collected[0].rows(xs, ys)
-        val_rows, Bv = collected[1].rows(xs, ys)
-        (n, C), T = (len(rows), self.n_features_in_), B.shape[1]
-        if prior is not None:  # to standardised units: the inverse of _unstandardize
-            prior = _check_prior(prior, T, C, self.device) * (xs.std[None, :] / ys.std[:, None]).double()
-        params = self._init_params(T, C, prior)
-        best = [p.clone() for p in params]
-        optimizer = self._optimizer(params)
-        on_network = (self.early_stopping if self.early_stopping != "auto" else self._predictor) == "network"
-
-        def collapsed(params: list[Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
-            theta, bias = collapse_relu_network(params[0].permute(1, 2, 0), *params[1:])
-            if not self.calibrate:
-                return theta, bias
-            return _least_squares_scale(rows @ theta.T, target)[:, None] * theta, torch.zeros_like(bias)
-
-        def validation_loss(params: list[Tensor], active: Tensor, targets: Tensor) -> Tensor:
-            """Validation MSE of the ``active`` inputs; ``targets`` are their fit rows' outputs."""
-            if on_network:
-                pred = self._network(val_rows, params)
-            else:
-                collapse, bias = collapsed(params, targets)
-                pred = val_rows @ collapse.T + bias
-            return ((pred - Bv[:, active]) ** 2).mean(0)
-
-        # Each input trains until its validation loss has not improved for `patience` epochs, as it
-        # would alone; inputs that stop leave the ensemble, so later epochs cost only the rest.
-        active = torch.arange(T, device=B.device)
-        best_loss = validation_loss(params, active, B)
-        stale = torch.zeros(T, dtype=torch.long, device=B.device)
-        best_epoch = torch.zeros(T, dtype=torch.long, device=B.device)
-        order_generator = torch.Generator().manual_seed(self.random_state)
-        for epoch in range(1, self.max_epochs + 1):
-            order = torch.randperm(n, generator=order_generator).to(self.device)
-            targets = B[:, active]
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = rows.take(idx)
-                hidden, out = self._forward(batch, params)
-                for param, grad in zip(params, self._gradients(batch, hidden, out - targets[idx], params), strict=True):
-                    param.grad = grad
-                optimizer.step()
-            val = validation_loss(params, active, targets)
-            better = val < best_loss[active]
-            improved = active[better]
-            best_loss[improved] = val[better]
-            best_epoch[improved] = epoch
-            best[0][:, improved] = params[0][:, better]  # W1 is (C, T, d)
-            for kept, current in zip(best[1:], params[1:], strict=True):
-                kept[improved] = current[better]
-            stale[active] = torch.where(better, 0, stale[active] + 1)
-            going = stale[active] < self.patience
-            if not going.all():
-                if not going.any():
-                    break
-                active = active[going]
-                params, optimizer = self._keep_inputs(params, optimizer, going)
-        self.n_iter_ = best_epoch.cpu().numpy()
-        collapse, bias = collapsed(best, B)
-        kept = self._network(val_rows, best) if self._predictor == "network" else val_rows @ collapse.T + bias
-        # Validation MSE of the predictor returned, whatever chose the epoch (comparable across settings).
-        self.validation_mse_ = (((kept - Bv) ** 2).mean(0) * ys.std**2).cpu().numpy()
+        del collected
+        final = self._train(rows, B, self._init_params(T, xs, ys, prior), stop=chosen.to(B.device))
+        self.n_iter_ = chosen.cpu().numpy()
+        self.failed_ = self.n_iter_ == 0
+        collapse, bias, scale = self._collapsed(final, rows, B)
+        self.calibration_ = scale.cpu().numpy()
         coef, intercept = _unstandardize(collapse, bias, xs, ys)
         self._set_linear(coef, intercept)
         if self._predictor == "network":
-            self.network_ = {
-                "W1": best[0].permute(1, 2, 0),
-                "b1": best[1],
-                "W2": best[2],
-                "b2": best[3],
-                "x_mean": xs.mean,
-                "x_std": xs.std,
-                "y_mean": ys.mean,
-                "y_std": ys.std,
-            }
-            self.network_ = {k: v.detach().cpu().contiguous().numpy() for k, v in self.network_.items()}
+            network = {"W1": final[0].permute(1, 2, 0), "b1": final[1], "W2": final[2], "b2": final[3]}
+            network |= {"x_mean": xs.mean, "x_std": xs.std, "y_mean": ys.mean, "y_std": ys.std}
+            self.network_ = {k: v.detach().cpu().contiguous().numpy() for k, v in network.items()}
         return self
+
+    def _standardizers(self, collector: _RowCollector) -> tuple[_Standardizer, _Standardizer]:
+        """The rows' z-scores (outputs only centred without ``standardize_targets``)."""
+        xs, ys = collector.standardizers()
+        if not self.standardize_targets:
+            ys.std = torch.ones_like(ys.std)
+        return xs, ys
+
+    def _collapsed(self, params: list[Tensor], rows: _Rows, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The networks' collapse (T, C) and bias (T,) on standardised units, calibrated on ``rows``, and the factor."""
+        theta, bias = collapse_relu_network(params[0].permute(1, 2, 0), *params[1:])
+        if not self.calibrate:
+            return theta, bias, torch.ones_like(bias)
+        scale = _least_squares_scale(rows @ theta.T, target)
+        return scale[:, None] * theta, torch.zeros_like(bias), scale
+
+    def _predict(self, params: list[Tensor], rows: _Rows, fit_rows: _Rows, targets: Tensor) -> Tensor:
+        """Predictions (n, T) of the returned predictor on ``rows`` (the collapse is calibrated on ``fit_rows``)."""
+        if self._predictor == "network":
+            return self._network(rows, params)
+        collapse, bias, _ = self._collapsed(params, fit_rows, targets)
+        return rows @ collapse.T + bias
+
+    def _init_params(self, T: int, xs: _Standardizer, ys: _Standardizer, prior: Tensor | None) -> list[Tensor]:
+        """Initial parameters of every network (see :meth:`_initial_weights`), the prior in standardised units."""
+        if prior is not None:  # to standardised units: the inverse of _unstandardize
+            prior = prior * (xs.std[None, :] / ys.std[:, None]).double()
+        return self._initial_weights(T, len(xs.mean), prior)
+
+    def _select_steps(
+        self, rows: _Rows, B: Tensor, val_rows: _Rows, Bv: Tensor, params: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Each input's best step count on the validation rows, and its predictor's validation MSE and Spearman."""
+        on_network = (self.early_stopping if self.early_stopping != "auto" else self._predictor) == "network"
+        T = B.shape[1]
+        best = [p.clone() for p in params]
+        best_step = torch.zeros(T, dtype=torch.long, device=B.device)
+        best_loss = torch.zeros(T, dtype=B.dtype, device=B.device)
+        stale = torch.zeros(T, dtype=torch.long, device=B.device)
+
+        def check(step: int, params: list[Tensor], active: Tensor) -> Tensor:
+            """Keep the ``active`` inputs' parameters where ``step`` improved; which of them go on training."""
+            if on_network:
+                pred = self._network(val_rows, params)
+            else:
+                pred = self._predict(params, val_rows, rows, B[:, active])
+            loss = ((pred - Bv[:, active]) ** 2).mean(0)
+            better = loss < best_loss[active] if step else torch.ones_like(loss, dtype=torch.bool)
+            improved = active[better]
+            best_loss[improved], best_step[improved] = loss[better], step
+            best[0][:, improved] = params[0][:, better]  # W1 is (C, T, d)
+            for kept, current in zip(best[1:], params[1:], strict=True):
+                kept[improved] = current[better]
+            stale[active] = torch.where(better, 0, stale[active] + self.check_every)
+            return stale[active] < self.patience
+
+        self._train(rows, B, params, check=check)
+        # Scores of the predictor returned (the collapse, or the network), whatever chose the step.
+        pred = self._predict(best, val_rows, rows, B)
+        mse = ((pred - Bv) ** 2).mean(0)
+        spearman, _ = lds_scores(pred.cpu().numpy(), Bv.cpu().numpy())
+        return best_step, mse, torch.as_tensor(spearman)
+
+    def _train(
+        self,
+        rows: _Rows,
+        B: Tensor,
+        params: list[Tensor],
+        *,
+        stop: Tensor | None = None,
+        check: Any = None,
+    ) -> list[Tensor]:
+        """Train every network on ``rows`` (standardised masks) and ``B`` (standardised outputs), batch by batch.
+
+        Either ``stop`` (T,): each input leaves after that many steps, and its
+        parameters then are returned; or ``check(step, params, active)``, called
+        at step 0 and every ``check_every`` steps, returning which of the
+        ``active`` inputs go on. Inputs that leave drop out of the ensemble, so
+        later steps cost only the rest. The batches run through a random
+        permutation of the rows per epoch, seeded by ``random_state``.
+        """
+        n, T = len(rows), B.shape[1]
+        final = [p.clone() for p in params] if stop is not None else []
+        active = torch.arange(T, device=B.device)
+        optimizer = self._optimizer(params)
+
+        def leave(going: Tensor) -> bool:
+            """Drop the inputs not ``going``; whether any are left."""
+            nonlocal active, params, optimizer
+            if stop is not None:
+                done = active[~going]
+                final[0][:, done] = params[0][:, ~going]  # W1 is (C, T, d)
+                for out, current in zip(final[1:], params[1:], strict=True):
+                    out[done] = current[~going]
+            if not going.any():
+                return False
+            if not going.all():
+                active = active[going]
+                params, optimizer = self._keep_inputs(params, optimizer, going)
+            return True
+
+        first = stop > 0 if stop is not None else check(0, params, active)
+        if not leave(first):
+            return final
+        order_generator = torch.Generator().manual_seed(self.random_state)
+        order, position = torch.empty(0, dtype=torch.long), n
+        for step in range(1, self.max_steps + 1):
+            if position >= n:
+                order, position = torch.randperm(n, generator=order_generator).to(self.device), 0
+            idx = order[position : position + self.batch_size]
+            position += self.batch_size
+            batch = rows.take(idx)
+            hidden, out = self._forward(batch, params)
+            residual = out - B[idx][:, active]
+            for param, grad in zip(params, self._gradients(batch, hidden, residual, params), strict=True):
+                param.grad = grad
+            optimizer.step()
+            if stop is not None:
+                going = stop[active] > step
+            elif step % self.check_every == 0:
+                going = check(step, params, active)
+            else:
+                continue
+            if not leave(going):
+                return final
+        return final
 
 
 class LinearCollapseRegressor(ReluCollapseRegressor):
@@ -1313,7 +1543,7 @@ class PriorReluCollapseRegressor(ReluCollapseRegressor):
     """ReLU-collapse whose networks start from a prior attribution (the workflow's: attribution patching).
 
     Half of each network's units encode ``+a`` and half ``-a`` (see
-    :meth:`ReluCollapseRegressor._init_params`), so at initialisation the
+    :meth:`ReluCollapseRegressor._initial_weights`), so at initialisation the
     collapse is the prior (plus the small random initialisation) and the network
     is linear along it; training then proceeds as for :class:`ReluCollapseRegressor`.
     """
@@ -1349,9 +1579,11 @@ def predict_network(network: dict[str, np.ndarray], masks: np.ndarray) -> np.nda
 
 ESTIMATORS: dict[str, type[_ComponentModel]] = {
     "coar": CoarRegressor,
+    "ls_early_stopped": EarlyStoppedLeastSquaresRegressor,
     "ridge": RidgeCVRegressor,
     "lasso": LassoCVRegressor,
     "relu_collapse": ReluCollapseRegressor,
+    "relu_collapse_raw": ReluCollapseRegressor,
     "linear_collapse": LinearCollapseRegressor,
     "relu_net": ReluNetRegressor,
     "gradient_prior": GradientPriorRegressor,
@@ -1359,7 +1591,11 @@ ESTIMATORS: dict[str, type[_ComponentModel]] = {
     "relu_collapse_prior": PriorReluCollapseRegressor,
 }
 #: Defaults of registered names that share a class with another name.
-ESTIMATOR_DEFAULTS: dict[str, dict[str, Any]] = {"gradient_prior_lasso": {"correction": "lasso"}}
+ESTIMATOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gradient_prior_lasso": {"correction": "lasso"},
+    # The seed's method as written: the raw collapse W2 W1, stopped on the network's own validation loss.
+    "relu_collapse_raw": {"calibrate": False, "early_stopping": "network"},
+}
 
 
 def make_estimator(name: str, params: dict[str, Any] | None = None, **overrides: Any) -> _ComponentModel:

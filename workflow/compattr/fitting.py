@@ -15,7 +15,23 @@ from compattr.estimators import Moments, make_estimator, predict_network
 from compattr.lds import lds_scores
 from compattr.sampling import iter_rows
 
-__all__ = ["SavedFit", "fit_on_store", "store_moments", "save_fit", "save_linear_fit", "load_fit", "score_fit"]
+__all__ = [
+    "DIAGNOSTICS",
+    "SavedFit",
+    "fit_on_store",
+    "store_moments",
+    "save_fit",
+    "save_linear_fit",
+    "load_fit",
+    "score_fit",
+    "predicts_constant",
+]
+
+
+#: Per-input diagnostics a fit store keeps when its estimator has them: the chosen penalty, the kept
+#: step, the validation scores at the choice, the prior's fitted scale, whether the fit failed (kept its
+#: initial state), and the least-squares factor of a calibrated collapse.
+DIAGNOSTICS = ("alpha", "n_iter", "validation_mse", "validation_spearman", "scale", "failed", "calibration")
 
 
 @dataclass
@@ -32,6 +48,11 @@ class SavedFit:
     attrs: dict[str, Any]
     network: dict[str, np.ndarray] | None = None
     diagnostics: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> np.ndarray:
+        """Per input, whether the fit failed (returned its initial state); all False when not recorded."""
+        return self.diagnostics.get("failed", np.zeros(len(self.intercept), dtype=bool)).astype(bool)
 
     def predict(self, masks: np.ndarray) -> np.ndarray:
         """Predicted outputs (n_masks, n_inputs) for bool or 0/1 masks (n_masks, n_components)."""
@@ -65,7 +86,8 @@ def fit_on_store(
     start = time.perf_counter()
     n_fit = n_train - model.n_validation(n_train)
     if model.streams:  # sums of products, chunk by chunk: memory does not grow with the number of masks
-        fit_rows, validation_rows = store_moments(store, 0, n_fit, device), store_moments(store, n_fit, n_train, device)
+        fit_rows = store_moments(store, 0, n_fit, device)
+        validation_rows = store_moments(store, n_fit, n_train, device) if n_fit < n_train else None
         model.fit_moments(fit_rows, validation_rows, **fit_params)
     else:
         model.fit_chunks(iter_rows(store, 0, n_fit), iter_rows(store, n_fit, n_train), **fit_params)
@@ -99,11 +121,11 @@ def save_linear_fit(
 def save_fit(path: str | Path, model: Any, attributes: dict[str, Any]) -> None:
     """Write a fitted estimator: its linear model, its network if it predicts with one, and diagnostics.
 
-    Per-input diagnostics the estimator exposes (``alpha_``, ``n_iter_``,
-    ``validation_mse_``, ``scale_``) are kept as arrays over inputs.
+    Per-input diagnostics the estimator exposes (:data:`DIAGNOSTICS`, with a
+    trailing underscore) are kept as arrays over inputs.
     """
     group = save_linear_fit(path, model.coef_, model.intercept_, attributes)
-    for name in ("alpha_", "n_iter_", "validation_mse_", "scale_"):
+    for name in (f"{key}_" for key in DIAGNOSTICS):
         if hasattr(model, name):
             group.create_array(name.rstrip("_"), data=np.atleast_1d(getattr(model, name)), dimension_names=("input",))
     if hasattr(model, "network_"):
@@ -119,12 +141,14 @@ def load_fit(path: str | Path) -> SavedFit:
     network = None
     if "network" in {name for name, _ in group.groups()}:
         network = {name: array[...] for name, array in group["network"].arrays()}
-    diagnostics = {name: group[name][:] for name in ("alpha", "n_iter", "validation_mse", "scale") if name in names}
+    diagnostics = {name: group[name][:] for name in DIAGNOSTICS if name in names}
     return SavedFit(group["coef"][:], group["intercept"][:], dict(group.attrs), network, diagnostics)
 
 
 def score_fit(fit: SavedFit, masks: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-input Spearman (LDS) and Pearson correlations of a fit's predictions on held-out masks.
+
+    Inputs whose fit failed (``fit.failed``) score 0, as a constant prediction does.
 
     ``masks`` (n_masks, n_components) and ``margins`` (n_masks, n_inputs) as
     :func:`compattr.sampling.read_rows` returns them, read once for every fit scored.
@@ -134,4 +158,12 @@ def score_fit(fit: SavedFit, masks: np.ndarray, margins: np.ndarray) -> tuple[np
             f"fit has {fit.coef.shape[0]} inputs x {fit.coef.shape[1]} components but the held-out masks "
             f"have {margins.shape[1]} inputs x {masks.shape[1]} components"
         )
-    return lds_scores(fit.predict(masks), margins)
+    spearman, pearson = lds_scores(fit.predict(masks), margins)
+    spearman[fit.failed] = pearson[fit.failed] = 0.0  # a failed fit carries no information: never scored as one
+    return spearman, pearson
+
+
+def predicts_constant(fit: SavedFit, masks: np.ndarray) -> np.ndarray:
+    """Per input, whether the fit's prediction is the same on every one of ``masks`` (up to rounding)."""
+    pred = fit.predict(masks)
+    return np.ptp(pred, axis=0) <= 1e-9 * np.maximum(np.abs(pred).max(0), 1e-30)

@@ -18,7 +18,8 @@ from compattr.analysis import LdsTable, bootstrap_curves  # noqa: E402
 __all__ = ["plot_lds_vs_ablations", "plot_sweep"]
 
 LABELS = {
-    "coar": "COAR (least squares)",
+    "coar": "COAR (min-norm least squares, as its code runs)",
+    "ls_early_stopped": "least squares, early-stopped",
     "ridge": "ridge (CV penalty)",
     "lasso": "lasso (CV penalty)",
     "relu_collapse": "ReLU-collapse",
@@ -41,7 +42,10 @@ def _panel(
     n_bootstrap: int,
     ci: float,
     seed: int,
+    per_component: int | None = None,
 ) -> None:
+    if per_component:  # x in masks / components
+        sizes = {e: s / per_component for e, s in sizes.items()}
     for estimator, values in scores.items():
         mean, low, high, _ = bootstrap_curves(values, n_bootstrap, ci, np.random.default_rng(seed))
         color, label = colors[estimator], LABELS.get(estimator, estimator)
@@ -60,13 +64,17 @@ def _panel(
         ax.set_xscale("symlog", linthresh=smallest, linscale=0.5)
         decades = 10.0 ** np.arange(np.ceil(np.log10(smallest * 1.01)), np.log10(largest) + 1)
         ax.xaxis.set_major_locator(FixedLocator([0.0, smallest, *decades]))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}" if per_component else f"{x:,.0f}"))
         ax.xaxis.set_minor_locator(
             FixedLocator([m * d for d in decades / 10 for m in range(2, 10) if m * d > smallest])
         )
     else:
         ax.set_xscale("log")
-    ax.set_xlabel("ablated forward passes per input (training masks)")
+    if per_component:
+        ax.axvline(1.0, color="0.3", linewidth=0.8)
+        ax.set_xlabel(f"training masks / components ({per_component} components)")
+    else:
+        ax.set_xlabel("ablated forward passes per input (training masks)")
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -81,6 +89,7 @@ def plot_lds_vs_ablations(
     ci: float = 0.95,
     seed: int = 0,
     title: str = "",
+    per_component: int | None = None,
 ) -> Figure:
     """Mean LDS over inputs against ablated forward passes, one line per estimator.
 
@@ -89,7 +98,9 @@ def plot_lds_vs_ablations(
     percentile bootstrap intervals over inputs; ``baselines`` are drawn as dashed
     horizontal lines (with a star at their number of passes when it is not 0);
     dotted grey lines mark the LDS targets of the summary table. Estimators with
-    a point at 0 masks (a prior alone) put the x axis on a symlog scale.
+    a point at 0 masks (a prior alone) put the x axis on a symlog scale. With
+    ``per_component`` (the number of components) the x axis is masks /
+    components, with a line at 1, where minimum-norm least squares dips.
     """
     ood = ood or {}
     palette = plt.get_cmap("tab20").colors
@@ -101,7 +112,7 @@ def plot_lds_vs_ablations(
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(11, 4.3 * nrows), sharey=True, layout="constrained", squeeze=False)
     for ax, (metric, scores, sizes, rate) in zip(axes.flat, panels, strict=False):
-        _panel(ax, scores, sizes, colors, baselines, n_bootstrap, ci, seed)
+        _panel(ax, scores, sizes, colors, baselines, n_bootstrap, ci, seed, per_component)
         for target in targets:
             ax.axhline(target, color="0.5", linestyle=":", linewidth=1)
         where = "held-out masks" if rate is None else f"held-out masks, alpha = {rate:g}"
