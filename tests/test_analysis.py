@@ -6,12 +6,17 @@ import pytest
 from compattr.analysis import (
     ablations_needed,
     bootstrap_curves,
+    curve_dips,
+    fit_quality_markdown,
+    fit_quality_rows,
     grouped_gain_markdown,
     markdown_table,
     read_lds_csv,
     read_ood_csv,
+    select_by_validation,
     summary_markdown,
     summary_rows,
+    write_fit_csv,
     write_lds_csv,
 )
 
@@ -121,3 +126,30 @@ def _table_from(rows):
 
     keys = ("estimator", "n_train", "input", "spearman", "pearson")
     return _table({k: str(v) for k, v in zip(keys, row, strict=True)} for row in rows)
+
+
+def test_settings_are_selected_by_lowest_mse_or_highest_spearman():
+    mse = {("a", 100): 0.5, ("b", 100): 0.4, ("a", 200): 0.2, ("b", 200): 0.3}
+    spearman = {("a", 100): 0.6, ("b", 100): 0.5, ("a", 200): 0.7, ("b", 200): 0.8}
+    assert select_by_validation(mse) == {100: "b", 200: "a"}
+    assert select_by_validation(spearman, maximize=True) == {100: "a", 200: "b"}
+
+
+def test_fit_quality_counts_failed_constant_and_sign_flipped_inputs(tmp_path):
+    nan = float("nan")
+    rows = [("net", 100, i, i == 0, False, -0.5 if i < 2 else 1.0) for i in range(4)]
+    rows += [("ls", 100, i, False, i == 3, nan) for i in range(4)]
+    write_fit_csv(tmp_path / "fits.csv", rows)
+    quality = {r["estimator"]: r for r in fit_quality_rows([tmp_path / "fits.csv"])}
+    assert quality["net"]["failed"] == 0.25 and quality["net"]["sign_flipped"] == 0.5
+    assert quality["ls"]["constant"] == 0.25 and math.isnan(quality["ls"]["sign_flipped"])
+    text = fit_quality_markdown(list(quality.values()))
+    assert "net n=100: 25%" in text and "ls n=100: 25%" in text and "net n=100: 50%" in text
+
+
+def test_curve_dips_name_the_sizes_where_the_mean_lds_falls(tmp_path):
+    rows = [("coar", n, i, s, s) for n, s in ((50, 0.4), (100, 0.3), (200, 0.6)) for i in range(2)]
+    rows += [("ridge", n, i, s, s) for n, s in ((50, 0.4), (100, 0.5), (200, 0.6)) for i in range(2)]
+    write_lds_csv(tmp_path / "lds.csv", rows)
+    dips = curve_dips(read_lds_csv(tmp_path / "lds.csv"), n_components=100)
+    assert dips == ["- coar: 50 -> 100 masks (0.50 -> 1.00 of the components; LDS 0.400 -> 0.300)"]

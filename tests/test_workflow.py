@@ -90,7 +90,11 @@ def test_study_writes_sane_tables_and_figures(study):
         if row["estimator"] == "coar" and row["ablations_needed"]:
             assert float(row["reduction_vs_coar"]) == 0
     markdown = (study / STUDY / "summary.md").read_text()
-    assert "| estimator | masks needed | vs coar | vs relu_collapse | vs best tuned linear |" in markdown
+    assert "| estimator | masks needed | vs coar | vs ls_early_stopped | vs best tuned linear |" in markdown
+    assert "## Fit quality" in markdown and "## Where the curves dip" in markdown
+    fits = read_csv(study / STUDY / "lds/relu_collapse.fits.csv")
+    assert list(fits[0]) == ["estimator", "n_train", "input", "failed", "constant", "calibration"]
+    assert len(fits) == n_inputs * n_sizes and all(r["calibration"] for r in fits)
     assert "Attribution patching against leave-one-out" in markdown
     for ext in ("png", "pdf"):
         figure = study / STUDY / f"figures/lds_vs_ablations.{ext}"
@@ -187,6 +191,10 @@ def test_interrupted_serial_sampling_resumes_to_the_parallel_arrays(study, tmp_p
         (lambda c: c["fit"]["estimators"].update(lasso_xl={}), "lasso_xl"),
         (lambda c: c["fit"].update(train_sizes=[40, 5000]), "exceed sampling.train.n_masks"),
         (lambda c: c["sweep"].update(estimator="coar_xl"), "sweep.estimator"),
+        (
+            lambda c: c["sampling"]["heldout"].update(seed=c["sampling"]["train"]["seed"]),
+            "sampling.train.seed and sampling.heldout.seed",
+        ),
     ],
 )
 def test_bad_config_fails_before_any_job_naming_the_field(tmp_path, edit, message):

@@ -19,6 +19,10 @@ __all__ = [
     "read_ood_csv",
     "concat_csv",
     "write_lds_csv",
+    "write_fit_csv",
+    "fit_quality_rows",
+    "fit_quality_markdown",
+    "curve_dips",
     "ablations_needed",
     "bootstrap_curves",
     "summary_rows",
@@ -31,6 +35,7 @@ __all__ = [
 
 LDS_COLUMNS = ("estimator", "n_train", "input", "spearman", "pearson")
 OOD_COLUMNS = ("estimator", "alpha", "n_train", "input", "spearman", "pearson")
+FIT_COLUMNS = ("estimator", "n_train", "input", "failed", "constant", "calibration")
 
 
 @dataclass
@@ -64,6 +69,85 @@ def write_lds_csv(path: str | Path, rows: Iterable[Sequence], alpha: bool = Fals
             estimator, n, i, s, p = row[:5]
             cells = [estimator, int(n), int(i), f"{s:.6f}", f"{p:.6f}"]
             writer.writerow(cells[:1] + [row[5]] + cells[1:] if alpha else cells)
+
+
+def write_fit_csv(path: str | Path, rows: Iterable[Sequence]) -> None:
+    """Write per-input fit diagnostics ``(estimator, n_train, input, failed, constant, calibration)``.
+
+    ``failed``: the fit returned its initial state (scored 0); ``constant``: its
+    prediction does not vary over the held-out masks (scored 0); ``calibration``:
+    the least-squares factor of a calibrated collapse (empty where none).
+    """
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(FIT_COLUMNS)
+        for estimator, n, i, failed, constant, calibration in rows:
+            scale = "" if np.isnan(calibration) else f"{calibration:.6g}"
+            writer.writerow([estimator, int(n), int(i), int(failed), int(constant), scale])
+
+
+def fit_quality_rows(paths: Sequence[str | Path]) -> list[dict[str, object]]:
+    """Per estimator and train size: inputs, and the fractions failed, constant and with a sign-flipping calibration.
+
+    Reads tables written by :func:`write_fit_csv`; the sign-flip fraction is NaN
+    where no calibration factor was recorded.
+    """
+    groups: dict[tuple[str, int], list[dict[str, str]]] = defaultdict(list)
+    for path in paths:
+        for row in _read_rows(path, FIT_COLUMNS):
+            groups[(row["estimator"], int(row["n_train"]))].append(row)
+    out = []
+    for (estimator, n), rows in groups.items():
+        scales = np.array([float(r["calibration"]) for r in rows if r["calibration"] != ""])
+        out.append(
+            {
+                "estimator": estimator,
+                "n_train": n,
+                "inputs": len(rows),
+                "failed": float(np.mean([r["failed"] == "1" for r in rows])),
+                "constant": float(np.mean([r["constant"] == "1" for r in rows])),
+                "sign_flipped": float((scales < 0).mean()) if len(scales) else float("nan"),
+            }
+        )
+    return out
+
+
+def fit_quality_markdown(rows: Sequence[dict[str, object]]) -> str:
+    """Markdown notes on failed fits, constant predictions and sign-flipping calibrations (or that there were none)."""
+    lines = []
+    for key, what in (
+        ("failed", "fits that returned their initial state (scored 0)"),
+        ("constant", "constant predictions on the held-out masks (scored 0)"),
+        ("sign_flipped", "calibrated collapses whose least-squares factor is negative (sign flipped)"),
+    ):
+        hits = [r for r in rows if isinstance(r[key], float) and r[key] > 0]
+        if not hits:
+            measured = any(not np.isnan(float(r[key])) for r in rows)  # type: ignore[arg-type]
+            lines.append(f"- Fraction of inputs with {what}: none" + ("." if measured else " (not recorded)."))
+            continue
+        cells = ", ".join(f"{r['estimator']} n={r['n_train']}: {float(r[key]):.0%}" for r in hits)  # type: ignore[arg-type]
+        lines.append(f"- Fraction of inputs with {what}: {cells}; 0 for every other estimator and size.")
+    return "\n".join(lines) + "\n"
+
+
+def curve_dips(table: LdsTable, n_components: int) -> list[str]:
+    """Where each estimator's mean LDS falls from one train size to the next, with masks / components there.
+
+    Minimum-norm least squares dips where the number of masks nears the number
+    of components (double descent); regularised estimators should not.
+    """
+    notes = []
+    for e in table.estimators:
+        sizes, mean = table.sizes[e], table.spearman[e].mean(1)
+        dips = [
+            f"{sizes[k]} -> {sizes[k + 1]} masks ({sizes[k] / n_components:.2f} -> {sizes[k + 1] / n_components:.2f} "
+            f"of the components; LDS {mean[k]:.3f} -> {mean[k + 1]:.3f})"
+            for k in range(len(sizes) - 1)
+            if sizes[k] > 0 and mean[k + 1] < mean[k]
+        ]
+        if dips:
+            notes.append(f"- {e}: " + "; ".join(dips))
+    return notes
 
 
 def read_lds_csv(paths: str | Path | Sequence[str | Path]) -> LdsTable:
@@ -229,16 +313,18 @@ def summary_rows(
     return rows
 
 
-def select_by_validation(validation_mse: dict[tuple[str, int], float]) -> dict[int, str]:
-    """Per train size, the setting with the lowest mean validation MSE.
+def select_by_validation(scores: dict[tuple[str, int], float], *, maximize: bool = False) -> dict[int, str]:
+    """Per train size, the setting with the best mean validation score.
 
-    ``validation_mse`` maps ``(setting, n_train)`` to the mean over inputs of each
-    input's validation MSE (the estimator's own validation split).
+    ``scores`` maps ``(setting, n_train)`` to the mean over inputs of each input's
+    score on the estimator's own validation split: MSE (lowest wins) or, with
+    ``maximize``, Spearman correlation (highest wins).
     """
+    sign = -1.0 if maximize else 1.0
     best: dict[int, tuple[float, str]] = {}
-    for (setting, n), mse in validation_mse.items():
-        if n not in best or mse < best[n][0]:
-            best[n] = (mse, setting)
+    for (setting, n), score in scores.items():
+        if n not in best or sign * score < best[n][0]:
+            best[n] = (sign * score, setting)
     return {n: setting for n, (_, setting) in sorted(best.items())}
 
 

@@ -38,6 +38,19 @@ def _check_config():
         raise ValueError(
             f"config sweep.estimator {sweep['estimator']!r} is not one of fit.estimators"
         )
+    sampling = config["sampling"]
+    seeds = {"sampling.train.seed": sampling["train"]["seed"], "sampling.heldout.seed": sampling["heldout"]["seed"]}
+    ood = sampling.get("ood", {})
+    # OOD split k uses seed sampling.ood.seed + k (split_settings).
+    seeds |= {f"sampling.ood.seed (+{k})": ood["seed"] + k for k in range(len(ood.get("alphas", [])))}
+    names = list(seeds)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if seeds[a] == seeds[b]:
+                raise ValueError(
+                    f"config {a} and {b} are both {seeds[a]}: held-out masks would repeat training masks "
+                    "(or each other); give every split its own seed"
+                )
     model = config["model"]
     arch = model["arch"]
     if arch["name"] == "cifar_resnet" and len(arch["widths"]) != len(arch["blocks"]):

@@ -8,6 +8,7 @@ rule score_lds:
     output:
         heldout=f"{RESULTS}/lds/{{estimator}}.csv",
         ood=f"{RESULTS}/lds/{{estimator}}.ood.csv",
+        fits=f"{RESULTS}/lds/{{estimator}}.fits.csv",
     log:
         f"{LOGS}/score_lds/{{estimator}}.log",
     conda:
@@ -24,6 +25,8 @@ rule summarize_lds:
     input:
         heldout=expand(f"{RESULTS}/lds/{{estimator}}.csv", estimator=METHODS),
         ood=expand(f"{RESULTS}/lds/{{estimator}}.ood.csv", estimator=METHODS),
+        fits=expand(f"{RESULTS}/lds/{{estimator}}.fits.csv", estimator=METHODS),
+        components=rules.train_model.output.components,
         baselines=expand(
             f"{RESULTS}/fits/{{baseline}}/baseline.zarr", baseline=BASELINES
         ),
@@ -55,6 +58,7 @@ rule plot_lds:
     input:
         lds=rules.summarize_lds.output.lds,
         ood=rules.summarize_lds.output.ood,
+        components=rules.train_model.output.components,
     output:
         png=report(
             f"{RESULTS}/figures/lds_vs_ablations.png",

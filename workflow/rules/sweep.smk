@@ -27,6 +27,7 @@ rule score_sweep:
     output:
         heldout=f"{RESULTS}/sweep/lds/{{setting}}.csv",
         ood=f"{RESULTS}/sweep/lds/{{setting}}.ood.csv",
+        fits=f"{RESULTS}/sweep/lds/{{setting}}.fits.csv",
     log:
         f"{LOGS}/score_sweep/{{setting}}.log",
     conda:

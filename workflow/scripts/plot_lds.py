@@ -1,5 +1,7 @@
 """Draw LDS against the number of ablated forward passes, one line per estimator, OOD panels too."""
 
+from pathlib import Path
+
 from compattr.analysis import read_lds_csv, read_ood_csv
 from compattr.io import start_log
 from compattr.plots import plot_lds_vs_ablations
@@ -8,6 +10,7 @@ log = start_log(snakemake.log[0])
 cfg = snakemake.params.analysis
 table = read_lds_csv(snakemake.input.lds)
 n_inputs = next(iter(table.spearman.values())).shape[1]
+n_components = len(Path(snakemake.input.components).read_text().splitlines()) - 1  # a header, then one per component
 fig = plot_lds_vs_ablations(
     table,
     ood=read_ood_csv(snakemake.input.ood),
@@ -18,6 +21,7 @@ fig = plot_lds_vs_ablations(
     ci=cfg["ci"],
     seed=cfg["seed"],
     title=f"{snakemake.params.study}: component attribution, {n_inputs} test inputs",
+    per_component=n_components if cfg.get("x_axis") == "masks_per_component" else None,
 )
 fig.savefig(snakemake.output.png, dpi=150)
 fig.savefig(snakemake.output.pdf)

@@ -1,12 +1,16 @@
 """Collect the per-method LDS tables; tabulate masks needed per LDS target, with reductions."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 
 from compattr.analysis import (
     coefficient_agreement,
     concat_csv,
+    curve_dips,
+    fit_quality_markdown,
+    fit_quality_rows,
     grouped_gain_markdown,
     read_lds_csv,
     summary_markdown,
@@ -35,7 +39,22 @@ with open(snakemake.output.summary, "w", newline="") as fh:
     writer.writeheader()
     writer.writerows({k: ("" if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in rows)
 
-notes = []
+n_components = len(Path(snakemake.input.components).read_text().splitlines()) - 1  # a header, then one per component
+dips = curve_dips(table, n_components)
+notes = [
+    "## Fit quality",
+    "",
+    fit_quality_markdown(fit_quality_rows(snakemake.input.fits)).rstrip(),
+    "",
+    f"## Where the curves dip ({n_components} components)",
+    "",
+    "Minimum-norm least squares (coar) interpolates the training masks once they number fewer than the "
+    "components, and its LDS dips where the masks near the components count (double descent); "
+    "estimators that choose a penalty or a stopping point on validation should not dip.",
+    "",
+    *(dips or ["- No estimator's mean LDS falls between consecutive train sizes."]),
+    "",
+]
 fits = {fit.attrs["estimator"]: fit for fit in map(load_fit, snakemake.input.baselines)}
 if {"attribution_patching", "loo"} <= set(fits):
     r = coefficient_agreement(fits["attribution_patching"].coef, fits["loo"].coef)
