@@ -6,6 +6,7 @@ import pytest
 from compattr.analysis import (
     ablations_needed,
     bootstrap_curves,
+    ceiling_targets,
     curve_dips,
     fit_quality_markdown,
     fit_quality_rows,
@@ -153,3 +154,13 @@ def test_curve_dips_name_the_sizes_where_the_mean_lds_falls(tmp_path):
     write_lds_csv(tmp_path / "lds.csv", rows)
     dips = curve_dips(read_lds_csv(tmp_path / "lds.csv"), n_components=100)
     assert dips == ["- coar: 50 -> 100 masks (0.50 -> 1.00 of the components; LDS 0.400 -> 0.300)"]
+
+
+def test_ceiling_targets_are_fractions_of_the_best_fitted_estimator_at_its_largest_size(tmp_path):
+    rows = [("coar", n, i, s, s) for n, s in ((50, 0.2), (100, 0.6)) for i in range(2)]
+    rows += [("ridge", n, i, s, s) for n, s in ((50, 0.4), (100, 0.5)) for i in range(2)]
+    rows += [("loo", 336, i, 0.9, 0.9) for i in range(2)]  # a baseline's single point is not the ceiling
+    write_lds_csv(tmp_path / "lds.csv", rows)
+    ceiling, headings = ceiling_targets(read_lds_csv(tmp_path / "lds.csv"), [0.5, 0.9])
+    assert ceiling == pytest.approx(0.6)
+    assert headings == {0.3: "LDS 0.300 (50% of the ceiling 0.600)", 0.54: "LDS 0.540 (90% of the ceiling 0.600)"}

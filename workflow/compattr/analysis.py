@@ -23,6 +23,7 @@ __all__ = [
     "fit_quality_rows",
     "fit_quality_markdown",
     "curve_dips",
+    "ceiling_targets",
     "ablations_needed",
     "bootstrap_curves",
     "summary_rows",
@@ -313,6 +314,21 @@ def summary_rows(
     return rows
 
 
+def ceiling_targets(table: LdsTable, fractions: Sequence[float]) -> tuple[float, dict[float, str]]:
+    """The study's ceiling and targets at ``fractions`` of it.
+
+    The ceiling is the best mean LDS of any fitted estimator (one with more than
+    one train size: baselines are left out) at its largest train size. Returns it
+    and a mapping from each target LDS (rounded to 3 decimals) to a heading that
+    names the fraction.
+    """
+    fitted = [e for e in table.estimators if len(table.sizes[e]) > 1]
+    ceiling = max(float(table.spearman[e][-1].mean()) for e in fitted)
+    return ceiling, {
+        round(f * ceiling, 3): f"LDS {f * ceiling:.3f} ({f:.0%} of the ceiling {ceiling:.3f})" for f in fractions
+    }
+
+
 def select_by_validation(scores: dict[tuple[str, int], float], *, maximize: bool = False) -> dict[int, str]:
     """Per train size, the setting with the best mean validation score.
 
@@ -405,10 +421,12 @@ def summary_markdown(
     largest: int,
     notes: Sequence[str] = (),
     references: Sequence[str] = ("coar",),
+    headings: dict[float, str] | None = None,
 ) -> str:
     """The generated ``summary.md``: per LDS target, masks needed and reductions with their intervals.
 
-    ``references`` name the ``reduction_vs_<reference>`` columns of ``rows`` to show.
+    ``references`` name the ``reduction_vs_<reference>`` columns of ``rows`` to show;
+    ``headings`` replace the heading of some targets (e.g. a fraction of the ceiling).
     """
 
     def interval(row: dict[str, object], key: str, percent: bool) -> str:
@@ -422,7 +440,8 @@ def summary_markdown(
     lines = [f"# {study}: ablated forward passes needed per LDS target", ""]
     for target in dict.fromkeys(r["target_lds"] for r in rows):
         header = ["estimator", "masks needed", *(f"vs {name}" for name in references), "vs best tuned linear"]
-        lines += [f"## LDS {target}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        heading = (headings or {}).get(target, f"LDS {target}")  # type: ignore[call-overload]
+        lines += [f"## {heading}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in (r for r in rows if r["target_lds"] == target):
             ablations = interval(
                 {**r, "ablations_needed_low": r["ablations_low"], "ablations_needed_high": r["ablations_high"]},

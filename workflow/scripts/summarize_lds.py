@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from compattr.analysis import (
+    ceiling_targets,
     coefficient_agreement,
     concat_csv,
     curve_dips,
@@ -25,9 +26,11 @@ concat_csv(snakemake.input.heldout, snakemake.output.lds)
 concat_csv(snakemake.input.ood, snakemake.output.ood)
 table = read_lds_csv(snakemake.output.lds)
 references = cfg["references"]
+ceiling, headings = ceiling_targets(table, cfg["ceiling_fractions"])
+log.info("ceiling (best mean LDS at the largest train size): %.3f", ceiling)
 rows = summary_rows(
     table,
-    cfg["lds_targets"],
+    [*cfg["lds_targets"], *headings],
     cfg["n_bootstrap"],
     cfg["ci"],
     cfg["seed"],
@@ -78,5 +81,5 @@ if "attribution_patching" in fits and {"gradient_prior", "ridge"} <= set(table.e
         ]
 sizes = sorted({int(n) for e in table.estimators for n in table.sizes[e] if len(table.sizes[e]) > 1 and n > 0})
 with open(snakemake.output.markdown, "w") as fh:
-    fh.write(summary_markdown(rows, snakemake.params.study, sizes[0], sizes[-1], notes, references))
+    fh.write(summary_markdown(rows, snakemake.params.study, sizes[0], sizes[-1], notes, references, headings))
 log.info("wrote %s", snakemake.output.markdown)
