@@ -24,7 +24,7 @@ wildcard_constraints:
     split=r"train|heldout|ood_[0-9.e-]+",
     estimator="|".join(METHODS),
     setting="|".join(map(re.escape, SWEEP["settings"])) or "none",
-    n=r"\d+",
+    model=r"\d+",
     shard=r"\d+",
 
 

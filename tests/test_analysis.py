@@ -43,8 +43,8 @@ def test_ablations_needed_from_a_prior_at_zero_masks():
 
 def test_bootstrap_interval_contains_the_mean_and_shrinks_with_inputs():
     rng = np.random.default_rng(0)
-    few = rng.normal(0.5, 0.1, size=(3, 20))
-    many = rng.normal(0.5, 0.1, size=(3, 2000))
+    few = rng.normal(0.5, 0.1, size=(3, 1, 1, 20))  # (sizes, models, replicates, inputs)
+    many = rng.normal(0.5, 0.1, size=(3, 1, 1, 2000))
     for scores in (few, many):
         mean, low, high, boot = bootstrap_curves(scores, 500, 0.95, np.random.default_rng(1))
         assert (low <= mean).all() and (mean <= high).all() and boot.shape == (500, 3)
@@ -57,12 +57,12 @@ def test_lds_csv_round_trip_and_summary(tmp_path):
     rows = []
     for estimator, shift in [("coar", 0.0), ("fast", 0.2)]:
         for n, base in [(100, 0.2), (200, 0.4), (400, 0.6)]:
-            rows += [(estimator, n, i, base + shift + 0.01 * i, base) for i in range(5)]
+            rows += [(estimator, 0, 0, n, i, base + shift + 0.01 * i, base) for i in range(5)]
     write_lds_csv(tmp_path / "lds.csv", rows)
     table = read_lds_csv(tmp_path / "lds.csv")
     assert table.estimators == ["coar", "fast"]
     np.testing.assert_array_equal(table.sizes["fast"], [100, 200, 400])
-    assert table.spearman["fast"].shape == (3, 5)
+    assert table.spearman["fast"].shape == (3, 1, 1, 5)
     summary = summary_rows(table, [0.5], n_bootstrap=200, ci=0.9, seed=0)
     by = {r["estimator"]: r for r in summary}
     assert by["coar"]["reduction_vs_coar"] == 0
@@ -86,7 +86,7 @@ def test_best_linear_reference_is_the_cheapest_linear_estimator(tmp_path):
     rows = []
     for estimator, base in [("coar", 0.1), ("ridge", 0.3), ("lasso", 0.2), ("new", 0.35)]:
         for n, step in [(100, 0.0), (200, 0.2), (400, 0.4)]:
-            rows += [(estimator, n, i, base + step + 0.001 * i, 0.0) for i in range(4)]
+            rows += [(estimator, 0, 0, n, i, base + step + 0.001 * i, 0.0) for i in range(4)]
     write_lds_csv(tmp_path / "lds.csv", rows)
     table = read_lds_csv(tmp_path / "lds.csv")
     summary = summary_rows(table, [0.5], n_bootstrap=50, ci=0.9, seed=0, references=["coar", "lasso", "absent"])
@@ -102,18 +102,18 @@ def test_best_linear_reference_is_the_cheapest_linear_estimator(tmp_path):
 
 
 def test_ood_table_round_trip(tmp_path):
-    rows = [("coar", 100, i, 0.1 * i, 0.2, alpha) for alpha in (0.025, 0.1) for i in range(3)]
+    rows = [("coar", 0, 0, 100, i, 0.1 * i, 0.2, alpha) for alpha in (0.025, 0.1) for i in range(3)]
     write_lds_csv(tmp_path / "ood.csv", rows, alpha=True)
     tables = read_ood_csv(tmp_path / "ood.csv")
     assert list(tables) == [0.025, 0.1]
-    np.testing.assert_allclose(tables[0.1].spearman["coar"], [[0.0, 0.1, 0.2]])
+    np.testing.assert_allclose(tables[0.1].spearman["coar"], [[[[0.0, 0.1, 0.2]]]])
 
 
 def test_grouped_gain_splits_inputs_by_the_covariate():
     rows = []
     for i in range(6):
-        rows += [("ridge", n, i, 0.2, 0.0) for n in (100, 200)]
-        rows += [("prior", n, i, 0.2 + 0.1 * (i >= 3) * (n == 100), 0.0) for n in (0, 100, 200)]
+        rows += [("ridge", 0, 0, n, i, 0.2, 0.0) for n in (100, 200)]
+        rows += [("prior", 0, 0, n, i, 0.2 + 0.1 * (i >= 3) * (n == 100), 0.0) for n in (0, 100, 200)]
     table = _table_from(rows)
     text = grouped_gain_markdown(table, "prior", "ridge", np.arange(6.0), "covariate", n_groups=2)
     lines = text.splitlines()
@@ -125,7 +125,7 @@ def test_grouped_gain_splits_inputs_by_the_covariate():
 def _table_from(rows):
     from compattr.analysis import _table
 
-    keys = ("estimator", "n_train", "input", "spearman", "pearson")
+    keys = ("estimator", "model", "replicate", "n_train", "input", "spearman", "pearson")
     return _table({k: str(v) for k, v in zip(keys, row, strict=True)} for row in rows)
 
 
@@ -138,8 +138,8 @@ def test_settings_are_selected_by_lowest_mse_or_highest_spearman():
 
 def test_fit_quality_counts_failed_constant_and_sign_flipped_inputs(tmp_path):
     nan = float("nan")
-    rows = [("net", 100, i, i == 0, False, -0.5 if i < 2 else 1.0) for i in range(4)]
-    rows += [("ls", 100, i, False, i == 3, nan) for i in range(4)]
+    rows = [("net", 0, 0, 100, i, i == 0, False, -0.5 if i < 2 else 1.0) for i in range(4)]
+    rows += [("ls", 0, 0, 100, i, False, i == 3, nan) for i in range(4)]
     write_fit_csv(tmp_path / "fits.csv", rows)
     quality = {r["estimator"]: r for r in fit_quality_rows([tmp_path / "fits.csv"])}
     assert quality["net"]["failed"] == 0.25 and quality["net"]["sign_flipped"] == 0.5
@@ -149,18 +149,43 @@ def test_fit_quality_counts_failed_constant_and_sign_flipped_inputs(tmp_path):
 
 
 def test_curve_dips_name_the_sizes_where_the_mean_lds_falls(tmp_path):
-    rows = [("coar", n, i, s, s) for n, s in ((50, 0.4), (100, 0.3), (200, 0.6)) for i in range(2)]
-    rows += [("ridge", n, i, s, s) for n, s in ((50, 0.4), (100, 0.5), (200, 0.6)) for i in range(2)]
+    rows = [("coar", 0, 0, n, i, s, s) for n, s in ((50, 0.4), (100, 0.3), (200, 0.6)) for i in range(2)]
+    rows += [("ridge", 0, 0, n, i, s, s) for n, s in ((50, 0.4), (100, 0.5), (200, 0.6)) for i in range(2)]
     write_lds_csv(tmp_path / "lds.csv", rows)
     dips = curve_dips(read_lds_csv(tmp_path / "lds.csv"), n_components=100)
     assert dips == ["- coar: 50 -> 100 masks (0.50 -> 1.00 of the components; LDS 0.400 -> 0.300)"]
 
 
 def test_ceiling_targets_are_fractions_of_the_best_fitted_estimator_at_its_largest_size(tmp_path):
-    rows = [("coar", n, i, s, s) for n, s in ((50, 0.2), (100, 0.6)) for i in range(2)]
-    rows += [("ridge", n, i, s, s) for n, s in ((50, 0.4), (100, 0.5)) for i in range(2)]
-    rows += [("loo", 336, i, 0.9, 0.9) for i in range(2)]  # a baseline's single point is not the ceiling
+    rows = [("coar", 0, 0, n, i, s, s) for n, s in ((50, 0.2), (100, 0.6)) for i in range(2)]
+    rows += [("ridge", 0, 0, n, i, s, s) for n, s in ((50, 0.4), (100, 0.5)) for i in range(2)]
+    rows += [("loo", 0, 0, 336, i, 0.9, 0.9) for i in range(2)]  # a baseline's single point is not the ceiling
     write_lds_csv(tmp_path / "lds.csv", rows)
     ceiling, headings = ceiling_targets(read_lds_csv(tmp_path / "lds.csv"), [0.5, 0.9])
     assert ceiling == pytest.approx(0.6)
     assert headings == {0.3: "LDS 0.300 (50% of the ceiling 0.600)", 0.54: "LDS 0.540 (90% of the ceiling 0.600)"}
+
+
+def test_tables_hold_models_and_mask_draws_with_missing_draws_as_nan(tmp_path):
+    rows = [("coar", m, r, 100, i, 0.1 * m + 0.01 * r, 0.0) for m in range(2) for r in range(3) for i in range(4)]
+    rows += [("coar", m, 0, 400, i, 0.5, 0.0) for m in range(2) for i in range(4)]  # one draw fits at 400
+    write_lds_csv(tmp_path / "lds.csv", rows)
+    table = read_lds_csv(tmp_path / "lds.csv")
+    assert table.spearman["coar"].shape == (2, 2, 3, 4)
+    assert np.isnan(table.spearman["coar"][1, :, 1:]).all()
+    np.testing.assert_allclose(table.mean_curve("coar"), [0.06, 0.5])
+
+
+def test_bootstrap_over_mask_draws_covers_their_variance():
+    """Draws that differ by a known offset (sd 0.1) widen the interval as sd / sqrt(draws) predicts."""
+    rng = np.random.default_rng(0)
+    n_draws, n_inputs = 5, 200
+    offsets = rng.normal(0.0, 0.1, size=n_draws)
+    scores = 0.5 + offsets[None, None, :, None] + rng.normal(0.0, 0.01, size=(1, 1, n_draws, n_inputs))
+    _, low, high, _ = bootstrap_curves(scores, 2000, 0.95, np.random.default_rng(1))
+    pooled = scores.mean(axis=2, keepdims=True)  # the draws averaged first: inputs alone are resampled
+    _, low_inputs, high_inputs, _ = bootstrap_curves(pooled, 2000, 0.95, np.random.default_rng(1))
+    width, inputs_only = float(high[0] - low[0]), float(high_inputs[0] - low_inputs[0])
+    assert width > 5 * inputs_only
+    expected = 2 * 1.96 * offsets.std() / np.sqrt(n_draws)  # the bootstrap's plug-in standard error
+    assert 0.6 * expected < width < 1.4 * expected

@@ -3,7 +3,7 @@ import pytest
 from conftest import planted_problem
 
 from compattr.estimators import make_estimator
-from compattr.fitting import fit_on_store, load_fit, save_fit, score_fit
+from compattr.fitting import fit_draws, fit_on_store, fit_stores, load_fit, replicate_starts, save_fit, score_fit
 from compattr.sampling import create_store, read_rows, run_shard
 
 
@@ -59,3 +59,34 @@ def test_fits_streamed_from_the_store_equal_fits_on_the_rows(tmp_path, name):
     np.testing.assert_allclose(streamed.intercept_, in_memory.intercept_, rtol=1e-6, atol=1e-6)
     choice = {"coar": "rank_", "ls_early_stopped": "n_iter_", "relu_collapse": "n_iter_"}.get(name, "alpha_")
     np.testing.assert_array_equal(getattr(streamed, choice), getattr(in_memory, choice))
+
+
+def test_mask_draws_are_disjoint_and_each_fit_is_that_of_its_own_rows(tmp_path):
+    assert replicate_starts(100, 450, 5) == [0, 100, 200, 300]  # as many disjoint draws as the store holds
+    assert replicate_starts(100, 1000, 3) == [0, 100, 200]
+    with pytest.raises(ValueError, match="cannot draw"):
+        replicate_starts(500, 450, 2)
+    _, _, theta, bias = planted_problem(1, n_units=20, n_outputs=3)
+    noise = np.random.default_rng(5)
+    create_store(tmp_path / "s.zarr", n_masks=160, n_units=20, n_inputs=3, shard_size=40, attributes={})
+    for shard in range(4):
+        run_shard(
+            tmp_path / "s.zarr", shard, lambda m: m @ theta.T + bias + noise.normal(size=(len(m), 3)), alpha=0.2, seed=7
+        )
+    masks, margins = read_rows(tmp_path / "s.zarr")
+    fits = {(n, r): model for n, r, model, _ in fit_draws(tmp_path / "s.zarr", [50, 80], 3, "ridge", {})}
+    assert sorted(fits) == [(50, 0), (50, 1), (50, 2), (80, 0), (80, 1)]
+    for (n, r), model in fits.items():
+        rows = slice(r * n, (r + 1) * n)
+        alone = make_estimator("ridge").fit(masks[rows], margins[rows])
+        np.testing.assert_allclose(model.coef_, alone.coef_, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(fits[(50, 0)].coef_, fits[(50, 1)].coef_)  # other masks, another fit
+
+
+def test_fit_stores_lists_a_directory_of_draws_by_size_then_draw(tmp_path):
+    X, Y, _, _ = planted_problem(100)
+    model = make_estimator("ridge").fit(X, Y)
+    for name in ("n100.r0.zarr", "n20.r1.zarr", "n20.r0.zarr"):
+        save_fit(tmp_path / "fits" / name, model, {})
+    assert [p.name for p in fit_stores(tmp_path / "fits")] == ["n20.r0.zarr", "n20.r1.zarr", "n100.r0.zarr"]
+    assert fit_stores(tmp_path / "fits" / "n20.r0.zarr") == [tmp_path / "fits" / "n20.r0.zarr"]

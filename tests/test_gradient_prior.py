@@ -95,6 +95,7 @@ def test_relu_collapse_starts_from_the_prior():
     untrained = {"init_scale": 1e-6, "lr": 1e-12, "max_steps": 2}
     model = PriorReluCollapseRegressor(**untrained, calibrate=False).fit(X, Y, prior=prior)
     np.testing.assert_allclose(model.coef_, prior, rtol=1e-3, atol=1e-4)
+    assert not model.failed_.any()  # keeping the prior is a choice, not a failure
     calibrated = PriorReluCollapseRegressor(**untrained).fit(X, Y, prior=prior)
     np.testing.assert_allclose(calibrated.coef_, theta, rtol=0.05, atol=0.05 * np.abs(theta).max())
     trained = PriorReluCollapseRegressor(init_scale=0.1, lr=3e-3, max_steps=200, calibrate=False)

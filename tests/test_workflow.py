@@ -59,14 +59,24 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_study_writes_sane_tables_and_figures(study):
     config = yaml.safe_load((study / "config/tiny.yaml").read_text())
     lds = read_csv(study / STUDY / "lds.csv")
-    assert list(lds[0]) == ["estimator", "n_train", "input", "spearman", "pearson"]
-    n_inputs, n_sizes = config["inputs"]["n"], len(config["fit"]["train_sizes"])
+    assert list(lds[0]) == ["estimator", "model", "replicate", "n_train", "input", "spearman", "pearson"]
+    n_inputs, n_masks = config["inputs"]["n"], config["sampling"]["train"]["n_masks"]
+    n_models, n_draws = config["replicates"]["models"], config["replicates"]["masks"]
+    assert n_models > 1 and n_draws > 1  # the tiny study covers both kinds of replicate
+    draws = sum(min(n_draws, n_masks // n) for n in config["fit"]["train_sizes"])  # disjoint draws that fit
     baselines = config["fit"]["baselines"]
     # Estimators with a prior also have the prior's point at 0 masks.
     assert "gradient_prior" in config["fit"]["estimators"]
-    assert len(lds) == (len(config["fit"]["estimators"]) * n_sizes + len(baselines) + 1) * n_inputs
-    prior = {r["input"]: r["spearman"] for r in lds if r["estimator"] == "attribution_patching"}
-    at_zero = {r["input"]: r["spearman"] for r in lds if r["estimator"] == "gradient_prior" and r["n_train"] == "0"}
+    assert len(lds) == (len(config["fit"]["estimators"]) * draws + len(baselines) + 1) * n_inputs * n_models
+    assert {(r["model"], r["replicate"]) for r in lds if r["n_train"] == "40"} == {
+        (str(m), str(r)) for m in range(n_models) for r in range(n_draws)
+    }
+    prior = {(r["model"], r["input"]): r["spearman"] for r in lds if r["estimator"] == "attribution_patching"}
+    at_zero = {
+        (r["model"], r["input"]): r["spearman"]
+        for r in lds
+        if r["estimator"] == "gradient_prior" and r["n_train"] == "0"
+    }
     assert prior == at_zero
     values = np.array([[float(r["spearman"]), float(r["pearson"])] for r in lds])
     assert np.isfinite(values).all() and (np.abs(values) <= 1).all()
@@ -77,7 +87,7 @@ def test_study_writes_sane_tables_and_figures(study):
     passes = {r["estimator"]: int(r["n_train"]) for r in lds if r["estimator"] in baselines}
     assert passes == {"attribution_patching": 0, "loo": 8 + 16 + 16 * 2 + 16}
     ood = read_csv(study / STUDY / "lds_ood.csv")
-    assert list(ood[0]) == ["estimator", "alpha", "n_train", "input", "spearman", "pearson"]
+    assert list(ood[0]) == ["estimator", "alpha", "model", "replicate", "n_train", "input", "spearman", "pearson"]
     assert {float(r["alpha"]) for r in ood} == set(config["sampling"]["ood"]["alphas"])
     assert len(ood) == len(lds) * len(config["sampling"]["ood"]["alphas"])
     summary = read_csv(study / STUDY / "summary.csv")
@@ -92,18 +102,24 @@ def test_study_writes_sane_tables_and_figures(study):
     markdown = (study / STUDY / "summary.md").read_text()
     assert "| estimator | masks needed | vs coar | vs ls_early_stopped | vs best tuned linear |" in markdown
     assert "## Fit quality" in markdown and "## Where the curves dip" in markdown
-    fits = read_csv(study / STUDY / "lds/relu_collapse.fits.csv")
-    assert list(fits[0]) == ["estimator", "n_train", "input", "failed", "constant", "calibration"]
-    assert len(fits) == n_inputs * n_sizes and all(r["calibration"] for r in fits)
+    fits = read_csv(study / STUDY / "m1/lds/relu_collapse.fits.csv")
+    columns = ["estimator", "model", "replicate", "n_train", "input", "failed", "constant", "calibration"]
+    assert list(fits[0]) == columns
+    assert len(fits) == n_inputs * draws and all(r["calibration"] for r in fits) and fits[0]["model"] == "1"
+    assert "resampled together" in markdown and f"the {n_models} independently trained model(s)" in markdown
     assert "Attribution patching against leave-one-out" in markdown
     for ext in ("png", "pdf"):
         figure = study / STUDY / f"figures/lds_vs_ablations.{ext}"
         assert figure.stat().st_size > 10_000
-    metrics = yaml.safe_load((study / STUDY / "model/metrics.json").read_text())
-    assert metrics["test_accuracy"] > 0.5 and metrics["n_components"] == 8 + 16 + 16 * 2 + 16
-    names = (study / STUDY / "model/components.tsv").read_text().splitlines()
+    seeds = []
+    for m in range(n_models):  # independently trained models
+        metrics = yaml.safe_load((study / STUDY / f"m{m}/model/metrics.json").read_text())
+        assert metrics["test_accuracy"] > 0.5 and metrics["n_components"] == 8 + 16 + 16 * 2 + 16
+        seeds.append(metrics["provenance"]["config"]["model"]["train"]["seed"])
+    assert seeds == [config["model"]["train"]["seed"] + m for m in range(n_models)]
+    names = (study / STUDY / "m0/model/components.tsv").read_text().splitlines()
     assert names[0] == "index\tname\tmodule\tchannel" and names[1].split("\t")[1] == "conv1:0"
-    for rule in ("train_model", "plot_lds", "fit_estimator/ridge.n40"):
+    for rule in ("m0/train_model", "plot_lds", "m1/fit_estimator/ridge"):
         assert (study / f"logs/tiny/{rule}.log").exists()
 
 
@@ -127,29 +143,31 @@ def test_report_holds_figure_and_tables(study):
 def test_sweep_selects_settings_on_validation(study):
     config = yaml.safe_load((study / "config/tiny.yaml").read_text())
     snakemake(study, "sweep", "--cores", "2")
-    rows = read_csv(study / STUDY / "sweep/selection.csv")
+    rows = read_csv(study / STUDY / "m0/sweep/selection.csv")
     settings = set(config["sweep"]["settings"])
     assert {r["setting"] for r in rows} == settings
     for n in config["fit"]["train_sizes"]:
         at_n = [r for r in rows if int(r["n_train"]) == n]
         chosen = [r for r in at_n if r["selected"] == "True"]
         assert len(chosen) == 1
-        assert float(chosen[0]["validation_mse"]) == min(float(r["validation_mse"]) for r in at_n)
-    assert (study / STUDY / "sweep/lds_vs_ablations.png").stat().st_size > 10_000
+        assert float(chosen[0]["validation_spearman"]) == max(float(r["validation_spearman"]) for r in at_n)
+        by_mse = [r for r in at_n if r["selected_by_mse"] == "True"]
+        assert float(by_mse[0]["validation_mse"]) == min(float(r["validation_mse"]) for r in at_n)
+    assert (study / STUDY / "m0/sweep/lds_vs_ablations.png").stat().st_size > 10_000
 
 
 def _sampling_targets() -> list[str]:
-    return [f"{STUDY}/ablations/{split}.summary.json" for split in ("train", "heldout")]
+    return [f"{STUDY}/m0/ablations/{split}.summary.json" for split in ("train", "heldout")]
 
 
 def test_interrupted_serial_sampling_resumes_to_the_parallel_arrays(study, tmp_path):
     workdir = copy_repo(tmp_path / "serial")
     # Same trained model (training itself depends on the thread count); sampling is what is compared.
-    shutil.copytree(study / STUDY / "model", workdir / STUDY / "model")
+    shutil.copytree(study / STUDY / "m0/model", workdir / STUDY / "m0/model")
     cmd = [sys.executable, "-m", "snakemake", "--cores", "1", *_sampling_targets(), "--configfile", "config/tiny.yaml"]
     log = open(tmp_path / "interrupted.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    logs = workdir / "logs/tiny/sample_ablation_shard"
+    logs = workdir / "logs/tiny/m0/sample_ablation_shard"
 
     def log_text() -> str:
         log.flush()
@@ -157,7 +175,8 @@ def test_interrupted_serial_sampling_resumes_to_the_parallel_arrays(study, tmp_p
 
     def started_after_a_finished_shard() -> bool:
         # A shard's flag is final once Snakemake has moved on to the next job (one core: one job at a time).
-        flags = {f"{p.parent.name.split('.')[0]}.{p.stem}" for p in workdir.glob(f"{STUDY}/ablations/*.shards/*.json")}
+        shards = workdir.glob(f"{STUDY}/m0/ablations/*.shards/*.json")
+        flags = {f"{p.parent.name.split('.')[0]}.{p.stem}" for p in shards}
         started = {p.stem for p in logs.glob("*.log")} if logs.exists() else set()
         return bool(flags) and bool(started - flags)
 
@@ -169,16 +188,16 @@ def test_interrupted_serial_sampling_resumes_to_the_parallel_arrays(study, tmp_p
     os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler pre-empting the whole job tree
     proc.wait(timeout=120)
     log.close()
-    done = {p: p.stat().st_mtime_ns for p in workdir.glob(f"{STUDY}/ablations/*.shards/*.json")}
+    done = {p: p.stat().st_mtime_ns for p in workdir.glob(f"{STUDY}/m0/ablations/*.shards/*.json")}
     assert 0 < len(done) < 6, "the interruption must fall between shards"
 
     snakemake(workdir, "--unlock")
     snakemake(workdir, "--cores", "1", "--rerun-incomplete", *_sampling_targets())
     assert {p: p.stat().st_mtime_ns for p in done} == done  # finished shards were not recomputed
-    assert len(list(workdir.glob(f"{STUDY}/ablations/*.shards/*.json"))) == 6
+    assert len(list(workdir.glob(f"{STUDY}/m0/ablations/*.shards/*.json"))) == 6
     for split in ("train", "heldout"):
-        serial = read_rows(workdir / STUDY / f"ablations/{split}.zarr")
-        parallel = read_rows(study / STUDY / f"ablations/{split}.zarr")
+        serial = read_rows(workdir / STUDY / f"m0/ablations/{split}.zarr")
+        parallel = read_rows(study / STUDY / f"m0/ablations/{split}.zarr")
         for a, b in zip(serial, parallel, strict=True):
             np.testing.assert_array_equal(a, b)
 
@@ -232,9 +251,9 @@ def test_reduced_gpu_scale_config_runs_on_cpu(tmp_path):
     cfg["fit"]["baselines"] = ["attribution_patching"]
     (workdir / "config/reduced.yaml").write_text(yaml.safe_dump(cfg))
     snakemake(workdir, "--cores", "2", configfile="config/reduced.yaml")
-    metrics = yaml.safe_load((workdir / "results/reduced/model/metrics.json").read_text())
+    metrics = yaml.safe_load((workdir / "results/reduced/m0/model/metrics.json").read_text())
     assert metrics["n_components"] == 4800 and metrics["n_test"] == 1078
     lds = read_csv(workdir / "results/reduced/lds.csv")
     assert len(lds) == (3 + 1 + 1) * 6  # three estimators at 40 masks, the prior's point, the baseline
-    masks, margins = read_rows(workdir / "results/reduced/ablations/train.zarr")
+    masks, margins = read_rows(workdir / "results/reduced/m0/ablations/train.zarr")
     assert masks.shape == (40, 4800) and margins.shape == (40, 6) and np.isfinite(margins).all()

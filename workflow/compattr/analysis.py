@@ -15,6 +15,7 @@ from compattr.lds import columnwise_pearson
 
 __all__ = [
     "LdsTable",
+    "Resamples",
     "read_lds_csv",
     "read_ood_csv",
     "concat_csv",
@@ -34,17 +35,20 @@ __all__ = [
     "summary_markdown",
 ]
 
-LDS_COLUMNS = ("estimator", "n_train", "input", "spearman", "pearson")
-OOD_COLUMNS = ("estimator", "alpha", "n_train", "input", "spearman", "pearson")
-FIT_COLUMNS = ("estimator", "n_train", "input", "failed", "constant", "calibration")
+LDS_COLUMNS = ("estimator", "model", "replicate", "n_train", "input", "spearman", "pearson")
+OOD_COLUMNS = ("estimator", "alpha", "model", "replicate", "n_train", "input", "spearman", "pearson")
+FIT_COLUMNS = ("estimator", "model", "replicate", "n_train", "input", "failed", "constant", "calibration")
 
 
 @dataclass
 class LdsTable:
-    """Per-input scores of every estimator at every train size.
+    """Per-input scores of every estimator at every train size, per model and mask replicate.
 
-    ``scores[estimator]`` is an array (n_sizes, n_inputs) aligned with
-    ``sizes[estimator]`` (ascending) and with the shared input order.
+    ``spearman[estimator]`` and ``pearson[estimator]`` are arrays (n_sizes,
+    n_models, n_replicates, n_inputs) aligned with ``sizes[estimator]``
+    (ascending) and with the shared model and input order; replicates that were
+    not fitted at a size (too few masks for a disjoint draw) are NaN, and the
+    fitted ones come first.
     """
 
     sizes: dict[str, np.ndarray]
@@ -56,24 +60,72 @@ class LdsTable:
         """Estimators in the order they first appeared."""
         return list(self.sizes)
 
+    def mean_curve(self, estimator: str, metric: str = "spearman") -> np.ndarray:
+        """Mean score over models, replicates and inputs at each train size (n_sizes,)."""
+        return np.nanmean(getattr(self, metric)[estimator], axis=(1, 2, 3))
+
+    def per_input(self, estimator: str, metric: str = "spearman") -> np.ndarray:
+        """Each input's score averaged over models and replicates (n_sizes, n_inputs)."""
+        return np.nanmean(getattr(self, metric)[estimator], axis=(1, 2))
+
+
+@dataclass
+class Resamples:
+    """Bootstrap draws over test inputs, models and mask replicates, shared by every estimator and size.
+
+    Each resample draws inputs and models with replacement and, at each train
+    size with ``R`` fitted replicates, ``R`` replicates with replacement from
+    them (one uniform number per replicate slot, so that every estimator gets
+    the same picks). Its curve is the mean over the drawn models, replicates
+    and inputs: an interval covers the variation over all three.
+    """
+
+    inputs: np.ndarray  # (B, n_inputs) indices
+    models: np.ndarray  # (B, n_models) indices
+    replicates: np.ndarray  # (B, n_replicates) uniform in [0, 1)
+
+    @classmethod
+    def draw(
+        cls, n_bootstrap: int, n_models: int, n_replicates: int, n_inputs: int, rng: np.random.Generator
+    ) -> Resamples:
+        """Draw ``n_bootstrap`` resamples; inputs first (one model and replicate: a plain bootstrap's draws)."""
+        inputs = rng.integers(0, n_inputs, size=(n_bootstrap, n_inputs))
+        models = rng.integers(0, n_models, size=(n_bootstrap, n_models)) if n_models > 1 else np.zeros((n_bootstrap, 1))
+        replicates = rng.random((n_bootstrap, n_replicates)) if n_replicates > 1 else np.zeros((n_bootstrap, 1))
+        return cls(inputs, models.astype(int), replicates)
+
+    def curves(self, scores: np.ndarray) -> np.ndarray:
+        """Mean curve of every resample (B, n_sizes) of ``scores`` (n_sizes, n_models, n_replicates, n_inputs)."""
+        out = np.empty((len(self.inputs), len(scores)))
+        m, i = self.models[:, :, None, None], self.inputs[:, None, None, :]
+        for k, at_size in enumerate(scores):
+            fitted = int(np.isfinite(at_size).any(axis=(0, 2)).sum())
+            if fitted == 0:
+                out[:, k] = np.nan
+                continue
+            picks = min(fitted, self.replicates.shape[1])
+            r = np.floor(self.replicates[:, :picks] * fitted).astype(int)[:, None, :, None]
+            out[:, k] = at_size[m, r, i].mean(axis=(1, 2, 3))
+        return out
+
 
 def write_lds_csv(path: str | Path, rows: Iterable[Sequence], alpha: bool = False) -> None:
-    """Write rows ``(estimator, n_train, input, spearman, pearson[, alpha])`` as a tidy LDS table.
+    """Write rows ``(estimator, model, replicate, n_train, input, spearman, pearson[, alpha])`` as a tidy LDS table.
 
     With ``alpha``, rows carry the ablation rate of their held-out split last and
-    the table has the columns ``estimator,alpha,n_train,input,spearman,pearson``.
+    the table has the columns ``estimator,alpha,model,replicate,n_train,input,spearman,pearson``.
     """
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(OOD_COLUMNS if alpha else LDS_COLUMNS)
         for row in rows:
-            estimator, n, i, s, p = row[:5]
-            cells = [estimator, int(n), int(i), f"{s:.6f}", f"{p:.6f}"]
-            writer.writerow(cells[:1] + [row[5]] + cells[1:] if alpha else cells)
+            estimator, model, replicate, n, i, s, p = row[:7]
+            cells = [estimator, int(model), int(replicate), int(n), int(i), f"{s:.6f}", f"{p:.6f}"]
+            writer.writerow(cells[:1] + [row[7]] + cells[1:] if alpha else cells)
 
 
 def write_fit_csv(path: str | Path, rows: Iterable[Sequence]) -> None:
-    """Write per-input fit diagnostics ``(estimator, n_train, input, failed, constant, calibration)``.
+    """Write per-input fit diagnostics ``(estimator, model, replicate, n_train, input, failed, constant, calibration)``.
 
     ``failed``: the fit returned its initial state (scored 0); ``constant``: its
     prediction does not vary over the held-out masks (scored 0); ``calibration``:
@@ -82,16 +134,17 @@ def write_fit_csv(path: str | Path, rows: Iterable[Sequence]) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(FIT_COLUMNS)
-        for estimator, n, i, failed, constant, calibration in rows:
+        for estimator, model, replicate, n, i, failed, constant, calibration in rows:
             scale = "" if np.isnan(calibration) else f"{calibration:.6g}"
-            writer.writerow([estimator, int(n), int(i), int(failed), int(constant), scale])
+            writer.writerow([estimator, int(model), int(replicate), int(n), int(i), int(failed), int(constant), scale])
 
 
 def fit_quality_rows(paths: Sequence[str | Path]) -> list[dict[str, object]]:
-    """Per estimator and train size: inputs, and the fractions failed, constant and with a sign-flipping calibration.
+    """Per estimator and train size: fits, and the fractions failed, constant and with a sign-flipping calibration.
 
-    Reads tables written by :func:`write_fit_csv`; the sign-flip fraction is NaN
-    where no calibration factor was recorded.
+    Reads tables written by :func:`write_fit_csv`; fractions are over every
+    input of every model and replicate; the sign-flip fraction is NaN where no
+    calibration factor was recorded.
     """
     groups: dict[tuple[str, int], list[dict[str, str]]] = defaultdict(list)
     for path in paths:
@@ -104,7 +157,7 @@ def fit_quality_rows(paths: Sequence[str | Path]) -> list[dict[str, object]]:
             {
                 "estimator": estimator,
                 "n_train": n,
-                "inputs": len(rows),
+                "fits": len(rows),
                 "failed": float(np.mean([r["failed"] == "1" for r in rows])),
                 "constant": float(np.mean([r["constant"] == "1" for r in rows])),
                 "sign_flipped": float((scales < 0).mean()) if len(scales) else float("nan"),
@@ -139,7 +192,7 @@ def curve_dips(table: LdsTable, n_components: int) -> list[str]:
     """
     notes = []
     for e in table.estimators:
-        sizes, mean = table.sizes[e], table.spearman[e].mean(1)
+        sizes, mean = table.sizes[e], table.mean_curve(e)
         dips = [
             f"{sizes[k]} -> {sizes[k + 1]} masks ({sizes[k] / n_components:.2f} -> {sizes[k + 1] / n_components:.2f} "
             f"of the components; LDS {mean[k]:.3f} -> {mean[k + 1]:.3f})"
@@ -193,20 +246,25 @@ def _read_rows(path: str | Path, columns: tuple[str, ...]) -> list[dict[str, str
 
 
 def _table(rows: Iterable[dict[str, str]]) -> LdsTable:
-    cells: dict[str, dict[int, dict[int, tuple[float, float]]]] = defaultdict(lambda: defaultdict(dict))
+    rows = list(rows)
+    key = ("model", "replicate", "input")
+    models, replicates, inputs = ({int(r[k]) for r in rows} for k in key)
+    n_models, n_inputs = max(models, default=-1) + 1, len(inputs)
+    position = {i: k for k, i in enumerate(sorted(inputs))}
+    by_estimator: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in rows:
-        cells[row["estimator"]][int(row["n_train"])][int(row["input"])] = (
-            float(row["spearman"]),
-            float(row["pearson"]),
-        )
+        by_estimator[row["estimator"]].append(row)
     table = LdsTable({}, {}, {})
-    for estimator, by_size in cells.items():
-        sizes = np.array(sorted(by_size))
-        inputs = sorted(by_size[sizes[0]])
-        values = np.array([[by_size[n][i] for i in inputs] for n in sizes])  # (sizes, inputs, 2)
+    for estimator, own in by_estimator.items():
+        sizes = np.array(sorted({int(r["n_train"]) for r in own}))
+        row_of = {n: k for k, n in enumerate(sizes)}
+        shape = (len(sizes), n_models, max(int(r["replicate"]) for r in own) + 1, n_inputs)
+        values = np.full((2, *shape), np.nan)
+        for r in own:
+            at = (row_of[int(r["n_train"])], int(r["model"]), int(r["replicate"]), position[int(r["input"])])
+            values[(0, *at)], values[(1, *at)] = float(r["spearman"]), float(r["pearson"])
         table.sizes[estimator] = sizes
-        table.spearman[estimator] = values[..., 0]
-        table.pearson[estimator] = values[..., 1]
+        table.spearman[estimator], table.pearson[estimator] = values
     return table
 
 
@@ -236,24 +294,23 @@ def ablations_needed(sizes: np.ndarray, curve: np.ndarray, target: float) -> flo
 def bootstrap_curves(
     scores: np.ndarray, n_bootstrap: int, ci: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over inputs and a percentile bootstrap interval (inputs resampled).
+    """Mean curve and a percentile bootstrap interval over inputs, models and mask replicates (see :class:`Resamples`).
 
     Parameters
     ----------
-    scores : ndarray of shape (n_sizes, n_inputs)
+    scores : ndarray of shape (n_sizes, n_models, n_replicates, n_inputs)
 
     Returns
     -------
     mean, low, high : ndarray of shape (n_sizes,)
     resampled : ndarray of shape (n_bootstrap, n_sizes)
-        Mean curve of every bootstrap sample (the same inputs at every size).
+        Mean curve of every bootstrap sample (the same inputs and models at every size).
     """
-    n_inputs = scores.shape[1]
-    idx = rng.integers(0, n_inputs, size=(n_bootstrap, n_inputs))
-    resampled = scores[:, idx].mean(-1).T
+    _, n_models, n_replicates, n_inputs = scores.shape
+    resampled = Resamples.draw(n_bootstrap, n_models, n_replicates, n_inputs, rng).curves(scores)
     tail = (1 - ci) / 2
     low, high = np.quantile(resampled, [tail, 1 - tail], axis=0)
-    return scores.mean(1), low, high, resampled
+    return np.nanmean(scores, axis=(1, 2, 3)), low, high, resampled
 
 
 def summary_rows(
@@ -271,27 +328,30 @@ def summary_rows(
     ``references`` (columns ``reduction_vs_<reference>``, NaN when it was not fitted)
     and against the best of the tuned ``linear`` estimators present (the one
     needing the fewest masks; within each bootstrap resample the best is chosen
-    again). The same resamples of inputs serve every estimator, so intervals of
-    reductions account for the shared inputs. An interval bound is NaN when fewer
+    again). The same resamples of inputs, models and mask replicates
+    (:class:`Resamples`) serve every estimator, so intervals of reductions
+    account for what the estimators share. An interval bound is NaN when fewer
     than half of the resamples reach the target; a reduction's interval uses the
     resamples in which both sides reach it.
     """
     rng = np.random.default_rng(seed)
-    inputs = {e: table.spearman[e].shape[1] for e in table.estimators}
-    if len(set(inputs.values())) != 1:
-        raise ValueError(f"estimators were scored on different numbers of inputs: {inputs}")
-    n_inputs = next(iter(inputs.values()))
-    idx = rng.integers(0, n_inputs, size=(n_bootstrap, n_inputs))
+    shapes = {e: (table.spearman[e].shape[1], table.spearman[e].shape[3]) for e in table.estimators}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"estimators were scored on different numbers of (models, inputs): {shapes}")
+    n_models, n_inputs = next(iter(shapes.values()))
+    n_replicates = max(table.spearman[e].shape[2] for e in table.estimators)
+    resamples = Resamples.draw(n_bootstrap, n_models, n_replicates, n_inputs, rng)
     tail = (1 - ci) / 2
     linear = [e for e in linear if e in table.sizes]
     missing = np.full(n_bootstrap, np.nan)
+    resampled = {e: resamples.curves(table.spearman[e]) for e in table.estimators}
     rows = []
     for target in targets:
         needed, boot = {}, {}
         for e in table.estimators:
-            sizes, scores = table.sizes[e], table.spearman[e]
-            needed[e] = ablations_needed(sizes, scores.mean(1), target)
-            boot[e] = np.array([ablations_needed(sizes, c, target) for c in scores[:, idx].mean(-1).T])
+            sizes, curves = table.sizes[e], resampled[e]
+            needed[e] = ablations_needed(sizes, table.mean_curve(e), target)
+            boot[e] = np.array([ablations_needed(sizes, c, target) for c in curves])
         best_needed, best_boot = np.nan, missing
         if linear:
             with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -323,7 +383,7 @@ def ceiling_targets(table: LdsTable, fractions: Sequence[float]) -> tuple[float,
     names the fraction.
     """
     fitted = [e for e in table.estimators if len(table.sizes[e]) > 1]
-    ceiling = max(float(table.spearman[e][-1].mean()) for e in fitted)
+    ceiling = max(float(table.mean_curve(e)[-1]) for e in fitted)
     return ceiling, {
         round(f * ceiling, 3): f"LDS {f * ceiling:.3f} ({f:.0%} of the ceiling {ceiling:.3f})" for f in fractions
     }
@@ -363,7 +423,7 @@ def grouped_gain_markdown(
     sizes = [n for n in table.sizes[estimator] if n in set(table.sizes[reference])]
     rows_e = [list(table.sizes[estimator]).index(n) for n in sizes]
     rows_r = [list(table.sizes[reference]).index(n) for n in sizes]
-    gain = table.spearman[estimator][rows_e] - table.spearman[reference][rows_r]  # (sizes, inputs)
+    gain = table.per_input(estimator)[rows_e] - table.per_input(reference)[rows_r]  # (sizes, inputs)
     edges = np.quantile(covariate, np.linspace(0, 1, n_groups + 1)[1:-1])
     group = np.digitize(covariate, edges)
     header = [label, "inputs", *(f"n={n}" for n in sizes)]
@@ -422,11 +482,13 @@ def summary_markdown(
     notes: Sequence[str] = (),
     references: Sequence[str] = ("coar",),
     headings: dict[float, str] | None = None,
+    sources: str = "test inputs",
 ) -> str:
     """The generated ``summary.md``: per LDS target, masks needed and reductions with their intervals.
 
     ``references`` name the ``reduction_vs_<reference>`` columns of ``rows`` to show;
-    ``headings`` replace the heading of some targets (e.g. a fraction of the ceiling).
+    ``headings`` replace the heading of some targets (e.g. a fraction of the ceiling);
+    ``sources`` says what the bootstrap intervals resample.
     """
 
     def interval(row: dict[str, object], key: str, percent: bool) -> str:
@@ -452,9 +514,10 @@ def summary_markdown(
             lines.append(f"| {r['estimator']} | {ablations} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [
-        "Masks needed are read off the mean LDS curve over test inputs (interpolated in log masks) and count "
-        "every training mask, the estimator's validation split included; brackets are 95% percentile bootstrap "
-        "intervals over test inputs. Reductions are 1 - masks(estimator) / masks(other): positive means fewer "
+        "Masks needed are read off the mean LDS curve (interpolated in log masks) and count every training "
+        "mask, the estimator's validation split included (an estimator that chooses a setting on validation is "
+        f"refitted on all the masks); brackets are 95% percentile bootstrap intervals over {sources}, resampled "
+        "together. Reductions are 1 - masks(estimator) / masks(other): positive means fewer "
         "ablated forward passes. 'Best tuned linear' is, per target and per bootstrap resample, whichever of "
         f"the tuned linear estimators needs fewest masks. A value of {smallest} (the smallest train size) means "
         f"the target was already reached there (the need is at most that); 'not reached': not with {largest} "

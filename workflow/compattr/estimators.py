@@ -1160,7 +1160,8 @@ class ReluCollapseRegressor(_ComponentModel):
     n_iter_ : ndarray of shape (n_inputs,)
         Step count each input kept (chosen on validation, used in the refit).
     failed_ : ndarray of shape (n_inputs,)
-        Whether the input kept step 0 (its random initialisation).
+        Whether the input kept step 0 with a random initialisation (with a
+        prior, step 0 is the prior: a choice, not a failure).
     validation_mse_ : ndarray of shape (n_inputs,)
         Validation MSE of the predictor returned (the collapse here), at the kept
         step, in output units, before the refit; comparable across settings whatever ``early_stopping`` is.
@@ -1391,7 +1392,9 @@ class ReluCollapseRegressor(_ComponentModel):
         del collected
         final = self._train(rows, B, self._init_params(T, xs, ys, prior), stop=chosen.to(B.device))
         self.n_iter_ = chosen.cpu().numpy()
-        self.failed_ = self.n_iter_ == 0
+        # Step 0 keeps the initialisation: a failure when it is random, a choice when it encodes a prior.
+        encoded = np.zeros(T, dtype=bool) if prior is None else (prior.abs().amax(1) > 0).cpu().numpy()
+        self.failed_ = (self.n_iter_ == 0) & ~encoded
         collapse, bias, scale = self._collapsed(final, rows, B)
         self.calibration_ = scale.cpu().numpy()
         coef, intercept = _unstandardize(collapse, bias, xs, ys)

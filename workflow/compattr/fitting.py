@@ -1,8 +1,9 @@
-"""Fit a component model on the first ``n`` masks of a store, save it, load it, score it."""
+"""Fit component models on rows of a store (every train size and disjoint draw), save them, load them, score them."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
+from tqdm import tqdm
 
 from compattr.estimators import Moments, make_estimator, predict_network
 from compattr.lds import lds_scores
@@ -24,6 +26,9 @@ __all__ = [
     "save_linear_fit",
     "load_fit",
     "score_fit",
+    "replicate_starts",
+    "fit_draws",
+    "fit_stores",
     "predicts_constant",
 ]
 
@@ -61,6 +66,17 @@ class SavedFit:
         return np.asarray(masks, dtype=np.float32) @ self.coef.T + self.intercept
 
 
+def replicate_starts(n_train: int, n_masks: int, replicates: int) -> list[int]:
+    """First rows of the disjoint draws of ``n_train`` training masks: as many of ``replicates`` as fit in ``n_masks``.
+
+    Draw ``r`` is rows ``r * n_train`` to ``(r + 1) * n_train``; masks are i.i.d.,
+    so disjoint rows are independent draws. Draw 0 is the first ``n_train`` rows.
+    """
+    if n_train < 1 or n_train > n_masks:
+        raise ValueError(f"cannot draw {n_train} training masks from a store of {n_masks}")
+    return [r * n_train for r in range(min(replicates, n_masks // n_train))]
+
+
 def fit_on_store(
     store: str | Path,
     n_train: int,
@@ -68,14 +84,16 @@ def fit_on_store(
     params: dict[str, Any],
     device: str | torch.device = "cpu",
     prior: np.ndarray | None = None,
+    start: int = 0,
 ) -> tuple[Any, float]:
-    """Fit ``estimator`` on the first ``n_train`` masks of ``store``; return it and the fit time (s).
+    """Fit ``estimator`` on ``n_train`` masks of ``store`` from row ``start``; return it and the fit time (s).
 
     Estimators with ``uses_prior`` need ``prior`` (input x component), e.g. the
     ``coef`` of an attribution-patching fit. Every estimator reads the store chunk
     by chunk: those that fit from moments (coar, ridge, lasso, gradient_prior)
     keep only sums of products; the 2-layer ones (``fit_chunks``) keep binary
-    masks as the coordinates of their rare value, and the margins.
+    masks as the coordinates of their rare value, and the margins. The last
+    rows of the range are the estimator's validation split, if it has one.
     """
     model = make_estimator(estimator, params, device=str(device))
     if model.uses_prior and prior is None:
@@ -83,15 +101,38 @@ def fit_on_store(
     if not model.uses_prior and prior is not None:
         raise ValueError(f"estimator {estimator!r} takes no prior")
     fit_params = {"prior": prior} if model.uses_prior else {}
-    start = time.perf_counter()
-    n_fit = n_train - model.n_validation(n_train)
+    begin = time.perf_counter()
+    stop = start + n_train
+    split = stop - model.n_validation(n_train)
     if model.streams:  # sums of products, chunk by chunk: memory does not grow with the number of masks
-        fit_rows = store_moments(store, 0, n_fit, device)
-        validation_rows = store_moments(store, n_fit, n_train, device) if n_fit < n_train else None
+        fit_rows = store_moments(store, start, split, device)
+        validation_rows = store_moments(store, split, stop, device) if split < stop else None
         model.fit_moments(fit_rows, validation_rows, **fit_params)
     else:
-        model.fit_chunks(iter_rows(store, 0, n_fit), iter_rows(store, n_fit, n_train), **fit_params)
-    return model, time.perf_counter() - start
+        model.fit_chunks(iter_rows(store, start, split), iter_rows(store, split, stop), **fit_params)
+    return model, time.perf_counter() - begin
+
+
+def fit_draws(
+    store: str | Path,
+    sizes: Sequence[int],
+    replicates: int,
+    estimator: str,
+    params: dict[str, Any],
+    device: str | torch.device = "cpu",
+    prior: np.ndarray | None = None,
+) -> Iterator[tuple[int, int, Any, float]]:
+    """Fit ``estimator`` at every train size on every disjoint draw of masks (:func:`replicate_starts`).
+
+    Yields ``(n_train, replicate, fitted estimator, seconds)``, with a progress bar
+    on stderr. One process serves every fit: most fits take less time than
+    starting a process.
+    """
+    n_masks = zarr.open_group(str(store), mode="r")["masks"].shape[0]
+    draws = [(n, r, start) for n in sizes for r, start in enumerate(replicate_starts(n, n_masks, replicates))]
+    for n, r, start in tqdm(draws, desc=f"fitting {estimator}", unit="fit"):
+        model, seconds = fit_on_store(store, n, estimator, params, device, prior=prior, start=start)
+        yield n, r, model, seconds
 
 
 def store_moments(store: str | Path, start: int, stop: int, device: str | torch.device = "cpu") -> Moments:
@@ -106,6 +147,20 @@ def store_moments(store: str | Path, start: int, stop: int, device: str | torch.
     if total is None:
         raise ValueError(f"rows {start}:{stop} of {store} are empty")
     return total
+
+
+def fit_stores(path: str | Path) -> list[Path]:
+    """The fit stores at ``path``: itself if it is one, else its ``n<N>.r<R>.zarr`` stores by size and draw."""
+    path = Path(path)
+    if (path / "zarr.json").exists():
+        return [path]
+    stores = []
+    for store in path.glob("n*.r*.zarr"):
+        n, r = store.name.removesuffix(".zarr").removeprefix("n").split(".r")
+        stores.append((int(n), int(r), store))
+    if not stores:
+        raise ValueError(f"{path} holds no fit stores (n<N>.r<R>.zarr)")
+    return [store for *_, store in sorted(stores)]
 
 
 def save_linear_fit(

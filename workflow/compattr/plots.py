@@ -95,7 +95,7 @@ def plot_lds_vs_ablations(
 
     Panels: LDS (Spearman) and Pearson on held-out masks at the training ablation
     rate, then LDS on each out-of-distribution rate in ``ood``. Shaded bands are
-    percentile bootstrap intervals over inputs; ``baselines`` are drawn as dashed
+    percentile bootstrap intervals over inputs, models and mask replicates together; ``baselines`` are drawn as dashed
     horizontal lines (with a star at their number of passes when it is not 0);
     dotted grey lines mark the LDS targets of the summary table. Estimators with
     a point at 0 masks (a prior alone) put the x axis on a symlog scale. With
@@ -121,7 +121,7 @@ def plot_lds_vs_ablations(
         ax.set_title(f"{metric}: {where}", fontsize=10)
         ax.set_ylabel(f"mean {metric} over inputs")
         ax.tick_params(labelleft=True)
-    legend = {"title": f"{ci:.0%} bootstrap CI over inputs", "title_fontsize": 8}
+    legend = {"title": f"{ci:.0%} bootstrap CI over inputs, models and mask draws", "title_fontsize": 8}
     spare = axes.flat[len(panels) :]
     for ax in spare:
         ax.axis("off")
@@ -152,7 +152,7 @@ def plot_sweep(
     for k, setting in enumerate(table.estimators):
         ax.plot(
             table.sizes[setting],
-            table.spearman[setting].mean(1),
+            table.mean_curve(setting),
             color=cmap(k % 20),
             linewidth=1,
             marker="o",
@@ -160,13 +160,13 @@ def plot_sweep(
             label=setting,
         )
     sizes = np.array(sorted(selection))
-    chosen = [table.spearman[selection[n]][list(table.sizes[selection[n]]).index(n)].mean() for n in sizes]
+    chosen = [table.mean_curve(selection[n])[list(table.sizes[selection[n]]).index(n)] for n in sizes]
     ax.plot(sizes, chosen, color="black", linewidth=2.5, label="selected on validation", zorder=5)
     for estimator in reference_estimators:
         if reference is not None and estimator in reference.sizes:
             ax.plot(
                 reference.sizes[estimator],
-                reference.spearman[estimator].mean(1),
+                reference.mean_curve(estimator),
                 color="0.3",
                 linestyle="--" if estimator == "coar" else ":",
                 linewidth=1.5,

@@ -3,10 +3,10 @@
 rule bench_throughput:
     input:
         unpack(bench_prior),
-        model=rules.train_model.output.model,
+        model=f"{RESULTS}/m0/model/model.pt",
         inputs=rules.select_test_inputs.output[0],
-        train=f"{RESULTS}/ablations/train.summary.json",
-        heldout=f"{RESULTS}/ablations/heldout.summary.json",
+        train=f"{RESULTS}/m0/ablations/train.summary.json",
+        heldout=f"{RESULTS}/m0/ablations/heldout.summary.json",
     output:
         "results/bench/throughput.json",
     log:
@@ -26,8 +26,8 @@ rule bench_throughput:
 rule bench_fit:
     input:
         unpack(bench_prior),
-        train=f"{RESULTS}/ablations/train.summary.json",
-        heldout=f"{RESULTS}/ablations/heldout.summary.json",
+        train=f"{RESULTS}/m0/ablations/train.summary.json",
+        heldout=f"{RESULTS}/m0/ablations/heldout.summary.json",
         after=rules.bench_throughput.output[0],
     output:
         "results/bench/fit.json",
@@ -37,8 +37,8 @@ rule bench_fit:
         ENV
     threads: 2
     params:
-        train=store_path("train"),
-        heldout=store_path("heldout"),
+        train=store_path(0, "train"),
+        heldout=store_path(0, "heldout"),
         n_train=max(TRAIN_SIZES),
         estimators={e: config["fit"]["estimators"][e] for e in BENCH_ESTIMATORS},
         reference_inputs=config["bench"]["reference_inputs"],

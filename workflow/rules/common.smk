@@ -5,6 +5,12 @@ validate(config, schema="../schemas/config.schema.yaml")
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
+# Replicates: independently trained models (model seed = model.train.seed + k), each with its own
+# ablation stores, fits and scores under m<k>/; and disjoint draws of training masks per train size.
+MODELS = list(range(config["replicates"]["models"]))
+MASK_DRAWS = config["replicates"]["masks"]
+MODEL_DIR = f"{RESULTS}/m{{model}}"
+MODEL_LOGS = f"{LOGS}/m{{model}}"
 OOD_ALPHAS = config["sampling"].get("ood", {}).get("alphas", [])
 OOD_SPLITS = [f"ood_{alpha}" for alpha in OOD_ALPHAS]
 SPLITS = ["train", "heldout", *OOD_SPLITS]
@@ -14,7 +20,6 @@ METHODS = ESTIMATORS + BASELINES
 # Estimators whose fit takes attribution patching's attribution as a prior
 # (the classes with ``uses_prior`` in compattr.estimators; a test checks the two agree).
 PRIOR_ESTIMATORS = ("gradient_prior", "gradient_prior_lasso", "relu_collapse_prior")
-PRIOR_FIT = f"{RESULTS}/fits/attribution_patching/baseline.zarr"
 USES_PRIOR = any(e in PRIOR_ESTIMATORS for e in ESTIMATORS)
 BASELINE_FITS = sorted(set(BASELINES) | ({"attribution_patching"} if USES_PRIOR else set()))
 TRAIN_SIZES = sorted(config["fit"]["train_sizes"])
@@ -52,6 +57,11 @@ def _check_config():
                     "(or each other); give every split its own seed"
                 )
     model = config["model"]
+    if len(MODELS) > 1 and "train" not in model:
+        raise ValueError(
+            "config replicates.models > 1 needs model.train (models trained from seeds); "
+            "pretrained weights or a checkpoint give one model"
+        )
     arch = model["arch"]
     if arch["name"] == "cifar_resnet" and len(arch["widths"]) != len(arch["blocks"]):
         raise ValueError(
@@ -90,44 +100,69 @@ def n_shards(split):
     return -(-split_settings(split)["n_masks"] // config["sampling"]["shard_size"])
 
 
-def store_path(split):
-    """Path of a split's ablation store."""
-    return f"{RESULTS}/ablations/{split}.zarr"
+def model_dir(model):
+    """Directory of one model's outputs (its checkpoint, stores, fits and scores)."""
+    return f"{RESULTS}/m{model}"
+
+
+def store_path(model, split):
+    """Path of a split's ablation store of one model."""
+    return f"{model_dir(model)}/ablations/{split}.zarr"
+
+
+def prior_fit(model):
+    """Attribution patching's fit of one model: the prior of the estimators that take one."""
+    return f"{model_dir(model)}/baselines/attribution_patching.zarr"
+
+
+def model_config(wildcards):
+    """The model section of the config for model replicate ``k``: its training seed is model.train.seed + k."""
+    model = dict(config["model"])
+    if "train" in model:
+        model["train"] = {**model["train"], "seed": model["train"]["seed"] + int(wildcards.model)}
+    return model
 
 
 def method_fits(wildcards):
-    """The fits of one method: every train size for an estimator, the single fit of a baseline.
+    """The fits of one method on one model: a baseline's store, or an estimator's directory of fits.
 
     An estimator with a prior also gets the prior's fit: its point at zero ablations.
     """
     if wildcards.estimator in BASELINES:
-        return [f"{RESULTS}/fits/{wildcards.estimator}/baseline.zarr"]
-    fits = expand(f"{RESULTS}/fits/{wildcards.estimator}/n{{n}}.zarr", n=TRAIN_SIZES)
-    return [PRIOR_FIT, *fits] if wildcards.estimator in PRIOR_ESTIMATORS else fits
+        return [f"{model_dir(wildcards.model)}/baselines/{wildcards.estimator}.zarr"]
+    fits = [f"{model_dir(wildcards.model)}/fits/{wildcards.estimator}"]
+    return [prior_fit(wildcards.model), *fits] if wildcards.estimator in PRIOR_ESTIMATORS else fits
 
 
 def prior_input(wildcards):
-    """The prior attribution's fit, for the estimators that take one (a sweep's: its estimator)."""
+    """The prior attribution's fit, for the estimators that take one (a sweep's: its estimator, on model 0)."""
     estimator = wildcards.get("estimator", SWEEP["estimator"])
-    return {"prior": PRIOR_FIT} if estimator in PRIOR_ESTIMATORS else {}
+    return {"prior": prior_fit(wildcards.get("model", 0))} if estimator in PRIOR_ESTIMATORS else {}
 
 
 def shard_flags(wildcards):
-    """Per-shard summaries of a split: one per shard job."""
+    """Per-shard summaries of a split of one model: one per shard job."""
     return expand(
-        f"{RESULTS}/ablations/{wildcards.split}.shards/{{shard}}.json",
+        f"{model_dir(wildcards.model)}/ablations/{wildcards.split}.shards/{{shard}}.json",
         shard=range(n_shards(wildcards.split)),
     )
+
+
+def split_summaries(wildcards):
+    """The checked summaries of one model's held-out and out-of-distribution stores."""
+    return [f"{model_dir(wildcards.model)}/ablations/{split}.summary.json" for split in ["heldout", *OOD_SPLITS]]
 
 
 def store_provenance(wildcards):
     """The config sections that determine an ablation store's contents."""
     return {
         "study": STUDY,
+        "model_replicate": int(wildcards.model),
         "split": wildcards.split,
         **split_settings(wildcards.split),
         "forward": FORWARD,
-        **{key: config[key] for key in ("data", "model", "components", "inputs")},
+        **{key: config[key] for key in ("data", "components", "inputs")},
+        "model": model_config(wildcards),
     }
 
 
@@ -150,14 +185,14 @@ BENCH_ESTIMATORS = [
 
 
 def bench_prior(wildcards):
-    """The prior's fit, when the fit benchmark includes an estimator that takes one."""
-    return {"prior": PRIOR_FIT} if set(BENCH_ESTIMATORS) & set(PRIOR_ESTIMATORS) else {}
+    """The prior's fit (model 0), when the fit benchmark includes an estimator that takes one."""
+    return {"prior": prior_fit(0)} if set(BENCH_ESTIMATORS) & set(PRIOR_ESTIMATORS) else {}
 
 
 def final_targets():
-    """The default targets: tables, figures and the model metrics."""
+    """The default targets: every model's metrics, the tables and the figures."""
     return [
-        f"{RESULTS}/model/metrics.json",
+        *expand(f"{RESULTS}/m{{model}}/model/metrics.json", model=MODELS),
         f"{RESULTS}/lds.csv",
         f"{RESULTS}/lds_ood.csv",
         f"{RESULTS}/summary.csv",

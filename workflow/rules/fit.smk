@@ -1,18 +1,24 @@
+# One job per model and estimator fits every train size on every disjoint draw of training masks:
+# most fits take less time than starting a process.
 rule fit_estimator:
     input:
         unpack(prior_input),
-        summary=f"{RESULTS}/ablations/train.summary.json",
+        summary=f"{MODEL_DIR}/ablations/train.summary.json",
     output:
-        directory(f"{RESULTS}/fits/{{estimator}}/n{{n}}.zarr"),
+        directory(f"{MODEL_DIR}/fits/{{estimator}}"),
     log:
-        f"{LOGS}/fit_estimator/{{estimator}}.n{{n}}.log",
+        f"{MODEL_LOGS}/fit_estimator/{{estimator}}.log",
+    wildcard_constraints:
+        estimator="|".join(ESTIMATORS),
     conda:
         ENV
     threads: 2
     params:
-        store=f"{RESULTS}/ablations/train.zarr",
+        store=lambda wc: store_path(wc.model, "train"),
         estimator=lambda wc: wc.estimator,
-        n_train=lambda wc: int(wc.n),
+        model=lambda wc: int(wc.model),
+        sizes=TRAIN_SIZES,
+        replicates=MASK_DRAWS,
         estimator_params=lambda wc: config["fit"]["estimators"][wc.estimator],
         device=config["device"],
     script:
@@ -24,9 +30,9 @@ rule fit_baseline:
         model=rules.train_model.output.model,
         inputs=rules.select_test_inputs.output[0],
     output:
-        directory(f"{RESULTS}/fits/{{baseline}}/baseline.zarr"),
+        directory(f"{MODEL_DIR}/baselines/{{baseline}}.zarr"),
     log:
-        f"{LOGS}/fit_baseline/{{baseline}}.log",
+        f"{MODEL_LOGS}/fit_baseline/{{baseline}}.log",
     wildcard_constraints:
         baseline="|".join(BASELINE_FITS) or "none",
     conda:
@@ -34,6 +40,7 @@ rule fit_baseline:
     threads: 2
     params:
         baseline=lambda wc: wc.baseline,
+        model=lambda wc: int(wc.model),
         batch_size=config["sampling"]["batch_size"],
         forward=FORWARD,
         device=config["device"],

@@ -1,16 +1,16 @@
 rule train_model:
     output:
-        model=f"{RESULTS}/model/model.pt",
-        metrics=f"{RESULTS}/model/metrics.json",
-        components=f"{RESULTS}/model/components.tsv",
+        model=f"{MODEL_DIR}/model/model.pt",
+        metrics=f"{MODEL_DIR}/model/metrics.json",
+        components=f"{MODEL_DIR}/model/components.tsv",
     log:
-        f"{LOGS}/train_model.log",
+        f"{MODEL_LOGS}/train_model.log",
     conda:
         ENV
     threads: 2
     params:
         data=config["data"],
-        model=config["model"],
+        model=model_config,
         components=config["components"],
         device=config["device"],
     script:
@@ -19,7 +19,7 @@ rule train_model:
 
 rule select_test_inputs:
     output:
-        f"{RESULTS}/model/inputs.npz",
+        f"{RESULTS}/inputs.npz",
     log:
         f"{LOGS}/select_test_inputs.log",
     conda:

@@ -3,15 +3,15 @@ rule init_ablation_store:
         model=rules.train_model.output.model,
         inputs=rules.select_test_inputs.output[0],
     output:
-        group=f"{RESULTS}/ablations/{{split}}.zarr/zarr.json",
-        masks=f"{RESULTS}/ablations/{{split}}.zarr/masks/zarr.json",
-        margins=f"{RESULTS}/ablations/{{split}}.zarr/margins/zarr.json",
+        group=f"{MODEL_DIR}/ablations/{{split}}.zarr/zarr.json",
+        masks=f"{MODEL_DIR}/ablations/{{split}}.zarr/masks/zarr.json",
+        margins=f"{MODEL_DIR}/ablations/{{split}}.zarr/margins/zarr.json",
     log:
-        f"{LOGS}/init_ablation_store/{{split}}.log",
+        f"{MODEL_LOGS}/init_ablation_store/{{split}}.log",
     conda:
         ENV
     params:
-        store=lambda wc: store_path(wc.split),
+        store=lambda wc: store_path(wc.model, wc.split),
         n_masks=lambda wc: split_settings(wc.split)["n_masks"],
         shard_size=config["sampling"]["shard_size"],
         provenance=store_provenance,
@@ -25,14 +25,14 @@ rule sample_ablation_shard:
         inputs=rules.select_test_inputs.output[0],
         store=rules.init_ablation_store.output.group,
     output:
-        f"{RESULTS}/ablations/{{split}}.shards/{{shard}}.json",
+        f"{MODEL_DIR}/ablations/{{split}}.shards/{{shard}}.json",
     log:
-        f"{LOGS}/sample_ablation_shard/{{split}}.{{shard}}.log",
+        f"{MODEL_LOGS}/sample_ablation_shard/{{split}}.{{shard}}.log",
     conda:
         ENV
     threads: 1
     params:
-        store=lambda wc: store_path(wc.split),
+        store=lambda wc: store_path(wc.model, wc.split),
         alpha=lambda wc: split_settings(wc.split)["alpha"],
         seed=lambda wc: split_settings(wc.split)["seed"],
         batch_size=config["sampling"]["batch_size"],
@@ -47,12 +47,12 @@ rule check_ablation_store:
         shards=shard_flags,
         store=rules.init_ablation_store.output.group,
     output:
-        f"{RESULTS}/ablations/{{split}}.summary.json",
+        f"{MODEL_DIR}/ablations/{{split}}.summary.json",
     log:
-        f"{LOGS}/check_ablation_store/{{split}}.log",
+        f"{MODEL_LOGS}/check_ablation_store/{{split}}.log",
     conda:
         ENV
     params:
-        store=lambda wc: store_path(wc.split),
+        store=lambda wc: store_path(wc.model, wc.split),
     script:
         "../scripts/check_ablation_store.py"

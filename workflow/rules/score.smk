@@ -1,35 +1,31 @@
 rule score_lds:
     input:
         fits=method_fits,
-        summaries=expand(
-            f"{RESULTS}/ablations/{{split}}.summary.json",
-            split=["heldout", *OOD_SPLITS],
-        ),
+        summaries=split_summaries,
     output:
-        heldout=f"{RESULTS}/lds/{{estimator}}.csv",
-        ood=f"{RESULTS}/lds/{{estimator}}.ood.csv",
-        fits=f"{RESULTS}/lds/{{estimator}}.fits.csv",
+        heldout=f"{MODEL_DIR}/lds/{{estimator}}.csv",
+        ood=f"{MODEL_DIR}/lds/{{estimator}}.ood.csv",
+        fits=f"{MODEL_DIR}/lds/{{estimator}}.fits.csv",
     log:
-        f"{LOGS}/score_lds/{{estimator}}.log",
+        f"{MODEL_LOGS}/score_lds/{{estimator}}.log",
     conda:
         ENV
     params:
         label=lambda wc: wc.estimator,
-        heldout=store_path("heldout"),
-        ood={alpha: store_path(split) for alpha, split in zip(OOD_ALPHAS, OOD_SPLITS)},
+        model=lambda wc: int(wc.model),
+        heldout=lambda wc: store_path(wc.model, "heldout"),
+        ood=lambda wc: {alpha: store_path(wc.model, split) for alpha, split in zip(OOD_ALPHAS, OOD_SPLITS)},
     script:
         "../scripts/score_lds.py"
 
 
 rule summarize_lds:
     input:
-        heldout=expand(f"{RESULTS}/lds/{{estimator}}.csv", estimator=METHODS),
-        ood=expand(f"{RESULTS}/lds/{{estimator}}.ood.csv", estimator=METHODS),
-        fits=expand(f"{RESULTS}/lds/{{estimator}}.fits.csv", estimator=METHODS),
-        components=rules.train_model.output.components,
-        baselines=expand(
-            f"{RESULTS}/fits/{{baseline}}/baseline.zarr", baseline=BASELINES
-        ),
+        heldout=expand(f"{RESULTS}/m{{model}}/lds/{{estimator}}.csv", model=MODELS, estimator=METHODS),
+        ood=expand(f"{RESULTS}/m{{model}}/lds/{{estimator}}.ood.csv", model=MODELS, estimator=METHODS),
+        fits=expand(f"{RESULTS}/m{{model}}/lds/{{estimator}}.fits.csv", model=MODELS, estimator=METHODS),
+        components=f"{RESULTS}/m0/model/components.tsv",
+        baselines=expand(f"{RESULTS}/m{{model}}/baselines/{{baseline}}.zarr", model=MODELS, baseline=BASELINES),
     output:
         lds=report(f"{RESULTS}/lds.csv", caption="../report/lds.rst", category="Tables"),
         ood=report(
@@ -58,7 +54,7 @@ rule plot_lds:
     input:
         lds=rules.summarize_lds.output.lds,
         ood=rules.summarize_lds.output.ood,
-        components=rules.train_model.output.components,
+        components=f"{RESULTS}/m0/model/components.tsv",
     output:
         png=report(
             f"{RESULTS}/figures/lds_vs_ablations.png",

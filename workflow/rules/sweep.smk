@@ -1,19 +1,22 @@
+# The sweep runs on the first model, on the first draw of training masks at each size.
 rule fit_sweep:
     input:
         unpack(prior_input),
-        summary=f"{RESULTS}/ablations/train.summary.json",
+        summary=f"{RESULTS}/m0/ablations/train.summary.json",
     output:
-        directory(f"{RESULTS}/sweep/fits/{{setting}}/n{{n}}.zarr"),
+        directory(f"{RESULTS}/m0/sweep/fits/{{setting}}"),
     log:
-        f"{LOGS}/fit_sweep/{{setting}}.n{{n}}.log",
+        f"{LOGS}/m0/fit_sweep/{{setting}}.log",
     conda:
         ENV
     threads: 2
     params:
-        store=store_path("train"),
+        store=store_path(0, "train"),
         estimator=SWEEP["estimator"],
         label=lambda wc: wc.setting,
-        n_train=lambda wc: int(wc.n),
+        model=0,
+        sizes=SWEEP_SIZES,
+        replicates=1,
         estimator_params=sweep_params,
         device=config["device"],
     script:
@@ -22,19 +25,20 @@ rule fit_sweep:
 
 rule score_sweep:
     input:
-        fits=expand(f"{RESULTS}/sweep/fits/{{{{setting}}}}/n{{n}}.zarr", n=SWEEP_SIZES),
-        summary=f"{RESULTS}/ablations/heldout.summary.json",
+        fits=rules.fit_sweep.output,
+        summary=f"{RESULTS}/m0/ablations/heldout.summary.json",
     output:
-        heldout=f"{RESULTS}/sweep/lds/{{setting}}.csv",
-        ood=f"{RESULTS}/sweep/lds/{{setting}}.ood.csv",
-        fits=f"{RESULTS}/sweep/lds/{{setting}}.fits.csv",
+        heldout=f"{RESULTS}/m0/sweep/lds/{{setting}}.csv",
+        ood=f"{RESULTS}/m0/sweep/lds/{{setting}}.ood.csv",
+        fits=f"{RESULTS}/m0/sweep/lds/{{setting}}.fits.csv",
     log:
-        f"{LOGS}/score_sweep/{{setting}}.log",
+        f"{LOGS}/m0/score_sweep/{{setting}}.log",
     conda:
         ENV
     params:
         label=lambda wc: wc.setting,
-        heldout=store_path("heldout"),
+        model=0,
+        heldout=store_path(0, "heldout"),
         ood={},
     script:
         "../scripts/score_lds.py"
@@ -42,28 +46,24 @@ rule score_sweep:
 
 rule summarize_sweep:
     input:
-        lds=expand(f"{RESULTS}/sweep/lds/{{setting}}.csv", setting=SWEEP["settings"]),
-        fits=expand(
-            f"{RESULTS}/sweep/fits/{{setting}}/n{{n}}.zarr",
-            setting=SWEEP["settings"],
-            n=SWEEP_SIZES,
-        ),
+        lds=expand(f"{RESULTS}/m0/sweep/lds/{{setting}}.csv", setting=SWEEP["settings"]),
+        fits=expand(f"{RESULTS}/m0/sweep/fits/{{setting}}", setting=SWEEP["settings"]),
         reference=rules.summarize_lds.output.lds,
     output:
-        lds=f"{RESULTS}/sweep/lds.csv",
+        lds=f"{RESULTS}/m0/sweep/lds.csv",
         selection=report(
-            f"{RESULTS}/sweep/selection.csv",
+            f"{RESULTS}/m0/sweep/selection.csv",
             caption="../report/sweep.rst",
             category="Sweep",
         ),
-        markdown=f"{RESULTS}/sweep/summary.md",
+        markdown=f"{RESULTS}/m0/sweep/summary.md",
         png=report(
-            f"{RESULTS}/sweep/lds_vs_ablations.png",
+            f"{RESULTS}/m0/sweep/lds_vs_ablations.png",
             caption="../report/sweep.rst",
             category="Sweep",
         ),
     log:
-        f"{LOGS}/summarize_sweep.log",
+        f"{LOGS}/m0/summarize_sweep.log",
     conda:
         ENV
     params:

@@ -30,5 +30,12 @@ save_linear_fit(
     snakemake.output[0],
     coef,
     intercept,
-    {"estimator": baseline, "n_train": passes, "baseline": True, "device": str(device), "provenance": provenance()},
+    {
+        "estimator": baseline,
+        "model": snakemake.params.model,
+        "n_train": passes,
+        "baseline": True,
+        "device": str(device),
+        "provenance": provenance(),
+    },
 )

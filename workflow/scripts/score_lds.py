@@ -3,7 +3,7 @@
 import numpy as np
 
 from compattr.analysis import write_fit_csv, write_lds_csv
-from compattr.fitting import load_fit, predicts_constant, score_fit
+from compattr.fitting import fit_stores, load_fit, predicts_constant, score_fit
 from compattr.io import start_log
 from compattr.sampling import read_rows
 
@@ -12,27 +12,30 @@ heldout_masks = read_rows(snakemake.params.heldout)
 ood_masks = {alpha: read_rows(store) for alpha, store in snakemake.params.ood.items()}
 heldout, ood, diagnostics = [], [], []
 name = snakemake.params.label  # a prior's fit is labelled as its estimator's point at n_train 0
-for path in snakemake.input.fits:
+model = snakemake.params.model
+for path in (store for entry in snakemake.input.fits for store in fit_stores(entry)):
     fit = load_fit(path)
-    n = fit.attrs["n_train"]
+    n, replicate = fit.attrs["n_train"], fit.attrs.get("replicate", 0)
+    labels = (name, model, replicate)
     spearman, pearson = score_fit(fit, *heldout_masks)
     constant = predicts_constant(fit, heldout_masks[0])
     calibration = fit.diagnostics.get("calibration", np.full(len(spearman), np.nan))
     log.info(
-        "%s n=%d: mean LDS %.3f, mean Pearson %.3f; %d failed, %d constant",
+        "%s n=%d draw %d: mean LDS %.3f, mean Pearson %.3f; %d failed, %d constant",
         name,
         n,
+        replicate,
         spearman.mean(),
         pearson.mean(),
         fit.failed.sum(),
         constant.sum(),
     )
-    heldout += [(name, n, i, s, p) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
-    diagnostics += [(name, n, i, *row) for i, row in enumerate(zip(fit.failed, constant, calibration, strict=True))]
+    heldout += [(*labels, n, i, s, p) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
+    diagnostics += [(*labels, n, i, *row) for i, row in enumerate(zip(fit.failed, constant, calibration, strict=True))]
     for alpha, rows in ood_masks.items():
         spearman, pearson = score_fit(fit, *rows)
         log.info("%s n=%d at alpha %s: mean LDS %.3f", name, n, alpha, spearman.mean())
-        ood += [(name, n, i, s, p, alpha) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
+        ood += [(*labels, n, i, s, p, alpha) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
 write_lds_csv(snakemake.output.heldout, heldout)
 write_lds_csv(snakemake.output.ood, ood, alpha=True)
 write_fit_csv(snakemake.output.fits, diagnostics)

@@ -1,6 +1,7 @@
 """Collect the per-method LDS tables; tabulate masks needed per LDS target, with reductions."""
 
 import csv
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -58,28 +59,36 @@ notes = [
     *(dips or ["- No estimator's mean LDS falls between consecutive train sizes."]),
     "",
 ]
-fits = {fit.attrs["estimator"]: fit for fit in map(load_fit, snakemake.input.baselines)}
+fits = defaultdict(list)  # baseline -> its fit on each model, in model order
+for fit in map(load_fit, snakemake.input.baselines):
+    fits[fit.attrs["estimator"]].append(fit)
 if {"attribution_patching", "loo"} <= set(fits):
-    r = coefficient_agreement(fits["attribution_patching"].coef, fits["loo"].coef)
+    pairs = zip(fits["attribution_patching"], fits["loo"], strict=True)
+    r = np.concatenate([coefficient_agreement(atp.coef, loo.coef) for atp, loo in pairs])
     notes.append(
         f"Attribution patching against leave-one-out (exact single ablations): per-input Pearson correlation "
         f"of the attributions, mean {r.mean():.3f}, median {np.median(r):.3f}, range [{r.min():.3f}, {r.max():.3f}] "
-        f"over {len(r)} inputs."
+        f"over {len(r)} inputs (every model's)."
     )
 if "attribution_patching" in fits and {"gradient_prior", "ridge"} <= set(table.estimators):
-    prior = fits["attribution_patching"]
+    margin = np.mean([fit.intercept for fit in fits["attribution_patching"]], axis=0)
     for covariate, label in (
-        (table.spearman["attribution_patching"][0], "prior's own LDS"),
-        (prior.intercept, "unablated margin"),
+        (table.per_input("attribution_patching")[0], "prior's own LDS"),
+        (margin, "unablated margin"),
     ):
         notes += [
             "",
             f"Where the gradient prior helps: mean per-input LDS of gradient_prior minus ridge at each train size, "
-            f"inputs in thirds by the {label}.",
+            f"inputs in thirds by the {label} (both averaged over models and mask draws).",
             "",
             grouped_gain_markdown(table, "gradient_prior", "ridge", covariate, label).rstrip(),
         ]
 sizes = sorted({int(n) for e in table.estimators for n in table.sizes[e] if len(table.sizes[e]) > 1 and n > 0})
 with open(snakemake.output.markdown, "w") as fh:
-    fh.write(summary_markdown(rows, snakemake.params.study, sizes[0], sizes[-1], notes, references, headings))
+    _, n_models, n_replicates, n_inputs = max((v.shape for v in table.spearman.values()), key=lambda shape: shape[2])
+    sources = (
+        f"the {n_inputs} test inputs, the {n_models} independently trained model(s) and the disjoint draws of "
+        f"training masks (up to {n_replicates} per train size, as many as the sampled masks hold)"
+    )
+    fh.write(summary_markdown(rows, snakemake.params.study, sizes[0], sizes[-1], notes, references, headings, sources))
 log.info("wrote %s", snakemake.output.markdown)

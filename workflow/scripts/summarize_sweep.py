@@ -5,7 +5,7 @@ import csv
 import numpy as np
 
 from compattr.analysis import concat_csv, markdown_table, read_lds_csv, select_by_validation
-from compattr.fitting import load_fit
+from compattr.fitting import fit_stores, load_fit
 from compattr.io import start_log
 from compattr.plots import plot_sweep
 
@@ -15,7 +15,7 @@ table = read_lds_csv(snakemake.output.lds)
 settings = snakemake.params.settings
 settings_order = list(settings)
 mse, spearman = {}, {}
-for path in snakemake.input.fits:
+for path in (store for entry in snakemake.input.fits for store in fit_stores(entry)):
     fit = load_fit(path)
     key = (fit.attrs["estimator"], int(fit.attrs["n_train"]))
     mse[key] = float(fit.diagnostics["validation_mse"].mean())
@@ -26,7 +26,7 @@ by_mse = select_by_validation(mse)
 
 rows = []
 for (setting, n), value in sorted(mse.items(), key=lambda item: (item[0][1], item[0][0])):
-    lds = table.spearman[setting][list(table.sizes[setting]).index(n)].mean()
+    lds = table.mean_curve(setting)[list(table.sizes[setting]).index(n)]
     rows.append(
         {
             "n_train": n,
