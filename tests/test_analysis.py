@@ -14,6 +14,7 @@ from compattr.analysis import (
     markdown_table,
     read_lds_csv,
     read_ood_csv,
+    resampled_sources,
     select_by_validation,
     summary_markdown,
     summary_rows,
@@ -189,3 +190,14 @@ def test_bootstrap_over_mask_draws_covers_their_variance():
     assert width > 5 * inputs_only
     expected = 2 * 1.96 * offsets.std() / np.sqrt(n_draws)  # the bootstrap's plug-in standard error
     assert 0.6 * expected < width < 1.4 * expected
+
+
+def test_resampled_sources_name_models_and_draws_only_when_there_are_several(tmp_path):
+    one = [("coar", 0, 0, 100, i, 0.5, 0.5) for i in range(3)]
+    write_lds_csv(tmp_path / "one.csv", one)
+    assert resampled_sources(read_lds_csv(tmp_path / "one.csv")) == "3 test inputs"
+    many = [("coar", m, r, 100, i, 0.5, 0.5) for m in range(2) for r in range(3) for i in range(3)]
+    write_lds_csv(tmp_path / "many.csv", many)
+    assert resampled_sources(read_lds_csv(tmp_path / "many.csv")) == (
+        "3 test inputs, 2 independently trained models and up to 3 disjoint draws of training masks per size"
+    )

@@ -106,7 +106,7 @@ def test_study_writes_sane_tables_and_figures(study):
     columns = ["estimator", "model", "replicate", "n_train", "input", "failed", "constant", "calibration"]
     assert list(fits[0]) == columns
     assert len(fits) == n_inputs * draws and all(r["calibration"] for r in fits) and fits[0]["model"] == "1"
-    assert "resampled together" in markdown and f"the {n_models} independently trained model(s)" in markdown
+    assert "each resample drawing the" in markdown and f"{n_models} independently trained models and up to" in markdown
     assert "Attribution patching against leave-one-out" in markdown
     for ext in ("png", "pdf"):
         figure = study / STUDY / f"figures/lds_vs_ablations.{ext}"

@@ -16,6 +16,7 @@ from compattr.lds import columnwise_pearson
 __all__ = [
     "LdsTable",
     "Resamples",
+    "resampled_sources",
     "read_lds_csv",
     "read_ood_csv",
     "concat_csv",
@@ -107,6 +108,17 @@ class Resamples:
             r = np.floor(self.replicates[:, :picks] * fitted).astype(int)[:, None, :, None]
             out[:, k] = at_size[m, r, i].mean(axis=(1, 2, 3))
         return out
+
+
+def resampled_sources(table: LdsTable) -> str:
+    """What the bootstrap intervals resample, in words: inputs, and models and mask draws where there are several."""
+    _, n_models, n_draws, n_inputs = max((v.shape for v in table.spearman.values()), key=lambda shape: shape[2])
+    sources = [f"{n_inputs} test inputs"]
+    if n_models > 1:
+        sources.append(f"{n_models} independently trained models")
+    if n_draws > 1:
+        sources.append(f"up to {n_draws} disjoint draws of training masks per size")
+    return sources[0] if len(sources) == 1 else ", ".join(sources[:-1]) + " and " + sources[-1]
 
 
 def write_lds_csv(path: str | Path, rows: Iterable[Sequence], alpha: bool = False) -> None:
@@ -516,8 +528,8 @@ def summary_markdown(
     lines += [
         "Masks needed are read off the mean LDS curve (interpolated in log masks) and count every training "
         "mask, the estimator's validation split included (an estimator that chooses a setting on validation is "
-        f"refitted on all the masks); brackets are 95% percentile bootstrap intervals over {sources}, resampled "
-        "together. Reductions are 1 - masks(estimator) / masks(other): positive means fewer "
+        f"refitted on all the masks); brackets are 95% percentile bootstrap intervals, each resample drawing "
+        f"{sources} with replacement. Reductions are 1 - masks(estimator) / masks(other): positive means fewer "
         "ablated forward passes. 'Best tuned linear' is, per target and per bootstrap resample, whichever of "
         f"the tuned linear estimators needs fewest masks. A value of {smallest} (the smallest train size) means "
         f"the target was already reached there (the need is at most that); 'not reached': not with {largest} "

@@ -23,6 +23,7 @@ LABELS = {
     "ridge": "ridge (CV penalty)",
     "lasso": "lasso (CV penalty)",
     "relu_collapse": "ReLU-collapse",
+    "relu_collapse_raw": "ReLU-collapse as the seed writes it (raw collapse)",
     "linear_collapse": "linear-collapse (no ReLU)",
     "relu_net": "ReLU net (uncollapsed)",
     "gradient_prior": "gradient prior + ridge correction",
@@ -121,7 +122,7 @@ def plot_lds_vs_ablations(
         ax.set_title(f"{metric}: {where}", fontsize=10)
         ax.set_ylabel(f"mean {metric} over inputs")
         ax.tick_params(labelleft=True)
-    legend = {"title": f"{ci:.0%} bootstrap CI over inputs, models and mask draws", "title_fontsize": 8}
+    legend = {"title": f"{ci:.0%} bootstrap CI (sources in the title)", "title_fontsize": 8}
     spare = axes.flat[len(panels) :]
     for ax in spare:
         ax.axis("off")

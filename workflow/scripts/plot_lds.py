@@ -2,14 +2,13 @@
 
 from pathlib import Path
 
-from compattr.analysis import read_lds_csv, read_ood_csv
+from compattr.analysis import read_lds_csv, read_ood_csv, resampled_sources
 from compattr.io import start_log
 from compattr.plots import plot_lds_vs_ablations
 
 log = start_log(snakemake.log[0])
 cfg = snakemake.params.analysis
 table = read_lds_csv(snakemake.input.lds)
-_, n_models, n_replicates, n_inputs = max((v.shape for v in table.spearman.values()), key=lambda shape: shape[2])
 n_components = len(Path(snakemake.input.components).read_text().splitlines()) - 1  # a header, then one per component
 fig = plot_lds_vs_ablations(
     table,
@@ -20,10 +19,7 @@ fig = plot_lds_vs_ablations(
     n_bootstrap=cfg["n_bootstrap"],
     ci=cfg["ci"],
     seed=cfg["seed"],
-    title=(
-        f"{snakemake.params.study}: component attribution, {n_inputs} test inputs, {n_models} model(s), "
-        f"up to {n_replicates} disjoint draws of training masks"
-    ),
+    title=f"{snakemake.params.study}: component attribution; intervals over {resampled_sources(table)}",
     per_component=n_components if cfg.get("x_axis") == "masks_per_component" else None,
 )
 fig.savefig(snakemake.output.png, dpi=150)

@@ -15,6 +15,7 @@ from compattr.analysis import (
     fit_quality_rows,
     grouped_gain_markdown,
     read_lds_csv,
+    resampled_sources,
     summary_markdown,
     summary_rows,
 )
@@ -85,10 +86,6 @@ if "attribution_patching" in fits and {"gradient_prior", "ridge"} <= set(table.e
         ]
 sizes = sorted({int(n) for e in table.estimators for n in table.sizes[e] if len(table.sizes[e]) > 1 and n > 0})
 with open(snakemake.output.markdown, "w") as fh:
-    _, n_models, n_replicates, n_inputs = max((v.shape for v in table.spearman.values()), key=lambda shape: shape[2])
-    sources = (
-        f"the {n_inputs} test inputs, the {n_models} independently trained model(s) and the disjoint draws of "
-        f"training masks (up to {n_replicates} per train size, as many as the sampled masks hold)"
-    )
+    sources = f"the {resampled_sources(table)}"
     fh.write(summary_markdown(rows, snakemake.params.study, sizes[0], sizes[-1], notes, references, headings, sources))
 log.info("wrote %s", snakemake.output.markdown)
