@@ -36,18 +36,24 @@ def test_fit_on_store_passes_the_prior_to_estimators_that_use_one(tmp_path):
         fit_on_store(tmp_path / "s.zarr", 150, "ridge", {}, prior=theta)
 
 
+def _noisy_linear_store(path, n_masks, n_units, n_inputs, *, shard_size, seed, noise_seed):
+    """A store whose margins are a planted linear function of the masks (ablation rate 0.2) plus noise; its theta."""
+    _, _, theta, bias = planted_problem(1, n_units=n_units, n_outputs=n_inputs)
+    noise = np.random.default_rng(noise_seed)
+    create_store(path, n_masks=n_masks, n_units=n_units, n_inputs=n_inputs, shard_size=shard_size, attributes={})
+    for shard in range(-(-n_masks // shard_size)):
+        run_shard(
+            path, shard, lambda m: m @ theta.T + bias + noise.normal(size=(len(m), n_inputs)), alpha=0.2, seed=seed
+        )
+    return theta
+
+
 @pytest.mark.parametrize(
     "name", ["coar", "ls_early_stopped", "ridge", "lasso", "gradient_prior", "gradient_prior_lasso", "relu_collapse"]
 )
 def test_fits_streamed_from_the_store_equal_fits_on_the_rows(tmp_path, name):
     """Moments (or the 2-layer fits' rows) gathered shard by shard give the model a fit on the rows in memory gives."""
-    _, _, theta, bias = planted_problem(1, n_units=30, n_outputs=4)
-    noise = np.random.default_rng(2)
-    create_store(tmp_path / "s.zarr", n_masks=230, n_units=30, n_inputs=4, shard_size=50, attributes={})
-    for shard in range(5):
-        run_shard(
-            tmp_path / "s.zarr", shard, lambda m: m @ theta.T + bias + noise.normal(size=(len(m), 4)), alpha=0.2, seed=3
-        )
+    theta = _noisy_linear_store(tmp_path / "s.zarr", 230, 30, 4, shard_size=50, seed=3, noise_seed=2)
     prior = theta + np.random.default_rng(4).normal(size=theta.shape)
     params = {"tol": 1e-10, "max_iter": 50_000} if "lasso" in name else {}
     params = {"max_steps": 20} if name == "relu_collapse" else params
@@ -66,13 +72,7 @@ def test_mask_draws_are_disjoint_and_each_fit_is_that_of_its_own_rows(tmp_path):
     assert replicate_starts(100, 1000, 3) == [0, 100, 200]
     with pytest.raises(ValueError, match="cannot draw"):
         replicate_starts(500, 450, 2)
-    _, _, theta, bias = planted_problem(1, n_units=20, n_outputs=3)
-    noise = np.random.default_rng(5)
-    create_store(tmp_path / "s.zarr", n_masks=160, n_units=20, n_inputs=3, shard_size=40, attributes={})
-    for shard in range(4):
-        run_shard(
-            tmp_path / "s.zarr", shard, lambda m: m @ theta.T + bias + noise.normal(size=(len(m), 3)), alpha=0.2, seed=7
-        )
+    _noisy_linear_store(tmp_path / "s.zarr", 160, 20, 3, shard_size=40, seed=7, noise_seed=5)
     masks, margins = read_rows(tmp_path / "s.zarr")
     fits = {(n, r): model for n, r, model, _ in fit_draws(tmp_path / "s.zarr", [50, 80], 3, "ridge", {})}
     assert sorted(fits) == [(50, 0), (50, 1), (50, 2), (80, 0), (80, 1)]
