@@ -14,6 +14,7 @@ from compattr.estimators import (
     LassoCVRegressor,
     LinearCollapseRegressor,
     ReluCollapseRegressor,
+    ReluNetRegressor,
     RidgeCVRegressor,
     collapse_relu_network,
     make_estimator,
@@ -221,6 +222,12 @@ def test_two_layer_fit_is_refitted_on_all_rows_for_its_chosen_steps(early_stoppi
         mse = ((pred - Y[n_fit:, same]) ** 2).mean(0)
         np.testing.assert_allclose(model.validation_mse_[same], mse, rtol=1e-3)
         np.testing.assert_allclose(model.validation_spearman_[same], lds_scores(pred, Y[n_fit:, same])[0], atol=1e-6)
+
+
+def test_only_a_collapse_predictor_records_its_calibration():
+    X, Y, _, _ = planted_problem(200)
+    assert ReluCollapseRegressor(max_steps=10).fit(X, Y).calibration_.shape == (Y.shape[1],)
+    assert not hasattr(ReluNetRegressor(max_steps=10).fit(X, Y), "calibration_")
 
 
 def test_no_early_stopping_trains_on_every_row_for_max_steps():

@@ -11,7 +11,8 @@ matrix product) is done once for all of them.
 Estimators that need a validation split (early stopping, penalty choice) take
 it from the *last* ``validation_fraction`` of the rows they are given; the masks
 are i.i.d., so this is a random split, and the held-out masks used for scoring
-are never seen.
+are never seen. Whatever they choose there, they are then refitted on all the
+rows they were given; ``coar`` chooses nothing and fits all rows directly.
 """
 
 from __future__ import annotations
@@ -1169,7 +1170,7 @@ class ReluCollapseRegressor(_ComponentModel):
         Spearman correlation of that predictor with the validation outputs, at the kept step.
     calibration_ : ndarray of shape (n_inputs,)
         Least-squares factor applied to the returned collapse (1 without ``calibrate``;
-        negative where the rescaling flipped its sign).
+        negative where the rescaling flipped its sign). Not set when the predictor is the network.
     """
 
     _activation = "relu"
@@ -1396,7 +1397,8 @@ class ReluCollapseRegressor(_ComponentModel):
         encoded = np.zeros(T, dtype=bool) if prior is None else (prior.abs().amax(1) > 0).cpu().numpy()
         self.failed_ = (self.n_iter_ == 0) & ~encoded
         collapse, bias, scale = self._collapsed(final, rows, B)
-        self.calibration_ = scale.cpu().numpy()
+        if self._predictor == "collapse":  # a network predictor's collapse is for inspection only
+            self.calibration_ = scale.cpu().numpy()
         coef, intercept = _unstandardize(collapse, bias, xs, ys)
         self._set_linear(coef, intercept)
         if self._predictor == "network":
