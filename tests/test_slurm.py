@@ -27,6 +27,9 @@ def sbatch_calls(state: Path) -> dict[str, list[list[str]]]:
 
 def test_tiny_study_runs_through_the_slurm_profile_on_fake_slurm(tmp_path):
     workdir = copy_repo(tmp_path / "repo")
+    config = yaml.safe_load((workdir / "config/tiny.yaml").read_text())
+    config["replicates"]["models"] = 1  # the profile is under test here, not the replicates
+    (workdir / "config/tiny.yaml").write_text(yaml.safe_dump(config))
     state = tmp_path / "slurm_state"
     state.mkdir()
     env = {**os.environ, "PATH": f"{FAKE_SLURM}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_DIR": str(state)}
@@ -49,7 +52,10 @@ def test_tiny_study_runs_through_the_slurm_profile_on_fake_slurm(tmp_path):
             else:
                 assert "gpu" not in line.replace(gpu_partition, ""), line
                 assert cpu_partition in line, line
-    assert len(calls["sample_ablation_shard"]) == 4 + 2 + 1  # one job per shard: 240, 120 and 60 masks by 60
+    n_models, n_estimators = config["replicates"]["models"], len(config["fit"]["estimators"])
+    # One job per shard and model (240, 120 and 60 masks by 60), one fit job per estimator and model.
+    assert len(calls["sample_ablation_shard"]) == (4 + 2 + 1) * n_models
+    assert len(calls["fit_estimator"]) == n_estimators * n_models
     assert list((workdir / "logs/slurm").rglob("*.log")), "the SLURM job logs go to logs/slurm/"
 
 
@@ -74,5 +80,5 @@ def test_dry_run_of_the_paper_scale_configs_resolves_the_job_graph(tmp_path, con
         + [cfg["sampling"]["ood"]["n_masks"]] * len(cfg["sampling"]["ood"]["alphas"])
     )
     assert counts["sample_ablation_shard"] == shards
-    assert counts["fit_estimator"] == len(cfg["fit"]["estimators"]) * len(cfg["fit"]["train_sizes"])
+    assert counts["fit_estimator"] == len(cfg["fit"]["estimators"])  # every size and draw in one job
     assert counts["train_model"] == 1
