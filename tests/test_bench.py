@@ -26,3 +26,12 @@ def test_fit_reference_reaches_the_same_lds(estimator):
     tolerance = 0.1 if estimator == "relu_collapse" else 0.01
     assert abs(result["lds_ours"] - result["lds_reference"]) < tolerance
     assert np.isfinite(result["speedup"])
+
+
+def test_fit_reference_mirrors_sgd_with_momentum():
+    """With our SGD settings the MLPRegressor reference trains by SGD too, to about the same LDS."""
+    X, Y, theta, bias = planted_problem(300, n_units=40, n_outputs=4, noise=1.0)
+    X_test = planted_problem(200, n_units=40, n_outputs=4, seed=5)[0]
+    params = {"optimizer": "sgd", "momentum": 0.9, "lr": 0.01}
+    result = fit_speed("relu_collapse", X, Y, X_test, X_test @ theta.T + bias, params=params, reference_inputs=3)
+    assert abs(result["lds_ours"] - result["lds_reference"]) < 0.1

@@ -161,9 +161,9 @@ def _coar_reference(X: np.ndarray, Y: np.ndarray, model: Any) -> np.ndarray:
 
 
 def _relu_collapse_reference(X: np.ndarray, Y: np.ndarray, model: Any) -> np.ndarray:
-    """One scikit-learn ``MLPRegressor`` (ReLU, Adam, our settings) per input, then its collapse ``W2 W1``.
+    """One scikit-learn ``MLPRegressor`` (ReLU, our optimizer and settings) per input, then its collapse ``W2 W1``.
 
-    Mirrored from ``model``: width, learning rate, batch size, step limit and
+    Mirrored from ``model``: width, optimizer (Adam, or SGD with momentum), learning rate, batch size, step limit and
     patience (scikit-learn counts both in epochs: ours in steps are converted
     at the fit rows' steps per epoch; strict improvement, ``tol=0``),
     validation fraction, and L2 penalty ``weight_decay`` (the same as our
@@ -185,6 +185,9 @@ def _relu_collapse_reference(X: np.ndarray, Y: np.ndarray, model: Any) -> np.nda
         y_mean, y_std = Y[:, t].mean(), Y[:, t].std() or 1.0
         net = MLPRegressor(
             hidden_layer_sizes=(model.hidden,),
+            solver=model.optimizer,  # "adam" or "sgd", as ours
+            momentum=model.momentum,
+            nesterovs_momentum=False,  # torch's SGD momentum is the plain heavy ball
             learning_rate_init=model.lr,
             alpha=model.weight_decay,
             batch_size=batch_size,
