@@ -50,3 +50,18 @@ def test_test_inputs_round_trip(digits, tmp_path):
     torch.testing.assert_close(loaded.images, test.images[index])
     torch.testing.assert_close(loaded.labels, test.labels[index])
     np.testing.assert_array_equal(index, select_test_inputs(test, 7, seed=2))
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_plain_network_has_no_path_around_a_block(residual):
+    """Without residual connections, zeroing a block's second conv cuts the input off from the logits."""
+    from compattr.components import conv_components, zero_filters
+
+    model = build_model({**ARCH, "residual": residual}, 10, 1, seed=0).eval()
+    components = conv_components(model)
+    assert any("downsample" in name for name in components.names) == residual
+    ablated = torch.tensor([name.startswith("layers.0.0.conv2:") for name in components.names])
+    zero_filters(model, components, ablated)
+    with torch.no_grad():
+        logits = model(torch.randn(2, 1, 8, 8))
+    assert torch.allclose(logits[0], logits[1]) == (not residual)

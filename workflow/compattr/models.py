@@ -49,23 +49,29 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual connection (1x1 shortcut when shapes change)."""
+    """Two 3x3 convolutions with a residual connection (1x1 shortcut when shapes change).
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    With ``residual=False`` the block is plain: the two convolutions alone, no shortcut.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, residual: bool = True) -> None:
         super().__init__()
+        self.residual = residual
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Module | None = None
-        if stride != 1 or in_planes != planes:
+        if residual and (stride != 1 or in_planes != planes):
             self.downsample = nn.Sequential(conv1x1(in_planes, planes, stride), nn.BatchNorm2d(planes))
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if not self.residual:
+            return self.relu(out)
+        identity = x if self.downsample is None else self.downsample(x)
         return self.relu(out + identity)
 
 
@@ -82,9 +88,18 @@ class CifarResNet(nn.Module):
         Number of output logits.
     in_channels : int, default=3
         Channels of the input images.
+    residual : bool, default=True
+        False builds the same layout without residual connections (a plain CNN).
     """
 
-    def __init__(self, widths: Sequence[int], blocks: Sequence[int], num_classes: int, in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        widths: Sequence[int],
+        blocks: Sequence[int],
+        num_classes: int,
+        in_channels: int = 3,
+        residual: bool = True,
+    ) -> None:
         super().__init__()
         if len(widths) != len(blocks) or not widths:
             raise ValueError(f"widths and blocks must be non-empty and of equal length, got {widths}, {blocks}")
@@ -99,7 +114,7 @@ class CifarResNet(nn.Module):
             layers = []
             for j in range(n_blocks):
                 stride = 2 if i > 0 and j == 0 else 1
-                layers.append(BasicBlock(in_planes, planes, stride))
+                layers.append(BasicBlock(in_planes, planes, stride, residual))
                 in_planes = planes
             stages.append(nn.Sequential(*layers))
         self.layers = nn.Sequential(*stages)
@@ -119,7 +134,8 @@ class WeightsMissingError(FileNotFoundError):
 def build_model(arch: dict, num_classes: int, in_channels: int, seed: int | None = None) -> nn.Module:
     """Build a model from its config entry.
 
-    ``{"name": "cifar_resnet", "widths": [...], "blocks": [...]}``: :class:`CifarResNet`;
+    ``{"name": "cifar_resnet", "widths": [...], "blocks": [...]}`` (optionally ``"residual": false``):
+    :class:`CifarResNet`;
     ``{"name": "torchvision_resnet50"}``: torchvision's ResNet-50 (ImageNet stem),
     randomly initialised (load weights with :func:`torchvision_weights`).
     With ``seed``, the initial weights depend on it alone (the global RNG is left as it was).
@@ -136,7 +152,7 @@ def build_model(arch: dict, num_classes: int, in_channels: int, seed: int | None
             if in_channels != 3:
                 raise ValueError(f"torchvision_resnet50 takes 3-channel images, got {in_channels}")
             return resnet50(weights=None, num_classes=num_classes)
-        return CifarResNet(arch["widths"], arch["blocks"], num_classes, in_channels)
+        return CifarResNet(arch["widths"], arch["blocks"], num_classes, in_channels, arch.get("residual", True))
 
 
 def sha256sum(path: str | Path) -> str:
