@@ -1,11 +1,13 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from compattr.baselines import attribution_patching, leave_one_out
+from compattr.baselines import attribution_patching, first_order_prior, leave_one_out, prior_passes, prior_points
 from compattr.components import conv_components
-from compattr.models import build_model
+from compattr.models import build_model, margins
 from compattr.sampling import ComponentMarginEvaluator, shard_masks
 
 
@@ -91,3 +93,94 @@ def test_attribution_patching_refuses_a_component_module_called_twice():
     components = conv_components(model)
     with pytest.raises(ValueError, match="called more than once"):
         attribution_patching(model, components, torch.randn(2, 1, 2, 2), torch.tensor([0, 1]))
+
+
+def _keep_margins(network, images, labels, keeps):
+    """Margins (len(keeps), n_inputs) of ``network`` at each row of float keep factors ``keeps``."""
+    with torch.no_grad():
+        x = images.repeat(len(keeps), 1, 1, 1)
+        out = network(x, keeps)
+        return margins(out, labels.repeat(len(keeps))).reshape(len(keeps), -1).double().numpy()
+
+
+POINTS = [("unablated", 1), ("mean", 1), ("path", 3), ("masks", 2)]
+
+
+@pytest.mark.parametrize(("point", "n_points"), POINTS)
+def test_every_prior_is_exact_when_the_margin_is_affine_in_the_keep_factors(point, n_points):
+    model = _linear_margin_model()
+    components = conv_components(model)
+    images, labels = torch.randn(6, 1, 5, 5), torch.randint(0, 2, (6,))
+    coef, intercept = first_order_prior(
+        model, components, images, labels, point=point, alpha=0.2, n_points=n_points, batch_size=4
+    )
+    loo, base = leave_one_out(ComponentMarginEvaluator(model, components, images, labels), len(components))
+    np.testing.assert_allclose(intercept, base, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(coef, loo, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("point", "n_points"), POINTS)
+def test_every_prior_follows_component_order_in_a_resnet_with_shortcuts(point, n_points):
+    """Without ReLUs the margin is linear in each keep factor alone, so at any point the derivative for
+    component c is the change from ablating c there: every column is checked against that ablation."""
+    model = _first_order_exact_resnet()
+    components = conv_components(model)
+    images, labels = torch.randn(4, 1, 8, 8), torch.randint(0, 2, (4,))
+    coef, _ = first_order_prior(model, components, images, labels, point=point, alpha=0.3, n_points=n_points)
+    network = components.ablatable(model)
+    expected = np.zeros_like(coef)
+    for keep in prior_points(point, len(components), alpha=0.3, n_points=n_points):
+        toggled = keep.repeat(2 * len(components), 1)
+        C = len(components)
+        toggled[torch.arange(C), torch.arange(C)] = 0.0  # component c ablated ...
+        toggled[C + torch.arange(C), torch.arange(C)] = 1.0  # ... and kept, the rest at the point
+        f = _keep_margins(network, images, labels, toggled)
+        expected += (f[:C] - f[C:]).T / n_points
+    scale = np.abs(expected).max()
+    for c, name in enumerate(components.names):
+        np.testing.assert_allclose(coef[:, c], expected[:, c], atol=1e-4 * scale, err_msg=name)
+
+
+def test_unablated_prior_is_attribution_patching(trained_model, digits):
+    model, components = trained_model
+    _, test = digits
+    images, labels = test.images[:6], test.labels[:6]
+    coef, intercept = first_order_prior(model, components, images, labels)
+    atp, atp_intercept = attribution_patching(model, components, images, labels)
+    np.testing.assert_allclose(coef, atp, rtol=1e-4, atol=1e-5 * np.abs(atp).max())
+    np.testing.assert_allclose(intercept, atp_intercept, rtol=1e-5, atol=1e-5)
+
+
+def test_a_prior_at_one_mask_is_the_gradient_at_that_mask(trained_model, digits):
+    """On a network with ReLUs (not linear in the keep factors): central differences at the mask's keep factors."""
+    model, components = trained_model
+    _, test = digits
+    images, labels = test.images[:3], test.labels[:3]
+    coef, _ = first_order_prior(model, components, images, labels, point="masks", alpha=0.1, seed=5)
+    (keep,) = prior_points("masks", len(components), alpha=0.1, seed=5)
+    assert set(keep.unique().tolist()) <= {0.0, 1.0} and (keep == 0).any()
+    network = components.ablatable(copy.deepcopy(model).double())
+    h = 1e-5
+    for c in (0, 7, len(components) - 1):
+        step = torch.zeros(len(components), dtype=torch.float64)
+        step[c] = h
+        f = _keep_margins(network, images.double(), labels, torch.stack([keep + step, keep - step]).double())
+        np.testing.assert_allclose(coef[:, c], -(f[0] - f[1]) / (2 * h), rtol=1e-3, atol=1e-4)
+    moved, _ = first_order_prior(model, components, images, labels, point="mean", alpha=0.1)
+    assert not np.allclose(moved, coef)  # ReLUs: the derivative depends on the point
+
+
+def test_prior_points_and_their_errors():
+    np.testing.assert_allclose(prior_points("mean", 4, alpha=0.25), np.full((1, 4), 0.75))
+    path = prior_points("path", 3, alpha=0.1, n_points=4)
+    np.testing.assert_allclose(path[:, 0], [0.975, 0.925, 0.875, 0.825], rtol=1e-6)
+    masks = prior_points("masks", 2000, alpha=0.1, n_points=3, seed=1)
+    assert abs(float((masks == 0).float().mean()) - 0.1) < 0.02
+    assert not torch.equal(masks[0], masks[1])
+    assert prior_passes("unablated") == 3 and prior_passes("masks", 4) == 13
+    with pytest.raises(ValueError, match="point must be one of"):
+        prior_points("median", 4)
+    with pytest.raises(ValueError, match="needs an ablation rate alpha"):
+        prior_points("mean", 4)
+    with pytest.raises(ValueError, match="takes n_points = 1"):
+        prior_points("mean", 4, alpha=0.1, n_points=2)

@@ -6,8 +6,15 @@ fitted estimators:
 
 - :func:`attribution_patching`: a first-order estimate of each component's
   ablation effect from one forward and one backward pass per input batch.
+- :func:`first_order_prior`: the same first-order estimate taken away from the
+  unablated point: at the mask distribution's mean, averaged along a path of
+  keep factors, or averaged over random masks (one forward and one backward
+  pass per point and input batch).
 - :func:`leave_one_out`: the exact effect of ablating each component alone
   (one ablated forward pass per component).
+
+Costs are counted in forward-equivalent passes per input batch, a backward pass
+counting as two (:func:`prior_passes`).
 """
 
 from __future__ import annotations
@@ -16,12 +23,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from compattr.components import ComponentSet
+from compattr.components import AblatableNetwork, ComponentSet
 from compattr.models import margins
 
-__all__ = ["attribution_patching", "leave_one_out", "BASELINES"]
+__all__ = [
+    "attribution_patching",
+    "first_order_prior",
+    "keep_gradients",
+    "prior_points",
+    "leave_one_out",
+    "prior_passes",
+    "BASELINES",
+]
 
 BASELINES = ("attribution_patching", "loo")
+#: Points a first-order prior is taken at (see :func:`first_order_prior`).
+PRIOR_POINTS = ("unablated", "mean", "path", "masks")
 
 
 def attribution_patching(
@@ -88,3 +105,116 @@ def leave_one_out(evaluator, n_units: int, chunk: int = 256) -> tuple[np.ndarray
     eye = np.eye(n_units, dtype=bool)
     single = np.concatenate([evaluator(eye[i : i + chunk]) for i in range(0, n_units, chunk)]).astype(np.float64)
     return (single - base).T, base
+
+
+def keep_gradients(
+    network: AblatableNetwork, images: Tensor, labels: Tensor, keep: Tensor, batch_size: int = 256
+) -> tuple[Tensor, Tensor]:
+    """Minus the gradient of each input's margin with respect to the keep factors, at ``keep``.
+
+    ``keep`` (n_components,) is the point, the same for every input: 1 keeps a
+    component, 0 ablates it. ``-df_i/dkeep_c`` is the first-order change of
+    ``f_i`` when component ``c`` goes from that point to ablated, per unit of
+    keep. Returns it (n_inputs, n_components) and the margins at ``keep``
+    (n_inputs,), both float64 on the CPU.
+    """
+    device = next(network.parameters()).device
+    coefs, values = [], []
+    for start in range(0, len(labels), batch_size):
+        x = images[start : start + batch_size].to(device)
+        y = labels[start : start + batch_size].to(device)
+        k = keep.to(device=device, dtype=torch.float32).expand(len(x), -1).clone().requires_grad_(True)
+        with torch.enable_grad():
+            f = margins(network(x, k), y)
+            (grad,) = torch.autograd.grad(f.sum(), k)  # one keep row per input: row i holds df_i/dkeep
+        coefs.append(-grad.detach().cpu().double())
+        values.append(f.detach().cpu().double())
+    return torch.cat(coefs), torch.cat(values)
+
+
+@torch.no_grad()
+def _margins_at(network: AblatableNetwork, images: Tensor, labels: Tensor, keep: Tensor, batch_size: int) -> Tensor:
+    """Margins (n_inputs,) float64 on the CPU at keep factors ``keep`` (n_components,)."""
+    device = next(network.parameters()).device
+    keep = keep.to(device=device, dtype=torch.float32)[None]
+    out = [
+        margins(network(images[i : i + batch_size].to(device), keep), labels[i : i + batch_size].to(device))
+        for i in range(0, len(labels), batch_size)
+    ]
+    return torch.cat(out).cpu().double()
+
+
+def prior_passes(point: str, n_points: int = 1) -> int:
+    """Forward-equivalent passes per input batch of a prior: 3 per point (forward, and backward as 2).
+
+    A prior taken away from the unablated point also runs one unablated
+    forward pass for its intercept.
+    """
+    return 3 * n_points + (point != "unablated")
+
+
+def prior_points(
+    point: str, n_components: int, *, alpha: float | None = None, n_points: int = 1, seed: int = 0
+) -> Tensor:
+    """The keep factors (n_points, n_components) a first-order prior is taken at (see :func:`first_order_prior`)."""
+    if point not in PRIOR_POINTS:
+        raise ValueError(f"point must be one of {PRIOR_POINTS}, got {point!r}")
+    if point != "unablated" and not (alpha is not None and 0 < alpha < 1):
+        raise ValueError(f"point {point!r} needs an ablation rate alpha in (0, 1), got {alpha!r}")
+    if n_points < 1 or (point in ("unablated", "mean") and n_points != 1):
+        wanted = ">= 1" if point in ("path", "masks") else "= 1"
+        raise ValueError(f"point {point!r} takes n_points {wanted}, got {n_points}")
+    C = n_components
+    if point == "unablated":
+        return torch.ones(1, C)
+    if point == "mean":
+        return torch.full((1, C), 1 - alpha)
+    if point == "path":
+        t = (torch.arange(n_points, dtype=torch.float64) + 0.5) / n_points
+        return (1 - 2 * alpha * t)[:, None].expand(-1, C).float()
+    ablated = np.random.default_rng(seed).random((n_points, C)) < alpha
+    return torch.from_numpy(~ablated).float()
+
+
+def first_order_prior(
+    model: nn.Module,
+    components: ComponentSet,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    point: str = "unablated",
+    alpha: float | None = None,
+    n_points: int = 1,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A first-order estimate of every component's ablation effect, per input, taken at ``point``.
+
+    ``coef[i, c]`` is minus the derivative of margin ``f_i`` with respect to
+    component ``c``'s keep factor, averaged over the points; the intercept is the
+    unablated margin. The points:
+
+    - ``"unablated"``: every keep factor 1 (attribution patching; one point).
+    - ``"mean"``: every keep factor ``1 - alpha``, the mean of the masks drawn at
+      ablation rate ``alpha`` (one point).
+    - ``"path"``: ``n_points`` keep factors ``1 - 2 alpha t`` at the midpoints
+      ``t`` of ``n_points`` equal steps of [0, 1] (the path from 1 to
+      ``1 - 2 alpha``, integrated-gradient style).
+    - ``"masks"``: ``n_points`` random masks drawn at rate ``alpha`` (seeded by
+      ``seed``), each applied to every input.
+
+    Returns
+    -------
+    coef : ndarray (n_inputs, n_components)
+    intercept : ndarray (n_inputs,)
+    """
+    keeps = prior_points(point, len(components), alpha=alpha, n_points=n_points, seed=seed)
+    network = components.ablatable(model).requires_grad_(False)
+    coefs, values = zip(*(keep_gradients(network, images, labels, keep, batch_size) for keep in keeps), strict=True)
+    # The intercept is the unablated margin: the first point's, or one more forward pass.
+    intercept = (
+        values[0]
+        if point == "unablated"
+        else _margins_at(network, images, labels, torch.ones(len(components)), batch_size)
+    )
+    return torch.stack(coefs).mean(0).numpy(), intercept.numpy()
