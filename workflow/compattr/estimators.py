@@ -1485,7 +1485,8 @@ class ReluCollapseRegressor(_ComponentModel):
         at step 0 and every ``check_every`` steps, returning which of the
         ``active`` inputs go on. Inputs that leave drop out of the ensemble, so
         later steps cost only the rest. The batches run through a random
-        permutation of the rows per epoch, seeded by ``random_state``.
+        permutation of the rows per epoch, seeded by ``random_state``; with
+        no more rows than ``batch_size``, every step takes all rows in order.
         """
         n, T = len(rows), B.shape[1]
         final = [p.clone() for p in params] if stop is not None else []
@@ -1512,14 +1513,18 @@ class ReluCollapseRegressor(_ComponentModel):
             return final
         order_generator = torch.Generator().manual_seed(self.random_state)
         order, position = torch.empty(0, dtype=torch.long), n
+        full_batch = n <= self.batch_size  # every step sees all rows: no shuffling, no gathering
         for step in range(1, self.max_steps + 1):
-            if position >= n:
-                order, position = torch.randperm(n, generator=order_generator).to(self.device), 0
-            idx = order[position : position + self.batch_size]
-            position += self.batch_size
-            batch = rows.take(idx)
+            if full_batch:
+                batch, targets = rows, B
+            else:
+                if position >= n:
+                    order, position = torch.randperm(n, generator=order_generator).to(self.device), 0
+                idx = order[position : position + self.batch_size]
+                position += self.batch_size
+                batch, targets = rows.take(idx), B[idx]
             hidden, out = self._forward(batch, params)
-            residual = out - B[idx][:, active]
+            residual = out - targets[:, active]
             for param, grad in zip(params, self._gradients(batch, hidden, residual, params), strict=True):
                 param.grad = grad
             optimizer.step()
