@@ -58,7 +58,7 @@ def test_lds_csv_round_trip_and_summary(tmp_path):
     rows = []
     for estimator, shift in [("coar", 0.0), ("fast", 0.2)]:
         for n, base in [(100, 0.2), (200, 0.4), (400, 0.6)]:
-            rows += [(estimator, 0, 0, n, i, base + shift + 0.01 * i, base) for i in range(5)]
+            rows += [(estimator, 0, 0, n, n, i, base + shift + 0.01 * i, base) for i in range(5)]
     write_lds_csv(tmp_path / "lds.csv", rows)
     table = read_lds_csv(tmp_path / "lds.csv")
     assert table.estimators == ["coar", "fast"]
@@ -87,7 +87,7 @@ def test_best_linear_reference_is_the_cheapest_linear_estimator(tmp_path):
     rows = []
     for estimator, base in [("coar", 0.1), ("ridge", 0.3), ("lasso", 0.2), ("new", 0.35)]:
         for n, step in [(100, 0.0), (200, 0.2), (400, 0.4)]:
-            rows += [(estimator, 0, 0, n, i, base + step + 0.001 * i, 0.0) for i in range(4)]
+            rows += [(estimator, 0, 0, n, n, i, base + step + 0.001 * i, 0.0) for i in range(4)]
     write_lds_csv(tmp_path / "lds.csv", rows)
     table = read_lds_csv(tmp_path / "lds.csv")
     summary = summary_rows(table, [0.5], n_bootstrap=50, ci=0.9, seed=0, references=["coar", "lasso", "absent"])
@@ -99,11 +99,11 @@ def test_best_linear_reference_is_the_cheapest_linear_estimator(tmp_path):
     assert by["new"]["reduction_vs_lasso"] == pytest.approx(expected)
     assert math.isnan(by["new"]["reduction_vs_absent"])
     text = summary_markdown(summary, "s", 100, 400, references=["coar", "lasso"])
-    assert "| estimator | masks needed | vs coar | vs lasso | vs best tuned linear |" in text
+    assert "| method | passes needed | vs coar | vs lasso | vs best tuned linear |" in text
 
 
 def test_ood_table_round_trip(tmp_path):
-    rows = [("coar", 0, 0, 100, i, 0.1 * i, 0.2, alpha) for alpha in (0.025, 0.1) for i in range(3)]
+    rows = [("coar", 0, 0, 100, 100, i, 0.1 * i, 0.2, alpha) for alpha in (0.025, 0.1) for i in range(3)]
     write_lds_csv(tmp_path / "ood.csv", rows, alpha=True)
     tables = read_ood_csv(tmp_path / "ood.csv")
     assert list(tables) == [0.025, 0.1]
@@ -113,8 +113,8 @@ def test_ood_table_round_trip(tmp_path):
 def test_grouped_gain_splits_inputs_by_the_covariate():
     rows = []
     for i in range(6):
-        rows += [("ridge", 0, 0, n, i, 0.2, 0.0) for n in (100, 200)]
-        rows += [("prior", 0, 0, n, i, 0.2 + 0.1 * (i >= 3) * (n == 100), 0.0) for n in (0, 100, 200)]
+        rows += [("ridge", 0, 0, n, n, i, 0.2, 0.0) for n in (100, 200)]
+        rows += [("prior", 0, 0, n, n, i, 0.2 + 0.1 * (i >= 3) * (n == 100), 0.0) for n in (0, 100, 200)]
     table = _table_from(rows)
     text = grouped_gain_markdown(table, "prior", "ridge", np.arange(6.0), "covariate", n_groups=2)
     lines = text.splitlines()
@@ -126,7 +126,7 @@ def test_grouped_gain_splits_inputs_by_the_covariate():
 def _table_from(rows):
     from compattr.analysis import _table
 
-    keys = ("estimator", "model", "replicate", "n_train", "input", "spearman", "pearson")
+    keys = ("estimator", "model", "replicate", "n_train", "passes", "input", "spearman", "pearson")
     return _table({k: str(v) for k, v in zip(keys, row, strict=True)} for row in rows)
 
 
@@ -150,17 +150,17 @@ def test_fit_quality_counts_failed_constant_and_sign_flipped_inputs(tmp_path):
 
 
 def test_curve_dips_name_the_sizes_where_the_mean_lds_falls(tmp_path):
-    rows = [("coar", 0, 0, n, i, s, s) for n, s in ((50, 0.4), (100, 0.3), (200, 0.6)) for i in range(2)]
-    rows += [("ridge", 0, 0, n, i, s, s) for n, s in ((50, 0.4), (100, 0.5), (200, 0.6)) for i in range(2)]
+    rows = [("coar", 0, 0, n, n, i, s, s) for n, s in ((50, 0.4), (100, 0.3), (200, 0.6)) for i in range(2)]
+    rows += [("ridge", 0, 0, n, n, i, s, s) for n, s in ((50, 0.4), (100, 0.5), (200, 0.6)) for i in range(2)]
     write_lds_csv(tmp_path / "lds.csv", rows)
     dips = curve_dips(read_lds_csv(tmp_path / "lds.csv"), n_components=100)
     assert dips == ["- coar: 50 -> 100 masks (0.50 -> 1.00 of the components; LDS 0.400 -> 0.300)"]
 
 
 def test_ceiling_targets_are_fractions_of_the_best_fitted_estimator_at_its_largest_size(tmp_path):
-    rows = [("coar", 0, 0, n, i, s, s) for n, s in ((50, 0.2), (100, 0.6)) for i in range(2)]
-    rows += [("ridge", 0, 0, n, i, s, s) for n, s in ((50, 0.4), (100, 0.5)) for i in range(2)]
-    rows += [("loo", 0, 0, 336, i, 0.9, 0.9) for i in range(2)]  # a baseline's single point is not the ceiling
+    rows = [("coar", 0, 0, n, n, i, s, s) for n, s in ((50, 0.2), (100, 0.6)) for i in range(2)]
+    rows += [("ridge", 0, 0, n, n, i, s, s) for n, s in ((50, 0.4), (100, 0.5)) for i in range(2)]
+    rows += [("loo", 0, 0, 336, 336, i, 0.9, 0.9) for i in range(2)]  # a baseline's single point is not the ceiling
     write_lds_csv(tmp_path / "lds.csv", rows)
     ceiling, headings = ceiling_targets(read_lds_csv(tmp_path / "lds.csv"), [0.5, 0.9])
     assert ceiling == pytest.approx(0.6)
@@ -168,8 +168,8 @@ def test_ceiling_targets_are_fractions_of_the_best_fitted_estimator_at_its_large
 
 
 def test_tables_hold_models_and_mask_draws_with_missing_draws_as_nan(tmp_path):
-    rows = [("coar", m, r, 100, i, 0.1 * m + 0.01 * r, 0.0) for m in range(2) for r in range(3) for i in range(4)]
-    rows += [("coar", m, 0, 400, i, 0.5, 0.0) for m in range(2) for i in range(4)]  # one draw fits at 400
+    rows = [("coar", m, r, 100, 100, i, 0.1 * m + 0.01 * r, 0.0) for m in range(2) for r in range(3) for i in range(4)]
+    rows += [("coar", m, 0, 400, 400, i, 0.5, 0.0) for m in range(2) for i in range(4)]  # one draw fits at 400
     write_lds_csv(tmp_path / "lds.csv", rows)
     table = read_lds_csv(tmp_path / "lds.csv")
     assert table.spearman["coar"].shape == (2, 2, 3, 4)
@@ -193,10 +193,10 @@ def test_bootstrap_over_mask_draws_covers_their_variance():
 
 
 def test_resampled_sources_name_models_and_draws_only_when_there_are_several(tmp_path):
-    one = [("coar", 0, 0, 100, i, 0.5, 0.5) for i in range(3)]
+    one = [("coar", 0, 0, 100, 100, i, 0.5, 0.5) for i in range(3)]
     write_lds_csv(tmp_path / "one.csv", one)
     assert resampled_sources(read_lds_csv(tmp_path / "one.csv")) == "3 test inputs"
-    many = [("coar", m, r, 100, i, 0.5, 0.5) for m in range(2) for r in range(3) for i in range(3)]
+    many = [("coar", m, r, 100, 100, i, 0.5, 0.5) for m in range(2) for r in range(3) for i in range(3)]
     write_lds_csv(tmp_path / "many.csv", many)
     assert resampled_sources(read_lds_csv(tmp_path / "many.csv")) == (
         "3 test inputs, 2 independently trained models and up to 3 disjoint draws of training masks per size"

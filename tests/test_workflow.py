@@ -59,19 +59,19 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_study_writes_sane_tables_and_figures(study):
     config = yaml.safe_load((study / "config/tiny.yaml").read_text())
     lds = read_csv(study / STUDY / "lds.csv")
-    assert list(lds[0]) == ["estimator", "model", "replicate", "n_train", "input", "spearman", "pearson"]
+    assert list(lds[0]) == ["estimator", "model", "replicate", "n_train", "passes", "input", "spearman", "pearson"]
     n_inputs, n_masks = config["inputs"]["n"], config["sampling"]["train"]["n_masks"]
     n_models, n_draws = config["replicates"]["models"], config["replicates"]["masks"]
     assert n_models > 1 and n_draws > 1  # the tiny study covers both kinds of replicate
     draws = sum(min(n_draws, n_masks // n) for n in config["fit"]["train_sizes"])  # disjoint draws that fit
-    baselines = config["fit"]["baselines"]
+    baselines = [*config["fit"]["priors"], *config["fit"]["baselines"]]  # the priors and leave-one-out
     # Estimators with a prior also have the prior's point at 0 masks.
     assert "gradient_prior" in config["fit"]["estimators"]
     assert len(lds) == (len(config["fit"]["estimators"]) * draws + len(baselines) + 1) * n_inputs * n_models
     assert {(r["model"], r["replicate"]) for r in lds if r["n_train"] == "40"} == {
         (str(m), str(r)) for m in range(n_models) for r in range(n_draws)
     }
-    prior = {(r["model"], r["input"]): r["spearman"] for r in lds if r["estimator"] == "attribution_patching"}
+    prior = {(r["model"], r["input"]): r["spearman"] for r in lds if r["estimator"] == "atp"}
     at_zero = {
         (r["model"], r["input"]): r["spearman"]
         for r in lds
@@ -84,10 +84,24 @@ def test_study_writes_sane_tables_and_figures(study):
     for estimator in config["fit"]["estimators"]:
         top = [float(r["spearman"]) for r in lds if r["estimator"] == estimator and r["n_train"] == "240"]
         assert np.mean(top) > 0.3, estimator
-    passes = {r["estimator"]: int(r["n_train"]) for r in lds if r["estimator"] in baselines}
-    assert passes == {"attribution_patching": 0, "loo": 8 + 16 + 16 * 2 + 16}
+    passes = {r["estimator"]: int(r["passes"]) for r in lds if r["estimator"] in baselines}
+    # A prior: 3 passes per point (forward and backward), 1 more for the unablated margin away from it.
+    assert passes == {"atp": 3, "atp_masks_2": 3 * 2 + 1, "loo": 8 + 16 + 16 * 2 + 16}
+    # The cost of an estimator with a prior adds the prior's passes to its masks.
+    assert {int(r["passes"]) - int(r["n_train"]) for r in lds if r["estimator"] == "gradient_prior"} == {3}
+    assert all(r["passes"] == r["n_train"] for r in lds if r["estimator"] == "coar")
     ood = read_csv(study / STUDY / "lds_ood.csv")
-    assert list(ood[0]) == ["estimator", "alpha", "model", "replicate", "n_train", "input", "spearman", "pearson"]
+    assert list(ood[0]) == [
+        "estimator",
+        "alpha",
+        "model",
+        "replicate",
+        "n_train",
+        "passes",
+        "input",
+        "spearman",
+        "pearson",
+    ]
     assert {float(r["alpha"]) for r in ood} == set(config["sampling"]["ood"]["alphas"])
     assert len(ood) == len(lds) * len(config["sampling"]["ood"]["alphas"])
     summary = read_csv(study / STUDY / "summary.csv")
@@ -95,19 +109,20 @@ def test_study_writes_sane_tables_and_figures(study):
     assert {r["estimator"] for r in summary} == set(config["fit"]["estimators"]) | set(baselines)
     for row in summary:
         if row["ablations_needed"] and row["estimator"] not in baselines:
-            smallest = 0 if row["estimator"] == "gradient_prior" else 40  # a prior alone may reach a target
-            assert smallest <= float(row["ablations_needed"]) <= 240
+            smallest = 3 if row["estimator"] == "gradient_prior" else 40  # a prior alone may reach a target
+            assert smallest <= float(row["ablations_needed"]) <= 243
         if row["estimator"] == "coar" and row["ablations_needed"]:
             assert float(row["reduction_vs_coar"]) == 0
     markdown = (study / STUDY / "summary.md").read_text()
-    assert "| estimator | masks needed | vs coar | vs ls_early_stopped | vs best tuned linear |" in markdown
+    assert "| method | passes needed | vs coar | vs ls_early_stopped | vs best tuned linear |" in markdown
     assert "## Fit quality" in markdown and "## Where the curves dip" in markdown
     fits = read_csv(study / STUDY / "m1/lds/relu_collapse.fits.csv")
     columns = ["estimator", "model", "replicate", "n_train", "input", "failed", "constant", "calibration"]
     assert list(fits[0]) == columns
     assert len(fits) == n_inputs * draws and all(r["calibration"] for r in fits) and fits[0]["model"] == "1"
     assert "each resample drawing the" in markdown and f"{n_models} independently trained models and up to" in markdown
-    assert "Attribution patching against leave-one-out" in markdown
+    assert "- atp against leave-one-out" in markdown and "## Cheapest method per target" in markdown
+    assert "| module | components | atp | atp_masks_2 |" in markdown
     for ext in ("png", "pdf"):
         figure = study / STUDY / f"figures/lds_vs_ablations.{ext}"
         assert figure.stat().st_size > 10_000
@@ -214,6 +229,9 @@ def test_interrupted_serial_sampling_resumes_to_the_parallel_arrays(study, tmp_p
             lambda c: c["sampling"]["heldout"].update(seed=c["sampling"]["train"]["seed"]),
             "sampling.train.seed and sampling.heldout.seed",
         ),
+        (lambda c: c["fit"]["estimators"]["gradient_prior"].update(prior="atp_xl"), "gradient_prior.prior 'atp_xl'"),
+        (lambda c: c["fit"]["estimators"]["relu_collapse_raw"].update(prior="atp"), "relu_collapse_raw.prior"),
+        (lambda c: c["fit"]["priors"].update(atp_odd={"point": "median"}), "median"),
     ],
 )
 def test_bad_config_fails_before_any_job_naming_the_field(tmp_path, edit, message):
@@ -248,7 +266,7 @@ def test_reduced_gpu_scale_config_runs_on_cpu(tmp_path):
     sampling["train"]["n_masks"], sampling["heldout"]["n_masks"], sampling["ood"]["n_masks"] = 40, 20, 10
     cfg["fit"]["train_sizes"] = [40]
     cfg["fit"]["estimators"] = {e: cfg["fit"]["estimators"][e] for e in ("coar", "ridge", "gradient_prior")}
-    cfg["fit"]["baselines"] = ["attribution_patching"]
+    cfg["fit"]["priors"], cfg["fit"]["baselines"] = {"atp": {"point": "unablated"}}, []
     (workdir / "config/reduced.yaml").write_text(yaml.safe_dump(cfg))
     snakemake(workdir, "--cores", "2", configfile="config/reduced.yaml")
     metrics = yaml.safe_load((workdir / "results/reduced/m0/model/metrics.json").read_text())

@@ -30,14 +30,17 @@ __all__ = [
     "bootstrap_curves",
     "summary_rows",
     "coefficient_agreement",
+    "grouped_markdown",
     "grouped_gain_markdown",
+    "error_by_module",
+    "cheapest_markdown",
     "select_by_validation",
     "markdown_table",
     "summary_markdown",
 ]
 
-LDS_COLUMNS = ("estimator", "model", "replicate", "n_train", "input", "spearman", "pearson")
-OOD_COLUMNS = ("estimator", "alpha", "model", "replicate", "n_train", "input", "spearman", "pearson")
+LDS_COLUMNS = ("estimator", "model", "replicate", "n_train", "passes", "input", "spearman", "pearson")
+OOD_COLUMNS = ("estimator", "alpha", "model", "replicate", "n_train", "passes", "input", "spearman", "pearson")
 FIT_COLUMNS = ("estimator", "model", "replicate", "n_train", "input", "failed", "constant", "calibration")
 
 
@@ -122,18 +125,21 @@ def resampled_sources(table: LdsTable) -> str:
 
 
 def write_lds_csv(path: str | Path, rows: Iterable[Sequence], alpha: bool = False) -> None:
-    """Write rows ``(estimator, model, replicate, n_train, input, spearman, pearson[, alpha])`` as a tidy LDS table.
+    """Write rows ``(estimator, model, replicate, n_train, passes, input, spearman, pearson[, alpha])`` as a tidy table.
 
-    With ``alpha``, rows carry the ablation rate of their held-out split last and
-    the table has the columns ``estimator,alpha,model,replicate,n_train,input,spearman,pearson``.
+    ``n_train`` counts the training masks, ``passes`` the method's whole cost in
+    forward-equivalent passes per input batch (masks, plus a prior's gradient
+    passes; a backward pass counts as two). With ``alpha``, rows carry the
+    ablation rate of their held-out split last and the table has the columns
+    ``estimator,alpha,model,replicate,n_train,passes,input,spearman,pearson``.
     """
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(OOD_COLUMNS if alpha else LDS_COLUMNS)
         for row in rows:
-            estimator, model, replicate, n, i, s, p = row[:7]
-            cells = [estimator, int(model), int(replicate), int(n), int(i), f"{s:.6f}", f"{p:.6f}"]
-            writer.writerow(cells[:1] + [row[7]] + cells[1:] if alpha else cells)
+            estimator, model, replicate, n, passes, i, s, p = row[:8]
+            cells = [estimator, int(model), int(replicate), int(n), int(passes), int(i), f"{s:.6f}", f"{p:.6f}"]
+            writer.writerow(cells[:1] + [row[8]] + cells[1:] if alpha else cells)
 
 
 def write_fit_csv(path: str | Path, rows: Iterable[Sequence]) -> None:
@@ -217,7 +223,7 @@ def curve_dips(table: LdsTable, n_components: int) -> list[str]:
 
 
 def read_lds_csv(paths: str | Path | Sequence[str | Path]) -> LdsTable:
-    """Read one or more tidy LDS tables (``estimator,n_train,input,spearman,pearson``) into an :class:`LdsTable`."""
+    """Read one or more tidy LDS tables (:func:`write_lds_csv`) into an :class:`LdsTable`, sized by their passes."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     rows = []
@@ -268,12 +274,12 @@ def _table(rows: Iterable[dict[str, str]]) -> LdsTable:
         by_estimator[row["estimator"]].append(row)
     table = LdsTable({}, {}, {})
     for estimator, own in by_estimator.items():
-        sizes = np.array(sorted({int(r["n_train"]) for r in own}))
+        sizes = np.array(sorted({int(r["passes"]) for r in own}))
         row_of = {n: k for k, n in enumerate(sizes)}
         shape = (len(sizes), n_models, max(int(r["replicate"]) for r in own) + 1, n_inputs)
         values = np.full((2, *shape), np.nan)
         for r in own:
-            at = (row_of[int(r["n_train"])], int(r["model"]), int(r["replicate"]), position[int(r["input"])])
+            at = (row_of[int(r["passes"])], int(r["model"]), int(r["replicate"]), position[int(r["input"])])
             values[(0, *at)], values[(1, *at)] = float(r["spearman"]), float(r["pearson"])
         table.sizes[estimator] = sizes
         table.spearman[estimator], table.pearson[estimator] = values
@@ -421,32 +427,97 @@ def coefficient_agreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return columnwise_pearson(np.asarray(a).T, np.asarray(b).T)
 
 
-def grouped_gain_markdown(
-    table: LdsTable, estimator: str, reference: str, covariate: np.ndarray, label: str, n_groups: int = 3
+def grouped_markdown(
+    columns: dict[str, np.ndarray], covariate: np.ndarray, label: str, n_groups: int = 3, signed: bool = False
 ) -> str:
-    """Mean LDS gain of ``estimator`` over ``reference`` per train size, inputs grouped by ``covariate``.
+    """Means of per-input values, inputs grouped by quantiles of ``covariate``, as a Markdown table.
 
-    Inputs are split into ``n_groups`` quantile groups of ``covariate`` (one value
-    per input, e.g. the prior's own LDS or the unablated margin); a Markdown table
-    has one row per group with the covariate's range and the gain at every train
-    size the two estimators share.
+    ``columns`` maps a column heading to one value per input; a row per group of
+    inputs (``n_groups`` quantile groups of ``covariate``, e.g. the unablated
+    margin) gives the covariate's range, the number of inputs and each column's
+    mean over them (with a sign when ``signed``).
     """
     covariate = np.asarray(covariate, dtype=np.float64)
-    sizes = [n for n in table.sizes[estimator] if n in set(table.sizes[reference])]
-    rows_e = [list(table.sizes[estimator]).index(n) for n in sizes]
-    rows_r = [list(table.sizes[reference]).index(n) for n in sizes]
-    gain = table.per_input(estimator)[rows_e] - table.per_input(reference)[rows_r]  # (sizes, inputs)
     edges = np.quantile(covariate, np.linspace(0, 1, n_groups + 1)[1:-1])
     group = np.digitize(covariate, edges)
-    header = [label, "inputs", *(f"n={n}" for n in sizes)]
+    header = [label, "inputs", *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    fmt = "{:+.3f}" if signed else "{:.3f}"
     for k in range(n_groups):
         chosen = group == k
         if not chosen.any():
             continue
         span = f"{covariate[chosen].min():.2f} to {covariate[chosen].max():.2f}"
-        cells = [f"{g:+.3f}" for g in gain[:, chosen].mean(1)]
+        cells = [fmt.format(float(np.mean(np.asarray(v)[chosen]))) for v in columns.values()]
         lines.append(f"| {span} | {int(chosen.sum())} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def grouped_gain_markdown(
+    table: LdsTable,
+    estimator: str,
+    reference: str,
+    covariate: np.ndarray,
+    label: str,
+    n_groups: int = 3,
+    offset: int = 0,
+) -> str:
+    """Mean LDS gain of ``estimator`` over ``reference`` per train size, inputs grouped by ``covariate``.
+
+    Sizes are the numbers of masks both estimators were fitted on: ``estimator``'s
+    passes less ``offset`` (its prior's cost) that ``reference`` has too; see
+    :func:`grouped_markdown`.
+    """
+    own = [int(n) - offset for n in table.sizes[estimator]]
+    sizes = [n for n in own if n in set(table.sizes[reference])]
+    rows_e = [own.index(n) for n in sizes]
+    rows_r = [list(table.sizes[reference]).index(n) for n in sizes]
+    gain = table.per_input(estimator)[rows_e] - table.per_input(reference)[rows_r]  # (sizes, inputs)
+    return grouped_markdown({f"n={n}": g for n, g in zip(sizes, gain, strict=True)}, covariate, label, n_groups, True)
+
+
+def error_by_module(
+    estimates: dict[str, np.ndarray], exact: np.ndarray, modules: Sequence[str]
+) -> list[dict[str, object]]:
+    """Relative error of each estimate against the exact effects, per module of components.
+
+    ``estimates`` map a name to coefficients (n_inputs, n_components), ``exact``
+    is leave-one-out's, ``modules`` names each component's module. Per module and
+    estimate: ``||estimate - exact|| / ||exact||`` over that module's columns and
+    every input (0 is exact; 1 is as far off as predicting no effect).
+    """
+    modules = np.asarray(modules)
+    rows = []
+    for module in dict.fromkeys(modules):
+        cols = modules == module
+        norm = np.linalg.norm(exact[:, cols])
+        row: dict[str, object] = {"module": module, "components": int(cols.sum())}
+        for name, coef in estimates.items():
+            row[name] = float(np.linalg.norm(coef[:, cols] - exact[:, cols]) / norm) if norm > 0 else float("nan")
+        rows.append(row)
+    return rows
+
+
+def cheapest_markdown(rows: Sequence[dict[str, object]], reference: str = "coar") -> str:
+    """Per LDS target, the methods that need the fewest passes, and their cost against ``reference``'s.
+
+    ``rows`` are :func:`summary_rows`. A Markdown table: target, the cheapest
+    methods (all that tie) and their passes, the reference's passes and the
+    ratio of the two.
+    """
+    header = ["target", "cheapest method", "passes", f"{reference} passes", f"{reference} / cheapest"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for target in dict.fromkeys(r["target_lds"] for r in rows):
+        at = [r for r in rows if r["target_lds"] == target and not np.isnan(float(r["ablations_needed"]))]  # type: ignore[arg-type]
+        if not at:
+            lines.append(f"| {target} | none reaches it | | | |")
+            continue
+        cost = min(float(r["ablations_needed"]) for r in at)  # type: ignore[arg-type]
+        cheapest = ", ".join(str(r["estimator"]) for r in at if float(r["ablations_needed"]) == cost)  # type: ignore[arg-type]
+        ref = next((float(r["ablations_needed"]) for r in at if r["estimator"] == reference), float("nan"))  # type: ignore[arg-type]
+        ratio = "" if np.isnan(ref) else f"{ref / cost:.1f}x"
+        ref_cell = "not reached" if np.isnan(ref) else f"{ref:.0f}"
+        lines.append(f"| {target} | {cheapest} | {cost:.0f} | {ref_cell} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
@@ -496,7 +567,7 @@ def summary_markdown(
     headings: dict[float, str] | None = None,
     sources: str = "test inputs",
 ) -> str:
-    """The generated ``summary.md``: per LDS target, masks needed and reductions with their intervals.
+    """The generated ``summary.md``: per LDS target, passes needed and reductions with their intervals.
 
     ``references`` name the ``reduction_vs_<reference>`` columns of ``rows`` to show;
     ``headings`` replace the heading of some targets (e.g. a fraction of the ceiling);
@@ -511,9 +582,9 @@ def summary_markdown(
         bounds = "" if np.isnan(low) or np.isnan(high) else f" [{fmt(low)}, {fmt(high)}]"
         return fmt(value) + bounds
 
-    lines = [f"# {study}: ablated forward passes needed per LDS target", ""]
+    lines = [f"# {study}: forward-equivalent passes needed per LDS target", ""]
     for target in dict.fromkeys(r["target_lds"] for r in rows):
-        header = ["estimator", "masks needed", *(f"vs {name}" for name in references), "vs best tuned linear"]
+        header = ["method", "passes needed", *(f"vs {name}" for name in references), "vs best tuned linear"]
         heading = (headings or {}).get(target, f"LDS {target}")  # type: ignore[call-overload]
         lines += [f"## {heading}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in (r for r in rows if r["target_lds"] == target):
@@ -526,17 +597,19 @@ def summary_markdown(
             lines.append(f"| {r['estimator']} | {ablations} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [
-        "Masks needed are read off the mean LDS curve (interpolated in log masks) and count every training "
+        "Costs are forward-equivalent passes per input batch: one per ablated mask (an ablated forward pass over "
+        "every input), three per point of a first-order prior (a forward and a backward pass, the backward counting "
+        "as two) and one more for a prior's unablated margin when it is taken away from the unablated point. "
+        "Passes needed are read off the mean LDS curve (interpolated in log passes) and count every training "
         "mask, the estimator's validation split included (an estimator that chooses a setting on validation is "
         f"refitted on all the masks); brackets are 95% percentile bootstrap intervals, each resample drawing "
-        f"{sources} with replacement. Reductions are 1 - masks(estimator) / masks(other): positive means fewer "
-        "ablated forward passes. 'Best tuned linear' is, per target and per bootstrap resample, whichever of "
-        f"the tuned linear estimators needs fewest masks. A value of {smallest} (the smallest train size) means "
-        f"the target was already reached there (the need is at most that); 'not reached': not with {largest} "
-        "masks. Baselines count their ablated forward passes: 0 for attribution patching, one per component "
-        "for leave-one-out. Estimators with a prior (gradient_prior*, relu_collapse_prior) start from attribution "
-        "patching: their curve has a point at 0 masks (the prior alone), and a need of 0 means the prior "
-        "already reaches the target.",
+        f"{sources} with replacement. Reductions are 1 - passes(estimator) / passes(other): positive means fewer "
+        "passes. 'Best tuned linear' is, per target and per bootstrap resample, whichever of "
+        "the tuned linear estimators needs fewest. A need equal to a method's first point (the smallest train "
+        f"size, {smallest} masks, or a prior's cost) means the target was already reached there; 'not reached': "
+        f"not with {largest} masks. Priors and leave-one-out are single points at their cost (leave-one-out: one "
+        "pass per component). Estimators with a prior (gradient_prior*, relu_collapse_prior) start from it: their "
+        "curve begins at the prior alone, and every later point adds the prior's cost to the masks.",
         "",
         *notes,
     ]

@@ -11,7 +11,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter  # noqa: E402
 
 from compattr.analysis import LdsTable, bootstrap_curves  # noqa: E402
 
@@ -29,8 +28,10 @@ LABELS = {
     "gradient_prior": "gradient prior + ridge correction",
     "gradient_prior_lasso": "gradient prior + lasso correction",
     "relu_collapse_prior": "ReLU-collapse from the gradient prior",
-    "attribution_patching": "attribution patching (0 passes)",
-    "loo": "leave-one-out (1 pass / component)",
+    "atp": "attribution patching",
+    "atp_mean": "gradient at the mask mean",
+    "atp_path": "gradient along a path (integrated)",
+    "loo": "leave-one-out",
 }
 
 
@@ -45,37 +46,36 @@ def _panel(
     seed: int,
     per_component: int | None = None,
 ) -> None:
-    if per_component:  # x in masks / components
+    if per_component:  # x in passes / components
         sizes = {e: s / per_component for e, s in sizes.items()}
     for estimator, values in scores.items():
         mean, low, high, _ = bootstrap_curves(values, n_bootstrap, ci, np.random.default_rng(seed))
         color, label = colors[estimator], LABELS.get(estimator, estimator)
-        if estimator in baselines:
-            ax.axhline(mean[0], color=color, linestyle="--", linewidth=1.2, label=label)
-            ax.axhspan(low[0], high[0], color=color, alpha=0.1, linewidth=0)
-            if sizes[estimator][0] > 0:
-                ax.plot(sizes[estimator], mean, marker="*", ms=10, color=color, linestyle="none")
+        if estimator in baselines:  # a single point at its cost: a prior, or leave-one-out (a star and a line)
+            exact = estimator == "loo"
+            cost = sizes[estimator][0] * (per_component or 1)
+            ax.errorbar(
+                sizes[estimator],
+                mean,
+                yerr=[mean - low, high - mean],
+                marker="*" if exact else "D",
+                ms=11 if exact else 5,
+                color=color,
+                linestyle="none",
+                capsize=2,
+                label=f"{label} ({cost:,.0f} passes)",
+            )
+            if exact:
+                ax.axhline(mean[0], color=color, linestyle="--", linewidth=1)
             continue
         ax.plot(sizes[estimator], mean, marker="o", ms=3.5, color=color, label=label)
         ax.fill_between(sizes[estimator], low, high, color=color, alpha=0.2, linewidth=0)
-    positive = [n for e, s in sizes.items() if e not in baselines for n in s if n > 0]
-    if any(s[0] == 0 for e, s in sizes.items() if e not in baselines) and positive:
-        # A prior's point at 0 masks: linear from 0 to the smallest size, logarithmic above.
-        smallest, largest = min(positive), max(positive)
-        ax.set_xscale("symlog", linthresh=smallest, linscale=0.5)
-        decades = 10.0 ** np.arange(np.ceil(np.log10(smallest * 1.01)), np.log10(largest) + 1)
-        ax.xaxis.set_major_locator(FixedLocator([0.0, smallest, *decades]))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}" if per_component else f"{x:,.0f}"))
-        ax.xaxis.set_minor_locator(
-            FixedLocator([m * d for d in decades / 10 for m in range(2, 10) if m * d > smallest])
-        )
-    else:
-        ax.set_xscale("log")
+    ax.set_xscale("log")
     if per_component:
         ax.axvline(1.0, color="0.3", linewidth=0.8)
-        ax.set_xlabel(f"training masks / components ({per_component} components)")
+        ax.set_xlabel(f"forward-equivalent passes / components ({per_component} components)")
     else:
-        ax.set_xlabel("ablated forward passes per input (training masks)")
+        ax.set_xlabel("forward-equivalent passes (one per ablated mask; 3 per gradient point)")
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -92,16 +92,16 @@ def plot_lds_vs_ablations(
     title: str = "",
     per_component: int | None = None,
 ) -> Figure:
-    """Mean LDS over inputs against ablated forward passes, one line per estimator.
+    """Mean LDS over inputs against forward-equivalent passes, one line per estimator.
 
     Panels: LDS (Spearman) and Pearson on held-out masks at the training ablation
-    rate, then LDS on each out-of-distribution rate in ``ood``. Shaded bands are
-    percentile bootstrap intervals over inputs, models and mask replicates together; ``baselines`` are drawn as dashed
-    horizontal lines (with a star at their number of passes when it is not 0);
-    dotted grey lines mark the LDS targets of the summary table. Estimators with
-    a point at 0 masks (a prior alone) put the x axis on a symlog scale. With
-    ``per_component`` (the number of components) the x axis is masks /
-    components, with a line at 1, where minimum-norm least squares dips.
+    rate, then LDS on each out-of-distribution rate in ``ood``. Shaded bands and
+    error bars are percentile bootstrap intervals over inputs, models and mask
+    replicates together; ``baselines`` (the priors and leave-one-out) are points
+    at their cost, leave-one-out a star with a dashed line; dotted grey lines mark
+    the LDS targets of the summary table. With ``per_component`` (the number of
+    components) the x axis is passes / components, with a line at 1, where
+    minimum-norm least squares dips.
     """
     ood = ood or {}
     palette = plt.get_cmap("tab20").colors

@@ -40,7 +40,7 @@ rule bench_fit:
         train=store_path(0, "train"),
         heldout=store_path(0, "heldout"),
         n_train=max(TRAIN_SIZES),
-        estimators={e: config["fit"]["estimators"][e] for e in BENCH_ESTIMATORS},
+        estimators={e: estimator_params(e) for e in BENCH_ESTIMATORS},
         reference_inputs=config["bench"]["reference_inputs"],
         device=config["device"],
     script:

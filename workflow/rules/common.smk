@@ -15,17 +15,31 @@ OOD_ALPHAS = config["sampling"].get("ood", {}).get("alphas", [])
 OOD_SPLITS = [f"ood_{alpha}" for alpha in OOD_ALPHAS]
 SPLITS = ["train", "heldout", *OOD_SPLITS]
 ESTIMATORS = list(config["fit"]["estimators"])
+# First-order priors (gradients in the keep factors; compattr.baselines.first_order_prior), by name.
+PRIORS = config["fit"].get("priors", {})
 BASELINES = list(config["fit"].get("baselines", []))
-METHODS = ESTIMATORS + BASELINES
-# Estimators whose fit takes attribution patching's attribution as a prior
-# (the classes with ``uses_prior`` in compattr.estimators; a test checks the two agree).
+# Methods without ablation sampling, each scored alone at its cost: the priors, then leave-one-out.
+SAMPLING_FREE = [*PRIORS, *BASELINES]
+METHODS = ESTIMATORS + SAMPLING_FREE
+# Estimators whose fit takes a first-order prior (the classes with ``uses_prior`` in
+# compattr.estimators; a test checks the two agree); each names its prior (default atp).
 PRIOR_ESTIMATORS = ("gradient_prior", "gradient_prior_lasso", "relu_collapse_prior")
-USES_PRIOR = any(e in PRIOR_ESTIMATORS for e in ESTIMATORS)
-BASELINE_FITS = sorted(set(BASELINES) | ({"attribution_patching"} if USES_PRIOR else set()))
+DEFAULT_PRIOR = "atp"
+BASELINE_FITS = SAMPLING_FREE
 TRAIN_SIZES = sorted(config["fit"]["train_sizes"])
 ENV = "../../envs/study.yaml"
 # Precision, memory format and compilation of the ablated forward passes (ComponentMarginEvaluator).
 FORWARD = {key: config["sampling"][key] for key in ("precision", "channels_last", "compile")}
+
+
+def estimator_prior(estimator):
+    """The name of the prior an estimator that takes one starts from."""
+    return config["fit"]["estimators"][estimator].get("prior", DEFAULT_PRIOR)
+
+
+def estimator_params(estimator):
+    """An estimator's constructor parameters: its config entry less the workflow's prior setting."""
+    return {k: v for k, v in config["fit"]["estimators"][estimator].items() if k != "prior"}
 
 
 def _check_config():
@@ -38,6 +52,18 @@ def _check_config():
             f"config fit.train_sizes (or sweep.train_sizes) {too_big} exceed sampling.train.n_masks ({n_train}): "
             "sample more masks or drop those sizes"
         )
+    methods = [*ESTIMATORS, *BASELINES]
+    for name in PRIORS:
+        if name in methods:
+            raise ValueError(f"config fit.priors.{name} has the name of an estimator or baseline: rename it")
+    for name, params in config["fit"]["estimators"].items():
+        if "prior" in params and name not in PRIOR_ESTIMATORS:
+            raise ValueError(f"config fit.estimators.{name}.prior: {name} takes no prior (only {PRIOR_ESTIMATORS} do)")
+        if name in PRIOR_ESTIMATORS and estimator_prior(name) not in PRIORS:
+            raise ValueError(
+                f"config fit.estimators.{name}.prior {estimator_prior(name)!r} is not one of fit.priors "
+                f"({sorted(PRIORS) or 'none defined'})"
+            )
     sweep = config.get("sweep")
     if sweep and sweep["estimator"] not in config["fit"]["estimators"]:
         raise ValueError(
@@ -110,9 +136,9 @@ def store_path(model, split):
     return f"{model_dir(model)}/ablations/{split}.zarr"
 
 
-def prior_fit(model):
-    """Attribution patching's fit of one model: the prior of the estimators that take one."""
-    return f"{model_dir(model)}/baselines/attribution_patching.zarr"
+def prior_fit(model, estimator):
+    """The fit of the prior an estimator starts from, on one model."""
+    return f"{model_dir(model)}/baselines/{estimator_prior(estimator)}.zarr"
 
 
 def model_config(wildcards):
@@ -128,16 +154,17 @@ def method_fits(wildcards):
 
     An estimator with a prior also gets the prior's fit: its point at zero ablations.
     """
-    if wildcards.estimator in BASELINES:
-        return [f"{model_dir(wildcards.model)}/baselines/{wildcards.estimator}.zarr"]
-    fits = [f"{model_dir(wildcards.model)}/fits/{wildcards.estimator}"]
-    return [prior_fit(wildcards.model), *fits] if wildcards.estimator in PRIOR_ESTIMATORS else fits
+    estimator = wildcards.estimator
+    if estimator in SAMPLING_FREE:
+        return [f"{model_dir(wildcards.model)}/baselines/{estimator}.zarr"]
+    fits = [f"{model_dir(wildcards.model)}/fits/{estimator}"]
+    return [prior_fit(wildcards.model, estimator), *fits] if estimator in PRIOR_ESTIMATORS else fits
 
 
 def prior_input(wildcards):
-    """The prior attribution's fit, for the estimators that take one (a sweep's: its estimator, on model 0)."""
+    """The prior's fit, for the estimators that take one (a sweep's: its estimator, on model 0)."""
     estimator = wildcards.get("estimator", SWEEP["estimator"])
-    return {"prior": prior_fit(wildcards.get("model", 0))} if estimator in PRIOR_ESTIMATORS else {}
+    return {"prior": prior_fit(wildcards.get("model", 0), estimator)} if estimator in PRIOR_ESTIMATORS else {}
 
 
 def shard_flags(wildcards):
@@ -172,8 +199,7 @@ SWEEP_SIZES = sorted(SWEEP.get("train_sizes", TRAIN_SIZES))
 
 def sweep_params(wildcards):
     """Parameters of one sweep setting: the estimator's config updated by the setting's overrides."""
-    base = config["fit"]["estimators"][SWEEP["estimator"]]
-    return {**base, **SWEEP["settings"][wildcards.setting]}
+    return {**estimator_params(SWEEP["estimator"]), **SWEEP["settings"][wildcards.setting]}
 
 
 # Estimators the fit benchmark times against a per-input scikit-learn loop (compattr.bench.REFERENCES).
@@ -186,7 +212,7 @@ BENCH_ESTIMATORS = [
 
 def bench_prior(wildcards):
     """The prior's fit (model 0), when the fit benchmark includes an estimator that takes one."""
-    return {"prior": prior_fit(0)} if set(BENCH_ESTIMATORS) & set(PRIOR_ESTIMATORS) else {}
+    return {"prior": prior_fit(0, "gradient_prior")} if "gradient_prior" in BENCH_ESTIMATORS else {}
 
 
 def final_targets():

@@ -19,7 +19,7 @@ rule fit_estimator:
         model=lambda wc: int(wc.model),
         sizes=TRAIN_SIZES,
         replicates=MASK_DRAWS,
-        estimator_params=lambda wc: config["fit"]["estimators"][wc.estimator],
+        estimator_params=lambda wc: estimator_params(wc.estimator),
         device=config["device"],
     script:
         "../scripts/fit_estimator.py"
@@ -40,6 +40,8 @@ rule fit_baseline:
     threads: 2
     params:
         baseline=lambda wc: wc.baseline,
+        prior=lambda wc: PRIORS.get(wc.baseline),
+        alpha=config["sampling"]["alpha"],
         model=lambda wc: int(wc.model),
         batch_size=config["sampling"]["batch_size"],
         forward=FORWARD,

@@ -25,7 +25,7 @@ rule summarize_lds:
         ood=expand(f"{RESULTS}/m{{model}}/lds/{{estimator}}.ood.csv", model=MODELS, estimator=METHODS),
         fits=expand(f"{RESULTS}/m{{model}}/lds/{{estimator}}.fits.csv", model=MODELS, estimator=METHODS),
         components=f"{RESULTS}/m0/model/components.tsv",
-        baselines=expand(f"{RESULTS}/m{{model}}/baselines/{{baseline}}.zarr", model=MODELS, baseline=BASELINES),
+        baselines=expand(f"{RESULTS}/m{{model}}/baselines/{{baseline}}.zarr", model=MODELS, baseline=SAMPLING_FREE),
     output:
         lds=report(f"{RESULTS}/lds.csv", caption="../report/lds.rst", category="Tables"),
         ood=report(
@@ -46,6 +46,9 @@ rule summarize_lds:
     params:
         analysis=config["analysis"],
         study=STUDY,
+        priors=list(PRIORS),
+        train_sizes=TRAIN_SIZES,
+        gradient_prior=estimator_prior("gradient_prior") if "gradient_prior" in ESTIMATORS else None,
     script:
         "../scripts/summarize_lds.py"
 
@@ -69,7 +72,7 @@ rule plot_lds:
     params:
         analysis=config["analysis"],
         study=STUDY,
-        baselines=BASELINES,
+        baselines=SAMPLING_FREE,
         alpha=config["sampling"]["alpha"],
     script:
         "../scripts/plot_lds.py"

@@ -1,8 +1,8 @@
-"""Compute a sampling-free baseline (attribution patching or leave-one-out) for every test input."""
+"""Compute a sampling-free method for every test input: a first-order prior, or leave-one-out."""
 
 import torch
 
-from compattr.baselines import attribution_patching, leave_one_out
+from compattr.baselines import first_order_prior, leave_one_out, prior_passes
 from compattr.data import load_test_inputs
 from compattr.fitting import save_linear_fit
 from compattr.io import provenance, resolve_device, start_log
@@ -15,17 +15,18 @@ device = resolve_device(snakemake.params.device)
 model, components = load_checkpoint(snakemake.input.model, device=device)
 inputs = load_test_inputs(snakemake.input.inputs)
 images, labels = inputs.images, inputs.labels
-baseline = snakemake.params.baseline
-if baseline == "attribution_patching":
-    coef, intercept = attribution_patching(model, components, images, labels)
-    passes = 0  # one forward and one backward pass, no ablated forward pass
+baseline, prior = snakemake.params.baseline, snakemake.params.prior
+if prior is not None:
+    settings = {"n_points": 1, "seed": 0, **prior}
+    coef, intercept = first_order_prior(model, components, images, labels, alpha=snakemake.params.alpha, **settings)
+    passes = prior_passes(settings["point"], settings["n_points"])
 else:
     evaluator = ComponentMarginEvaluator(
         model, components, images, labels, batch_size=snakemake.params.batch_size, **snakemake.params.forward
     )
     coef, intercept = leave_one_out(evaluator, len(components))
     passes = len(components)
-log.info("%s: %d inputs x %d components, %d ablated forward passes per input", baseline, *coef.shape, passes)
+log.info("%s: %d inputs x %d components, %d forward-equivalent passes per input batch", baseline, *coef.shape, passes)
 save_linear_fit(
     snakemake.output[0],
     coef,
@@ -33,7 +34,9 @@ save_linear_fit(
     {
         "estimator": baseline,
         "model": snakemake.params.model,
-        "n_train": passes,
+        "n_train": 0,
+        "passes": passes,
+        "prior": prior,
         "baseline": True,
         "device": str(device),
         "provenance": provenance(),

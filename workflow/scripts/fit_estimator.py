@@ -11,8 +11,10 @@ log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 device = resolve_device(snakemake.params.device)
 p = snakemake.params
-prior_path = snakemake.input.get("prior")  # attribution patching's fit, for estimators that take a prior
-prior = load_fit(prior_path).coef if prior_path else None
+prior_path = snakemake.input.get("prior")  # a first-order prior's fit, for estimators that take one
+prior_fit = load_fit(prior_path) if prior_path else None
+prior = prior_fit.coef if prior_fit else None
+prior_passes = prior_fit.attrs["passes"] if prior_fit else 0  # its cost, added to every fit's masks
 out = Path(snakemake.output[0])
 out.mkdir(parents=True, exist_ok=True)
 draws = fit_draws(p.store, p.sizes, p.replicates, p.estimator, p.estimator_params, device, prior=prior)
@@ -26,6 +28,7 @@ for n, replicate, model, seconds in draws:
             "model": p.model,
             "replicate": replicate,
             "n_train": n,
+            "passes": n + prior_passes,
             "params": p.estimator_params,
             "fit_seconds": seconds,
             "device": str(device),

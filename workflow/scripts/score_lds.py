@@ -11,11 +11,12 @@ log = start_log(snakemake.log[0])
 heldout_masks = read_rows(snakemake.params.heldout)
 ood_masks = {alpha: read_rows(store) for alpha, store in snakemake.params.ood.items()}
 heldout, ood, diagnostics = [], [], []
-name = snakemake.params.label  # a prior's fit is labelled as its estimator's point at n_train 0
+name = snakemake.params.label  # a prior's fit is labelled as its estimator's point at 0 masks
 model = snakemake.params.model
 for path in (store for entry in snakemake.input.fits for store in fit_stores(entry)):
     fit = load_fit(path)
     n, replicate = fit.attrs["n_train"], fit.attrs.get("replicate", 0)
+    passes = fit.attrs.get("passes", n)  # masks, plus a prior's gradient passes
     labels = (name, model, replicate)
     spearman, pearson = score_fit(fit, *heldout_masks)
     constant = predicts_constant(fit, heldout_masks[0])
@@ -30,12 +31,12 @@ for path in (store for entry in snakemake.input.fits for store in fit_stores(ent
         fit.failed.sum(),
         constant.sum(),
     )
-    heldout += [(*labels, n, i, s, p) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
+    heldout += [(*labels, n, passes, i, s, p) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
     diagnostics += [(*labels, n, i, *row) for i, row in enumerate(zip(fit.failed, constant, calibration, strict=True))]
     for alpha, rows in ood_masks.items():
         spearman, pearson = score_fit(fit, *rows)
         log.info("%s n=%d at alpha %s: mean LDS %.3f", name, n, alpha, spearman.mean())
-        ood += [(*labels, n, i, s, p, alpha) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
+        ood += [(*labels, n, passes, i, s, p, alpha) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
 write_lds_csv(snakemake.output.heldout, heldout)
 write_lds_csv(snakemake.output.ood, ood, alpha=True)
 write_fit_csv(snakemake.output.fits, diagnostics)

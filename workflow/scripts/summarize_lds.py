@@ -1,4 +1,4 @@
-"""Collect the per-method LDS tables; tabulate masks needed per LDS target, with reductions."""
+"""Collect the per-method LDS tables; tabulate passes needed per LDS target, with reductions; compare the priors."""
 
 import csv
 from collections import defaultdict
@@ -8,12 +8,16 @@ import numpy as np
 
 from compattr.analysis import (
     ceiling_targets,
+    cheapest_markdown,
     coefficient_agreement,
     concat_csv,
     curve_dips,
+    error_by_module,
     fit_quality_markdown,
     fit_quality_rows,
     grouped_gain_markdown,
+    grouped_markdown,
+    markdown_table,
     read_lds_csv,
     resampled_sources,
     summary_markdown,
@@ -60,31 +64,58 @@ notes = [
     *(dips or ["- No estimator's mean LDS falls between consecutive train sizes."]),
     "",
 ]
-fits = defaultdict(list)  # baseline -> its fit on each model, in model order
+fits = defaultdict(list)  # sampling-free method -> its fit on each model, in model order
 for fit in map(load_fit, snakemake.input.baselines):
     fits[fit.attrs["estimator"]].append(fit)
-if {"attribution_patching", "loo"} <= set(fits):
-    pairs = zip(fits["attribution_patching"], fits["loo"], strict=True)
-    r = np.concatenate([coefficient_agreement(atp.coef, loo.coef) for atp, loo in pairs])
-    notes.append(
-        f"Attribution patching against leave-one-out (exact single ablations): per-input Pearson correlation "
-        f"of the attributions, mean {r.mean():.3f}, median {np.median(r):.3f}, range [{r.min():.3f}, {r.max():.3f}] "
-        f"over {len(r)} inputs (every model's)."
-    )
-if "attribution_patching" in fits and {"gradient_prior", "ridge"} <= set(table.estimators):
-    margin = np.mean([fit.intercept for fit in fits["attribution_patching"]], axis=0)
+priors = [name for name in snakemake.params.priors if name in fits]
+notes += ["## Cheapest method per target", "", cheapest_markdown(rows, "coar").rstrip(), ""]
+if priors:
+    margin = np.mean([fit.intercept for fit in fits[priors[0]]], axis=0)  # unablated margins, averaged over models
+    notes += [
+        "## First-order priors",
+        "",
+        "Each prior alone (mean LDS per input over models), inputs in thirds by their unablated margin (averaged "
+        "over models):",
+        "",
+        grouped_markdown({p: table.per_input(p)[0] for p in priors}, margin, "unablated margin").rstrip(),
+        "",
+    ]
+    if "loo" in fits:
+        exact = np.concatenate([fit.coef for fit in fits["loo"]])
+        estimates = {p: np.concatenate([fit.coef for fit in fits[p]]) for p in priors}
+        for p, coef in estimates.items():
+            r = coefficient_agreement(coef, exact)
+            notes.append(
+                f"- {p} against leave-one-out (exact single ablations): per-input Pearson correlation of the "
+                f"attributions, mean {r.mean():.3f}, median {np.median(r):.3f}, range [{r.min():.3f}, {r.max():.3f}] "
+                f"over {len(r)} inputs."
+            )
+        modules = [line.split("\t")[2] for line in Path(snakemake.input.components).read_text().splitlines()[1:]]
+        by_module = error_by_module(estimates, exact, modules)
+        notes += [
+            "",
+            "Relative error of each prior against leave-one-out per module, ||prior - loo|| / ||loo|| over its "
+            "components and every input (0: exact; 1: as far off as no effect at all):",
+            "",
+            markdown_table(by_module, list(by_module[0])).rstrip(),
+            "",
+        ]
+gradient_prior = snakemake.params.gradient_prior  # the prior gradient_prior starts from
+if gradient_prior in fits and {"gradient_prior", "ridge"} <= set(table.estimators):
+    margin = np.mean([fit.intercept for fit in fits[gradient_prior]], axis=0)
+    prior_cost = fits[gradient_prior][0].attrs["passes"]
     for covariate, label in (
-        (table.per_input("attribution_patching")[0], "prior's own LDS"),
+        (table.per_input(gradient_prior)[0], "prior's own LDS"),
         (margin, "unablated margin"),
     ):
         notes += [
             "",
-            f"Where the gradient prior helps: mean per-input LDS of gradient_prior minus ridge at each train size, "
-            f"inputs in thirds by the {label} (both averaged over models and mask draws).",
+            f"Where the gradient prior ({gradient_prior}) helps: mean per-input LDS of gradient_prior minus ridge at "
+            f"each number of masks, inputs in thirds by the {label} (both averaged over models and mask draws).",
             "",
-            grouped_gain_markdown(table, "gradient_prior", "ridge", covariate, label).rstrip(),
+            grouped_gain_markdown(table, "gradient_prior", "ridge", covariate, label, offset=prior_cost).rstrip(),
         ]
-sizes = sorted({int(n) for e in table.estimators for n in table.sizes[e] if len(table.sizes[e]) > 1 and n > 0})
+sizes = sorted(snakemake.params.train_sizes)
 with open(snakemake.output.markdown, "w") as fh:
     sources = f"the {resampled_sources(table)}"
     fh.write(summary_markdown(rows, snakemake.params.study, sizes[0], sizes[-1], notes, references, headings, sources))
