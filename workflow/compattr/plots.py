@@ -31,6 +31,8 @@ LABELS = {
     "atp": "attribution patching",
     "atp_mean": "gradient at the mask mean",
     "atp_path": "gradient along a path (integrated)",
+    "atp_masks_4": "gradient averaged over 4 random masks",
+    "atp_masks_16": "gradient averaged over 16 random masks",
     "loo": "leave-one-out",
 }
 
