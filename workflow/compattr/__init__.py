@@ -5,4 +5,4 @@ components, ablation sampling into Zarr stores, multi-output component models
 (estimators), linear datamodeling scores (LDS), summaries and figures.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
