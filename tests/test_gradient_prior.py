@@ -117,3 +117,28 @@ def test_lasso_refit_solves_each_input_at_its_own_ratio():
         ((W, s),) = model._lasso(total.outputs(torch.as_tensor(cols)), torch.as_tensor(prior[cols].T), [ratio])
         theta_cold, _ = model._lasso_coef(torch.as_tensor(prior[cols].T), W, s)
         np.testing.assert_allclose(model.coef_[cols], theta_cold.T.numpy(), atol=1e-4 * np.abs(theta).max())
+
+
+@pytest.mark.parametrize("correction", ["ridge", "lasso"])
+def test_each_input_chooses_its_prior_on_validation_and_is_refitted_with_it(correction):
+    X, Y, theta, _ = planted_problem(40, noise=0.2)  # fewer masks than components: the prior matters
+    rng = np.random.default_rng(3)
+    good = theta + 0.05 * rng.normal(size=theta.shape)
+    bad = rng.normal(size=theta.shape)
+    # Inputs 0-1 get the good prior as candidate 0, the rest as candidate 1.
+    first, second = bad.copy(), good.copy()
+    first[:2], second[:2] = good[:2], bad[:2]
+    fit = GradientPriorRegressor(correction=correction).fit(X, Y, prior=np.stack([first, second]))
+    np.testing.assert_array_equal(fit.prior_index_, [0, 0] + [1] * (len(theta) - 2))
+    # The refit is the fit with each input's chosen prior alone (the lasso's to its solver tolerance:
+    # batched FISTA stops when every input of the batch has converged).
+    atol = 1e-8 if correction == "ridge" else 1e-2 * np.abs(theta).max()
+    alone = GradientPriorRegressor(correction=correction).fit(X, Y, prior=good)
+    np.testing.assert_allclose(fit.alpha_, alone.alpha_)
+    np.testing.assert_allclose(fit.coef_, alone.coef_, rtol=1e-6, atol=atol)
+    # One candidate is the same as the prior itself.
+    single = GradientPriorRegressor(correction=correction).fit(X, Y, prior=good[None])
+    np.testing.assert_allclose(single.coef_, alone.coef_, rtol=1e-6, atol=1e-8)
+    assert (single.prior_index_ == 0).all()
+    with pytest.raises(ValueError, match="no candidate priors"):
+        GradientPriorRegressor().fit(X, Y, prior=np.zeros((0, *theta.shape)))

@@ -679,6 +679,15 @@ def _check_prior(prior: Any, T: int, C: int, device: str) -> Tensor:
     return torch.as_tensor(prior, dtype=torch.float64, device=device)
 
 
+def _check_priors(prior: Any, T: int, C: int, device: str) -> Tensor:
+    """One prior (T, C) or several candidates (P, T, C), as a (P, T, C) float64 tensor (zeros when None)."""
+    if prior is not None and np.ndim(prior) == 3:
+        if len(prior) == 0:
+            raise ValueError("prior holds no candidate priors")
+        return torch.stack([_check_prior(p, T, C, device) for p in prior])
+    return _check_prior(prior, T, C, device)[None]
+
+
 class GradientPriorRegressor(_ComponentModel):
     """Regression on the masks with a prior: ``theta_z = s_z * a_z + delta_z``.
 
@@ -699,6 +708,12 @@ class GradientPriorRegressor(_ComponentModel):
     rescaled). Lasso: ``s`` and ``delta`` are solved jointly by batched FISTA on
     the penalty path (``s`` unpenalised), with warm starts.
 
+    ``prior`` may also hold several candidate priors (n_priors, n_inputs,
+    n_components), e.g. first-order priors taken at different points: each
+    input then chooses its prior together with its penalty, by the lowest
+    validation error over every (prior, penalty) pair, and is refitted on all
+    rows with that pair.
+
     Parameters
     ----------
     correction : {"ridge", "lasso"}, default="ridge"
@@ -716,6 +731,8 @@ class GradientPriorRegressor(_ComponentModel):
     alpha_ : ndarray of shape (n_inputs,)
         Chosen penalty: ridge, in the relative units of ``alphas`` (``inf``: the
         rescaled prior alone); lasso, as a ratio of the input's ``alpha_max``.
+    prior_index_ : ndarray of shape (n_inputs,)
+        Which candidate prior each input chose (0 with a single prior).
     scale_ : ndarray of shape (n_inputs,)
         Fitted scale ``s`` of each input's prior.
     """
@@ -746,7 +763,7 @@ class GradientPriorRegressor(_ComponentModel):
     _alphas = RidgeCVRegressor._alphas
 
     def fit(self, X: Any, Y: Any, prior: Any = None) -> GradientPriorRegressor:
-        """Fit ``s`` and the correction of every input on the masks; ``prior`` is (n_inputs, n_components)."""
+        """Fit ``s`` and the correction of every input; ``prior`` is (n_inputs, n_components) or (n_priors, ...)."""
         X, Y = self._prepare(X, Y)
         Xf, Yf, Xv, Yv = self._split(X, Y)
         return self._fit_moments(Moments.of(Xf, Yf), Moments.of(Xv, Yv), prior)
@@ -754,20 +771,34 @@ class GradientPriorRegressor(_ComponentModel):
     def _fit_moments(self, fit: Moments, val: Moments, prior: Any = None) -> GradientPriorRegressor:
         if self.correction not in ("ridge", "lasso"):
             raise ValueError(f"correction must be 'ridge' or 'lasso', got {self.correction!r}")
-        a = _check_prior(prior, fit.y.shape[0], fit.x.shape[0], self.device).T  # (C, T)
+        T, C = fit.y.shape[0], fit.x.shape[0]
+        candidates = _check_priors(prior, T, C, self.device).transpose(1, 2)  # (P, C, T)
         total = fit + val
         if self.correction == "ridge":
             grid = [*self._alphas().tolist(), math.inf]
-            path = self._ridge(fit, a, grid)
         else:
             _check_path(self.n_alphas, self.min_ratio)
             grid = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64).tolist()
-            states = self._lasso(fit, a, grid)
-            path = [self._lasso_coef(a, *state) for state in states]
-        losses = torch.stack([val.sse(theta, _intercept(theta, fit)) for theta, _ in path])
-        choice = losses.argmin(0)  # (T,): index into the grid
+        losses, all_states = [], []
+        for a in candidates:  # every prior's whole penalty path, scored on validation
+            if self.correction == "ridge":
+                path = self._ridge(fit, a, grid)
+            else:
+                states = self._lasso(fit, a, grid)
+                all_states.append(states)
+                path = [self._lasso_coef(a, *state) for state in states]
+            losses += [val.sse(theta, _intercept(theta, fit)) for theta, _ in path]
+        best = torch.stack(losses).argmin(0)  # (T,): index into (prior, penalty)
+        which, choice = best // len(grid), best % len(grid)
         chosen = torch.as_tensor(grid, dtype=torch.float64)[choice.cpu()]
-        columns = torch.arange(a.shape[1], device=a.device)
+        columns = torch.arange(T, device=best.device)
+        a = candidates[which, :, columns].T  # (C, T): each input's chosen prior
+        if self.correction == "lasso":
+            states = [
+                tuple(torch.stack([state[k] for state in by_prior]) for k in range(2))
+                for by_prior in zip(*all_states, strict=True)
+            ]  # per penalty: (W (P, C, T), s (P, T))
+            states = [(W[which, :, columns].T, s[which, columns]) for W, s in states]
         if self.correction == "ridge":  # closed form on all rows, once per penalty chosen by some input
             unique, inverse = choice.unique(return_inverse=True)
             refits = self._ridge(total, a, [grid[i] for i in unique.tolist()])
@@ -779,6 +810,7 @@ class GradientPriorRegressor(_ComponentModel):
             ((W, s_unit),) = self._lasso(total, a, [chosen.to(a.device)], init=(W0, s0))
             theta, s = self._lasso_coef(a, W, s_unit)
         self.alpha_ = chosen.numpy()
+        self.prior_index_ = which.cpu().numpy()
         self.scale_ = s.cpu().numpy()
         self._set_linear(theta.T, _intercept(theta, total))
         return self
