@@ -90,3 +90,21 @@ def test_fit_stores_lists_a_directory_of_draws_by_size_then_draw(tmp_path):
         save_fit(tmp_path / "fits" / name, model, {})
     assert [p.name for p in fit_stores(tmp_path / "fits")] == ["n20.r0.zarr", "n20.r1.zarr", "n100.r0.zarr"]
     assert fit_stores(tmp_path / "fits" / "n20.r0.zarr") == [tmp_path / "fits" / "n20.r0.zarr"]
+
+
+def test_priors_load_as_one_array_or_a_stack_with_their_costs_added(tmp_path):
+    from compattr.fitting import load_priors, save_linear_fit
+
+    rng = np.random.default_rng(0)
+    coefs = [rng.normal(size=(3, 5)) for _ in range(2)]
+    paths = []
+    for k, (coef, passes) in enumerate(zip(coefs, (3, 7), strict=True)):
+        paths.append(str(tmp_path / f"p{k}.zarr"))
+        save_linear_fit(paths[-1], coef, np.zeros(3), {"estimator": f"p{k}", "n_train": 0, "passes": passes})
+    one, cost = load_priors(paths[0])
+    np.testing.assert_allclose(one, coefs[0])
+    assert cost == 3
+    both, cost = load_priors(paths)
+    np.testing.assert_allclose(both, np.stack(coefs))
+    assert cost == 10
+    assert load_priors([]) == (None, 0)

@@ -90,6 +90,8 @@ def test_study_writes_sane_tables_and_figures(study):
     # The cost of an estimator with a prior adds the prior's passes to its masks.
     assert {int(r["passes"]) - int(r["n_train"]) for r in lds if r["estimator"] == "gradient_prior"} == {3}
     assert all(r["passes"] == r["n_train"] for r in lds if r["estimator"] == "coar")
+    # Several candidate priors: every one is computed, so their costs add up (3 + 7).
+    assert {int(r["passes"]) - int(r["n_train"]) for r in lds if r["estimator"] == "gradient_prior_lasso"} == {10}
     ood = read_csv(study / STUDY / "lds_ood.csv")
     assert list(ood[0]) == [
         "estimator",
@@ -110,7 +112,7 @@ def test_study_writes_sane_tables_and_figures(study):
     for row in summary:
         if row["ablations_needed"] and row["estimator"] not in baselines:
             smallest = 3 if row["estimator"] == "gradient_prior" else 40  # a prior alone may reach a target
-            assert smallest <= float(row["ablations_needed"]) <= 243
+            assert smallest <= float(row["ablations_needed"]) <= 250
         if row["estimator"] == "coar" and row["ablations_needed"]:
             assert float(row["reduction_vs_coar"]) == 0
     markdown = (study / STUDY / "summary.md").read_text()

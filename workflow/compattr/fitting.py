@@ -30,13 +30,23 @@ __all__ = [
     "fit_draws",
     "fit_stores",
     "predicts_constant",
+    "load_priors",
 ]
 
 
 #: Per-input diagnostics a fit store keeps when its estimator has them: the chosen penalty, the kept
-#: step, the validation scores at the choice, the prior's fitted scale, whether the fit failed (kept its
-#: initial state), and the least-squares factor of a calibrated collapse.
-DIAGNOSTICS = ("alpha", "n_iter", "validation_mse", "validation_spearman", "scale", "failed", "calibration")
+#: step, the validation scores at the choice, the chosen prior among several, the prior's fitted scale,
+#: whether the fit failed (kept its initial state), and the least-squares factor of a calibrated collapse.
+DIAGNOSTICS = (
+    "alpha",
+    "n_iter",
+    "validation_mse",
+    "validation_spearman",
+    "prior_index",
+    "scale",
+    "failed",
+    "calibration",
+)
 
 
 @dataclass
@@ -64,6 +74,25 @@ class SavedFit:
         if self.network is not None:
             return predict_network(self.network, masks)
         return np.asarray(masks, dtype=np.float32) @ self.coef.T + self.intercept
+
+
+def load_priors(paths: str | Path | Sequence[str | Path] | None) -> tuple[np.ndarray | None, int]:
+    """The coefficients of one or more prior fits, and their cost in passes together.
+
+    One path gives its ``coef`` (n_inputs, n_components); several give them
+    stacked (n_priors, n_inputs, n_components), candidates an estimator chooses
+    among. The cost is the sum of the fits' ``passes`` attributes (each prior
+    is computed). None or no paths: ``(None, 0)``.
+    """
+    if paths is None or isinstance(paths, (str, Path)):
+        paths = [] if paths is None else [paths]
+    fits = [load_fit(path) for path in paths]
+    if not fits:
+        return None, 0
+    passes = sum(int(fit.attrs["passes"]) for fit in fits)
+    if len(fits) == 1:
+        return fits[0].coef, passes
+    return np.stack([fit.coef for fit in fits]), passes
 
 
 def replicate_starts(n_train: int, n_masks: int, replicates: int) -> list[int]:

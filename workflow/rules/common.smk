@@ -32,9 +32,10 @@ ENV = "../../envs/study.yaml"
 FORWARD = {key: config["sampling"][key] for key in ("precision", "channels_last", "compile")}
 
 
-def estimator_prior(estimator):
-    """The name of the prior an estimator that takes one starts from."""
-    return config["fit"]["estimators"][estimator].get("prior", DEFAULT_PRIOR)
+def estimator_priors(estimator):
+    """The names of the priors an estimator that takes one starts from (several: it chooses on validation)."""
+    names = config["fit"]["estimators"][estimator].get("prior", DEFAULT_PRIOR)
+    return [names] if isinstance(names, str) else list(names)
 
 
 def estimator_params(estimator):
@@ -59,11 +60,16 @@ def _check_config():
     for name, params in config["fit"]["estimators"].items():
         if "prior" in params and name not in PRIOR_ESTIMATORS:
             raise ValueError(f"config fit.estimators.{name}.prior: {name} takes no prior (only {PRIOR_ESTIMATORS} do)")
-        if name in PRIOR_ESTIMATORS and estimator_prior(name) not in PRIORS:
-            raise ValueError(
-                f"config fit.estimators.{name}.prior {estimator_prior(name)!r} is not one of fit.priors "
-                f"({sorted(PRIORS) or 'none defined'})"
-            )
+        if name not in PRIOR_ESTIMATORS:
+            continue
+        for prior in estimator_priors(name):
+            if prior not in PRIORS:
+                raise ValueError(
+                    f"config fit.estimators.{name}.prior {prior!r} is not one of fit.priors "
+                    f"({sorted(PRIORS) or 'none defined'})"
+                )
+        if len(estimator_priors(name)) > 1 and name == "relu_collapse_prior":
+            raise ValueError(f"config fit.estimators.{name}.prior: {name} starts from one prior, not a list")
     sweep = config.get("sweep")
     if sweep and sweep["estimator"] not in config["fit"]["estimators"]:
         raise ValueError(
@@ -136,9 +142,9 @@ def store_path(model, split):
     return f"{model_dir(model)}/ablations/{split}.zarr"
 
 
-def prior_fit(model, estimator):
-    """The fit of the prior an estimator starts from, on one model."""
-    return f"{model_dir(model)}/baselines/{estimator_prior(estimator)}.zarr"
+def prior_fits(model, estimator):
+    """The fits of the priors an estimator starts from, on one model."""
+    return [f"{model_dir(model)}/baselines/{name}.zarr" for name in estimator_priors(estimator)]
 
 
 def model_config(wildcards):
@@ -152,19 +158,21 @@ def model_config(wildcards):
 def method_fits(wildcards):
     """The fits of one method on one model: a baseline's store, or an estimator's directory of fits.
 
-    An estimator with a prior also gets the prior's fit: its point at zero ablations.
+    An estimator with one prior also gets the prior's fit: its point at zero ablations.
     """
     estimator = wildcards.estimator
     if estimator in SAMPLING_FREE:
         return [f"{model_dir(wildcards.model)}/baselines/{estimator}.zarr"]
     fits = [f"{model_dir(wildcards.model)}/fits/{estimator}"]
-    return [prior_fit(wildcards.model, estimator), *fits] if estimator in PRIOR_ESTIMATORS else fits
+    if estimator in PRIOR_ESTIMATORS and len(estimator_priors(estimator)) == 1:
+        return [*prior_fits(wildcards.model, estimator), *fits]
+    return fits
 
 
 def prior_input(wildcards):
-    """The prior's fit, for the estimators that take one (a sweep's: its estimator, on model 0)."""
+    """The priors' fits, for the estimators that take one (a sweep's: its estimator, on model 0)."""
     estimator = wildcards.get("estimator", SWEEP["estimator"])
-    return {"prior": prior_fit(wildcards.get("model", 0), estimator)} if estimator in PRIOR_ESTIMATORS else {}
+    return {"prior": prior_fits(wildcards.get("model", 0), estimator)} if estimator in PRIOR_ESTIMATORS else {}
 
 
 def shard_flags(wildcards):
@@ -212,7 +220,7 @@ BENCH_ESTIMATORS = [
 
 def bench_prior(wildcards):
     """The prior's fit (model 0), when the fit benchmark includes an estimator that takes one."""
-    return {"prior": prior_fit(0, "gradient_prior")} if "gradient_prior" in BENCH_ESTIMATORS else {}
+    return {"prior": prior_fits(0, "gradient_prior")} if "gradient_prior" in BENCH_ESTIMATORS else {}
 
 
 def final_targets():

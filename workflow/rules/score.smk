@@ -48,7 +48,12 @@ rule summarize_lds:
         study=STUDY,
         priors=list(PRIORS),
         train_sizes=TRAIN_SIZES,
-        gradient_prior=estimator_prior("gradient_prior") if "gradient_prior" in ESTIMATORS else None,
+        # gradient_prior's prior, when it has one (with several it chooses per input)
+        gradient_prior=(
+            estimator_priors("gradient_prior")[0]
+            if "gradient_prior" in ESTIMATORS and len(estimator_priors("gradient_prior")) == 1
+            else None
+        ),
     script:
         "../scripts/summarize_lds.py"
 

@@ -3,7 +3,7 @@
 import torch
 
 from compattr.bench import fit_speed
-from compattr.fitting import load_fit
+from compattr.fitting import load_priors
 from compattr.io import resolve_device, start_log, write_json
 from compattr.sampling import read_rows
 
@@ -12,8 +12,7 @@ torch.set_num_threads(snakemake.threads)
 device = str(resolve_device(snakemake.params.device))
 X, Y = read_rows(snakemake.params.train, snakemake.params.n_train)
 X_test, Y_test = read_rows(snakemake.params.heldout)
-prior_path = snakemake.input.get("prior")
-prior = load_fit(prior_path).coef if prior_path else None
+prior, _ = load_priors(list(snakemake.input.get("prior", [])))
 results = []
 for estimator, params in snakemake.params.estimators.items():
     results.append(

@@ -4,17 +4,15 @@ from pathlib import Path
 
 import torch
 
-from compattr.fitting import fit_draws, load_fit, save_fit
+from compattr.fitting import fit_draws, load_priors, save_fit
 from compattr.io import provenance, resolve_device, start_log
 
 log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 device = resolve_device(snakemake.params.device)
 p = snakemake.params
-prior_path = snakemake.input.get("prior")  # a first-order prior's fit, for estimators that take one
-prior_fit = load_fit(prior_path) if prior_path else None
-prior = prior_fit.coef if prior_fit else None
-prior_passes = prior_fit.attrs["passes"] if prior_fit else 0  # its cost, added to every fit's masks
+prior_paths = list(snakemake.input.get("prior", []))  # first-order priors' fits, for estimators that take them
+prior, prior_passes = load_priors(prior_paths)  # their cost is added to every fit's masks
 out = Path(snakemake.output[0])
 out.mkdir(parents=True, exist_ok=True)
 draws = fit_draws(p.store, p.sizes, p.replicates, p.estimator, p.estimator_params, device, prior=prior)
@@ -33,7 +31,7 @@ for n, replicate, model, seconds in draws:
             "fit_seconds": seconds,
             "device": str(device),
             "store": p.store,
-            "prior": prior_path,
+            "prior": prior_paths,
             "provenance": provenance(),
         },
     )
