@@ -28,7 +28,12 @@ def sbatch_calls(state: Path) -> dict[str, list[list[str]]]:
 def test_tiny_study_runs_through_the_slurm_profile_on_fake_slurm(tmp_path):
     workdir = copy_repo(tmp_path / "repo")
     config = yaml.safe_load((workdir / "config/tiny.yaml").read_text())
-    config["replicates"]["models"] = 1  # the profile is under test here, not the replicates
+    # The profile is under test here, not the replicates or every estimator: one model and draw, a method
+    # of each kind (moments, a 2-layer network, a prior and an estimator that takes it, leave-one-out).
+    config["replicates"] = {"models": 1, "masks": 1}
+    kept = ("coar", "relu_collapse", "gradient_prior")
+    config["fit"]["estimators"] = {e: config["fit"]["estimators"][e] for e in kept}
+    config["fit"]["priors"] = {"atp": config["fit"]["priors"]["atp"]}
     (workdir / "config/tiny.yaml").write_text(yaml.safe_dump(config))
     state = tmp_path / "slurm_state"
     state.mkdir()
