@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from compattr.components import AblatableNetwork, ComponentSet
 from compattr.models import margins
+from compattr.sampling import bernoulli_masks
 
 __all__ = [
     "attribution_patching",
@@ -172,8 +173,7 @@ def prior_points(
     if point == "path":
         t = (torch.arange(n_points, dtype=torch.float64) + 0.5) / n_points
         return (1 - 2 * alpha * t)[:, None].expand(-1, C).float()
-    ablated = np.random.default_rng(seed).random((n_points, C)) < alpha
-    return torch.from_numpy(~ablated).float()
+    return torch.from_numpy(~bernoulli_masks(n_points, C, alpha, np.random.default_rng(seed))).float()
 
 
 def first_order_prior(
