@@ -5,7 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from compattr.baselines import attribution_patching, first_order_prior, leave_one_out, prior_passes, prior_points
+from compattr.baselines import (
+    attribution_patching,
+    first_order_prior,
+    leave_one_out,
+    prior_passes,
+    prior_points,
+    relu_patching,
+)
 from compattr.components import conv_components
 from compattr.models import build_model, margins
 from compattr.sampling import ComponentMarginEvaluator, shard_masks
@@ -184,3 +191,97 @@ def test_prior_points_and_their_errors():
         prior_points("mean", 4)
     with pytest.raises(ValueError, match="takes n_points = 1"):
         prior_points("mean", 4, alpha=0.1, n_points=2)
+
+
+def _conv_bn_relu_logit_model():
+    """Conv (no bias) -> eval BatchNorm -> ReLU -> linear head with one live logit (the other is 0).
+
+    The ReLU is the only nonlinearity after the convolution, so propagating a
+    zeroed channel exactly through it is the exact ablation effect.
+    """
+    torch.manual_seed(1)
+    norm = nn.BatchNorm2d(6)
+    with torch.no_grad():
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.normal_()
+        norm.bias.normal_()
+    head = nn.Linear(6 * 5 * 5, 2)
+    with torch.no_grad():
+        head.weight[0] = 0.0
+        head.bias[0] = 0.0
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1, bias=False), norm, nn.ReLU(inplace=True), nn.Flatten(), head)
+
+
+def test_relu_patching_is_the_exact_ablation_effect_when_the_relu_is_the_only_nonlinearity():
+    model = _conv_bn_relu_logit_model().eval()
+    components = conv_components(model)
+    images, labels = torch.randn(7, 1, 5, 5), torch.randint(0, 2, (7,))
+    coef, intercept = relu_patching(model, components, images, labels, batch_size=3)
+    loo, base = leave_one_out(ComponentMarginEvaluator(model, components, images, labels), len(components))
+    np.testing.assert_allclose(intercept, base, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(coef, loo, rtol=1e-4, atol=1e-4)
+    via_prior, _ = first_order_prior(model, components, images, labels, relu="exact")
+    np.testing.assert_array_equal(via_prior, coef)
+    with pytest.raises(ValueError, match="unablated point only"):
+        first_order_prior(model, components, images, labels, point="mean", alpha=0.1, relu="exact")
+    # Attribution patching linearises that ReLU, and misses the exact effect here.
+    atp, _ = relu_patching(model, components, images, labels, linearise=True)
+    assert np.abs(atp - loo).max() > 0.1 * np.abs(loo).max()
+
+
+def test_relu_patching_with_a_linearised_relu_is_attribution_patching(trained_model, digits):
+    model, components = trained_model
+    _, test = digits
+    images, labels = test.images[:6], test.labels[:6]
+    linear, intercept = relu_patching(model, components, images, labels, linearise=True)
+    atp, atp_intercept = first_order_prior(model, components, images, labels)
+    np.testing.assert_allclose(linear, atp, rtol=1e-4, atol=1e-5 * np.abs(atp).max())
+    np.testing.assert_allclose(intercept, atp_intercept, rtol=1e-5, atol=1e-5)
+    exact, _ = relu_patching(model, components, images, labels)
+    assert not np.allclose(exact, atp)  # the trained model's ReLUs switch under some ablations
+
+
+def test_relu_patching_follows_component_order_in_a_resnet_with_shortcuts():
+    """ReLUs kept, but every pre-activation far above zero: the margin is affine in every keep factor,
+    so each column must equal that component's own ablation effect."""
+    model = _first_order_exact_resnet()
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Identity):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, nn.ReLU(inplace=True))
+        if isinstance(module, nn.BatchNorm2d):
+            module.weight.data.fill_(0.1)
+            module.bias.data.fill_(50.0)
+    model = model.double().eval()
+    components = conv_components(model)
+    images, labels = torch.randn(5, 1, 8, 8, dtype=torch.float64), torch.randint(0, 2, (5,))
+    coef, _ = relu_patching(model, components, images, labels)
+    loo, _ = leave_one_out(ComponentMarginEvaluator(model, components, images, labels), len(components))
+    scale = np.abs(loo).max()
+    for c, name in enumerate(components.names):
+        np.testing.assert_allclose(coef[:, c], loo[:, c], atol=1e-4 * scale, err_msg=name)
+
+
+def test_relu_patching_names_the_component_without_a_relu_path():
+    pooled = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2))
+    images, labels = torch.randn(2, 1, 4, 4), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"no ReLU follows component module '0'.*module '1' \(MaxPool2d\)"):
+        relu_patching(pooled.eval(), conv_components(pooled), images, labels)
+    forked = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="no ReLU follows component module '0'"):
+        relu_patching(forked.eval(), conv_components(forked), images, labels)
+
+    class Branching(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 1, bias=False)
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: not traceable
+                x = -x
+            return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+    with pytest.raises(ValueError, match="traces the model with torch.fx"):
+        relu_patching(Branching().eval(), conv_components(Branching()), images, labels)

@@ -234,6 +234,7 @@ def test_interrupted_serial_sampling_resumes_to_the_parallel_arrays(study, tmp_p
         (lambda c: c["fit"]["estimators"]["gradient_prior"].update(prior="atp_xl"), "gradient_prior.prior 'atp_xl'"),
         (lambda c: c["fit"]["estimators"]["relu_collapse_raw"].update(prior="atp"), "relu_collapse_raw.prior"),
         (lambda c: c["fit"]["priors"].update(atp_odd={"point": "median"}), "median"),
+        (lambda c: c["fit"]["priors"].update(atp_odd={"point": "mean", "relu": "exact"}), "atp_odd.relu"),
     ],
 )
 def test_bad_config_fails_before_any_job_naming_the_field(tmp_path, edit, message):

@@ -10,6 +10,9 @@ fitted estimators:
   unablated point: at the mask distribution's mean, averaged along a path of
   keep factors, or averaged over random masks (one forward and one backward
   pass per point and input batch).
+- :func:`relu_patching`: attribution patching whose effect is propagated
+  exactly through the first ReLU after each component (the same forward and
+  backward pass).
 - :func:`leave_one_out`: the exact effect of ablating each component alone
   (one ablated forward pass per component).
 
@@ -19,9 +22,12 @@ counting as two (:func:`prior_passes`).
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
 
 from compattr.components import AblatableNetwork, ComponentSet
 from compattr.models import margins
@@ -32,6 +38,7 @@ __all__ = [
     "first_order_prior",
     "keep_gradients",
     "prior_points",
+    "relu_patching",
     "leave_one_out",
     "prior_passes",
     "BASELINES",
@@ -186,6 +193,7 @@ def first_order_prior(
     alpha: float | None = None,
     n_points: int = 1,
     seed: int = 0,
+    relu: str = "linear",
     batch_size: int = 256,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A first-order estimate of every component's ablation effect, per input, taken at ``point``.
@@ -203,12 +211,22 @@ def first_order_prior(
     - ``"masks"``: ``n_points`` random masks drawn at rate ``alpha`` (seeded by
       ``seed``), each applied to every input.
 
+    ``relu="exact"`` (at ``"unablated"`` only) propagates each zeroed channel
+    exactly through the first ReLU after it (:func:`relu_patching`); the default
+    ``"linear"`` differentiates through it.
+
     Returns
     -------
     coef : ndarray (n_inputs, n_components)
     intercept : ndarray (n_inputs,)
     """
+    if relu not in ("linear", "exact"):
+        raise ValueError(f"relu must be 'linear' or 'exact', got {relu!r}")
     keeps = prior_points(point, len(components), alpha=alpha, n_points=n_points, seed=seed)
+    if relu == "exact":
+        if point != "unablated":
+            raise ValueError(f"relu='exact' propagates from the unablated point only, got point {point!r}")
+        return relu_patching(model, components, images, labels, batch_size=batch_size)
     network = components.ablatable(model).requires_grad_(False)
     coefs, values = zip(*(keep_gradients(network, images, labels, keep, batch_size) for keep in keeps), strict=True)
     # The intercept is the unablated margin: the first point's, or one more forward pass.
@@ -218,3 +236,152 @@ def first_order_prior(
         else _margins_at(network, images, labels, torch.ones(len(components)), batch_size)
     )
     return torch.stack(coefs).mean(0).numpy(), intercept.numpy()
+
+
+_ADDS = (operator.add, operator.iadd, torch.add)
+_RELU_FUNCTIONS = (torch.relu, F.relu)
+
+
+def _is_relu(graph: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(graph.get_submodule(node.target), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _describe(graph: fx.GraphModule, node: fx.Node) -> str:
+    """A node as a reader knows it: ``module 'layer1.0.pool' (MaxPool2d)``, ``function max_pool2d``."""
+    if node.op == "call_module":
+        return f"module {node.target!r} ({type(graph.get_submodule(node.target)).__name__})"
+    if node.op in ("call_function", "call_method"):
+        return f"{node.op.removeprefix('call_')} {getattr(node.target, '__name__', node.target)}"
+    return f"the graph's {node.op}"
+
+
+def _relu_paths(graph: fx.GraphModule, components: ComponentSet) -> dict[str, tuple[fx.Node, fx.Node, Tensor]]:
+    """Each component module's node, the first ReLU after it, and the per-channel slope between them.
+
+    The path may pass eval-mode BatchNorms (a slope each) and additions of
+    terms that do not depend on the component (slope 1); anything else, or a
+    fork before the ReLU, is an error naming the module.
+    """
+    calls = {}
+    for node in graph.graph.nodes:
+        if node.op == "call_module" and node.target in components.module_names:
+            if node.target in calls:
+                raise ValueError(f"component module {node.target!r} is called more than once per forward pass")
+            calls[node.target] = node
+    paths = {}
+    for name, size in zip(components.module_names, components.sizes, strict=True):
+        if name not in calls:
+            raise ValueError(f"component module {name!r} is not called in the traced forward pass")
+        node, slope = calls[name], torch.ones(size)
+        while True:
+            users = list(node.users)
+            if len(users) != 1:
+                raise ValueError(
+                    f"component module {name!r}: {node.name} feeds {len(users)} operations before any ReLU "
+                    "(atp_relu needs one path of BatchNorms and additions to the first ReLU)"
+                )
+            (user,) = users
+            if _is_relu(graph, user):
+                break
+            module = graph.get_submodule(user.target) if user.op == "call_module" else None
+            if isinstance(module, nn.BatchNorm2d) and not module.training and module.running_var is not None:
+                scale = torch.rsqrt(module.running_var + module.eps)
+                slope = slope * (scale if module.weight is None else scale * module.weight).detach().cpu()
+            elif not (user.op == "call_function" and user.target in _ADDS and user.args.count(node) == 1):
+                raise ValueError(
+                    f"no ReLU follows component module {name!r} through eval-mode BatchNorms and additions: "
+                    f"its path reaches {_describe(graph, user)}"
+                )
+            node = user
+        paths[name] = (calls[name], user, slope)
+    return paths
+
+
+class _Recorder(fx.Interpreter):
+    """Runs a traced model, keeping the outputs of some nodes and the inputs and outputs of some ReLUs.
+
+    The ReLUs run out of place, so a pre-activation is never overwritten.
+    """
+
+    def __init__(self, graph: fx.GraphModule, kept: set[fx.Node], relus: set[fx.Node]) -> None:
+        super().__init__(graph)
+        self.kept, self.relus = kept, relus
+        self.values: dict[fx.Node, Tensor] = {}
+        self.pre: dict[fx.Node, Tensor] = {}
+        self.post: dict[fx.Node, Tensor] = {}
+
+    def run_node(self, n: fx.Node):
+        if n in self.relus:
+            with self._set_current_node(n):
+                args, _ = self.fetch_args_kwargs_from_env(n)
+            self.pre[n] = args[0].detach().clone()
+            self.post[n] = torch.relu(args[0])
+            return self.post[n]
+        out = super().run_node(n)
+        if n in self.kept:
+            self.values[n] = out.detach().clone()  # before any later in-place operation
+        return out
+
+
+def relu_patching(
+    model: nn.Module,
+    components: ComponentSet,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    linearise: bool = False,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Attribution patching with each effect propagated exactly through the first ReLU after the component.
+
+    Zeroing channel ``c`` (output ``z_c``) of a component module changes the
+    pre-activation ``a`` of the first ReLU after it by ``delta = -s_c z_c``
+    exactly, where ``s_c`` is the channel's slope through the eval-mode
+    BatchNorms and additions in between (the path is found by tracing the model
+    with ``torch.fx``). The effect on margin ``f_i`` is then
+    ``coef[i, c] = sum over positions of g * (relu(a + delta) - relu(a))``, with
+    ``g`` the margin's gradient at the ReLU's output: the same forward and
+    backward pass as :func:`attribution_patching`, exact up to that ReLU and
+    first order after it. ``linearise=True`` replaces ``relu(a + delta) - relu(a)``
+    by ``relu'(a) delta``, which gives attribution patching back.
+
+    Returns
+    -------
+    coef : ndarray (n_inputs, n_components)
+    intercept : ndarray (n_inputs,)
+        The unablated margins.
+    """
+    model.eval()
+    try:
+        graph = fx.symbolic_trace(model)
+    except Exception as error:  # any untraceable model
+        raise ValueError(f"relu_patching traces the model with torch.fx, which failed: {error}") from error
+    paths = _relu_paths(graph, components)
+    relus = {relu for _, relu, _ in paths.values()}
+    device = next(model.parameters()).device
+    coefs, intercepts = [], []
+    for start in range(0, len(labels), batch_size):
+        recorder = _Recorder(graph, {node for node, _, _ in paths.values()}, relus)
+        x = images[start : start + batch_size].to(device)
+        y = labels[start : start + batch_size].to(device)
+        with torch.enable_grad():
+            f = margins(recorder.run(x), y)
+            order = list(recorder.post)
+            grads = dict(zip(order, torch.autograd.grad(f.sum(), [recorder.post[n] for n in order]), strict=True))
+        effects = []
+        for name, (node, relu, slope) in paths.items():
+            z, pre, grad = recorder.values[node], recorder.pre[relu], grads[relu]
+            if z.shape != pre.shape:
+                raise ValueError(
+                    f"component module {name!r} outputs {tuple(z.shape)} but its ReLU takes {tuple(pre.shape)}"
+                )
+            delta = -slope.to(z).reshape(1, -1, *(1,) * (z.ndim - 2)) * z
+            change = (pre > 0) * delta if linearise else torch.relu(pre + delta) - torch.relu(pre)
+            effects.append((grad * change).flatten(2).sum(-1))
+        coefs.append(torch.cat(effects, dim=1).detach().cpu())
+        intercepts.append(f.detach().cpu())
+    return torch.cat(coefs).double().numpy(), torch.cat(intercepts).double().numpy()

@@ -54,9 +54,13 @@ def _check_config():
             "sample more masks or drop those sizes"
         )
     methods = [*ESTIMATORS, *BASELINES]
-    for name in PRIORS:
+    for name, prior in PRIORS.items():
         if name in methods:
             raise ValueError(f"config fit.priors.{name} has the name of an estimator or baseline: rename it")
+        if prior.get("relu", "linear") == "exact" and prior["point"] != "unablated":
+            raise ValueError(
+                f"config fit.priors.{name}.relu: exact propagation starts from point unablated, not {prior['point']!r}"
+            )
     for name, params in config["fit"]["estimators"].items():
         if "prior" in params and name not in PRIOR_ESTIMATORS:
             raise ValueError(f"config fit.estimators.{name}.prior: {name} takes no prior (only {PRIOR_ESTIMATORS} do)")

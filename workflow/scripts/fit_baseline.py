@@ -19,7 +19,7 @@ baseline, prior = snakemake.params.baseline, snakemake.params.prior
 if prior is not None:
     settings = {"n_points": 1, "seed": 0, **prior}
     coef, intercept = first_order_prior(model, components, images, labels, alpha=snakemake.params.alpha, **settings)
-    passes = prior_passes(settings["point"], settings["n_points"])
+    passes = prior_passes(settings["point"], settings["n_points"])  # relu: exact reuses the same passes
 else:
     evaluator = ComponentMarginEvaluator(
         model, components, images, labels, batch_size=snakemake.params.batch_size, **snakemake.params.forward
