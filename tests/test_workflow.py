@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import csv
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -246,15 +244,6 @@ def test_bad_config_fails_before_any_job_naming_the_field(tmp_path, edit, messag
     assert result.returncode != 0
     assert message in result.stdout
     assert not (workdir / "results").exists()
-
-
-def test_prior_estimators_of_the_rules_are_those_of_the_library():
-    """common.smk lists the estimators that get a prior's fit as input; the classes say which take one."""
-    from compattr.estimators import ESTIMATORS
-
-    text = (REPO / "workflow/rules/common.smk").read_text()
-    listed = ast.literal_eval(re.search(r"^PRIOR_ESTIMATORS = (\(.*?\))$", text, re.M).group(1))
-    assert set(listed) == {name for name, cls in ESTIMATORS.items() if cls.uses_prior}
 
 
 def test_reduced_gpu_scale_config_runs_on_cpu(tmp_path):

@@ -22,7 +22,9 @@ counting as two (:func:`prior_passes`).
 
 from __future__ import annotations
 
+import copy
 import operator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -115,25 +117,38 @@ def leave_one_out(evaluator, n_units: int, chunk: int = 256) -> tuple[np.ndarray
     return (single - base).T, base
 
 
+Output = Callable[[Tensor, Tensor | None], Tensor]
+
+
+def _batches(images: Tensor, labels: Tensor | None, batch_size: int, device: torch.device):
+    """``(inputs, targets)`` batches on ``device`` (targets None without labels)."""
+    for start in range(0, len(images), batch_size):
+        y = None if labels is None else labels[start : start + batch_size].to(device)
+        yield images[start : start + batch_size].to(device), y
+
+
 def keep_gradients(
-    network: AblatableNetwork, images: Tensor, labels: Tensor, keep: Tensor, batch_size: int = 256
+    network: AblatableNetwork,
+    images: Tensor,
+    labels: Tensor | None,
+    keep: Tensor,
+    batch_size: int = 256,
+    output: Output = margins,
 ) -> tuple[Tensor, Tensor]:
-    """Minus the gradient of each input's margin with respect to the keep factors, at ``keep``.
+    """Minus the gradient of each input's output (margin by default) with respect to the keep factors, at ``keep``.
 
     ``keep`` (n_components,) is the point, the same for every input: 1 keeps a
     component, 0 ablates it. ``-df_i/dkeep_c`` is the first-order change of
     ``f_i`` when component ``c`` goes from that point to ablated, per unit of
-    keep. Returns it (n_inputs, n_components) and the margins at ``keep``
+    keep. Returns it (n_inputs, n_components) and the outputs at ``keep``
     (n_inputs,), both float64 on the CPU.
     """
     device = next(network.parameters()).device
     coefs, values = [], []
-    for start in range(0, len(labels), batch_size):
-        x = images[start : start + batch_size].to(device)
-        y = labels[start : start + batch_size].to(device)
+    for x, y in _batches(images, labels, batch_size, device):
         k = keep.to(device=device, dtype=torch.float32).expand(len(x), -1).clone().requires_grad_(True)
         with torch.enable_grad():
-            f = margins(network(x, k), y)
+            f = output(network(x, k), y)
             (grad,) = torch.autograd.grad(f.sum(), k)  # one keep row per input: row i holds df_i/dkeep
         coefs.append(-grad.detach().cpu().double())
         values.append(f.detach().cpu().double())
@@ -141,14 +156,13 @@ def keep_gradients(
 
 
 @torch.no_grad()
-def _margins_at(network: AblatableNetwork, images: Tensor, labels: Tensor, keep: Tensor, batch_size: int) -> Tensor:
-    """Margins (n_inputs,) float64 on the CPU at keep factors ``keep`` (n_components,)."""
+def _outputs_at(
+    network: AblatableNetwork, images: Tensor, labels: Tensor | None, keep: Tensor, batch_size: int, output: Output
+) -> Tensor:
+    """Outputs (n_inputs,) float64 on the CPU at keep factors ``keep`` (n_components,)."""
     device = next(network.parameters()).device
     keep = keep.to(device=device, dtype=torch.float32)[None]
-    out = [
-        margins(network(images[i : i + batch_size].to(device), keep), labels[i : i + batch_size].to(device))
-        for i in range(0, len(labels), batch_size)
-    ]
+    out = [output(network(x, keep), y) for x, y in _batches(images, labels, batch_size, device)]
     return torch.cat(out).cpu().double()
 
 
@@ -187,7 +201,7 @@ def first_order_prior(
     model: nn.Module,
     components: ComponentSet,
     images: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     *,
     point: str = "unablated",
     alpha: float | None = None,
@@ -195,12 +209,13 @@ def first_order_prior(
     seed: int = 0,
     relu: str = "linear",
     batch_size: int = 256,
+    output: Output = margins,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A first-order estimate of every component's ablation effect, per input, taken at ``point``.
 
-    ``coef[i, c]`` is minus the derivative of margin ``f_i`` with respect to
-    component ``c``'s keep factor, averaged over the points; the intercept is the
-    unablated margin. The points:
+    ``coef[i, c]`` is minus the derivative of output ``f_i`` (``output(model(x), y)``,
+    the correct-class margin by default) with respect to component ``c``'s keep
+    factor, averaged over the points; the intercept is the unablated output. The points:
 
     - ``"unablated"``: every keep factor 1 (attribution patching; one point).
     - ``"mean"``: every keep factor ``1 - alpha``, the mean of the masks drawn at
@@ -226,14 +241,16 @@ def first_order_prior(
     if relu == "exact":
         if point != "unablated":
             raise ValueError(f"relu='exact' propagates from the unablated point only, got point {point!r}")
-        return relu_patching(model, components, images, labels, batch_size=batch_size)
+        return relu_patching(model, components, images, labels, batch_size=batch_size, output=output)
     network = components.ablatable(model).requires_grad_(False)
-    coefs, values = zip(*(keep_gradients(network, images, labels, keep, batch_size) for keep in keeps), strict=True)
-    # The intercept is the unablated margin: the first point's, or one more forward pass.
+    coefs, values = zip(
+        *(keep_gradients(network, images, labels, keep, batch_size, output) for keep in keeps), strict=True
+    )
+    # The intercept is the unablated output: the first point's, or one more forward pass.
     intercept = (
         values[0]
         if point == "unablated"
-        else _margins_at(network, images, labels, torch.ones(len(components)), batch_size)
+        else _outputs_at(network, images, labels, torch.ones(len(components)), batch_size, output)
     )
     return torch.stack(coefs).mean(0).numpy(), intercept.numpy()
 
@@ -331,10 +348,11 @@ def relu_patching(
     model: nn.Module,
     components: ComponentSet,
     images: Tensor,
-    labels: Tensor,
+    labels: Tensor | None,
     *,
     linearise: bool = False,
     batch_size: int = 256,
+    output: Output = margins,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Attribution patching with each effect propagated exactly through the first ReLU after the component.
 
@@ -344,7 +362,7 @@ def relu_patching(
     BatchNorms and additions in between (the path is found by tracing the model
     with ``torch.fx``). The effect on margin ``f_i`` is then
     ``coef[i, c] = sum over positions of g * (relu(a + delta) - relu(a))``, with
-    ``g`` the margin's gradient at the ReLU's output: the same forward and
+    ``g`` the output's (margin's, by default) gradient at the ReLU's output: the same forward and
     backward pass as :func:`attribution_patching`, exact up to that ReLU and
     first order after it. ``linearise=True`` replaces ``relu(a + delta) - relu(a)``
     by ``relu'(a) delta``, which gives attribution patching back.
@@ -353,9 +371,9 @@ def relu_patching(
     -------
     coef : ndarray (n_inputs, n_components)
     intercept : ndarray (n_inputs,)
-        The unablated margins.
+        The unablated outputs.
     """
-    model.eval()
+    model = copy.deepcopy(model).eval()  # the caller's model keeps its mode
     try:
         graph = fx.symbolic_trace(model)
     except Exception as error:  # any untraceable model
@@ -364,12 +382,10 @@ def relu_patching(
     relus = {relu for _, relu, _ in paths.values()}
     device = next(model.parameters()).device
     coefs, intercepts = [], []
-    for start in range(0, len(labels), batch_size):
+    for x, y in _batches(images, labels, batch_size, device):
         recorder = _Recorder(graph, {node for node, _, _ in paths.values()}, relus)
-        x = images[start : start + batch_size].to(device)
-        y = labels[start : start + batch_size].to(device)
         with torch.enable_grad():
-            f = margins(recorder.run(x), y)
+            f = output(recorder.run(x), y)
             order = list(recorder.post)
             grads = dict(zip(order, torch.autograd.grad(f.sum(), [recorder.post[n] for n in order]), strict=True))
         effects = []

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ComponentSet", "AblatableNetwork", "conv_components", "zero_filters"]
+__all__ = ["ComponentSet", "AblatableNetwork", "conv_components", "module_components", "zero_filters"]
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,34 @@ def conv_components(model: nn.Module, *, include_shortcuts: bool = True) -> Comp
             sizes.append(module.out_channels)
     if not names:
         raise ValueError("the model has no Conv2d modules to ablate")
+    return ComponentSet(tuple(names), tuple(sizes))
+
+
+def module_components(model: nn.Module, names: Sequence[str]) -> ComponentSet:
+    """The output channels of the named modules: a convolution's filters, a linear layer's neurons.
+
+    ``names`` are dotted module paths (as ``model.named_modules()`` gives them),
+    kept in the order given.
+    """
+    modules = dict(model.named_modules())
+    sizes = []
+    for name in names:
+        if name not in modules:
+            raise ValueError(f"the model has no module {name!r}; its modules: {[n for n in modules if n][:20]}")
+        module = modules[name]
+        if isinstance(module, nn.Conv2d):
+            sizes.append(module.out_channels)
+        elif isinstance(module, nn.Linear):
+            sizes.append(module.out_features)
+        else:
+            raise ValueError(
+                f"module {name!r} is a {type(module).__name__}: components are the output channels of Conv2d "
+                "and Linear modules"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"module names repeat: {list(names)}")
+    if not names:
+        raise ValueError("no modules named: give at least one")
     return ComponentSet(tuple(names), tuple(sizes))
 
 

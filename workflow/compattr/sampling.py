@@ -15,6 +15,7 @@ gives the same arrays.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,19 +64,21 @@ def shard_masks(seed: int, shard: int, n_masks: int, n_units: int, alpha: float)
 
 
 class ComponentMarginEvaluator:
-    """Correct-class margins of a model under component ablation masks.
+    """An output per input (the correct-class margin by default) of a model under component ablation masks.
 
     Many masks and many inputs go through one forward pass: sample ``i * n_inputs + j``
-    is input ``j`` under mask ``i`` (per-sample channel masks).
+    is input ``j`` under mask ``i`` (per-sample channel masks). The model itself
+    is not changed: the evaluator runs an ablatable copy in eval mode.
 
     Parameters
     ----------
     model : nn.Module
-        Network in eval mode.
+        The network.
     components : ComponentSet
         The units that a mask's columns ablate.
     images, labels : Tensor
-        Test inputs ``(n_inputs, c, h, w)`` and their labels ``(n_inputs,)``.
+        Test inputs ``(n_inputs, ...)`` and their targets ``(n_inputs,)`` (None
+        when ``output`` takes none).
     batch_size : int, default=4096
         Largest number of (mask, input) samples in one forward pass.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
@@ -88,6 +91,9 @@ class ComponentMarginEvaluator:
         ``torch.compile``; "reduce-overhead" also replays it as a CUDA graph,
         which removes the host's per-batch work (kernel launches) on CUDA;
         "auto": "reduce-overhead" on CUDA, not compiled elsewhere.
+    output : callable, default=:func:`compattr.models.margins`
+        ``output(model_outputs, targets)``: one float per sample, from the
+        model's outputs of a batch and the batch's targets (None without labels).
     """
 
     def __init__(
@@ -95,12 +101,13 @@ class ComponentMarginEvaluator:
         model: nn.Module,
         components: ComponentSet,
         images: Tensor,
-        labels: Tensor,
+        labels: Tensor | None,
         batch_size: int = 4096,
         *,
         precision: str = "auto",
         channels_last: bool | str = "auto",
         compile: bool | str = "auto",
+        output: Callable[[Tensor, Tensor | None], Tensor] = margins,
     ) -> None:
         self.device = next(model.parameters()).device
         on_cuda = self.device.type == "cuda"
@@ -111,14 +118,18 @@ class ComponentMarginEvaluator:
         if compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {compile!r}")
         self.dtype = PRECISIONS[precision]
-        self.channels_last = on_cuda if channels_last == "auto" else bool(channels_last)
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{len(images)} inputs but {len(labels)} targets")
+        # Channels-last applies to image batches (n, c, h, w) only.
+        self.channels_last = images.ndim == 4 and (on_cuda if channels_last == "auto" else bool(channels_last))
         self.compile_mode = COMPILE_MODES[compile][on_cuda]
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model = model.eval().to(memory_format=memory_format)
+        self.model = copy.deepcopy(model).eval().to(memory_format=memory_format)
         self.network = components.ablatable(self.model)
+        self.output = output
         self._batch = self.compile(self._margins)
         self.images = images.to(self.device).contiguous(memory_format=memory_format)
-        self.labels = labels.to(self.device)
+        self.labels = None if labels is None else labels.to(self.device)
         self.batch_size = batch_size
 
     @property
@@ -130,12 +141,13 @@ class ComponentMarginEvaluator:
         """``fn`` compiled as the evaluator compiles its batches (unchanged when it does not)."""
         return fn if self.compile_mode is None else torch.compile(fn, mode=self.compile_mode)
 
-    def _margins(self, images: Tensor, ablated: Tensor, labels: Tensor) -> Tensor:
-        """Margins (masks, inputs) of ``images`` under each row of the bool masks ``ablated`` (masks, components)."""
-        x = images.repeat(len(ablated), 1, 1, 1)
+    def _margins(self, images: Tensor, ablated: Tensor, labels: Tensor | None) -> Tensor:
+        """Outputs (masks, inputs) of ``images`` under each row of the bool masks ``ablated`` (masks, components)."""
+        x = images.repeat(len(ablated), *(1,) * (images.ndim - 1))
         with self.autocast():
             logits = self.network(x, (~ablated).float())
-        return margins(logits.float(), labels.repeat(len(ablated))).reshape(len(ablated), len(labels))
+        targets = None if labels is None else labels.repeat(len(ablated))
+        return self.output(logits.float(), targets).reshape(len(ablated), len(images))
 
     @torch.no_grad()
     def __call__(self, ablated: np.ndarray) -> np.ndarray:
@@ -144,14 +156,15 @@ class ComponentMarginEvaluator:
         The masks go to the device once per call and the margins come back once,
         so on CUDA the host queues the next batch while the GPU runs the last one.
         """
-        n_inputs = len(self.labels)
+        n_inputs = len(self.images)
         ablated = torch.from_numpy(np.asarray(ablated, dtype=bool)).to(self.device)
         out = torch.empty(len(ablated), n_inputs, dtype=torch.float32, device=self.device)
         in_step = min(n_inputs, self.batch_size)
         mask_step = max(1, self.batch_size // in_step)
         for m0 in range(0, len(ablated), mask_step):
             for i0 in range(0, n_inputs, in_step):
-                images, labels = self.images[i0 : i0 + in_step], self.labels[i0 : i0 + in_step]
+                images = self.images[i0 : i0 + in_step]
+                labels = None if self.labels is None else self.labels[i0 : i0 + in_step]
                 out[m0 : m0 + mask_step, i0 : i0 + in_step] = self._batch(images, ablated[m0 : m0 + mask_step], labels)
         return out.cpu().numpy()
 

@@ -1,5 +1,8 @@
 from snakemake.utils import validate
 
+from compattr.bench import REFERENCES as BENCH_REFERENCES
+from compattr.estimators import ESTIMATORS as ESTIMATOR_CLASSES
+
 validate(config, schema="../schemas/config.schema.yaml")
 
 STUDY = config["study"]
@@ -21,9 +24,9 @@ BASELINES = list(config["fit"].get("baselines", []))
 # Methods without ablation sampling, each scored alone at its cost: the priors, then leave-one-out.
 SAMPLING_FREE = [*PRIORS, *BASELINES]
 METHODS = ESTIMATORS + SAMPLING_FREE
-# Estimators whose fit takes a first-order prior (the classes with ``uses_prior`` in
-# compattr.estimators; a test checks the two agree); each names its prior (default atp).
-PRIOR_ESTIMATORS = ("gradient_prior", "gradient_prior_lasso", "relu_collapse_prior")
+# Estimators whose fit takes a first-order prior, from the library's registry; each names its
+# prior (default atp).
+PRIOR_ESTIMATORS = tuple(name for name, cls in ESTIMATOR_CLASSES.items() if cls.uses_prior)
 DEFAULT_PRIOR = "atp"
 BASELINE_FITS = SAMPLING_FREE
 TRAIN_SIZES = sorted(config["fit"]["train_sizes"])
@@ -214,12 +217,8 @@ def sweep_params(wildcards):
     return {**estimator_params(SWEEP["estimator"]), **SWEEP["settings"][wildcards.setting]}
 
 
-# Estimators the fit benchmark times against a per-input scikit-learn loop (compattr.bench.REFERENCES).
-BENCH_ESTIMATORS = [
-    e
-    for e in ("coar", "ridge", "lasso", "relu_collapse", "gradient_prior")
-    if e in ESTIMATORS
-]
+# Estimators the fit benchmark times against a scikit-learn reference (compattr.bench.REFERENCES).
+BENCH_ESTIMATORS = [e for e in BENCH_REFERENCES if e in ESTIMATORS]
 
 
 def bench_prior(wildcards):

@@ -1,0 +1,345 @@
+"""The front door: which components of a model does each of its outputs depend on?
+
+:class:`ComponentAttributor` takes a model, its components (convolution filters,
+linear neurons), some inputs and an output function (the correct-class margin by
+default). It runs the model under random ablation masks (:meth:`~ComponentAttributor.sample`)
+and fits a linear component model per input (:meth:`~ComponentAttributor.attribute`),
+or computes a sampling-free attribution (first-order priors, leave-one-out).
+Results are :class:`Attribution` objects labelled with component names and input
+ids; :func:`lds` scores them on held-out masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from compattr.baselines import first_order_prior, leave_one_out, prior_passes
+from compattr.components import ComponentSet, conv_components, module_components
+from compattr.estimators import ESTIMATORS, make_estimator
+from compattr.lds import lds_scores
+from compattr.models import margins
+from compattr.sampling import ComponentMarginEvaluator, bernoulli_masks
+
+__all__ = ["ComponentAttributor", "Attribution", "Samples", "lds", "OUTPUTS", "PRIORS"]
+
+Output = Callable[[Tensor, Tensor | None], Tensor]
+
+
+def target_logit(logits: Tensor, targets: Tensor) -> Tensor:
+    """The target class's logit, per row."""
+    return logits.gather(1, targets[:, None]).squeeze(1)
+
+
+def target_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """The cross-entropy loss of the target class, per row."""
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+#: Named outputs; each takes the model's logits and the inputs' target classes.
+OUTPUTS: dict[str, Output] = {"margin": margins, "logit": target_logit, "loss": target_loss}
+#: Sampling-free attributions by name: first-order priors (keyword arguments of
+#: :func:`compattr.baselines.first_order_prior`), and ``"loo"`` (leave-one-out).
+PRIORS: dict[str, dict[str, Any]] = {
+    "atp": {"point": "unablated"},
+    "atp_relu": {"point": "unablated", "relu": "exact"},
+    "atp_mean": {"point": "mean"},
+}
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Ablation masks and the outputs they give.
+
+    Attributes
+    ----------
+    masks : ndarray of bool, shape (n_masks, n_components)
+        True where a component is ablated.
+    outputs : ndarray of float32, shape (n_masks, n_inputs)
+        Each input's output under each mask.
+    """
+
+    masks: np.ndarray
+    outputs: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def __add__(self, other: Samples) -> Samples:
+        return Samples(np.concatenate([self.masks, other.masks]), np.concatenate([self.outputs, other.outputs]))
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """A linear component model per input: ``output ~ coef . mask + intercept``, labelled.
+
+    ``coef[i, c]`` is the change of input ``i``'s output when component ``c`` is
+    ablated (on top of the others the mask ablates).
+
+    Attributes
+    ----------
+    coef : ndarray, shape (n_inputs, n_components)
+    intercept : ndarray, shape (n_inputs,)
+    components : tuple of str
+        Component names, ``module.path:channel``.
+    inputs : tuple
+        Input ids.
+    method : str
+        The estimator or sampling-free method.
+    passes : int
+        Its cost in forward-equivalent passes per input batch (ablation masks,
+        or a prior's forward and backward passes, a backward counting as two).
+    """
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    components: tuple[str, ...]
+    inputs: tuple
+    method: str
+    passes: int
+
+    def predict(self, masks: np.ndarray) -> np.ndarray:
+        """Predicted outputs (n_masks, n_inputs) under bool masks (n_masks, n_components)."""
+        masks = np.asarray(masks)
+        if masks.ndim != 2 or masks.shape[1] != len(self.components):
+            raise ValueError(f"masks must be (n_masks, {len(self.components)}), got {masks.shape}")
+        return masks.astype(np.float64) @ self.coef.T + self.intercept
+
+    def top(self, k: int = 5) -> dict[Any, list[tuple[str, float]]]:
+        """Each input's ``k`` components with the largest effect in absolute value, as (name, effect) pairs."""
+        order = np.argsort(-np.abs(self.coef), axis=1, kind="stable")[:, :k]
+        return {
+            input_id: [(self.components[c], float(self.coef[i, c])) for c in order[i]]
+            for i, input_id in enumerate(self.inputs)
+        }
+
+
+def lds(attribution: Attribution, samples: Samples, *, per_input: bool = False) -> float | np.ndarray:
+    """Linear datamodeling score: Spearman correlation, per input, of predicted and true outputs on ``samples``.
+
+    Returns the mean over inputs, or the per-input scores with ``per_input=True``.
+    Score on masks the attribution was not fitted on.
+    """
+    spearman, _ = lds_scores(attribution.predict(samples.masks), samples.outputs)
+    return spearman if per_input else float(spearman.mean())
+
+
+class ComponentAttributor:
+    """Attribute a model's outputs on some inputs to its components, by ablation and linear surrogates.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network; it is not changed (the attributor runs an ablatable copy in eval mode).
+    components : "conv", sequence of str, or ComponentSet
+        What a mask ablates: ``"conv"``, every filter of every ``nn.Conv2d``; a
+        list of module names, the output channels of those ``Conv2d`` and
+        ``Linear`` modules; or a :class:`~compattr.components.ComponentSet`.
+    inputs : Tensor or iterable of batches
+        The inputs (n_inputs, ...), or a DataLoader (batches of inputs, or of
+        ``(inputs, targets)`` pairs). They are kept on the CPU and moved to the
+        model's device once.
+    targets : Tensor, optional
+        Target classes (n_inputs,), needed by the named outputs (a DataLoader
+        of pairs gives them).
+    output : "margin", "logit", "loss" or callable, default="margin"
+        What is attributed, per input: the correct-class margin (correct logit
+        minus the largest other), the target logit, the cross-entropy loss, or
+        ``output(model_outputs, targets) -> (batch,)``.
+    input_ids : sequence, optional
+        Labels of the inputs (default 0 .. n_inputs - 1).
+    seed : int, default=0
+        Seed of the masks; each :meth:`sample` call draws from its own stream.
+    batch_size : int, default=1024
+        Largest number of (mask, input) samples per forward pass.
+    **forward
+        ``precision``, ``channels_last``, ``compile`` of
+        :class:`~compattr.sampling.ComponentMarginEvaluator`.
+
+    Attributes
+    ----------
+    components : ComponentSet
+    samples_ : Samples or None
+        The samples kept by :meth:`sample`, in the order drawn.
+    ablation_rate_ : float or None
+        Their ablation rate.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        components: str | Sequence[str] | ComponentSet,
+        inputs: Tensor | Iterable,
+        targets: Tensor | None = None,
+        *,
+        output: str | Output = "margin",
+        input_ids: Sequence | None = None,
+        seed: int = 0,
+        batch_size: int = 1024,
+        **forward: Any,
+    ) -> None:
+        self.model = model
+        self.components = _component_set(model, components)
+        self.inputs, self.targets = _collect(inputs, targets)
+        if isinstance(output, str):
+            if output not in OUTPUTS:
+                raise ValueError(f"output must be one of {sorted(OUTPUTS)} or a callable, got {output!r}")
+            if self.targets is None:
+                raise ValueError(f"output {output!r} needs targets: pass targets, or a DataLoader of (input, target)")
+            output = OUTPUTS[output]
+        self.output = output
+        self.input_ids = tuple(range(len(self.inputs))) if input_ids is None else tuple(input_ids)
+        if len(self.input_ids) != len(self.inputs):
+            raise ValueError(f"{len(self.input_ids)} input_ids for {len(self.inputs)} inputs")
+        self.seed, self.batch_size = seed, batch_size
+        self._evaluator = ComponentMarginEvaluator(
+            model, self.components, self.inputs, self.targets, batch_size, output=output, **forward
+        )
+        self._draws = 0
+        self.samples_: Samples | None = None
+        self.ablation_rate_: float | None = None
+
+    def evaluate(self, masks: np.ndarray, *, progress: bool = True) -> np.ndarray:
+        """Outputs (n_masks, n_inputs), float32, of the model ablated by bool masks (n_masks, n_components)."""
+        masks = np.asarray(masks, dtype=bool)
+        if masks.ndim != 2 or masks.shape[1] != len(self.components):
+            raise ValueError(f"masks must be (n_masks, {len(self.components)}), got {masks.shape}")
+        step = max(1, 8 * self.batch_size // len(self.inputs))
+        chunks = range(0, len(masks), step)
+        bar = tqdm(chunks, desc="ablated passes", unit="call", disable=not progress or len(chunks) < 2)
+        return (
+            np.concatenate([self._evaluator(masks[i : i + step]) for i in bar])
+            if len(masks)
+            else np.zeros((0, len(self.inputs)), np.float32)
+        )
+
+    def sample(self, n_masks: int, ablation_rate: float = 0.05, *, keep: bool = True) -> Samples:
+        """Draw ``n_masks`` random masks (each component ablated with probability ``ablation_rate``) and run them.
+
+        Each call draws new masks from its own seeded stream. With ``keep``
+        (default) the samples join :attr:`samples_`, which :meth:`attribute`
+        fits on; ``keep=False`` returns held-out samples (e.g. for :func:`lds`).
+        """
+        if n_masks < 1:
+            raise ValueError(f"n_masks must be at least 1, got {n_masks}")
+        if not 0 < ablation_rate < 1:
+            raise ValueError(f"ablation_rate must lie in (0, 1), got {ablation_rate}")
+        if keep and self.ablation_rate_ is not None and ablation_rate != self.ablation_rate_:
+            raise ValueError(
+                f"ablation_rate {ablation_rate} differs from the kept samples' {self.ablation_rate_}: "
+                "sample with keep=False, or use one rate"
+            )
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self._draws,)))
+        self._draws += 1
+        masks = bernoulli_masks(n_masks, len(self.components), ablation_rate, rng)
+        samples = Samples(masks, self.evaluate(masks))
+        if keep:
+            self.samples_ = samples if self.samples_ is None else self.samples_ + samples
+            self.ablation_rate_ = ablation_rate
+        return samples
+
+    def attribute(self, method: str = "ridge", *, samples: Samples | None = None, **params: Any) -> Attribution:
+        """Attribute every input's output to the components.
+
+        ``method`` is an estimator of :data:`compattr.estimators.ESTIMATORS`
+        (fitted on ``samples``, by default the kept ones, with ``params`` as its
+        settings), a first-order prior of :data:`PRIORS` (no masks), or
+        ``"loo"`` (leave-one-out, one ablated pass per component). Estimators
+        that start from a prior (``gradient_prior``) take ``prior=`` a name of
+        :data:`PRIORS` (default ``"atp"``), or a list of names to choose from per
+        input on validation masks; they pay for every prior they compute.
+        """
+        if method in PRIORS:
+            coef, intercept, passes = self._prior(method)
+        elif method == "loo":
+            coef, intercept = leave_one_out(lambda m: self.evaluate(m, progress=False), len(self.components))
+            passes = len(self.components)
+        elif method in ESTIMATORS:
+            samples = samples if samples is not None else self.samples_
+            if samples is None:
+                raise ValueError(f"{method!r} fits on ablation samples: call sample() first, or pass samples=")
+            estimator = make_estimator(method, {k: v for k, v in params.items() if k != "prior"})
+            passes = len(samples)
+            fit_params = {}
+            if estimator.uses_prior:
+                names = params.get("prior", "atp")
+                names = [names] if isinstance(names, str) else list(names)
+                priors = [self._prior(name) for name in names]
+                fit_params["prior"] = priors[0][0] if len(priors) == 1 else np.stack([p[0] for p in priors])
+                passes += sum(p[2] for p in priors)
+            elif "prior" in params:
+                raise ValueError(f"{method!r} takes no prior")
+            estimator.fit(samples.masks, samples.outputs, **fit_params)
+            coef = np.atleast_2d(estimator.coef_)
+            intercept = np.atleast_1d(estimator.intercept_)
+        else:
+            known = sorted([*ESTIMATORS, *PRIORS, "loo"])
+            raise ValueError(f"unknown method {method!r}; known: {known}")
+        return Attribution(
+            np.asarray(coef, dtype=np.float64),
+            np.asarray(intercept, dtype=np.float64),
+            tuple(self.components.names),
+            self.input_ids,
+            method,
+            int(passes),
+        )
+
+    def _prior(self, name: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """A first-order prior of :data:`PRIORS` by name: coef, intercept and its cost in passes."""
+        if name not in PRIORS:
+            raise ValueError(f"unknown prior {name!r}; known: {sorted(PRIORS)}")
+        settings = PRIORS[name]
+        if settings["point"] != "unablated" and self.ablation_rate_ is None:
+            raise ValueError(f"prior {name!r} is taken at the masks' mean: call sample() first (it sets the rate)")
+        coef, intercept = first_order_prior(
+            self.model,
+            self.components,
+            self.inputs,
+            self.targets,
+            alpha=self.ablation_rate_,
+            batch_size=max(1, self.batch_size // 4),
+            output=self.output,
+            **settings,
+        )
+        return coef, intercept, prior_passes(settings["point"])
+
+
+def _component_set(model: nn.Module, components: str | Sequence[str] | ComponentSet) -> ComponentSet:
+    if isinstance(components, ComponentSet):
+        return components
+    if isinstance(components, str):
+        if components != "conv":
+            raise ValueError(f"components must be 'conv', a list of module names or a ComponentSet, got {components!r}")
+        return conv_components(model)
+    return module_components(model, list(components))
+
+
+def _collect(inputs: Tensor | Iterable, targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Inputs and targets as CPU tensors, from tensors or an iterable of batches (a DataLoader)."""
+    if not isinstance(inputs, Tensor):
+        xs, ys = [], []
+        for batch in inputs:
+            if isinstance(batch, (tuple, list)):
+                xs.append(batch[0])
+                ys.append(batch[1])
+            else:
+                xs.append(batch)
+        if not xs:
+            raise ValueError("inputs gave no batches")
+        inputs = torch.cat([x.cpu() for x in xs])
+        if ys and targets is None:
+            targets = torch.cat([torch.as_tensor(y).cpu() for y in ys])
+    if len(inputs) == 0:
+        raise ValueError("no inputs given")
+    if targets is not None:
+        targets = torch.as_tensor(targets).cpu()
+        if len(targets) != len(inputs):
+            raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+    return inputs.cpu(), targets
