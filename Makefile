@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: study test lint bench clean-results
+.PHONY: study test lint bench config-docs clean-results
 
 $(BIN)/snakemake: envs/requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(BIN)/snakemake
 lint: $(BIN)/snakemake
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint
+
+config-docs: $(BIN)/snakemake
+	$(BIN)/python -m compattr.configdoc workflow/schemas/config.schema.yaml > config/README.md
 
 clean-results:
 	rm -rf results logs

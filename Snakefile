@@ -36,6 +36,14 @@ include: "workflow/rules/sweep.smk"
 include: "workflow/rules/bench.smk"
 
 
+# Jobs that only create, collect or name files run in the main process (on a cluster: the head node).
+localrules:
+    all,
+    sweep,
+    bench,
+    init_ablation_store,
+
+
 rule all:
     default_target: True
     input:

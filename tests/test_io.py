@@ -2,7 +2,7 @@ import subprocess
 from pathlib import Path
 
 from compattr import __version__
-from compattr.io import provenance
+from compattr.io import provenance, source_hash
 
 
 def test_provenance_names_the_code_commit_and_versions():
@@ -18,3 +18,24 @@ def test_provenance_names_the_code_commit_and_versions():
 def test_provenance_without_git_has_no_commit(monkeypatch):
     monkeypatch.setenv("PATH", "")
     assert provenance()["commit"] is None
+
+
+def test_source_hash_follows_the_library_modules_a_script_imports(tmp_path):
+    package = tmp_path / "compattr"
+    package.mkdir()
+    (package / "__init__.py").write_text('__version__ = "1"\n')
+    (package / "fitting.py").write_text("from compattr import estimators\n")
+    (package / "estimators.py").write_text("import numpy\nfrom compattr.lds import lds_scores\n")
+    (package / "lds.py").write_text("def lds_scores(): ...\n")
+    (package / "plots.py").write_text("import matplotlib\n")
+    script = tmp_path / "fit.py"
+    script.write_text("from compattr.fitting import fit\nimport compattr\n")
+    before = source_hash(script, package)
+    (package / "plots.py").write_text("import matplotlib  # not imported by the script\n")
+    (package / "__init__.py").write_text('__version__ = "2"\n')
+    assert source_hash(script, package) == before
+    (package / "lds.py").write_text("def lds_scores(): return 1\n")  # imported two steps away
+    changed = source_hash(script, package)
+    assert changed != before
+    script.write_text("from compattr.fitting import fit  # the script itself: Snakemake tracks it\n")
+    assert source_hash(script, package) == changed

@@ -47,6 +47,7 @@ def test_tiny_study_runs_through_the_slurm_profile_on_fake_slurm(tmp_path):
     cpu_partition = profile["default-resources"]["slurm_partition"]
     gpu_partition = profile["set-resources"]["train_model"]["slurm_partition"]
     assert set(calls) >= GPU_RULES | {"summarize_lds", "plot_lds", "score_lds"}
+    assert not set(calls) & {"all", "init_ablation_store"}, "local rules run in the main process"
     for rule, rule_calls in calls.items():
         for args in rule_calls:
             line = " ".join(args)

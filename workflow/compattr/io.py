@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import logging
 import platform
@@ -15,7 +17,7 @@ import torch
 
 from compattr import __version__
 
-__all__ = ["start_log", "resolve_device", "code_commit", "provenance", "write_json"]
+__all__ = ["start_log", "resolve_device", "code_commit", "provenance", "write_json", "source_hash"]
 
 
 def start_log(path: str | Path) -> logging.Logger:
@@ -75,3 +77,41 @@ def provenance(config: dict[str, Any] | None = None, **extra: Any) -> dict[str, 
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON."""
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _library_imports(source: str) -> set[str]:
+    """The ``compattr`` submodules a Python source imports (the package itself left out)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found.update(name.split(".")[1] for name in names if name.startswith("compattr."))
+    return found
+
+
+def source_hash(script: str | Path, package: str | Path | None = None) -> str:
+    """A hash of the library code a script runs: the ``compattr`` modules it imports, and theirs, in turn.
+
+    The workflow passes it as a rule parameter, so Snakemake reruns a rule when
+    library code its script depends on changes (the script itself Snakemake
+    tracks already). The package's ``__init__`` (its version) is left out.
+    ``package`` is the folder of the modules (default: this library's).
+    """
+    package = Path(__file__).resolve().parent if package is None else Path(package)
+    pending = _library_imports(Path(script).read_text())
+    seen: dict[str, str] = {}
+    while pending:
+        name = pending.pop()
+        path = package / f"{name}.py"
+        if name in seen or not path.exists():
+            continue
+        seen[name] = path.read_text()
+        pending |= _library_imports(seen[name]) - set(seen)
+    digest = hashlib.sha256()
+    for name in sorted(seen):
+        digest.update(f"{name}\n{seen[name]}\n".encode())
+    return digest.hexdigest()[:16]

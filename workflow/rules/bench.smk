@@ -14,7 +14,10 @@ rule bench_throughput:
     conda:
         ENV
     threads: 2
+    resources:
+        gpu=GPU_JOBS,
     params:
+        library=library("bench_throughput.py"),
         batch=config["sampling"]["batch_size"],
         forward=FORWARD,
         device=config["device"],
@@ -36,7 +39,10 @@ rule bench_fit:
     conda:
         ENV
     threads: 2
+    resources:
+        gpu=GPU_JOBS,
     params:
+        library=library("bench_fit.py"),
         train=store_path(0, "train"),
         heldout=store_path(0, "heldout"),
         n_train=max(TRAIN_SIZES),

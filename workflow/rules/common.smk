@@ -1,7 +1,10 @@
 from snakemake.utils import validate
 
+from pathlib import Path
+
 from compattr.bench import REFERENCES as BENCH_REFERENCES
 from compattr.estimators import ESTIMATORS as ESTIMATOR_CLASSES
+from compattr.io import source_hash
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -31,8 +34,15 @@ DEFAULT_PRIOR = "atp"
 BASELINE_FITS = SAMPLING_FREE
 TRAIN_SIZES = sorted(config["fit"]["train_sizes"])
 ENV = "../../envs/study.yaml"
+# GPUs each GPU-able job holds: `--resources gpu=1` caps them locally; the SLURM profile asks for one.
+GPU_JOBS = 0 if config["device"] == "cpu" else 1
 # Precision, memory format and compilation of the ablated forward passes (ComponentMarginEvaluator).
 FORWARD = {key: config["sampling"][key] for key in ("precision", "channels_last", "compile")}
+
+
+def library(script):
+    """A hash of the library code a workflow script runs: as a parameter, a change to that code reruns the job."""
+    return source_hash(Path(workflow.basedir) / "workflow" / "scripts" / script)
 
 
 def estimator_priors(estimator):

@@ -6,6 +6,8 @@ rule fit_estimator:
         summary=f"{MODEL_DIR}/ablations/train.summary.json",
     output:
         directory(f"{MODEL_DIR}/fits/{{estimator}}"),
+    benchmark:
+        f"{MODEL_LOGS}/benchmarks/fit_estimator/{{estimator}}.tsv"
     log:
         f"{MODEL_LOGS}/fit_estimator/{{estimator}}.log",
     wildcard_constraints:
@@ -13,7 +15,10 @@ rule fit_estimator:
     conda:
         ENV
     threads: 2
+    resources:
+        gpu=GPU_JOBS,
     params:
+        library=library("fit_estimator.py"),
         store=lambda wc: store_path(wc.model, "train"),
         estimator=lambda wc: wc.estimator,
         model=lambda wc: int(wc.model),
@@ -31,6 +36,8 @@ rule fit_baseline:
         inputs=rules.select_test_inputs.output[0],
     output:
         directory(f"{MODEL_DIR}/baselines/{{baseline}}.zarr"),
+    benchmark:
+        f"{MODEL_LOGS}/benchmarks/fit_baseline/{{baseline}}.tsv"
     log:
         f"{MODEL_LOGS}/fit_baseline/{{baseline}}.log",
     wildcard_constraints:
@@ -38,7 +45,10 @@ rule fit_baseline:
     conda:
         ENV
     threads: 2
+    resources:
+        gpu=GPU_JOBS,
     params:
+        library=library("fit_baseline.py"),
         baseline=lambda wc: wc.baseline,
         prior=lambda wc: PRIORS.get(wc.baseline),
         alpha=config["sampling"]["alpha"],

@@ -3,12 +3,17 @@ rule train_model:
         model=f"{MODEL_DIR}/model/model.pt",
         metrics=f"{MODEL_DIR}/model/metrics.json",
         components=f"{MODEL_DIR}/model/components.tsv",
+    benchmark:
+        f"{MODEL_LOGS}/benchmarks/train_model.tsv"
     log:
         f"{MODEL_LOGS}/train_model.log",
     conda:
         ENV
     threads: 2
+    resources:
+        gpu=GPU_JOBS,
     params:
+        library=library("train_model.py"),
         data=config["data"],
         model=model_config,
         components=config["components"],
@@ -25,6 +30,7 @@ rule select_test_inputs:
     conda:
         ENV
     params:
+        library=library("select_test_inputs.py"),
         data=config["data"],
         inputs=config["inputs"],
     script:

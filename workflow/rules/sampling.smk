@@ -11,6 +11,7 @@ rule init_ablation_store:
     conda:
         ENV
     params:
+        library=library("init_ablation_store.py"),
         store=lambda wc: store_path(wc.model, wc.split),
         n_masks=lambda wc: split_settings(wc.split)["n_masks"],
         shard_size=config["sampling"]["shard_size"],
@@ -26,12 +27,17 @@ rule sample_ablation_shard:
         store=rules.init_ablation_store.output.group,
     output:
         f"{MODEL_DIR}/ablations/{{split}}.shards/{{shard}}.json",
+    benchmark:
+        f"{MODEL_LOGS}/benchmarks/sample_ablation_shard/{{split}}.{{shard}}.tsv"
     log:
         f"{MODEL_LOGS}/sample_ablation_shard/{{split}}.{{shard}}.log",
     conda:
         ENV
     threads: 1
+    resources:
+        gpu=GPU_JOBS,
     params:
+        library=library("sample_ablation_shard.py"),
         store=lambda wc: store_path(wc.model, wc.split),
         alpha=lambda wc: split_settings(wc.split)["alpha"],
         seed=lambda wc: split_settings(wc.split)["seed"],
@@ -53,6 +59,7 @@ rule check_ablation_store:
     conda:
         ENV
     params:
+        library=library("check_ablation_store.py"),
         store=lambda wc: store_path(wc.model, wc.split),
     script:
         "../scripts/check_ablation_store.py"

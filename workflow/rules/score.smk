@@ -11,6 +11,7 @@ rule score_lds:
     conda:
         ENV
     params:
+        library=library("score_lds.py"),
         label=lambda wc: wc.estimator,
         model=lambda wc: int(wc.model),
         heldout=lambda wc: store_path(wc.model, "heldout"),
@@ -44,6 +45,7 @@ rule summarize_lds:
     conda:
         ENV
     params:
+        library=library("summarize_lds.py"),
         analysis=config["analysis"],
         study=STUDY,
         priors=list(PRIORS),
@@ -75,6 +77,7 @@ rule plot_lds:
     conda:
         ENV
     params:
+        library=library("plot_lds.py"),
         analysis=config["analysis"],
         study=STUDY,
         baselines=SAMPLING_FREE,

@@ -5,12 +5,17 @@ rule fit_sweep:
         summary=f"{RESULTS}/m0/ablations/train.summary.json",
     output:
         directory(f"{RESULTS}/m0/sweep/fits/{{setting}}"),
+    benchmark:
+        f"{LOGS}/m0/benchmarks/fit_sweep/{{setting}}.tsv"
     log:
         f"{LOGS}/m0/fit_sweep/{{setting}}.log",
     conda:
         ENV
     threads: 2
+    resources:
+        gpu=GPU_JOBS,
     params:
+        library=library("fit_estimator.py"),
         store=store_path(0, "train"),
         estimator=SWEEP["estimator"],
         label=lambda wc: wc.setting,
@@ -36,6 +41,7 @@ rule score_sweep:
     conda:
         ENV
     params:
+        library=library("score_lds.py"),
         label=lambda wc: wc.setting,
         model=0,
         heldout=store_path(0, "heldout"),
@@ -67,6 +73,7 @@ rule summarize_sweep:
     conda:
         ENV
     params:
+        library=library("summarize_sweep.py"),
         estimator=SWEEP["estimator"],
         settings=SWEEP["settings"],
         analysis=config["analysis"],

@@ -1,10 +1,14 @@
 """Draw LDS against the number of ablated forward passes, one line per estimator, OOD panels too."""
 
-from pathlib import Path
+import matplotlib
 
-from compattr.analysis import read_lds_csv, read_ood_csv, resampled_sources
-from compattr.io import start_log
-from compattr.plots import plot_lds_vs_ablations
+matplotlib.use("Agg")  # figures go to files; no display
+
+from pathlib import Path  # noqa: E402
+
+from compattr.analysis import read_lds_csv, read_ood_csv, resampled_sources  # noqa: E402
+from compattr.io import start_log  # noqa: E402
+from compattr.plots import plot_lds_vs_ablations  # noqa: E402
 
 log = start_log(snakemake.log[0])
 cfg = snakemake.params.analysis

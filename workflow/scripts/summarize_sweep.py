@@ -1,13 +1,17 @@
 """Collect a settings sweep: held-out LDS per setting, the setting chosen on validation per train size."""
 
-import csv
+import matplotlib
 
-import numpy as np
+matplotlib.use("Agg")  # figures go to files; no display
 
-from compattr.analysis import concat_csv, markdown_table, read_lds_csv, select_by_validation
-from compattr.fitting import fit_stores, load_fit
-from compattr.io import start_log
-from compattr.plots import plot_sweep
+import csv  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from compattr.analysis import concat_csv, markdown_table, read_lds_csv, select_by_validation  # noqa: E402
+from compattr.fitting import fit_stores, load_fit  # noqa: E402
+from compattr.io import start_log  # noqa: E402
+from compattr.plots import plot_sweep  # noqa: E402
 
 log = start_log(snakemake.log[0])
 concat_csv(snakemake.input.lds, snakemake.output.lds)
