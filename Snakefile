@@ -42,6 +42,7 @@ localrules:
     sweep,
     bench,
     init_ablation_store,
+    top_components,
 
 
 rule all:

@@ -3,8 +3,18 @@ import pytest
 from conftest import planted_problem
 
 from compattr.estimators import make_estimator
-from compattr.fitting import fit_draws, fit_on_store, fit_stores, load_fit, replicate_starts, save_fit, score_fit
-from compattr.sampling import create_store, read_rows, run_shard
+from compattr.fitting import (
+    fit_draws,
+    fit_on_store,
+    fit_stores,
+    load_fit,
+    replicate_starts,
+    save_fit,
+    save_linear_fit,
+    score_fit,
+    top_components,
+)
+from compattr.sampling import create_store, read_coordinates, read_rows, run_shard
 
 
 @pytest.mark.parametrize("name", ["ridge", "relu_net"])
@@ -108,3 +118,23 @@ def test_priors_load_as_one_array_or_a_stack_with_their_costs_added(tmp_path):
     np.testing.assert_allclose(both, np.stack(coefs))
     assert cost == 10
     assert load_priors([]) == (None, 0)
+
+
+def test_fit_stores_keep_coordinates_and_name_the_top_components(tmp_path):
+    coef = np.array([[0.1, -3.0, 2.0], [0.0, 0.5, -0.2]])
+    coords = {"components": ["a:0", "a:1", "b:0"], "inputs": np.array([7, 3]), "labels": np.array([1, 0])}
+    save_linear_fit(tmp_path / "fit.zarr", coef, np.zeros(2), {"n_train": 5}, coords)
+    back = read_coordinates(tmp_path / "fit.zarr")
+    assert back["components"].tolist() == coords["components"]
+    np.testing.assert_array_equal(back["inputs"], [7, 3])
+    np.testing.assert_array_equal(back["labels"], [1, 0])
+    save_linear_fit(tmp_path / "bare.zarr", coef, np.zeros(2), {})
+    assert read_coordinates(tmp_path / "bare.zarr") is None
+    assert top_components(coef, back["components"], back["inputs"].tolist(), 2) == {
+        7: [("a:1", -3.0), ("b:0", 2.0)],
+        3: [("a:1", 0.5), ("b:0", -0.2)],
+    }
+    with pytest.raises(ValueError, match="coordinates name 2 inputs x 2 components"):
+        save_linear_fit(tmp_path / "bad.zarr", coef, np.zeros(2), {}, {**coords, "components": ["a", "b"]})
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        top_components(coef, coords["components"], [7, 3], 0)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from compattr.sampling import read_rows
+from compattr.fitting import load_fit
+from compattr.sampling import read_coordinates, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "results/tiny"
@@ -84,7 +85,7 @@ def test_study_writes_sane_tables_and_figures(study):
         assert np.mean(top) > 0.3, estimator
     passes = {r["estimator"]: int(r["passes"]) for r in lds if r["estimator"] in baselines}
     # A prior: 3 passes per point (forward and backward), 1 more for the unablated margin away from it.
-    assert passes == {"atp": 3, "atp_masks_2": 3 * 2 + 1, "loo": 8 + 16 + 16 * 2 + 16}
+    assert passes == {"atp": 3, "atp_relu": 3, "atp_masks_2": 3 * 2 + 1, "loo": 8 + 16 + 16 * 2 + 16}
     # The cost of an estimator with a prior adds the prior's passes to its masks.
     assert {int(r["passes"]) - int(r["n_train"]) for r in lds if r["estimator"] == "gradient_prior"} == {3}
     assert all(r["passes"] == r["n_train"] for r in lds if r["estimator"] == "coar")
@@ -122,7 +123,7 @@ def test_study_writes_sane_tables_and_figures(study):
     assert len(fits) == n_inputs * draws and all(r["calibration"] for r in fits) and fits[0]["model"] == "1"
     assert "each resample drawing the" in markdown and f"{n_models} independently trained models and up to" in markdown
     assert "- atp against leave-one-out" in markdown and "## Cheapest method per target" in markdown
-    assert "| module | components | atp | atp_masks_2 |" in markdown
+    assert "| module | components | atp | atp_relu | atp_masks_2 |" in markdown
     for ext in ("png", "pdf"):
         figure = study / STUDY / f"figures/lds_vs_ablations.{ext}"
         assert figure.stat().st_size > 10_000
@@ -136,6 +137,29 @@ def test_study_writes_sane_tables_and_figures(study):
     assert names[0] == "index\tname\tmodule\tchannel" and names[1].split("\t")[1] == "conv1:0"
     for rule in ("m0/train_model", "plot_lds", "m1/fit_estimator/ridge"):
         assert (study / f"logs/tiny/{rule}.log").exists()
+    assert (study / "logs/tiny/m0/benchmarks/fit_estimator/ridge.tsv").read_text().startswith("s\th:m:s")
+
+
+def test_stores_carry_coordinates_and_the_top_components_are_named(study):
+    """Ablation and fit stores label their axes (component names, input ids, labels); the table names effects."""
+    names = [line.split("\t")[1] for line in (study / STUDY / "m0/model/components.tsv").read_text().splitlines()[1:]]
+    with np.load(study / STUDY / "inputs.npz") as inputs:
+        ids, labels = inputs["index"], inputs["labels"]
+    for store in ("m0/ablations/train.zarr", "m0/fits/ridge/n240.r0.zarr", "m0/baselines/loo.zarr"):
+        coords = read_coordinates(study / STUDY / store)
+        assert coords["components"].tolist() == names, store
+        np.testing.assert_array_equal(coords["inputs"], ids)
+        np.testing.assert_array_equal(coords["labels"], labels)
+    rows = read_csv(study / STUDY / "m1/top_components.csv")
+    assert list(rows[0]) == ["method", "n_train", "input", "label", "rank", "component", "effect"]
+    assert {r["method"] for r in rows} == {"loo"} and len(rows) == 10 * len(ids)
+    loo = load_fit(study / STUDY / "m1/baselines/loo.zarr")
+    first = [r for r in rows if r["input"] == str(ids[0])]
+    assert [int(r["rank"]) for r in first] == list(range(1, 11))
+    effects = [abs(float(r["effect"])) for r in first]
+    assert effects == sorted(effects, reverse=True)
+    assert np.isclose(effects[0], np.abs(loo.coef[0]).max(), rtol=1e-5)
+    assert first[0]["component"] == names[int(np.abs(loo.coef[0]).argmax())]
 
 
 def test_second_run_has_nothing_to_do_and_figures_regenerate_alone(study):

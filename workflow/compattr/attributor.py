@@ -24,6 +24,7 @@ from tqdm import tqdm
 from compattr.baselines import first_order_prior, leave_one_out, prior_passes
 from compattr.components import ComponentSet, conv_components, module_components
 from compattr.estimators import ESTIMATORS, make_estimator
+from compattr.fitting import top_components
 from compattr.lds import lds_scores
 from compattr.models import margins
 from compattr.sampling import ComponentMarginEvaluator, bernoulli_masks
@@ -114,11 +115,7 @@ class Attribution:
 
     def top(self, k: int = 5) -> dict[Any, list[tuple[str, float]]]:
         """Each input's ``k`` components with the largest effect in absolute value, as (name, effect) pairs."""
-        order = np.argsort(-np.abs(self.coef), axis=1, kind="stable")[:, :k]
-        return {
-            input_id: [(self.components[c], float(self.coef[i, c])) for c in order[i]]
-            for i, input_id in enumerate(self.inputs)
-        }
+        return top_components(self.coef, self.components, self.inputs, k)
 
 
 def lds(attribution: Attribution, samples: Samples, *, per_input: bool = False) -> float | np.ndarray:

@@ -25,6 +25,7 @@ __all__ = [
     "select_test_inputs",
     "save_test_inputs",
     "load_test_inputs",
+    "load_test_ids",
 ]
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -233,6 +234,12 @@ def save_test_inputs(path: str, split: ImageSplit | ImageFolderSplit, index: np.
     """Write the chosen test inputs (their indices into ``split``, images and labels) as ``.npz``."""
     chosen = split.subset(index)
     np.savez(path, index=index, images=chosen.images.numpy(), labels=chosen.labels.numpy())
+
+
+def load_test_ids(path: str) -> np.ndarray:
+    """The ids of the test inputs written by :func:`save_test_inputs`: their indices into the test split."""
+    with np.load(path) as data:
+        return data["index"]
 
 
 def load_test_inputs(path: str) -> ImageSplit:

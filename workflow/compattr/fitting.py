@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from compattr.estimators import Moments, make_estimator, predict_network
 from compattr.lds import lds_scores
-from compattr.sampling import iter_rows
+from compattr.sampling import iter_rows, write_coordinates
 
 __all__ = [
     "DIAGNOSTICS",
@@ -31,6 +31,7 @@ __all__ = [
     "fit_stores",
     "predicts_constant",
     "load_priors",
+    "top_components",
 ]
 
 
@@ -193,22 +194,39 @@ def fit_stores(path: str | Path) -> list[Path]:
 
 
 def save_linear_fit(
-    path: str | Path, coef: np.ndarray, intercept: np.ndarray, attributes: dict[str, Any]
+    path: str | Path,
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    attributes: dict[str, Any],
+    coords: dict[str, Any] | None = None,
 ) -> zarr.Group:
-    """Write a linear component model: ``coef`` (input x component) and ``intercept`` (input)."""
+    """Write a linear component model: ``coef`` (input x component) and ``intercept`` (input).
+
+    ``coords`` (``components``, ``inputs``, ``labels``, as
+    :func:`compattr.sampling.read_coordinates` gives them) label the axes.
+    """
     group = zarr.open_group(str(path), mode="w", attributes=attributes)
-    group.create_array("coef", data=np.atleast_2d(coef).astype(np.float32), dimension_names=("input", "component"))
+    coef = np.atleast_2d(coef)
+    group.create_array("coef", data=coef.astype(np.float32), dimension_names=("input", "component"))
     group.create_array("intercept", data=np.atleast_1d(intercept).astype(np.float32), dimension_names=("input",))
+    if coords is not None:
+        if (len(coords["inputs"]), len(coords["components"])) != coef.shape:
+            raise ValueError(
+                f"coordinates name {len(coords['inputs'])} inputs x {len(coords['components'])} components "
+                f"but coef is {coef.shape[0]} x {coef.shape[1]}"
+            )
+        write_coordinates(group, **coords)
     return group
 
 
-def save_fit(path: str | Path, model: Any, attributes: dict[str, Any]) -> None:
+def save_fit(path: str | Path, model: Any, attributes: dict[str, Any], coords: dict[str, Any] | None = None) -> None:
     """Write a fitted estimator: its linear model, its network if it predicts with one, and diagnostics.
 
     Per-input diagnostics the estimator exposes (:data:`DIAGNOSTICS`, with a
-    trailing underscore) are kept as arrays over inputs.
+    trailing underscore) are kept as arrays over inputs; ``coords`` as for
+    :func:`save_linear_fit`.
     """
-    group = save_linear_fit(path, model.coef_, model.intercept_, attributes)
+    group = save_linear_fit(path, model.coef_, model.intercept_, attributes, coords)
     for name in (f"{key}_" for key in DIAGNOSTICS):
         if hasattr(model, name):
             group.create_array(name.rstrip("_"), data=np.atleast_1d(getattr(model, name)), dimension_names=("input",))
@@ -251,3 +269,19 @@ def predicts_constant(fit: SavedFit, masks: np.ndarray) -> np.ndarray:
     """Per input, whether the fit's prediction is the same on every one of ``masks`` (up to rounding)."""
     pred = fit.predict(masks)
     return np.ptp(pred, axis=0) <= 1e-9 * np.maximum(np.abs(pred).max(0), 1e-30)
+
+
+def top_components(
+    coef: np.ndarray, components: Sequence[str], inputs: Sequence[Any], k: int = 5
+) -> dict[Any, list[tuple[str, float]]]:
+    """Each input's ``k`` components with the largest effect in absolute value, as (name, effect) pairs.
+
+    ``coef`` is (n_inputs, n_components); ties keep component order.
+    """
+    coef = np.atleast_2d(coef)
+    if coef.shape != (len(inputs), len(components)):
+        raise ValueError(f"coef is {coef.shape} but {len(inputs)} inputs x {len(components)} components are named")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    order = np.argsort(-np.abs(coef), axis=1, kind="stable")[:, :k]
+    return {input_id: [(str(components[c]), float(coef[i, c])) for c in order[i]] for i, input_id in enumerate(inputs)}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ __all__ = [
     "check_store",
     "read_rows",
     "iter_rows",
+    "write_coordinates",
+    "read_coordinates",
     "NonFiniteMarginError",
 ]
 
@@ -225,6 +227,33 @@ def create_store(
         attributes={"description": "model output (correct-class margin) under each mask"},
     )
     return group
+
+
+def write_coordinates(group: zarr.Group, *, components: Sequence[str], inputs: np.ndarray, labels: np.ndarray) -> None:
+    """Write the coordinate arrays of a store: ``component`` (names), ``input`` (ids) and ``label`` (per input).
+
+    Each is a one-dimensional array named after its dimension, so readers that
+    follow the convention (xarray) label the ``component`` and ``input`` axes.
+    """
+    if len(inputs) != len(labels):
+        raise ValueError(f"{len(inputs)} input ids but {len(labels)} labels")
+    names = np.array(list(components), dtype=np.dtypes.StringDType())
+    group.create_array("component", data=names, dimension_names=("component",), overwrite=True)
+    group.create_array("input", data=np.asarray(inputs, dtype=np.int64), dimension_names=("input",), overwrite=True)
+    group.create_array("label", data=np.asarray(labels, dtype=np.int64), dimension_names=("input",), overwrite=True)
+
+
+def read_coordinates(path: str | Path) -> dict[str, np.ndarray] | None:
+    """The coordinates a store holds (``component``, ``input``, ``label``), or None if it has none."""
+    group = zarr.open_group(str(path), mode="r")
+    names = {name for name, _ in group.arrays()}
+    if not {"component", "input", "label"} <= names:
+        return None
+    return {
+        "components": np.array(group["component"][:].tolist(), dtype=object),
+        "inputs": group["input"][:],
+        "labels": group["label"][:],
+    }
 
 
 def run_shard(path: str | Path, shard: int, evaluator: Evaluator, *, alpha: float, seed: int) -> dict[str, float]:

@@ -32,6 +32,10 @@ METHODS = ESTIMATORS + SAMPLING_FREE
 PRIOR_ESTIMATORS = tuple(name for name, cls in ESTIMATOR_CLASSES.items() if cls.uses_prior)
 DEFAULT_PRIOR = "atp"
 BASELINE_FITS = SAMPLING_FREE
+# The fit whose largest effects per input are listed by name (m<k>/top_components.csv): leave-one-out
+# when the study computes it, else the first estimator at its largest train size.
+TOP = {"k": 10, **config["analysis"].get("top_components", {})}
+TOP_METHOD = TOP.get("method", "loo" if "loo" in BASELINES else ESTIMATORS[0])
 TRAIN_SIZES = sorted(config["fit"]["train_sizes"])
 ENV = "../../envs/study.yaml"
 # GPUs each GPU-able job holds: `--resources gpu=1` caps them locally; the SLURM profile asks for one.
@@ -87,6 +91,11 @@ def _check_config():
                 )
         if len(estimator_priors(name)) > 1 and name == "relu_collapse_prior":
             raise ValueError(f"config fit.estimators.{name}.prior: {name} starts from one prior, not a list")
+    if TOP_METHOD not in METHODS:
+        raise ValueError(
+            f"config analysis.top_components.method {TOP_METHOD!r} is not one of fit.estimators, fit.priors "
+            f"or fit.baselines ({METHODS})"
+        )
     sweep = config.get("sweep")
     if sweep and sweep["estimator"] not in config["fit"]["estimators"]:
         raise ValueError(
@@ -236,10 +245,25 @@ def bench_prior(wildcards):
     return {"prior": prior_fits(0, "gradient_prior")} if "gradient_prior" in BENCH_ESTIMATORS else {}
 
 
+def top_components_store(model):
+    """The fit store behind a model's top-components table."""
+    if TOP_METHOD in SAMPLING_FREE:
+        return f"{RESULTS}/m{model}/baselines/{TOP_METHOD}.zarr"
+    return f"{RESULTS}/m{model}/fits/{TOP_METHOD}/n{TRAIN_SIZES[-1]}.r0.zarr"
+
+
+def top_components_fit(wildcards):
+    """The job output that holds that store: the baseline's store, or the estimator's fits."""
+    if TOP_METHOD in SAMPLING_FREE:
+        return top_components_store(wildcards.model)
+    return f"{RESULTS}/m{wildcards.model}/fits/{TOP_METHOD}"
+
+
 def final_targets():
     """The default targets: every model's metrics, the tables and the figures."""
     return [
         *expand(f"{RESULTS}/m{{model}}/model/metrics.json", model=MODELS),
+        *expand(f"{RESULTS}/m{{model}}/top_components.csv", model=MODELS),
         f"{RESULTS}/lds.csv",
         f"{RESULTS}/lds_ood.csv",
         f"{RESULTS}/summary.csv",

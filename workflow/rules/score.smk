@@ -84,3 +84,21 @@ rule plot_lds:
         alpha=config["sampling"]["alpha"],
     script:
         "../scripts/plot_lds.py"
+
+
+rule top_components:
+    input:
+        top_components_fit,
+    output:
+        f"{MODEL_DIR}/top_components.csv",
+    log:
+        f"{MODEL_LOGS}/top_components.log",
+    conda:
+        ENV
+    params:
+        library=library("top_components.py"),
+        method=TOP_METHOD,
+        k=TOP["k"],
+        fit=lambda wc: top_components_store(wc.model),
+    script:
+        "../scripts/top_components.py"

@@ -3,7 +3,7 @@
 import torch
 
 from compattr.baselines import first_order_prior, leave_one_out, prior_passes
-from compattr.data import load_test_inputs
+from compattr.data import load_test_ids, load_test_inputs
 from compattr.fitting import save_linear_fit
 from compattr.io import provenance, resolve_device, start_log
 from compattr.models import load_checkpoint
@@ -41,4 +41,5 @@ save_linear_fit(
         "device": str(device),
         "provenance": provenance(),
     },
+    {"components": components.names, "inputs": load_test_ids(snakemake.input.inputs), "labels": labels.numpy()},
 )

@@ -6,6 +6,7 @@ import torch
 
 from compattr.fitting import fit_draws, load_priors, save_fit
 from compattr.io import provenance, resolve_device, start_log
+from compattr.sampling import read_coordinates
 
 log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -15,6 +16,7 @@ prior_paths = list(snakemake.input.get("prior", []))  # first-order priors' fits
 prior, prior_passes = load_priors(prior_paths)  # their cost is added to every fit's masks
 out = Path(snakemake.output[0])
 out.mkdir(parents=True, exist_ok=True)
+coords = read_coordinates(p.store)  # component names, input ids and labels, copied into every fit
 draws = fit_draws(p.store, p.sizes, p.replicates, p.estimator, p.estimator_params, device, prior=prior)
 for n, replicate, model, seconds in draws:
     log.info("fitted %s on %d masks (draw %d) in %.2f s", p.estimator, n, replicate, seconds)
@@ -34,4 +36,5 @@ for n, replicate, model, seconds in draws:
             "prior": prior_paths,
             "provenance": provenance(),
         },
+        coords,
     )

@@ -1,21 +1,25 @@
 """Create an empty ablation store whose shards the sampling jobs fill."""
 
-from compattr.data import load_test_inputs
+from compattr.data import load_test_ids, load_test_inputs
 from compattr.io import provenance, start_log
 from compattr.models import load_checkpoint
-from compattr.sampling import create_store, shard_count
+from compattr.sampling import create_store, shard_count, write_coordinates
 
 log = start_log(snakemake.log[0])
 _, components = load_checkpoint(snakemake.input.model)
-n_inputs = len(load_test_inputs(snakemake.input.inputs))
+inputs = load_test_inputs(snakemake.input.inputs)
+n_inputs = len(inputs)
 store = snakemake.params.store
-create_store(
+group = create_store(
     store,
     n_masks=snakemake.params.n_masks,
     n_units=len(components),
     n_inputs=n_inputs,
     shard_size=snakemake.params.shard_size,
-    attributes={**provenance(snakemake.params.provenance), "component_names": components.names},
+    attributes=provenance(snakemake.params.provenance),
+)
+write_coordinates(
+    group, components=components.names, inputs=load_test_ids(snakemake.input.inputs), labels=inputs.labels.numpy()
 )
 log.info(
     "created %s: %d masks x %d components, %d inputs, %d shards",
