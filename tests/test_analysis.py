@@ -103,8 +103,8 @@ def test_best_linear_reference_is_the_cheapest_linear_estimator(tmp_path):
 
 
 def test_ood_table_round_trip(tmp_path):
-    rows = [("coar", 0, 0, 100, 100, i, 0.1 * i, 0.2, alpha) for alpha in (0.025, 0.1) for i in range(3)]
-    write_lds_csv(tmp_path / "ood.csv", rows, alpha=True)
+    rows = [("coar", 0, 0, 100, 100, i, 0.1 * i, 0.2, rate) for rate in (0.025, 0.1) for i in range(3)]
+    write_lds_csv(tmp_path / "ood.csv", rows, ood=True)
     tables = read_ood_csv(tmp_path / "ood.csv")
     assert list(tables) == [0.025, 0.1]
     np.testing.assert_allclose(tables[0.1].spearman["coar"], [[[[0.0, 0.1, 0.2]]]])

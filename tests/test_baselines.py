@@ -119,7 +119,7 @@ def test_every_prior_is_exact_when_the_margin_is_affine_in_the_keep_factors(poin
     components = conv_components(model)
     images, labels = torch.randn(6, 1, 5, 5), torch.randint(0, 2, (6,))
     coef, intercept = first_order_prior(
-        model, components, images, labels, point=point, alpha=0.2, n_points=n_points, batch_size=4
+        model, components, images, labels, point=point, ablation_rate=0.2, n_points=n_points, batch_size=4
     )
     loo, base = leave_one_out(ComponentMarginEvaluator(model, components, images, labels), len(components))
     np.testing.assert_allclose(intercept, base, rtol=1e-5, atol=1e-5)
@@ -133,10 +133,10 @@ def test_every_prior_follows_component_order_in_a_resnet_with_shortcuts(point, n
     model = _first_order_exact_resnet()
     components = conv_components(model)
     images, labels = torch.randn(4, 1, 8, 8), torch.randint(0, 2, (4,))
-    coef, _ = first_order_prior(model, components, images, labels, point=point, alpha=0.3, n_points=n_points)
+    coef, _ = first_order_prior(model, components, images, labels, point=point, ablation_rate=0.3, n_points=n_points)
     network = components.ablatable(model)
     expected = np.zeros_like(coef)
-    for keep in prior_points(point, len(components), alpha=0.3, n_points=n_points):
+    for keep in prior_points(point, len(components), ablation_rate=0.3, n_points=n_points):
         toggled = keep.repeat(2 * len(components), 1)
         C = len(components)
         toggled[torch.arange(C), torch.arange(C)] = 0.0  # component c ablated ...
@@ -163,8 +163,8 @@ def test_a_prior_at_one_mask_is_the_gradient_at_that_mask(trained_model, digits)
     model, components = trained_model
     _, test = digits
     images, labels = test.images[:3], test.labels[:3]
-    coef, _ = first_order_prior(model, components, images, labels, point="masks", alpha=0.1, seed=5)
-    (keep,) = prior_points("masks", len(components), alpha=0.1, seed=5)
+    coef, _ = first_order_prior(model, components, images, labels, point="masks", ablation_rate=0.1, seed=5)
+    (keep,) = prior_points("masks", len(components), ablation_rate=0.1, seed=5)
     assert set(keep.unique().tolist()) <= {0.0, 1.0} and (keep == 0).any()
     network = components.ablatable(copy.deepcopy(model).double())
     h = 1e-5
@@ -173,24 +173,24 @@ def test_a_prior_at_one_mask_is_the_gradient_at_that_mask(trained_model, digits)
         step[c] = h
         f = _keep_margins(network, images.double(), labels, torch.stack([keep + step, keep - step]).double())
         np.testing.assert_allclose(coef[:, c], -(f[0] - f[1]) / (2 * h), rtol=1e-3, atol=1e-4)
-    moved, _ = first_order_prior(model, components, images, labels, point="mean", alpha=0.1)
+    moved, _ = first_order_prior(model, components, images, labels, point="mean", ablation_rate=0.1)
     assert not np.allclose(moved, coef)  # ReLUs: the derivative depends on the point
 
 
 def test_prior_points_and_their_errors():
-    np.testing.assert_allclose(prior_points("mean", 4, alpha=0.25), np.full((1, 4), 0.75))
-    path = prior_points("path", 3, alpha=0.1, n_points=4)
+    np.testing.assert_allclose(prior_points("mean", 4, ablation_rate=0.25), np.full((1, 4), 0.75))
+    path = prior_points("path", 3, ablation_rate=0.1, n_points=4)
     np.testing.assert_allclose(path[:, 0], [0.975, 0.925, 0.875, 0.825], rtol=1e-6)
-    masks = prior_points("masks", 2000, alpha=0.1, n_points=3, seed=1)
+    masks = prior_points("masks", 2000, ablation_rate=0.1, n_points=3, seed=1)
     assert abs(float((masks == 0).float().mean()) - 0.1) < 0.02
     assert not torch.equal(masks[0], masks[1])
     assert prior_passes("unablated") == 3 and prior_passes("masks", 4) == 13
     with pytest.raises(ValueError, match="point must be one of"):
         prior_points("median", 4)
-    with pytest.raises(ValueError, match="needs an ablation rate alpha"):
+    with pytest.raises(ValueError, match="needs an ablation_rate"):
         prior_points("mean", 4)
     with pytest.raises(ValueError, match="takes n_points = 1"):
-        prior_points("mean", 4, alpha=0.1, n_points=2)
+        prior_points("mean", 4, ablation_rate=0.1, n_points=2)
 
 
 def _conv_bn_relu_logit_model():
@@ -224,7 +224,7 @@ def test_relu_patching_is_the_exact_ablation_effect_when_the_relu_is_the_only_no
     via_prior, _ = first_order_prior(model, components, images, labels, relu="exact")
     np.testing.assert_array_equal(via_prior, coef)
     with pytest.raises(ValueError, match="unablated point only"):
-        first_order_prior(model, components, images, labels, point="mean", alpha=0.1, relu="exact")
+        first_order_prior(model, components, images, labels, point="mean", ablation_rate=0.1, relu="exact")
     # Attribution patching linearises that ReLU, and misses the exact effect here.
     atp, _ = relu_patching(model, components, images, labels, linearise=True)
     assert np.abs(atp - loo).max() > 0.1 * np.abs(loo).max()

@@ -36,8 +36,8 @@ def test_saved_fit_predicts_and_scores_like_the_estimator(name, tmp_path):
 def test_fit_on_store_passes_the_prior_to_estimators_that_use_one(tmp_path):
     _, _, theta, _ = planted_problem(1, n_units=30, n_outputs=4)
     create_store(tmp_path / "s.zarr", n_masks=200, n_units=30, n_inputs=4, shard_size=100, attributes={})
-    run_shard(tmp_path / "s.zarr", 0, lambda m: m @ theta.T, alpha=0.1, seed=1)
-    run_shard(tmp_path / "s.zarr", 1, lambda m: m @ theta.T, alpha=0.1, seed=1)
+    run_shard(tmp_path / "s.zarr", 0, lambda m: m @ theta.T, ablation_rate=0.1, seed=1)
+    run_shard(tmp_path / "s.zarr", 1, lambda m: m @ theta.T, ablation_rate=0.1, seed=1)
     model, _ = fit_on_store(tmp_path / "s.zarr", 150, "gradient_prior", {}, prior=theta)
     np.testing.assert_allclose(model.scale_, 1.0, atol=1e-6)  # noiseless data, exact prior
     with pytest.raises(ValueError, match="needs a prior"):
@@ -53,7 +53,11 @@ def _noisy_linear_store(path, n_masks, n_units, n_inputs, *, shard_size, seed, n
     create_store(path, n_masks=n_masks, n_units=n_units, n_inputs=n_inputs, shard_size=shard_size, attributes={})
     for shard in range(-(-n_masks // shard_size)):
         run_shard(
-            path, shard, lambda m: m @ theta.T + bias + noise.normal(size=(len(m), n_inputs)), alpha=0.2, seed=seed
+            path,
+            shard,
+            lambda m: m @ theta.T + bias + noise.normal(size=(len(m), n_inputs)),
+            ablation_rate=0.2,
+            seed=seed,
         )
     return theta
 

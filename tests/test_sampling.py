@@ -51,7 +51,7 @@ def test_shards_in_any_order_give_the_same_store(tmp_path):
         path = tmp_path / f"{name}.zarr"
         create_store(path, n_masks=25, n_units=30, n_inputs=4, shard_size=10, attributes={"seed": 5})
         for shard in order:
-            run_shard(path, shard, evaluator, alpha=0.1, seed=5)
+            run_shard(path, shard, evaluator, ablation_rate=0.1, seed=5)
         stores.append(read_rows(path))
     for a, b in zip(*stores, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -65,7 +65,7 @@ def test_missing_and_non_finite_shards_are_named(tmp_path):
     path = tmp_path / "s.zarr"
     create_store(path, n_masks=30, n_units=5, n_inputs=3, shard_size=10, attributes={})
     good = _linear_evaluator(5, 3)
-    run_shard(path, 0, good, alpha=0.2, seed=0)
+    run_shard(path, 0, good, ablation_rate=0.2, seed=0)
     with pytest.raises(ValueError, match="shard 1 .* never written"):
         check_store(path)
 
@@ -75,10 +75,10 @@ def test_missing_and_non_finite_shards_are_named(tmp_path):
         return out
 
     with pytest.raises(NonFiniteMarginError, match="shard 1 "):
-        run_shard(path, 1, broken, alpha=0.2, seed=0)
+        run_shard(path, 1, broken, ablation_rate=0.2, seed=0)
     assert np.isnan(zarr.open_group(str(path), mode="r")["margins"][10:20]).all()  # nothing written
     with pytest.raises(ValueError, match="out of range"):
-        run_shard(path, 3, good, alpha=0.2, seed=0)
+        run_shard(path, 3, good, ablation_rate=0.2, seed=0)
 
 
 def test_read_rows_refuses_more_masks_than_stored(tmp_path):

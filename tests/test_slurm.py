@@ -83,7 +83,7 @@ def test_dry_run_of_the_paper_scale_configs_resolves_the_job_graph(tmp_path, con
     shards = sum(
         -(-n // cfg["sampling"]["shard_size"])
         for n in [cfg["sampling"]["train"]["n_masks"], cfg["sampling"]["heldout"]["n_masks"]]
-        + [cfg["sampling"]["ood"]["n_masks"]] * len(cfg["sampling"]["ood"]["alphas"])
+        + [cfg["sampling"]["ood"]["n_masks"]] * len(cfg["sampling"]["ood"]["ablation_rates"])
     )
     assert counts["sample_ablation_shard"] == shards
     assert counts["fit_estimator"] == len(cfg["fit"]["estimators"])  # every size and draw in one job

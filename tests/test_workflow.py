@@ -94,7 +94,7 @@ def test_study_writes_sane_tables_and_figures(study):
     ood = read_csv(study / STUDY / "lds_ood.csv")
     assert list(ood[0]) == [
         "estimator",
-        "alpha",
+        "ablation_rate",
         "model",
         "replicate",
         "n_train",
@@ -103,8 +103,8 @@ def test_study_writes_sane_tables_and_figures(study):
         "spearman",
         "pearson",
     ]
-    assert {float(r["alpha"]) for r in ood} == set(config["sampling"]["ood"]["alphas"])
-    assert len(ood) == len(lds) * len(config["sampling"]["ood"]["alphas"])
+    assert {float(r["ablation_rate"]) for r in ood} == set(config["sampling"]["ood"]["ablation_rates"])
+    assert len(ood) == len(lds) * len(config["sampling"]["ood"]["ablation_rates"])
     summary = read_csv(study / STUDY / "summary.csv")
     assert list(summary[0])[:4] == ["estimator", "target_lds", "ablations_needed", "reduction_vs_coar"]
     assert {r["estimator"] for r in summary} == set(config["fit"]["estimators"]) | set(baselines)
@@ -245,7 +245,8 @@ def test_interrupted_serial_sampling_resumes_to_the_parallel_arrays(study, tmp_p
     "edit, message",
     [
         (lambda c: c["sampling"].update(colour="red"), "colour"),
-        (lambda c: c["sampling"].update(alpha="high"), "alpha"),
+        (lambda c: c["sampling"].update(ablation_rate="high"), "ablation_rate"),
+        (lambda c: c["sampling"].update(alpha=0.05), "sampling.alpha is now sampling.ablation_rate"),
         (lambda c: c["fit"]["estimators"].update(lasso_xl={}), "lasso_xl"),
         (lambda c: c["fit"].update(train_sizes=[40, 5000]), "exceed sampling.train.n_masks"),
         (lambda c: c["sweep"].update(estimator="coar_xl"), "sweep.estimator"),

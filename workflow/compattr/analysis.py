@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 LDS_COLUMNS = ("estimator", "model", "replicate", "n_train", "passes", "input", "spearman", "pearson")
-OOD_COLUMNS = ("estimator", "alpha", "model", "replicate", "n_train", "passes", "input", "spearman", "pearson")
+OOD_COLUMNS = ("estimator", "ablation_rate", "model", "replicate", "n_train", "passes", "input", "spearman", "pearson")
 FIT_COLUMNS = ("estimator", "model", "replicate", "n_train", "input", "failed", "constant", "calibration")
 
 
@@ -124,22 +124,22 @@ def resampled_sources(table: LdsTable) -> str:
     return sources[0] if len(sources) == 1 else ", ".join(sources[:-1]) + " and " + sources[-1]
 
 
-def write_lds_csv(path: str | Path, rows: Iterable[Sequence], alpha: bool = False) -> None:
-    """Write rows ``(estimator, model, replicate, n_train, passes, input, spearman, pearson[, alpha])`` as a tidy table.
+def write_lds_csv(path: str | Path, rows: Iterable[Sequence], ood: bool = False) -> None:
+    """Write rows ``(estimator, model, replicate, n_train, passes, input, spearman, pearson[, rate])`` as a tidy table.
 
     ``n_train`` counts the training masks, ``passes`` the method's whole cost in
     forward-equivalent passes per input batch (masks, plus a prior's gradient
-    passes; a backward pass counts as two). With ``alpha``, rows carry the
+    passes; a backward pass counts as two). With ``ood``, rows carry the
     ablation rate of their held-out split last and the table has the columns
-    ``estimator,alpha,model,replicate,n_train,passes,input,spearman,pearson``.
+    ``estimator,ablation_rate,model,replicate,n_train,passes,input,spearman,pearson``.
     """
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(OOD_COLUMNS if alpha else LDS_COLUMNS)
+        writer.writerow(OOD_COLUMNS if ood else LDS_COLUMNS)
         for row in rows:
             estimator, model, replicate, n, passes, i, s, p = row[:8]
             cells = [estimator, int(model), int(replicate), int(n), int(passes), int(i), f"{s:.6f}", f"{p:.6f}"]
-            writer.writerow(cells[:1] + [row[8]] + cells[1:] if alpha else cells)
+            writer.writerow(cells[:1] + [row[8]] + cells[1:] if ood else cells)
 
 
 def write_fit_csv(path: str | Path, rows: Iterable[Sequence]) -> None:
@@ -234,10 +234,10 @@ def read_lds_csv(paths: str | Path | Sequence[str | Path]) -> LdsTable:
 
 def read_ood_csv(path: str | Path) -> dict[float, LdsTable]:
     """Read an out-of-distribution LDS table into one :class:`LdsTable` per ablation rate."""
-    by_alpha: dict[float, list[dict[str, str]]] = defaultdict(list)
+    by_rate: dict[float, list[dict[str, str]]] = defaultdict(list)
     for row in _read_rows(path, OOD_COLUMNS):
-        by_alpha[float(row["alpha"])].append(row)
-    return {alpha: _table(rows) for alpha, rows in sorted(by_alpha.items())}
+        by_rate[float(row["ablation_rate"])].append(row)
+    return {rate: _table(rows) for rate, rows in sorted(by_rate.items())}
 
 
 def concat_csv(paths: Sequence[str | Path], out: str | Path) -> None:

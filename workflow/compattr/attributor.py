@@ -300,7 +300,7 @@ class ComponentAttributor:
             self.components,
             self.inputs,
             self.targets,
-            alpha=self.ablation_rate_,
+            ablation_rate=self.ablation_rate_,
             batch_size=max(1, self.batch_size // 4),
             output=self.output,
             **settings,

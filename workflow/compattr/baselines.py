@@ -176,13 +176,13 @@ def prior_passes(point: str, n_points: int = 1) -> int:
 
 
 def prior_points(
-    point: str, n_components: int, *, alpha: float | None = None, n_points: int = 1, seed: int = 0
+    point: str, n_components: int, *, ablation_rate: float | None = None, n_points: int = 1, seed: int = 0
 ) -> Tensor:
     """The keep factors (n_points, n_components) a first-order prior is taken at (see :func:`first_order_prior`)."""
     if point not in PRIOR_POINTS:
         raise ValueError(f"point must be one of {PRIOR_POINTS}, got {point!r}")
-    if point != "unablated" and not (alpha is not None and 0 < alpha < 1):
-        raise ValueError(f"point {point!r} needs an ablation rate alpha in (0, 1), got {alpha!r}")
+    if point != "unablated" and not (ablation_rate is not None and 0 < ablation_rate < 1):
+        raise ValueError(f"point {point!r} needs an ablation_rate in (0, 1), got {ablation_rate!r}")
     if n_points < 1 or (point in ("unablated", "mean") and n_points != 1):
         wanted = ">= 1" if point in ("path", "masks") else "= 1"
         raise ValueError(f"point {point!r} takes n_points {wanted}, got {n_points}")
@@ -190,11 +190,11 @@ def prior_points(
     if point == "unablated":
         return torch.ones(1, C)
     if point == "mean":
-        return torch.full((1, C), 1 - alpha)
+        return torch.full((1, C), 1 - ablation_rate)
     if point == "path":
         t = (torch.arange(n_points, dtype=torch.float64) + 0.5) / n_points
-        return (1 - 2 * alpha * t)[:, None].expand(-1, C).float()
-    return torch.from_numpy(~bernoulli_masks(n_points, C, alpha, np.random.default_rng(seed))).float()
+        return (1 - 2 * ablation_rate * t)[:, None].expand(-1, C).float()
+    return torch.from_numpy(~bernoulli_masks(n_points, C, ablation_rate, np.random.default_rng(seed))).float()
 
 
 def first_order_prior(
@@ -204,7 +204,7 @@ def first_order_prior(
     labels: Tensor | None,
     *,
     point: str = "unablated",
-    alpha: float | None = None,
+    ablation_rate: float | None = None,
     n_points: int = 1,
     seed: int = 0,
     relu: str = "linear",
@@ -218,12 +218,12 @@ def first_order_prior(
     factor, averaged over the points; the intercept is the unablated output. The points:
 
     - ``"unablated"``: every keep factor 1 (attribution patching; one point).
-    - ``"mean"``: every keep factor ``1 - alpha``, the mean of the masks drawn at
-      ablation rate ``alpha`` (one point).
-    - ``"path"``: ``n_points`` keep factors ``1 - 2 alpha t`` at the midpoints
+    - ``"mean"``: every keep factor ``1 - ablation_rate``, the mean of the masks
+      drawn at that rate (one point).
+    - ``"path"``: ``n_points`` keep factors ``1 - 2 ablation_rate t`` at the midpoints
       ``t`` of ``n_points`` equal steps of [0, 1] (the path from 1 to
-      ``1 - 2 alpha``, integrated-gradient style).
-    - ``"masks"``: ``n_points`` random masks drawn at rate ``alpha`` (seeded by
+      ``1 - 2 ablation_rate``, integrated-gradient style).
+    - ``"masks"``: ``n_points`` random masks drawn at ``ablation_rate`` (seeded by
       ``seed``), each applied to every input.
 
     ``relu="exact"`` (at ``"unablated"`` only) propagates each zeroed channel
@@ -237,7 +237,7 @@ def first_order_prior(
     """
     if relu not in ("linear", "exact"):
         raise ValueError(f"relu must be 'linear' or 'exact', got {relu!r}")
-    keeps = prior_points(point, len(components), alpha=alpha, n_points=n_points, seed=seed)
+    keeps = prior_points(point, len(components), ablation_rate=ablation_rate, n_points=n_points, seed=seed)
     if relu == "exact":
         if point != "unablated":
             raise ValueError(f"relu='exact' propagates from the unablated point only, got point {point!r}")

@@ -84,7 +84,7 @@ def plot_lds_vs_ablations(
     ood: Mapping[float, LdsTable] | None = None,
     baselines: Sequence[str] = (),
     targets: Sequence[float] = (),
-    alpha: float | None = None,
+    ablation_rate: float | None = None,
     n_bootstrap: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
@@ -106,7 +106,8 @@ def plot_lds_vs_ablations(
     palette = plt.get_cmap("tab20").colors
     palette = palette[0::2] + palette[1::2]  # the ten strong colours first, then their light pairs
     colors = {e: palette[k % len(palette)] for k, e in enumerate(table.estimators)}
-    panels = [("LDS (Spearman)", table.spearman, table.sizes, alpha), ("Pearson", table.pearson, table.sizes, alpha)]
+    rate = ablation_rate
+    panels = [("LDS (Spearman)", table.spearman, table.sizes, rate), ("Pearson", table.pearson, table.sizes, rate)]
     panels += [("LDS (Spearman)", t.spearman, t.sizes, a) for a, t in ood.items()]
     ncols = 2
     nrows = -(-len(panels) // ncols)
@@ -115,7 +116,7 @@ def plot_lds_vs_ablations(
         _panel(ax, scores, sizes, colors, baselines, n_bootstrap, ci, seed, per_component)
         for target in targets:
             ax.axhline(target, color="0.5", linestyle=":", linewidth=1)
-        where = "held-out masks" if rate is None else f"held-out masks, alpha = {rate:g}"
+        where = "held-out masks" if rate is None else f"held-out masks, ablation rate {rate:g}"
         if ax is not axes.flat[0] and ax is not axes.flat[1]:
             where += " (out of distribution)"
         ax.set_title(f"{metric}: {where}", fontsize=10)

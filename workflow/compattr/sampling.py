@@ -52,17 +52,17 @@ class NonFiniteMarginError(ValueError):
     """Raised when an ablated forward pass gives NaN or infinite outputs."""
 
 
-def bernoulli_masks(n_masks: int, n_units: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
-    """``(n_masks, n_units)`` bool masks, each unit ablated (True) independently with probability ``alpha``."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    return rng.random((n_masks, n_units)) < alpha
+def bernoulli_masks(n_masks: int, n_units: int, ablation_rate: float, rng: np.random.Generator) -> np.ndarray:
+    """``(n_masks, n_units)`` bool masks, each unit ablated (True) independently with probability ``ablation_rate``."""
+    if not 0.0 <= ablation_rate <= 1.0:
+        raise ValueError(f"ablation_rate must lie in [0, 1], got {ablation_rate}")
+    return rng.random((n_masks, n_units)) < ablation_rate
 
 
-def shard_masks(seed: int, shard: int, n_masks: int, n_units: int, alpha: float) -> np.ndarray:
+def shard_masks(seed: int, shard: int, n_masks: int, n_units: int, ablation_rate: float) -> np.ndarray:
     """The masks of one shard, drawn from a generator keyed by ``(seed, shard)`` alone."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(shard,)))
-    return bernoulli_masks(n_masks, n_units, alpha, rng)
+    return bernoulli_masks(n_masks, n_units, ablation_rate, rng)
 
 
 class ComponentMarginEvaluator:
@@ -256,7 +256,9 @@ def read_coordinates(path: str | Path) -> dict[str, np.ndarray] | None:
     }
 
 
-def run_shard(path: str | Path, shard: int, evaluator: Evaluator, *, alpha: float, seed: int) -> dict[str, float]:
+def run_shard(
+    path: str | Path, shard: int, evaluator: Evaluator, *, ablation_rate: float, seed: int
+) -> dict[str, float]:
     """Draw the masks of ``shard``, evaluate them and write both arrays' rows of that shard.
 
     Nothing is written when an output is not finite: :class:`NonFiniteMarginError`
@@ -269,7 +271,7 @@ def run_shard(path: str | Path, shard: int, evaluator: Evaluator, *, alpha: floa
     if not 0 <= shard < n_shards:
         raise ValueError(f"shard {shard} out of range: the store at {path} has {n_shards} shards")
     start, stop = shard * shard_size, min((shard + 1) * shard_size, masks_arr.shape[0])
-    masks = shard_masks(seed, shard, stop - start, masks_arr.shape[1], alpha)
+    masks = shard_masks(seed, shard, stop - start, masks_arr.shape[1], ablation_rate)
     # calls of BATCHES_PER_CALL forward passes: progress is shown per call, and on CUDA a call's passes
     # run back to back (the evaluator copies margins to the host once per call)
     step = BATCHES_PER_CALL * max(1, getattr(evaluator, "batch_size", 4096) // margins_arr.shape[1])

@@ -6,6 +6,12 @@ from compattr.bench import REFERENCES as BENCH_REFERENCES
 from compattr.estimators import ESTIMATORS as ESTIMATOR_CLASSES
 from compattr.io import source_hash
 
+# Keys renamed since 0.4.0: the ablation rate was "alpha", the name of the penalty of ridge and lasso.
+_RENAMED = {("sampling", "alpha"): "sampling.ablation_rate", ("ood", "alphas"): "sampling.ood.ablation_rates"}
+for (section, key), new_key in _RENAMED.items():
+    holder = config.get("sampling", {}) if section == "sampling" else config.get("sampling", {}).get("ood", {})
+    if key in holder:
+        raise ValueError(f"config sampling.{'ood.' if section == 'ood' else ''}{key} is now {new_key}: rename it")
 validate(config, schema="../schemas/config.schema.yaml")
 
 STUDY = config["study"]
@@ -17,8 +23,8 @@ MODELS = list(range(config["replicates"]["models"]))
 MASK_DRAWS = config["replicates"]["masks"]
 MODEL_DIR = f"{RESULTS}/m{{model}}"
 MODEL_LOGS = f"{LOGS}/m{{model}}"
-OOD_ALPHAS = config["sampling"].get("ood", {}).get("alphas", [])
-OOD_SPLITS = [f"ood_{alpha}" for alpha in OOD_ALPHAS]
+OOD_RATES = config["sampling"].get("ood", {}).get("ablation_rates", [])
+OOD_SPLITS = [f"ood_{rate}" for rate in OOD_RATES]
 SPLITS = ["train", "heldout", *OOD_SPLITS]
 ESTIMATORS = list(config["fit"]["estimators"])
 # First-order priors (gradients in the keep factors; compattr.baselines.first_order_prior), by name.
@@ -105,7 +111,7 @@ def _check_config():
     seeds = {"sampling.train.seed": sampling["train"]["seed"], "sampling.heldout.seed": sampling["heldout"]["seed"]}
     ood = sampling.get("ood", {})
     # OOD split k uses seed sampling.ood.seed + k (split_settings).
-    seeds |= {f"sampling.ood.seed (+{k})": ood["seed"] + k for k in range(len(ood.get("alphas", [])))}
+    seeds |= {f"sampling.ood.seed (+{k})": ood["seed"] + k for k in range(len(ood.get("ablation_rates", [])))}
     names = list(seeds)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
@@ -143,14 +149,14 @@ _check_config()
 def split_settings(split):
     """Ablation rate, number of masks and seed of a sampling split.
 
-    OOD split k (``ood_<alpha>``) uses seed ``sampling.ood.seed + k``.
+    OOD split k (``ood_<rate>``) uses seed ``sampling.ood.seed + k``.
     """
     sampling = config["sampling"]
     if split in ("train", "heldout"):
-        return {"alpha": sampling["alpha"], **sampling[split]}
+        return {"ablation_rate": sampling["ablation_rate"], **sampling[split]}
     k = OOD_SPLITS.index(split)
     ood = sampling["ood"]
-    return {"alpha": OOD_ALPHAS[k], "n_masks": ood["n_masks"], "seed": ood["seed"] + k}
+    return {"ablation_rate": OOD_RATES[k], "n_masks": ood["n_masks"], "seed": ood["seed"] + k}
 
 
 def n_shards(split):

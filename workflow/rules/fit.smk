@@ -51,7 +51,7 @@ rule fit_baseline:
         library=library("fit_baseline.py"),
         baseline=lambda wc: wc.baseline,
         prior=lambda wc: PRIORS.get(wc.baseline),
-        alpha=config["sampling"]["alpha"],
+        ablation_rate=config["sampling"]["ablation_rate"],
         model=lambda wc: int(wc.model),
         batch_size=config["sampling"]["batch_size"],
         forward=FORWARD,

@@ -39,7 +39,7 @@ rule sample_ablation_shard:
     params:
         library=library("sample_ablation_shard.py"),
         store=lambda wc: store_path(wc.model, wc.split),
-        alpha=lambda wc: split_settings(wc.split)["alpha"],
+        ablation_rate=lambda wc: split_settings(wc.split)["ablation_rate"],
         seed=lambda wc: split_settings(wc.split)["seed"],
         batch_size=config["sampling"]["batch_size"],
         forward=FORWARD,

@@ -15,7 +15,7 @@ rule score_lds:
         label=lambda wc: wc.estimator,
         model=lambda wc: int(wc.model),
         heldout=lambda wc: store_path(wc.model, "heldout"),
-        ood=lambda wc: {alpha: store_path(wc.model, split) for alpha, split in zip(OOD_ALPHAS, OOD_SPLITS)},
+        ood=lambda wc: {rate: store_path(wc.model, split) for rate, split in zip(OOD_RATES, OOD_SPLITS)},
     script:
         "../scripts/score_lds.py"
 
@@ -81,7 +81,7 @@ rule plot_lds:
         analysis=config["analysis"],
         study=STUDY,
         baselines=SAMPLING_FREE,
-        alpha=config["sampling"]["alpha"],
+        ablation_rate=config["sampling"]["ablation_rate"],
     script:
         "../scripts/plot_lds.py"
 

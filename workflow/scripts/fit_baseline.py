@@ -18,7 +18,9 @@ images, labels = inputs.images, inputs.labels
 baseline, prior = snakemake.params.baseline, snakemake.params.prior
 if prior is not None:
     settings = {"n_points": 1, "seed": 0, **prior}
-    coef, intercept = first_order_prior(model, components, images, labels, alpha=snakemake.params.alpha, **settings)
+    coef, intercept = first_order_prior(
+        model, components, images, labels, ablation_rate=snakemake.params.ablation_rate, **settings
+    )
     passes = prior_passes(settings["point"], settings["n_points"])  # relu: exact reuses the same passes
 else:
     evaluator = ComponentMarginEvaluator(

@@ -25,6 +25,7 @@ log.info(
     len(components),
 )
 shard = int(snakemake.wildcards.shard)
-summary = run_shard(snakemake.params.store, shard, evaluator, alpha=snakemake.params.alpha, seed=snakemake.params.seed)
+p = snakemake.params
+summary = run_shard(p.store, shard, evaluator, ablation_rate=p.ablation_rate, seed=p.seed)
 log.info("shard %d done: %s", shard, summary)
 write_json(snakemake.output[0], summary)

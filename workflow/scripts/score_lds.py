@@ -9,7 +9,7 @@ from compattr.sampling import read_rows
 
 log = start_log(snakemake.log[0])
 heldout_masks = read_rows(snakemake.params.heldout)
-ood_masks = {alpha: read_rows(store) for alpha, store in snakemake.params.ood.items()}
+ood_masks = {rate: read_rows(store) for rate, store in snakemake.params.ood.items()}
 heldout, ood, diagnostics = [], [], []
 name = snakemake.params.label  # a prior's fit is labelled as its estimator's point at 0 masks
 model = snakemake.params.model
@@ -33,10 +33,10 @@ for path in (store for entry in snakemake.input.fits for store in fit_stores(ent
     )
     heldout += [(*labels, n, passes, i, s, p) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
     diagnostics += [(*labels, n, i, *row) for i, row in enumerate(zip(fit.failed, constant, calibration, strict=True))]
-    for alpha, rows in ood_masks.items():
+    for rate, rows in ood_masks.items():
         spearman, pearson = score_fit(fit, *rows)
-        log.info("%s n=%d at alpha %s: mean LDS %.3f", name, n, alpha, spearman.mean())
-        ood += [(*labels, n, passes, i, s, p, alpha) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
+        log.info("%s n=%d at ablation rate %s: mean LDS %.3f", name, n, rate, spearman.mean())
+        ood += [(*labels, n, passes, i, s, p, rate) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
 write_lds_csv(snakemake.output.heldout, heldout)
-write_lds_csv(snakemake.output.ood, ood, alpha=True)
+write_lds_csv(snakemake.output.ood, ood, ood=True)
 write_fit_csv(snakemake.output.fits, diagnostics)
