@@ -15,8 +15,8 @@ from conftest import planted_problem
 
 from compattr.baselines import attribution_patching
 from compattr.estimators import ESTIMATORS, make_estimator
-from compattr.lds import lds_scores
 from compattr.sampling import ComponentMarginEvaluator, shard_masks
+from compattr.scores import lds_scores
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -19,7 +19,7 @@ from compattr.estimators import (
     collapse_relu_network,
     make_estimator,
 )
-from compattr.lds import lds_scores
+from compattr.scores import lds_scores
 
 FAST = {
     name: {"max_steps": 3000, "lr": 3e-3}

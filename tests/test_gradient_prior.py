@@ -9,8 +9,8 @@ from test_baselines import _linear_margin_model
 from compattr.baselines import attribution_patching
 from compattr.components import conv_components
 from compattr.estimators import GradientPriorRegressor, Moments, PriorReluCollapseRegressor, RidgeCVRegressor
-from compattr.lds import lds_scores
 from compattr.sampling import ComponentMarginEvaluator, shard_masks
+from compattr.scores import lds_scores
 
 
 @pytest.mark.parametrize("correction", ["ridge", "lasso"])

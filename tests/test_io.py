@@ -1,4 +1,5 @@
 import subprocess
+import sys
 from pathlib import Path
 
 from compattr import __version__
@@ -39,3 +40,19 @@ def test_source_hash_follows_the_library_modules_a_script_imports(tmp_path):
     assert changed != before
     script.write_text("from compattr.fitting import fit  # the script itself: Snakemake tracks it\n")
     assert source_hash(script, package) == changed
+
+
+def test_the_workflow_plans_its_jobs_without_importing_torch():
+    """The Snakefile imports compattr.io and compattr.registry at parse time: they must stay light."""
+    code = "import sys, compattr, compattr.io, compattr.registry; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_the_registry_names_what_the_classes_and_benchmarks_do():
+    from compattr.bench import REFERENCES
+    from compattr.estimators import ESTIMATORS
+    from compattr.registry import BENCHMARKED, PRIOR_ESTIMATORS
+
+    assert set(PRIOR_ESTIMATORS) == {name for name, cls in ESTIMATORS.items() if cls.uses_prior}
+    assert set(BENCHMARKED) == set(REFERENCES)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from compattr.lds import columnwise_pearson, lds_scores
+from compattr.scores import columnwise_pearson, lds_scores
 
 
 def test_perfect_reversed_and_constant_predictions():

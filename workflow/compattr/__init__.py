@@ -8,8 +8,16 @@ Snakemake workflow: models, ablation sampling into Zarr stores, multi-output
 estimators, linear datamodeling scores (LDS), summaries and figures.
 """
 
+from typing import Any
+
 __version__ = "0.4.0"
-
-from compattr.attributor import Attribution, ComponentAttributor, Samples, lds  # noqa: E402
-
 __all__ = ["ComponentAttributor", "Attribution", "Samples", "lds", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """The front door, imported on first use: ``import compattr`` alone does not import torch."""
+    if name in ("ComponentAttributor", "Attribution", "Samples", "lds"):
+        from compattr import attributor
+
+        return getattr(attributor, name)
+    raise AttributeError(f"module 'compattr' has no attribute {name!r}")

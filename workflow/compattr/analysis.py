@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compattr.lds import columnwise_pearson
+from compattr.scores import columnwise_pearson
 
 __all__ = [
     "LdsTable",

@@ -25,9 +25,9 @@ from compattr.baselines import first_order_prior, leave_one_out, prior_passes
 from compattr.components import ComponentSet, conv_components, module_components
 from compattr.estimators import ESTIMATORS, make_estimator
 from compattr.fitting import top_components
-from compattr.lds import lds_scores
 from compattr.models import margins
 from compattr.sampling import ComponentMarginEvaluator, bernoulli_masks
+from compattr.scores import lds_scores
 
 __all__ = ["ComponentAttributor", "Attribution", "Samples", "lds", "OUTPUTS", "PRIORS"]
 

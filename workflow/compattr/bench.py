@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from compattr.components import ComponentSet
 from compattr.estimators import make_estimator
-from compattr.lds import lds_scores
 from compattr.sampling import BATCHES_PER_CALL, ComponentMarginEvaluator
+from compattr.scores import lds_scores
 
 __all__ = ["forward_throughput", "fit_speed", "REFERENCES"]
 

@@ -28,7 +28,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
-from compattr.lds import lds_scores
+from compattr.scores import lds_scores
 
 __all__ = [
     "CoarRegressor",

@@ -14,8 +14,8 @@ import zarr
 from tqdm import tqdm
 
 from compattr.estimators import Moments, make_estimator, predict_network
-from compattr.lds import lds_scores
 from compattr.sampling import iter_rows, write_coordinates
+from compattr.scores import lds_scores
 
 __all__ = [
     "DIAGNOSTICS",

@@ -11,11 +11,12 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from compattr import __version__
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["start_log", "resolve_device", "code_commit", "provenance", "write_json", "source_hash"]
 
@@ -31,6 +32,8 @@ def start_log(path: str | Path) -> logging.Logger:
 
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` becomes ``cuda`` when a GPU is visible, else ``cpu``; ``"cuda"`` without one is an error."""
+    import torch  # here, not at import: the workflow imports this module to plan its jobs
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():

@@ -2,9 +2,8 @@ from snakemake.utils import validate
 
 from pathlib import Path
 
-from compattr.bench import REFERENCES as BENCH_REFERENCES
-from compattr.estimators import ESTIMATORS as ESTIMATOR_CLASSES
 from compattr.io import source_hash
+from compattr.registry import BENCHMARKED, PRIOR_ESTIMATORS
 
 # Keys renamed since 0.4.0: the ablation rate was "alpha", the name of the penalty of ridge and lasso.
 _RENAMED = {("sampling", "alpha"): "sampling.ablation_rate", ("ood", "alphas"): "sampling.ood.ablation_rates"}
@@ -33,9 +32,8 @@ BASELINES = list(config["fit"].get("baselines", []))
 # Methods without ablation sampling, each scored alone at its cost: the priors, then leave-one-out.
 SAMPLING_FREE = [*PRIORS, *BASELINES]
 METHODS = ESTIMATORS + SAMPLING_FREE
-# Estimators whose fit takes a first-order prior, from the library's registry; each names its
-# prior (default atp).
-PRIOR_ESTIMATORS = tuple(name for name, cls in ESTIMATOR_CLASSES.items() if cls.uses_prior)
+# PRIOR_ESTIMATORS (from the library's registry): estimators whose fit takes a first-order prior;
+# each names its prior (default atp).
 DEFAULT_PRIOR = "atp"
 BASELINE_FITS = SAMPLING_FREE
 # The fit whose largest effects per input are listed by name (m<k>/top_components.csv): leave-one-out
@@ -243,7 +241,7 @@ def sweep_params(wildcards):
 
 
 # Estimators the fit benchmark times against a scikit-learn reference (compattr.bench.REFERENCES).
-BENCH_ESTIMATORS = [e for e in BENCH_REFERENCES if e in ESTIMATORS]
+BENCH_ESTIMATORS = [e for e in BENCHMARKED if e in ESTIMATORS]
 
 
 def bench_prior(wildcards):

@@ -1,0 +1,13 @@
+"""Names the workflow needs before any job runs, without importing torch: the library's single list.
+
+:mod:`compattr.estimators` and :mod:`compattr.bench` build their registries on
+these names (tests check they agree), and the Snakefile reads them here, so
+parsing the workflow stays fast.
+"""
+
+__all__ = ["PRIOR_ESTIMATORS", "BENCHMARKED"]
+
+#: Registered estimators whose fit starts from a first-order prior (their class has ``uses_prior``).
+PRIOR_ESTIMATORS = ("gradient_prior", "gradient_prior_lasso", "relu_collapse_prior")
+#: Estimators the fit benchmark times against a scikit-learn reference (:data:`compattr.bench.REFERENCES`).
+BENCHMARKED = ("coar", "ridge", "lasso", "relu_collapse", "gradient_prior")
