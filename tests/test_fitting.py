@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from conftest import planted_problem
@@ -134,6 +136,10 @@ def test_fit_stores_keep_coordinates_and_name_the_top_components(tmp_path):
     np.testing.assert_array_equal(back["labels"], [1, 0])
     save_linear_fit(tmp_path / "bare.zarr", coef, np.zeros(2), {})
     assert read_coordinates(tmp_path / "bare.zarr") is None
+    (tmp_path / "fit.zarr" / ".snakemake_timestamp").touch()  # as in a Snakemake directory() output
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_coordinates(tmp_path / "fit.zarr")["components"].tolist() == coords["components"]
     assert top_components(coef, back["components"], back["inputs"].tolist(), 2) == {
         7: [("a:1", -3.0), ("b:0", 2.0)],
         3: [("a:1", 0.5), ("b:0", -0.2)],

@@ -246,14 +246,11 @@ def write_coordinates(group: zarr.Group, *, components: Sequence[str], inputs: n
 def read_coordinates(path: str | Path) -> dict[str, np.ndarray] | None:
     """The coordinates a store holds (``component``, ``input``, ``label``), or None if it has none."""
     group = zarr.open_group(str(path), mode="r")
-    names = {name for name, _ in group.arrays()}
-    if not {"component", "input", "label"} <= names:
+    try:  # looked up by name: listing the group would warn about files Snakemake keeps in output folders
+        component, inputs, labels = (group[name] for name in ("component", "input", "label"))
+    except KeyError:
         return None
-    return {
-        "components": np.array(group["component"][:].tolist(), dtype=object),
-        "inputs": group["input"][:],
-        "labels": group["label"][:],
-    }
+    return {"components": np.array(component[:].tolist(), dtype=object), "inputs": inputs[:], "labels": labels[:]}
 
 
 def run_shard(
