@@ -6,7 +6,6 @@ from scipy.stats import spearmanr
 from sklearn.base import clone
 from sklearn.linear_model import Ridge
 
-from compattr import estimators
 from compattr.estimators import (
     ESTIMATORS,
     CoarRegressor,
@@ -16,6 +15,7 @@ from compattr.estimators import (
     ReluCollapseRegressor,
     ReluNetRegressor,
     RidgeCVRegressor,
+    _rows,
     collapse_relu_network,
     make_estimator,
 )
@@ -170,7 +170,7 @@ def test_bad_parameters_and_data_are_rejected():
     X, Y, _, _ = planted_problem(100)
     with pytest.raises(ValueError, match="validation_fraction"):
         EarlyStoppedLeastSquaresRegressor(validation_fraction=1.5).fit(X, Y)
-    with pytest.raises(ValueError, match="too few rows"):
+    with pytest.raises(ValueError, match="too few masks"):
         RidgeCVRegressor().fit(X[:3], Y[:3])
     with pytest.raises(ValueError, match="unknown estimator"):
         make_estimator("nope")
@@ -280,7 +280,7 @@ def test_bool_masks_fit_as_float_masks_do(name):
     X, Y, _, _ = planted_problem(300)
     params = {"max_steps": 10} if name == "relu_collapse" else {}
     as_bool = make_estimator(name, params).fit(X.astype(bool), Y.astype(np.float32))
-    as_float = make_estimator(name, params).fit(X.astype(np.float64), Y)
+    as_float = make_estimator(name, params).fit(X.astype(np.float64), Y.astype(np.float32))
     np.testing.assert_array_equal(as_bool.coef_, as_float.coef_)
     np.testing.assert_array_equal(as_bool.predict(X.astype(bool)), as_float.predict(X))
 
@@ -291,11 +291,11 @@ def test_sparse_masks_train_the_networks_dense_masks_do(rare, monkeypatch):
     X, Y, _, _ = planted_problem(300)  # ones are rare (alpha 0.1); 1 - X: zeros are, as in keep-masks
     X = X if rare == 1 else 1 - X
     calls = []
-    sparse_product = estimators._bag_product
-    monkeypatch.setattr(estimators, "_bag_product", lambda *a: calls.append(1) or sparse_product(*a))
+    sparse_product = _rows._bag_product
+    monkeypatch.setattr(_rows, "_bag_product", lambda *a: calls.append(1) or sparse_product(*a))
     fits = []
     for limit in (1.0, 0.0):  # largest share of rare entries trained sparsely: always, never
-        monkeypatch.setattr(estimators, "_SPARSE_MAX_DENSITY", limit)
+        monkeypatch.setattr(_rows, "_SPARSE_MAX_DENSITY", limit)
         calls.clear()
         fits.append(ReluCollapseRegressor(max_steps=20).fit(X, Y))
         assert bool(calls) == (limit == 1.0)
@@ -308,8 +308,8 @@ def test_sparse_masks_train_the_networks_dense_masks_do(rare, monkeypatch):
 def test_hand_gradients_equal_autograd(model, limit, monkeypatch):
     """The step's gradients, by hand, equal autograd's on the textbook network with dense masks."""
     X, Y, _, _ = planted_problem(64)
-    monkeypatch.setattr(estimators, "_SPARSE_MAX_DENSITY", limit)
-    collector = estimators._RowCollector("cpu")
+    monkeypatch.setattr(_rows, "_SPARSE_MAX_DENSITY", limit)
+    collector = _rows.RowCollector("cpu")
     collector.add(X, Y)
     xs, ys = collector.standardizers()
     rows, targets = collector.rows(xs, ys)
@@ -357,20 +357,41 @@ def test_non_binary_masks_are_trained_densely_to_the_same_model():
     mixed = X.copy()
     mixed[150] *= 0.5  # one fit row, in the second chunk
     n_fit = 300 - ReluCollapseRegressor().n_validation(300)
-    fit_chunks = [(mixed[:100], Y[:100]), (mixed[100:n_fit], Y[100:n_fit])]
-    chunked = ReluCollapseRegressor(max_steps=20).fit_chunks(fit_chunks, [(mixed[n_fit:], Y[n_fit:])])
+    fit_blocks = [(mixed[:100], Y[:100]), (mixed[100:n_fit], Y[100:n_fit])]
+    chunked = ReluCollapseRegressor(max_steps=20).fit_blocks(fit_blocks, [(mixed[n_fit:], Y[n_fit:])])
     whole = ReluCollapseRegressor(max_steps=20).fit(mixed, Y)
     np.testing.assert_allclose(chunked.coef_, whole.coef_, rtol=1e-4, atol=1e-4 * np.abs(whole.coef_).max())
 
 
-def test_fit_chunks_rejects_mismatched_or_bad_blocks():
+@pytest.mark.parametrize("model", [ReluCollapseRegressor(max_steps=2), RidgeCVRegressor()], ids=["rows", "moments"])
+def test_fit_blocks_rejects_mismatched_or_bad_blocks(model):
     X, Y, _, _ = planted_problem(200)
-    model = ReluCollapseRegressor(max_steps=2)
     with pytest.raises(ValueError, match="does not match"):
-        model.fit_chunks([(X[:100], Y[:100]), (X[100:150, :-1], Y[100:150])], [(X[150:], Y[150:])])
+        model.fit_blocks([(X[:100], Y[:100]), (X[100:150, :-1], Y[100:150])], [(X[150:], Y[150:])])
+    with pytest.raises(ValueError, match="does not match|different numbers"):
+        model.fit_blocks([(X[:150], Y[:150])], [(X[150:], Y[150:, :-1])])
     bad = Y.copy()
     bad[5, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        model.fit_chunks([(X[:150], bad[:150])], [(X[150:], Y[150:])])
+        model.fit_blocks([(X[:150], bad[:150])], [(X[150:], Y[150:])])
     with pytest.raises(ValueError, match="too few"):
-        model.fit_chunks([(X[:150], Y[:150])], [(X[150:151], Y[150:151])])
+        model.fit_blocks([(X[:150], Y[:150])], [(X[150:151], Y[150:151])])
+    with pytest.raises(ValueError, match="no validation split"):
+        CoarRegressor().fit_blocks([(X[:150], Y[:150])], [(X[150:], Y[150:])])
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_fit_blocks_fits_the_concatenated_rows(name):
+    """One fit protocol: blocks of rows (a store's chunks) give the model ``fit`` gives on the whole arrays."""
+    X, Y, theta, _ = planted_problem(240)
+    params = {"max_steps": 30} if "collapse" in name or name == "relu_net" else {}
+    prior = {"prior": theta} if ESTIMATORS[name].uses_prior else {}
+    whole = make_estimator(name, params).fit(X, Y, **prior)
+    split = len(X) - whole.n_validation(len(X))
+    fit_rows = [(X[lo : min(lo + 70, split)], Y[lo : min(lo + 70, split)]) for lo in range(0, split, 70)]
+    blocks = make_estimator(name, params).fit_blocks(
+        fit_rows, [(X[split:], Y[split:])] if split < len(X) else [], **prior
+    )
+    assert blocks.n_features_in_ == whole.n_features_in_ == X.shape[1]
+    np.testing.assert_allclose(blocks.coef_, whole.coef_, rtol=1e-4, atol=1e-5 * np.abs(whole.coef_).max())
+    np.testing.assert_allclose(blocks.predict(X[:5]), whole.predict(X[:5]), rtol=1e-4, atol=1e-4)

@@ -13,7 +13,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from compattr.estimators import Moments, make_estimator, predict_network
+from compattr.estimators import make_estimator, predict_network
 from compattr.sampling import iter_rows, write_coordinates
 from compattr.scores import lds_scores
 
@@ -21,7 +21,6 @@ __all__ = [
     "DIAGNOSTICS",
     "SavedFit",
     "fit_on_store",
-    "store_moments",
     "save_fit",
     "save_linear_fit",
     "load_fit",
@@ -120,8 +119,8 @@ def fit_on_store(
 
     Estimators with ``uses_prior`` need ``prior`` (input x component), e.g. the
     ``coef`` of an attribution-patching fit. Every estimator reads the store chunk
-    by chunk: those that fit from moments (coar, ridge, lasso, gradient_prior)
-    keep only sums of products; the 2-layer ones (``fit_chunks``) keep binary
+    by chunk (``fit_blocks``): those that fit from moments (coar, ridge, lasso,
+    gradient_prior) keep only sums of products; the 2-layer ones keep binary
     masks as the coordinates of their rare value, and the margins. The last
     rows of the range are the estimator's validation split, if it has one.
     """
@@ -134,12 +133,7 @@ def fit_on_store(
     begin = time.perf_counter()
     stop = start + n_train
     split = stop - model.n_validation(n_train)
-    if model.streams:  # sums of products, chunk by chunk: memory does not grow with the number of masks
-        fit_rows = store_moments(store, start, split, device)
-        validation_rows = store_moments(store, split, stop, device) if split < stop else None
-        model.fit_moments(fit_rows, validation_rows, **fit_params)
-    else:
-        model.fit_chunks(iter_rows(store, start, split), iter_rows(store, split, stop), **fit_params)
+    model.fit_blocks(iter_rows(store, start, split), iter_rows(store, split, stop), **fit_params)
     return model, time.perf_counter() - begin
 
 
@@ -163,20 +157,6 @@ def fit_draws(
     for n, r, start in tqdm(draws, desc=f"fitting {estimator}", unit="fit"):
         model, seconds = fit_on_store(store, n, estimator, params, device, prior=prior, start=start)
         yield n, r, model, seconds
-
-
-def store_moments(store: str | Path, start: int, stop: int, device: str | torch.device = "cpu") -> Moments:
-    """The :class:`~compattr.estimators.Moments` of rows ``start:stop`` of a store, summed chunk by chunk.
-
-    Only one chunk of rows (plus the C x C sums) is in memory at a time.
-    """
-    total = None
-    for masks, margins in iter_rows(store, start, stop):
-        block = Moments.of(torch.as_tensor(masks, device=device), torch.as_tensor(margins, device=device))
-        total = block if total is None else total + block
-    if total is None:
-        raise ValueError(f"rows {start}:{stop} of {store} are empty")
-    return total
 
 
 def fit_stores(path: str | Path) -> list[Path]:

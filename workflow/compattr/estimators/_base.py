@@ -1,0 +1,290 @@
+"""What every component model shares: moments of rows, standardisation, the fit protocol, prior checks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import Tensor
+
+#: A block of rows: masks (n, C) and outputs (n,) or (n, T), as arrays or tensors.
+Block = tuple[Any, Any]
+#: Rows per block when masks given as one array are cut into blocks (bounds the temporary copies).
+BLOCK_ROWS = 4096
+
+
+class Standardizer:
+    """Column z-scores from the count, sums and sums of squares of the fit rows; constant columns keep a scale of 1."""
+
+    def __init__(self, n: int, total: Tensor, squares: Tensor) -> None:
+        mean = total / n
+        variance = (squares / n - mean**2).clamp_min(0)
+        constant = variance <= 1e-12 * (squares / n)  # zero up to the rounding of the sums
+        self.mean = mean.float()
+        self.std = moment_std(torch.where(constant, 0.0, variance)).float()
+
+
+def unstandardize(theta: Tensor, bias: Tensor, xs: Standardizer, ys: Standardizer) -> tuple[Tensor, Tensor]:
+    """Map a linear model on standardised data back to raw masks and outputs.
+
+    ``theta`` (T, C) and ``bias`` (T,) predict ``(y - ys.mean) / ys.std`` from
+    ``(x - xs.mean) / xs.std``.
+    """
+    coef = theta * (ys.std[:, None] / xs.std[None, :])
+    intercept = ys.mean + ys.std * bias - coef @ xs.mean
+    return coef, intercept
+
+
+@dataclass
+class Moments:
+    """Sums over rows of masks ``x`` (C) and outputs ``y`` (T): all a linear least-squares fit needs.
+
+    ``n`` rows; ``x`` (C,), ``y`` (T,), ``xx`` (C, C), ``xy`` (C, T), ``yy`` (T,)
+    sums in float64. Moments of row blocks add up, so a store larger than memory
+    is summarised chunk by chunk (:func:`compattr.fitting.store_moments`).
+    """
+
+    n: int
+    x: Tensor
+    y: Tensor
+    xx: Tensor
+    xy: Tensor
+    yy: Tensor
+
+    @classmethod
+    def of(cls, X: Tensor, Y: Tensor) -> Moments:
+        """Moments of the rows of ``X`` (n, C) and ``Y`` (n, T)."""
+        X, Y = X.double(), Y.double()
+        return cls(len(X), X.sum(0), Y.sum(0), X.T @ X, X.T @ Y, (Y * Y).sum(0))
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(*(a + b for a, b in zip(self._fields(), other._fields(), strict=True)))
+
+    def _fields(self) -> tuple:
+        return (self.n, self.x, self.y, self.xx, self.xy, self.yy)
+
+    def outputs(self, columns: Tensor) -> Moments:
+        """The moments of a subset of the outputs (``columns``: bool mask or indices over T)."""
+        return Moments(self.n, self.x, self.y[columns], self.xx, self.xy[:, columns], self.yy[columns])
+
+    @property
+    def x_mean(self) -> Tensor:
+        """Mean mask (C,)."""
+        return self.x / self.n
+
+    @property
+    def y_mean(self) -> Tensor:
+        """Mean output (T,)."""
+        return self.y / self.n
+
+    def gram(self) -> Tensor:
+        """Centred Gram matrix ``sum (x - mean)(x - mean)'`` (C, C)."""
+        return self.xx - torch.outer(self.x, self.x) / self.n
+
+    def cross(self) -> Tensor:
+        """Centred cross products ``sum (x - mean)(y - mean)'`` (C, T)."""
+        return self.xy - torch.outer(self.x, self.y) / self.n
+
+    def sse(self, coef: Tensor, intercept: Tensor) -> Tensor:
+        """Sum of squared residuals of ``y ~ coef' x + intercept`` over the rows, per output (T,)."""
+        quadratic = (coef * (self.xx @ coef)).sum(0)
+        linear = intercept * (self.x @ coef) - (coef * self.xy).sum(0)
+        return quadratic + 2 * linear + self.n * intercept**2 - 2 * intercept * self.y + self.yy
+
+
+def centred_intercept(coef: Tensor, moments: Moments) -> Tensor:
+    """Intercepts (T,) that centre the linear models ``coef`` (C, T) on ``moments``' means."""
+    return moments.y_mean - coef.T @ moments.x_mean
+
+
+class ComponentModel(RegressorMixin, BaseEstimator):
+    """Base of the multi-output linear component models: parameter checks, the fit protocol, prediction.
+
+    One fit protocol serves every estimator: :meth:`fit_blocks` takes the fit
+    rows and the validation rows as iterables of ``(masks, outputs)`` blocks
+    (e.g. a store's chunks), and :meth:`fit` cuts arrays into such blocks, its
+    last ``validation_fraction`` of rows being the validation split. Subclasses
+    implement ``_fit_blocks``; those that need only sums of products derive
+    from :class:`MomentModel`. Parameters are checked at fit against
+    ``_parameter_constraints``, as scikit-learn's estimators do.
+    """
+
+    _parameter_constraints: dict[str, list[Any]] = {"device": [str, torch.device]}
+    validation_fraction: float
+    device: str
+    #: Whether :meth:`fit` takes a prior attribution (the workflow passes first-order ones).
+    uses_prior: bool = False
+    #: Whether the estimator chooses something on a validation split (then refits on all rows).
+    _validates: bool = True
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True  # one fit serves every input (column of Y)
+        return tags
+
+    def n_validation(self, n_rows: int) -> int:
+        """Number of validation rows (the last ones) of a fit on ``n_rows`` masks (0: no validation split)."""
+        return math.ceil(self.validation_fraction * n_rows) if self._validates else 0
+
+    def fit(self, X: Any, Y: Any, **fit_params: Any) -> ComponentModel:
+        """Fit on masks ``X`` (n_masks, n_components) and outputs ``Y`` (n_masks,) or (n_masks, n_inputs).
+
+        The last :meth:`n_validation` rows are the validation split of an
+        estimator that chooses something on one; ``fit_params`` as the
+        estimator takes them (e.g. ``prior``).
+        """
+        self._validate_params()
+        # Bool masks (as stores hold them) and float32 stay as they are: no float64 copy of the rows.
+        X, Y = validate_data(self, X, Y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32, np.bool_])
+        self._single_output = Y.ndim == 1
+        Y = Y.reshape(len(Y), -1)
+        n_fit = len(X) - self.n_validation(len(X))
+        self._fit_blocks(_array_blocks(X, Y, 0, n_fit), _array_blocks(X, Y, n_fit, len(X)), **fit_params)
+        return self
+
+    def fit_blocks(
+        self,
+        fit_blocks: Iterable[tuple[Any, Any]],
+        validation_blocks: Iterable[tuple[Any, Any]] = (),
+        **fit_params: Any,
+    ) -> ComponentModel:
+        """Fit from blocks of ``(masks, outputs)`` rows, without holding the masks whole.
+
+        ``fit_blocks`` and ``validation_blocks`` are the fit rows and the
+        validation rows (the last ones, as :meth:`fit` splits; none for an
+        estimator without a validation split). The same model as :meth:`fit` on
+        the concatenated rows, up to rounding; the outputs are (n, n_inputs).
+        """
+        self._validate_params()
+        self._single_output = False
+        self._fit_blocks(iter(fit_blocks), iter(validation_blocks), **fit_params)
+        return self
+
+    def _fit_blocks(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], **fit_params: Any) -> None:
+        raise NotImplementedError
+
+    def _check_rows(self, n_fit: int, n_val: int, n_components: int) -> None:
+        """Reject too few fit or validation rows; record the number of components and of validation rows."""
+        if n_fit < 2 or (self._validates and n_val < 2):
+            split = f"a {self.validation_fraction:.0%} validation split" if self._validates else "a fit"
+            raise ValueError(f"n_samples={n_fit + n_val}: too few masks for {split} ({n_fit} fit, {n_val} validation)")
+        if not self._validates and n_val:
+            raise ValueError(f"{type(self).__name__} has no validation split; it was given {n_val} validation rows")
+        self.n_features_in_ = n_components
+        self.n_validation_ = n_val
+
+    def _set_linear(self, coef: Tensor, intercept: Tensor) -> None:
+        coef_np = coef.detach().double().cpu().numpy()
+        intercept_np = intercept.detach().double().cpu().numpy()
+        self.coef_ = coef_np[0] if self._single_output else coef_np
+        self.intercept_ = intercept_np[0] if self._single_output else intercept_np
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted outputs, (n_masks,) or (n_masks, n_inputs) as ``Y`` was at fit."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return X @ self.coef_.T + self.intercept_
+
+
+class MomentModel(ComponentModel):
+    """A component model fitted from the :class:`Moments` of its fit and validation rows alone.
+
+    Memory does not grow with the number of masks: every block is reduced to
+    its sums of products on ``device`` as it arrives. Subclasses implement
+    ``_fit_moments(fit, val, **fit_params)`` (``val`` None without a validation split).
+    """
+
+    def _fit_blocks(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], **fit_params: Any) -> None:
+        fit = sum_moments(fit_blocks, self.device)
+        val = sum_moments(validation_blocks, self.device, like=fit)
+        self._check_rows(0 if fit is None else fit.n, 0 if val is None else val.n, 0 if fit is None else len(fit.x))
+        self._fit_moments(fit, val, **fit_params)
+
+    def _fit_moments(self, fit: Moments, val: Moments | None, **fit_params: Any) -> None:
+        raise NotImplementedError
+
+
+def _array_blocks(X: np.ndarray, Y: np.ndarray, start: int, stop: int) -> Iterator[Block]:
+    """Rows ``start:stop`` of ``X`` and ``Y`` in blocks of :data:`BLOCK_ROWS`."""
+    for lo in range(start, stop, BLOCK_ROWS):
+        hi = min(lo + BLOCK_ROWS, stop)
+        yield X[lo:hi], Y[lo:hi]
+
+
+def check_block(masks: Any, outputs: Any, like: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """A block of rows as tensors, masks (n, C) and outputs (n, T); errors for bad shapes or values.
+
+    ``like`` is the (C, T) of the blocks before it, which this one must match.
+    """
+    x = torch.as_tensor(np.asarray(masks) if not isinstance(masks, Tensor) else masks)
+    y = torch.as_tensor(np.asarray(outputs) if not isinstance(outputs, Tensor) else outputs)
+    if x.ndim != 2 or len(y) != len(x) or y.ndim > 2:
+        raise ValueError(f"a block of {tuple(x.shape)} masks and {tuple(y.shape)} outputs: need (n, C) and (n, T)")
+    y = y.reshape(len(x), -1)
+    if like is not None and (x.shape[1], y.shape[1]) != like:
+        raise ValueError(
+            f"a block of {tuple(x.shape)} masks, {tuple(y.shape)} outputs does not match the others "
+            f"({like[0]} components, {like[1]} outputs)"
+        )
+    if not (bool(torch.isfinite(y).all()) and (x.dtype == torch.bool or bool(torch.isfinite(x).all()))):
+        raise ValueError("masks or outputs contain NaN or infinity")
+    return x, y
+
+
+def sum_moments(blocks: Iterable[Block], device: str | torch.device, like: Moments | None = None) -> Moments | None:
+    """The :class:`Moments` of blocks of rows, each reduced on ``device`` as it comes (None for no rows).
+
+    ``like``: moments the blocks must match in numbers of components and outputs.
+    """
+    total = None
+    shape = None if like is None else (len(like.x), len(like.y))
+    for masks, outputs in blocks:
+        x, y = check_block(masks, outputs, shape)
+        shape = (x.shape[1], y.shape[1])
+        block = Moments.of(x.to(device), y.to(device))
+        total = block if total is None else total + block
+    return total
+
+
+def standardized_gram(moments: Moments) -> tuple[Tensor, Tensor, Tensor]:
+    """The masks' column scales and, on masks standardised by them, ``A'A / n`` and ``A'(y - mean y) / n``.
+
+    Constant columns (a component never or always ablated) keep a scale of 1:
+    centred, they are zero.
+    """
+    x_std = moment_std(moments.gram().diagonal() / moments.n)
+    gram = moments.gram() / moments.n / torch.outer(x_std, x_std)
+    return x_std, gram, moments.cross() / moments.n / x_std[:, None]
+
+
+def moment_std(variance: Tensor) -> Tensor:
+    """Standard deviations from variances; constant columns (variance 0) keep a scale of 1."""
+    std = variance.clamp_min(0).sqrt()
+    return torch.where(std > 0, std, torch.ones_like(std))
+
+
+def check_prior(prior: Any, T: int, C: int, device: str) -> Tensor:
+    """The prior as a (T, C) float64 tensor; zeros when ``prior`` is None."""
+    if prior is None:
+        return torch.zeros(T, C, dtype=torch.float64, device=device)
+    prior = np.atleast_2d(np.asarray(prior, dtype=np.float64))
+    if prior.shape != (T, C):
+        raise ValueError(f"prior has shape {prior.shape}; expected (n_inputs, n_components) = ({T}, {C})")
+    if not np.isfinite(prior).all():
+        raise ValueError("prior contains NaN or infinite values")
+    return torch.as_tensor(prior, dtype=torch.float64, device=device)
+
+
+def check_priors(prior: Any, T: int, C: int, device: str) -> Tensor:
+    """One prior (T, C) or several candidates (P, T, C), as a (P, T, C) float64 tensor (zeros when None)."""
+    if prior is not None and np.ndim(prior) == 3:
+        if len(prior) == 0:
+            raise ValueError("prior holds no candidate priors")
+        return torch.stack([check_prior(p, T, C, device) for p in prior])
+    return check_prior(prior, T, C, device)[None]

@@ -1,0 +1,519 @@
+"""ReLU-collapse: a 2-layer ReLU network per input, trained as one batched ensemble, collapsed to a linear model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import Tensor
+
+from compattr.estimators._base import Block, ComponentModel, Standardizer, check_prior, unstandardize
+from compattr.estimators._rows import RowCollector, Rows
+from compattr.scores import lds_scores
+
+
+def collapse_relu_network(W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop the ReLU of ``W2 relu(W1 x + b1) + b2``: ``theta = W2 W1``, ``b = W2 b1 + b2``.
+
+    Batched over networks: ``W1`` (T, d, C), ``b1`` (T, d), ``W2`` (T, d), ``b2`` (T,);
+    returns ``theta`` (T, C) and ``b`` (T,).
+    """
+    theta = torch.einsum("td,tdc->tc", W2, W1)
+    return theta, (W2 * b1).sum(1) + b2
+
+
+def _least_squares_scale(pred: Tensor, target: Tensor) -> Tensor:
+    """Per column, the least-squares ``s`` of ``target ~ s * pred`` for centred (n, T) columns.
+
+    A column of ``pred`` with no variance gets ``s = 0``.
+    """
+    variance = (pred * pred).sum(0)
+    covariance = (pred * target).sum(0)
+    return torch.where(variance > 0, covariance / variance.clamp_min(1e-30), 0.0)
+
+
+class ReluCollapseRegressor(ComponentModel):
+    """The ReLU-collapse estimator: fit a 2-layer ReLU net per input, keep its linear collapse.
+
+    Each input gets its own network ``phi(x) = W2 relu(W1 x + b1) + b2`` of width
+    ``hidden``; all networks train together as one batched ensemble (the first
+    layer of every network is one matrix product with the shared masks) with
+    Adam(W) or SGD on the mean squared error of standardised masks (and, by
+    default, standardised outputs). The returned linear model is the collapse
+    ``theta = W2 W1``, ``b = W2 b1 + b2`` (see :func:`collapse_relu_network`),
+    mapped back to raw masks and outputs; with ``calibrate`` (the default) its
+    scale and intercept are refitted by least squares on the training rows.
+
+    Training length is counted in optimisation steps (batches), so patience
+    means the same at every number of masks. Every ``check_every`` steps each
+    input's validation MSE is computed, of the collapsed model
+    (``early_stopping="collapse"``) or of the network itself (``"network"``);
+    each input keeps its best step count and stops when it has not improved
+    for ``patience`` steps (it leaves the ensemble, so the others train faster).
+    Then every network is trained again from the same initialisation on all
+    the rows, standardised by all of them, for its chosen number of steps
+    (Goodfellow et al., 2016, Algorithm 7.2): the returned model is a fit on
+    every mask the budget counts. An input whose best step count is 0 keeps its
+    random initialisation: it is marked in ``failed_``. With
+    ``early_stopping="none"`` there is no validation split and every network
+    trains on all rows for ``max_steps``. With networks seeded per input
+    position, each input gets the network it would get fitted alone.
+
+    Binary masks with few ablated units (on CPU) are held as the coordinates of
+    those units and multiplied as sparse matrices (see :class:`Rows`);
+    :meth:`fit_blocks` gathers them block by block, e.g. from a store's chunks.
+
+    Why calibrate: dropping the ReLUs counts every unit as always active, so the
+    raw collapse's slope is off by a factor that drifts during training. Its
+    validation MSE is then dominated by that scale, which rank-based scores
+    (LDS) ignore, and stopping on it keeps a far too early step. The least-squares
+    factor is usually positive (LDS unchanged), but it may be negative, which
+    flips the sign of the collapse: ``calibration_`` records it per input.
+    ``calibrate=False`` is the seed's raw collapse.
+
+    Parameters
+    ----------
+    hidden : int, default=32
+        Width ``d`` of each network.
+    lr : float, default=1e-3
+        Learning rate.
+    optimizer : {"adam", "sgd"}, default="adam"
+        AdamW (decoupled weight decay) or SGD (L2 weight decay, ``momentum``).
+    momentum : float, default=0.0
+        SGD's momentum (ignored by Adam).
+    weight_decay : float, default=0.0
+    init_scale : float, default=1.0
+        Multiplier of PyTorch's default (Kaiming-uniform) initialisation.
+    max_steps : int, default=3000
+        Largest number of optimisation steps.
+    batch_size : int, default=256
+        Masks per step (all of them when fewer).
+    check_every : int, default=10
+        Steps between validation checks (the chosen step count is a multiple of it).
+    patience : int, default=300
+        Steps without improvement after which an input stops training.
+    early_stopping : {"auto", "collapse", "network", "none"}, default="auto"
+        Whose validation MSE picks each input's step count; "auto" is the
+        predictor the estimator returns (the collapse here, the network for
+        :class:`ReluNetRegressor`); "none": no validation split, ``max_steps`` on all rows.
+    fit_bias : bool, default=True
+        Train ``b1`` and ``b2``; when False they stay zero (outputs are centred).
+    standardize_targets : bool, default=True
+        Train on z-scored outputs (else on centred raw outputs).
+    calibrate : bool, default=True
+        Rescale each input's collapse by the least-squares factor on the
+        training rows (and refit its intercept) before validating and returning it.
+    validation_fraction : float, default=0.2
+    random_state : int, default=0
+        Seed of the batch order, and with each input's position, of its initialisation.
+    device : str, default="cpu"
+
+    Attributes
+    ----------
+    coef_, intercept_
+    n_iter_ : ndarray of shape (n_inputs,)
+        Step count each input kept (chosen on validation, used in the refit).
+    failed_ : ndarray of shape (n_inputs,)
+        Whether the input kept step 0 with a random initialisation (with a
+        prior, step 0 is the prior: a choice, not a failure).
+    validation_mse_ : ndarray of shape (n_inputs,)
+        Validation MSE of the predictor returned (the collapse here), at the kept
+        step, in output units, before the refit; comparable across settings whatever ``early_stopping`` is.
+    validation_spearman_ : ndarray of shape (n_inputs,)
+        Spearman correlation of that predictor with the validation outputs, at the kept step.
+    calibration_ : ndarray of shape (n_inputs,)
+        Least-squares factor applied to the returned collapse (1 without ``calibrate``;
+        negative where the rescaling flipped its sign). Not set when the predictor is the network.
+    """
+
+    _activation = "relu"
+    _predictor = "collapse"
+    _parameter_constraints: dict[str, list[Any]] = {
+        **ComponentModel._parameter_constraints,
+        **{
+            name: [Interval(Integral, 1, None, closed="left")]
+            for name in ("hidden", "max_steps", "batch_size", "check_every", "patience")
+        },
+        "lr": [Interval(Real, 0, None, closed="left")],
+        "optimizer": [StrOptions({"adam", "sgd"})],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "init_scale": [Interval(Real, 0, None, closed="left")],
+        "early_stopping": [StrOptions({"auto", "collapse", "network", "none"})],
+        "fit_bias": ["boolean"],
+        "standardize_targets": ["boolean"],
+        "calibrate": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "random_state": [Interval(Integral, 0, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        *,
+        hidden: int = 32,
+        lr: float = 1e-3,
+        optimizer: str = "adam",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        init_scale: float = 1.0,
+        max_steps: int = 3000,
+        batch_size: int = 256,
+        check_every: int = 10,
+        patience: int = 300,
+        early_stopping: str = "auto",
+        fit_bias: bool = True,
+        standardize_targets: bool = True,
+        calibrate: bool = True,
+        validation_fraction: float = 0.2,
+        random_state: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        self.hidden = hidden
+        self.lr = lr
+        self.optimizer = optimizer
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.init_scale = init_scale
+        self.max_steps = max_steps
+        self.batch_size = batch_size
+        self.check_every = check_every
+        self.patience = patience
+        self.early_stopping = early_stopping
+        self.fit_bias = fit_bias
+        self.standardize_targets = standardize_targets
+        self.calibrate = calibrate
+        self.validation_fraction = validation_fraction
+        self.random_state = random_state
+        self.device = device
+
+    @property
+    def _validates(self) -> bool:  # type: ignore[override]
+        return self.early_stopping != "none"
+
+    def _initial_weights(self, T: int, C: int, prior: Tensor | None = None) -> list[Tensor]:
+        """Scaled Kaiming-uniform weights; with ``prior`` (T, C), plus pairs of units that encode it.
+
+        Each input's network is drawn from its own generator, seeded by
+        ``(random_state, input)``: a network does not depend on which other
+        inputs are fitted with it.
+
+        Pairs of units ``(W1, W2) = (+k a, +c)`` and ``(-k a, -c)`` collapse to
+        ``2 c k a``; with ``c k = 1 / (2 * pairs)`` the prior part of the collapse
+        is ``a`` exactly, and both layers get the same norm. The network itself
+        is then linear in that part too (``c relu(k a.x) - c relu(-k a.x) = c k a.x``),
+        with half the collapse's slope.
+        """
+        d = self.hidden
+        bound1, bound2 = self.init_scale / math.sqrt(C), self.init_scale / math.sqrt(d)
+        drawn: list[list[Tensor]] = [[], [], [], []]
+        for t in range(T):
+            seed = int(np.random.SeedSequence([self.random_state, t]).generate_state(1)[0])
+            generator = torch.Generator().manual_seed(seed)
+            shapes = (((d, C), bound1), ((d,), bound1), ((d,), bound2), ((), bound2))  # W1, b1, W2, b2
+            for (shape, bound), out in zip(shapes, drawn, strict=True):
+                out.append((torch.rand(shape, generator=generator) * 2 - 1) * bound)
+        params = [torch.stack(values).to(self.device) for values in drawn]
+        if not self.fit_bias:
+            for bias in params[1::2]:
+                bias.zero_()
+        pairs = d // 2
+        if prior is not None and pairs:
+            norm = prior.norm(dim=1, keepdim=True).float().to(self.device)  # (T, 1)
+            c = (norm / (2 * pairs)).sqrt()
+            k = torch.where(norm > 0, 1 / (2 * pairs * c.clamp_min(1e-30)), 0.0)
+            sign = torch.cat([torch.ones(pairs), -torch.ones(pairs)]).to(self.device)  # (2 * pairs,)
+            params[0][:, : 2 * pairs] += sign[None, :, None] * k[:, :, None] * prior.float()[:, None, :]
+            params[2][:, : 2 * pairs] += sign[None, :] * c
+        params[0] = params[0].permute(2, 0, 1).contiguous()  # (C, T, d): the first layer of all networks at once
+        return params
+
+    def _forward(self, rows: Rows, params: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Hidden activations (n, T, d) and outputs (n, T) of every network on standardised masks ``rows`` (n, C)."""
+        W1, b1, W2, b2 = params
+        C, T, d = W1.shape
+        hidden = rows.affine(W1.reshape(C, T * d), b1.reshape(-1)).reshape(-1, T, d)
+        if self._activation == "relu":
+            hidden.clamp_min_(0)
+        return hidden, (hidden * W2).sum(-1) + b2
+
+    def _network(self, rows: Rows, params: list[Tensor]) -> Tensor:
+        """Outputs (n, T) of every network on standardised masks ``rows`` (n, C)."""
+        return self._forward(rows, params)[1]
+
+    def _gradients(self, rows: Rows, hidden: Tensor, residual: Tensor, params: list[Tensor]) -> list[Tensor]:
+        """Gradients of the step's loss (per input, the mean squared ``residual``; summed) for ``params``.
+
+        Backpropagation by hand, as scikit-learn's MLP does: ``hidden`` and
+        ``residual`` (outputs minus targets) come from :meth:`_forward` on ``rows``.
+        """
+        W1, _, W2, _ = params
+        C, T, d = W1.shape
+        grad_out = residual * (2 / len(residual))  # (n, T)
+        grad_hidden = grad_out[:, :, None] * W2  # (n, T, d)
+        if self._activation == "relu":  # zero where the unit is off: ReLU's own backward (masked_fill is 30x slower)
+            grad_hidden = torch.ops.aten.threshold_backward(grad_hidden, hidden, 0)
+        grad_W2 = (hidden * grad_out[:, :, None]).sum(0)
+        grad_hidden = grad_hidden.reshape(-1, T * d)
+        grad_b1 = grad_hidden.sum(0)
+        grad_W1 = rows.transpose_matmul(grad_hidden, grad_b1)
+        return [grad_W1.reshape(C, T, d), grad_b1.reshape(T, d), grad_W2, grad_out.sum(0)]
+
+    def _optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
+        """The optimizer over the trained parameters (the biases stay zero without ``fit_bias``)."""
+        trained = params if self.fit_bias else params[0::2]
+        if self.optimizer == "adam":
+            return torch.optim.AdamW(trained, lr=self.lr, weight_decay=self.weight_decay, fused=True)
+        return torch.optim.SGD(trained, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, fused=True)
+
+    def _keep_inputs(
+        self, params: list[Tensor], optimizer: torch.optim.Optimizer, keep: Tensor
+    ) -> tuple[list[Tensor], torch.optim.Optimizer]:
+        """The parameters and optimizer (with its state) of the inputs ``keep`` (bool over the current ones)."""
+
+        def select(t: Tensor, first_layer: bool) -> Tensor:
+            return t[:, keep] if first_layer else t[keep]
+
+        kept = [select(p, i == 0).clone() for i, p in enumerate(params)]
+        new = self._optimizer(kept)
+        for old_param, param in zip(optimizer.param_groups[0]["params"], new.param_groups[0]["params"], strict=True):
+            first_layer = old_param is params[0]
+            state = optimizer.state.get(old_param, {})
+            new.state[param] = {k: select(v, first_layer).clone() if v.dim() else v.clone() for k, v in state.items()}
+        return kept, new
+
+    def fit(self, X: Any, Y: Any, prior: Any = None) -> ReluCollapseRegressor:
+        """Choose every input's step count on the validation rows, then train it on all rows.
+
+        ``prior`` (n_inputs, n_components), optional: a linear attribution in raw
+        units that the networks start from (see :meth:`_initial_weights`).
+        """
+        return super().fit(X, Y, prior=prior)
+
+    @torch.no_grad()  # gradients are computed by hand (see _gradients)
+    def _fit_blocks(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], prior: Any = None) -> None:
+        collected = [RowCollector(self.device), RowCollector(self.device)]
+        for collector, blocks in zip(collected, (fit_blocks, validation_blocks), strict=True):
+            for masks, outputs in blocks:
+                collector.add(masks, outputs)
+        n_fit, n_val = collected[0].n, collected[1].n
+        self._check_rows(n_fit, n_val, collected[0].n_columns if n_fit else 0)
+        shapes = [(c.n_columns, c.n_outputs) for c in collected if c.n]
+        if len(set(shapes)) > 1:
+            raise ValueError("the fit and validation rows have different numbers of components or outputs")
+        T = collected[0].n_outputs
+        if prior is not None:
+            prior = check_prior(prior, T, self.n_features_in_, self.device)
+        if self._validates:
+            xs, ys = self._standardizers(collected[0])
+            rows, B = collected[0].rows(xs, ys)
+            val_rows, Bv = collected[1].rows(xs, ys)
+            chosen, mse, spearman = self._select_steps(rows, B, val_rows, Bv, self._init_params(T, xs, ys, prior))
+            self.validation_mse_ = (mse * ys.std**2).cpu().numpy()
+            self.validation_spearman_ = spearman.cpu().numpy()
+            del rows, val_rows
+            collected[0].extend(collected[1])
+        else:
+            chosen = torch.full((T,), self.max_steps, dtype=torch.long)
+        # The refit: every network from its initialisation, on all rows, for its chosen number of steps.
+        xs, ys = self._standardizers(collected[0])
+        rows, B = collected[0].rows(xs, ys)
+        del collected
+        final = self._train(rows, B, self._init_params(T, xs, ys, prior), stop=chosen.to(B.device))
+        self.n_iter_ = chosen.cpu().numpy()
+        # Step 0 keeps the initialisation: a failure when it is random, a choice when it encodes a prior.
+        encoded = np.zeros(T, dtype=bool) if prior is None else (prior.abs().amax(1) > 0).cpu().numpy()
+        self.failed_ = (self.n_iter_ == 0) & ~encoded
+        collapse, bias, scale = self._collapsed(final, rows, B)
+        if self._predictor == "collapse":  # a network predictor's collapse is for inspection only
+            self.calibration_ = scale.cpu().numpy()
+        coef, intercept = unstandardize(collapse, bias, xs, ys)
+        self._set_linear(coef, intercept)
+        if self._predictor == "network":
+            network = {"W1": final[0].permute(1, 2, 0), "b1": final[1], "W2": final[2], "b2": final[3]}
+            network |= {"x_mean": xs.mean, "x_std": xs.std, "y_mean": ys.mean, "y_std": ys.std}
+            self.network_ = {k: v.detach().cpu().contiguous().numpy() for k, v in network.items()}
+
+    def _standardizers(self, collector: RowCollector) -> tuple[Standardizer, Standardizer]:
+        """The rows' z-scores (outputs only centred without ``standardize_targets``)."""
+        xs, ys = collector.standardizers()
+        if not self.standardize_targets:
+            ys.std = torch.ones_like(ys.std)
+        return xs, ys
+
+    def _collapsed(self, params: list[Tensor], rows: Rows, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The networks' collapse (T, C) and bias (T,) on standardised units, calibrated on ``rows``, and the factor."""
+        theta, bias = collapse_relu_network(params[0].permute(1, 2, 0), *params[1:])
+        if not self.calibrate:
+            return theta, bias, torch.ones_like(bias)
+        scale = _least_squares_scale(rows @ theta.T, target)
+        return scale[:, None] * theta, torch.zeros_like(bias), scale
+
+    def _predict(self, params: list[Tensor], rows: Rows, fit_rows: Rows, targets: Tensor) -> Tensor:
+        """Predictions (n, T) of the returned predictor on ``rows`` (the collapse is calibrated on ``fit_rows``)."""
+        if self._predictor == "network":
+            return self._network(rows, params)
+        collapse, bias, _ = self._collapsed(params, fit_rows, targets)
+        return rows @ collapse.T + bias
+
+    def _init_params(self, T: int, xs: Standardizer, ys: Standardizer, prior: Tensor | None) -> list[Tensor]:
+        """Initial parameters of every network (see :meth:`_initial_weights`), the prior in standardised units."""
+        if prior is not None:  # to standardised units: the inverse of unstandardize
+            prior = prior * (xs.std[None, :] / ys.std[:, None]).double()
+        return self._initial_weights(T, len(xs.mean), prior)
+
+    def _select_steps(
+        self, rows: Rows, B: Tensor, val_rows: Rows, Bv: Tensor, params: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Each input's best step count on the validation rows, and its predictor's validation MSE and Spearman."""
+        on_network = (self.early_stopping if self.early_stopping != "auto" else self._predictor) == "network"
+        T = B.shape[1]
+        best = [p.clone() for p in params]
+        best_step = torch.zeros(T, dtype=torch.long, device=B.device)
+        best_loss = torch.zeros(T, dtype=B.dtype, device=B.device)
+        stale = torch.zeros(T, dtype=torch.long, device=B.device)
+
+        def check(step: int, params: list[Tensor], active: Tensor) -> Tensor:
+            """Keep the ``active`` inputs' parameters where ``step`` improved; which of them go on training."""
+            if on_network:
+                pred = self._network(val_rows, params)
+            else:
+                pred = self._predict(params, val_rows, rows, B[:, active])
+            loss = ((pred - Bv[:, active]) ** 2).mean(0)
+            better = loss < best_loss[active] if step else torch.ones_like(loss, dtype=torch.bool)
+            improved = active[better]
+            best_loss[improved], best_step[improved] = loss[better], step
+            best[0][:, improved] = params[0][:, better]  # W1 is (C, T, d)
+            for kept, current in zip(best[1:], params[1:], strict=True):
+                kept[improved] = current[better]
+            stale[active] = torch.where(better, 0, stale[active] + self.check_every)
+            return stale[active] < self.patience
+
+        self._train(rows, B, params, check=check)
+        # Scores of the predictor returned (the collapse, or the network), whatever chose the step.
+        pred = self._predict(best, val_rows, rows, B)
+        mse = ((pred - Bv) ** 2).mean(0)
+        spearman, _ = lds_scores(pred.cpu().numpy(), Bv.cpu().numpy())
+        return best_step, mse, torch.as_tensor(spearman)
+
+    def _train(
+        self,
+        rows: Rows,
+        B: Tensor,
+        params: list[Tensor],
+        *,
+        stop: Tensor | None = None,
+        check: Any = None,
+    ) -> list[Tensor]:
+        """Train every network on ``rows`` (standardised masks) and ``B`` (standardised outputs), batch by batch.
+
+        Either ``stop`` (T,): each input leaves after that many steps, and its
+        parameters then are returned; or ``check(step, params, active)``, called
+        at step 0 and every ``check_every`` steps, returning which of the
+        ``active`` inputs go on. Inputs that leave drop out of the ensemble, so
+        later steps cost only the rest. The batches run through a random
+        permutation of the rows per epoch, seeded by ``random_state``; with
+        no more rows than ``batch_size``, every step takes all rows in order.
+        """
+        n, T = len(rows), B.shape[1]
+        final = [p.clone() for p in params] if stop is not None else []
+        active = torch.arange(T, device=B.device)
+        optimizer = self._optimizer(params)
+
+        def leave(going: Tensor) -> bool:
+            """Drop the inputs not ``going``; whether any are left."""
+            nonlocal active, params, optimizer
+            if stop is not None:
+                done = active[~going]
+                final[0][:, done] = params[0][:, ~going]  # W1 is (C, T, d)
+                for out, current in zip(final[1:], params[1:], strict=True):
+                    out[done] = current[~going]
+            if not going.any():
+                return False
+            if not going.all():
+                active = active[going]
+                params, optimizer = self._keep_inputs(params, optimizer, going)
+            return True
+
+        first = stop > 0 if stop is not None else check(0, params, active)
+        if not leave(first):
+            return final
+        order_generator = torch.Generator().manual_seed(self.random_state)
+        order, position = torch.empty(0, dtype=torch.long), n
+        full_batch = n <= self.batch_size  # every step sees all rows: no shuffling, no gathering
+        for step in range(1, self.max_steps + 1):
+            if full_batch:
+                batch, targets = rows, B
+            else:
+                if position >= n:
+                    order, position = torch.randperm(n, generator=order_generator).to(self.device), 0
+                idx = order[position : position + self.batch_size]
+                position += self.batch_size
+                batch, targets = rows.take(idx), B[idx]
+            hidden, out = self._forward(batch, params)
+            residual = out - targets[:, active]
+            for param, grad in zip(params, self._gradients(batch, hidden, residual, params), strict=True):
+                param.grad = grad
+            optimizer.step()
+            if stop is not None:
+                going = stop[active] > step
+            elif step % self.check_every == 0:
+                going = check(step, params, active)
+            else:
+                continue
+            if not leave(going):
+                return final
+        return final
+
+
+class LinearCollapseRegressor(ReluCollapseRegressor):
+    """Control: the same 2-layer network and training as ReLU-collapse, with no ReLU.
+
+    The network is then linear, and its collapse is exactly the network; any
+    difference from :class:`ReluCollapseRegressor` is due to the ReLU.
+    """
+
+    _activation = "identity"
+
+
+class PriorReluCollapseRegressor(ReluCollapseRegressor):
+    """ReLU-collapse whose networks start from a prior attribution (the workflow's: attribution patching).
+
+    Half of each network's units encode ``+a`` and half ``-a`` (see
+    :meth:`ReluCollapseRegressor._initial_weights`), so at initialisation the
+    collapse is the prior (plus the small random initialisation) and the network
+    is linear along it; training then proceeds as for :class:`ReluCollapseRegressor`.
+    """
+
+    uses_prior = True
+
+
+class ReluNetRegressor(ReluCollapseRegressor):
+    """Control: the uncollapsed 2-layer ReLU network used directly as the predictor.
+
+    Trained as :class:`ReluCollapseRegressor`, stopped early on the network's own
+    validation MSE (``early_stopping="auto"``); ``predict`` runs the network. ``coef_`` and
+    ``intercept_`` hold the network's collapse, for inspection only.
+    """
+
+    _predictor = "network"
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Network outputs, (n_masks,) or (n_masks, n_inputs) as ``Y`` was at fit."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        out = predict_network(self.network_, X).astype(np.float64)  # float64, as the linear models predict
+        return out[:, 0] if self._single_output else out
+
+
+def predict_network(network: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
+    """Outputs (n_masks, n_inputs) of saved 2-layer ReLU networks (``ReluNetRegressor.network_``)."""
+    A = (np.asarray(masks, dtype=np.float32) - network["x_mean"]) / network["x_std"]
+    T, d, C = network["W1"].shape
+    hidden = np.maximum((A @ network["W1"].reshape(T * d, C).T).reshape(-1, T, d) + network["b1"], 0)
+    return ((hidden * network["W2"]).sum(-1) + network["b2"]) * network["y_std"] + network["y_mean"]

@@ -1,0 +1,255 @@
+"""Regression with a prior attribution: the prior rescaled, plus a ridge or lasso correction."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any
+
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+from torch import Tensor
+
+from compattr.estimators._base import MomentModel, Moments, centred_intercept, check_priors
+from compattr.estimators._lasso import (
+    FISTA_CHECK_EVERY,
+    PATH_CONSTRAINTS,
+    fista_converged,
+    fista_dtype,
+    largest_eigenvalue,
+    lasso_moments,
+    momentum,
+)
+from compattr.estimators._ridge import gram_eigh, ridge_alphas
+
+
+class GradientPriorRegressor(MomentModel):
+    """Regression on the masks with a prior: ``theta_z = s_z * a_z + delta_z``.
+
+    ``a_z`` is a prior attribution of input ``z`` (in the workflow, attribution
+    patching: one forward and one backward pass, no ablations), passed to
+    :meth:`fit`. The scale ``s_z`` is unpenalised least squares; the correction
+    ``delta_z`` is shrunk toward zero by a ridge (``correction="ridge"``) or
+    lasso (``"lasso"``) penalty chosen per input on the validation split, then
+    the model is refitted on all rows. With a huge penalty the model is the
+    rescaled prior; with no penalty it is least squares, whatever the prior.
+
+    Ridge: for a penalty ``lam`` the correction is profiled out in closed form,
+    ``s(lam) = sum_k b_k p_k / (e_k + lam) / sum_k e_k b_k^2 / (e_k + lam)`` with
+    ``e, V`` the eigenpairs of the centred Gram matrix ``X'X``, ``b = V'a`` and
+    ``p = V'X'y``, and ``delta = V diag(1 / (e + lam)) (p - s e * b)``: one
+    eigendecomposition serves every input and penalty, as in
+    :class:`RidgeCVRegressor` (the grid also holds ``lam = inf``, the prior alone,
+    rescaled). Lasso: ``s`` and ``delta`` are solved jointly by batched FISTA on
+    the penalty path (``s`` unpenalised), with warm starts.
+
+    ``prior`` may also hold several candidate priors (n_priors, n_inputs,
+    n_components), e.g. first-order priors taken at different points: each
+    input then chooses its prior together with its penalty, by the lowest
+    validation error over every (prior, penalty) pair, and is refitted on all
+    rows with that pair.
+
+    Parameters
+    ----------
+    correction : {"ridge", "lasso"}, default="ridge"
+    alphas : sequence of float, default=logspace(-3, 3, 25)
+        Ridge penalties relative to the mean eigenvalue of the Gram matrix.
+    n_alphas, min_ratio, max_iter, tol
+        Lasso path, as in :class:`LassoCVRegressor` (``alpha_max`` is that of
+        the residual of the rescaled prior).
+    validation_fraction : float, default=0.2
+    device : str, default="cpu"
+
+    Attributes
+    ----------
+    coef_, intercept_
+    alpha_ : ndarray of shape (n_inputs,)
+        Chosen penalty: ridge, in the relative units of ``alphas`` (``inf``: the
+        rescaled prior alone); lasso, as a ratio of the input's ``alpha_max``.
+    prior_index_ : ndarray of shape (n_inputs,)
+        Which candidate prior each input chose (0 with a single prior).
+    scale_ : ndarray of shape (n_inputs,)
+        Fitted scale ``s`` of each input's prior.
+    n_iter_ : int
+        FISTA steps of the refit (lasso correction only; the ridge one is in closed form).
+    """
+
+    uses_prior = True
+    _parameter_constraints: dict[str, list[Any]] = {
+        **MomentModel._parameter_constraints,
+        **PATH_CONSTRAINTS,
+        "correction": [StrOptions({"ridge", "lasso"})],
+        "alphas": ["array-like", None],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+    }
+
+    def __init__(
+        self,
+        *,
+        correction: str = "ridge",
+        alphas: Any = None,
+        n_alphas: int = 20,
+        min_ratio: float = 1e-3,
+        max_iter: int = 1000,
+        tol: float = 1e-4,
+        validation_fraction: float = 0.2,
+        device: str = "cpu",
+    ) -> None:
+        self.correction = correction
+        self.alphas = alphas
+        self.n_alphas = n_alphas
+        self.min_ratio = min_ratio
+        self.max_iter = max_iter
+        self.tol = tol
+        self.validation_fraction = validation_fraction
+        self.device = device
+
+    def fit(self, X: Any, Y: Any, prior: Any = None) -> GradientPriorRegressor:
+        """Fit ``s`` and the correction of every input; ``prior`` is (n_inputs, n_components) or (n_priors, ...)."""
+        return super().fit(X, Y, prior=prior)
+
+    def _fit_moments(self, fit: Moments, val: Moments, prior: Any = None) -> None:
+        T, C = fit.y.shape[0], fit.x.shape[0]
+        candidates = check_priors(prior, T, C, self.device).transpose(1, 2)  # (P, C, T)
+        total = fit + val
+        if self.correction == "ridge":
+            grid = [*ridge_alphas(self.alphas, self.device).tolist(), math.inf]
+        else:
+            grid = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64).tolist()
+        losses, all_states = [], []
+        for a in candidates:  # every prior's whole penalty path, scored on validation
+            if self.correction == "ridge":
+                path = prior_ridge_path(fit, a, grid)
+            else:
+                states = prior_lasso_path(fit, a, grid, max_iter=self.max_iter, tol=self.tol)
+                all_states.append(states)
+                path = [_lasso_coef(a, W, s) for W, s, _ in states]
+            losses += [val.sse(theta, centred_intercept(theta, fit)) for theta, _ in path]
+        best = torch.stack(losses).argmin(0)  # (T,): index into (prior, penalty)
+        which, choice = best // len(grid), best % len(grid)
+        chosen = torch.as_tensor(grid, dtype=torch.float64)[choice.cpu()]
+        columns = torch.arange(T, device=best.device)
+        a = candidates[which, :, columns].T  # (C, T): each input's chosen prior
+        if self.correction == "lasso":
+            states = [
+                tuple(torch.stack([state[k] for state in by_prior]) for k in range(2))
+                for by_prior in zip(*all_states, strict=True)
+            ]  # per penalty: (W (P, C, T), s (P, T))
+            states = [(W[which, :, columns].T, s[which, columns]) for W, s in states]
+        if self.correction == "ridge":  # closed form on all rows, once per penalty chosen by some input
+            unique, inverse = choice.unique(return_inverse=True)
+            refits = prior_ridge_path(total, a, [grid[i] for i in unique.tolist()])
+            theta = torch.stack([theta for theta, _ in refits])[inverse, :, columns].T
+            s = torch.stack([s for _, s in refits])[inverse, columns]
+        else:  # one FISTA run on all rows, each input at its ratio, warm-started from its path solution
+            W0 = torch.stack([W for W, _ in states])[choice, :, columns].T
+            s0 = torch.stack([s for _, s in states])[choice, columns]
+            ratio, init = [chosen.to(a.device)], (W0, s0)
+            ((W, s_unit, self.n_iter_),) = prior_lasso_path(
+                total, a, ratio, max_iter=self.max_iter, tol=self.tol, init=init
+            )
+            theta, s = _lasso_coef(a, W, s_unit)
+        self.alpha_ = chosen.numpy()
+        self.prior_index_ = which.cpu().numpy()
+        self.scale_ = s.cpu().numpy()
+        self._set_linear(theta.T, centred_intercept(theta, total))
+
+
+def prior_ridge_path(moments: Moments, a: Tensor, grid: list[float]) -> list[tuple[Tensor, Tensor]]:
+    """The ridge-corrected prior ``a`` (C, T) on ``moments``, in closed form (see :class:`GradientPriorRegressor`).
+
+    Returns ``(theta (C, T), s (T,))`` for each relative penalty of ``grid`` (``inf``: the prior alone).
+    """
+    e, V = gram_eigh(moments)
+    scale = e.mean().clamp_min(1e-12)
+    p = V.T @ moments.cross()  # (C, T)
+    b = V.T @ a
+    fits = []
+    for lam in grid:
+        w = torch.zeros_like(e) if math.isinf(lam) else 1 / (e + lam * scale)
+        if math.isinf(lam):  # the limit: s by least squares on the prior's direction, no correction
+            num, den = (b * p).sum(0), (e[:, None] * b**2).sum(0)
+        else:
+            num, den = (b * p * w[:, None]).sum(0), (e[:, None] * b**2 * w[:, None]).sum(0)
+        s = torch.where(den > 1e-12 * den.max().clamp_min(1e-300), num / den.clamp_min(1e-300), 0.0)
+        theta = s * a + V @ ((p - s * e[:, None] * b) * w[:, None])
+        fits.append((theta, s))
+    return fits
+
+
+def prior_lasso_path(
+    moments: Moments,
+    a: Tensor,
+    ratios: list[Any],
+    *,
+    max_iter: int,
+    tol: float,
+    init: tuple[Tensor, Tensor] | None = None,
+) -> list[tuple[Tensor, Tensor, int]]:
+    """Joint FISTA on ``(delta, s)`` at each ratio of each input's ``alpha_max`` (a float, or a (T,) tensor).
+
+    Warm starts run down the path, from ``init`` when given (else the
+    rescaled prior alone). Returns ``(delta (C, T), s (T,), n_iter)`` per ratio, ``s``
+    along the unit prior direction, in float64; the steps run in float32
+    unless ``tol`` asks for more digits than it keeps (as in :func:`~compattr.estimators.lasso_fista`).
+    """
+    dtype = fista_dtype(tol)
+    gram, q, _ = (t.to(dtype) for t in lasso_moments(moments))
+    a = a.to(dtype)
+    norm = a.norm(dim=0)
+    u = torch.where(norm > 0, a / norm.clamp_min(1e-30), 0.0)  # unit prior directions (C, T)
+    gu, uq = gram @ u, (u * q).sum(0)
+    ugu = (u * gu).sum(0)
+    s0 = torch.where(ugu > 0, uq / ugu.clamp_min(1e-30), 0.0)  # rescaled prior alone
+    alpha_max = (q - gu * s0).abs().amax(0).clamp_min(1e-12)
+    L = 2 * largest_eigenvalue(gram)  # bounds [I u]' G [I u] for unit u
+    W, s = (torch.zeros_like(q), s0) if init is None else (init[0].to(dtype), init[1].to(dtype))
+    states = []
+    for ratio in ratios:
+        penalty = torch.as_tensor(ratio, device=q.device).to(dtype) * alpha_max
+        W, s, n_iter = _fista_with_free_direction(gram, q, u, gu, ugu, uq, penalty, W, s, L, max_iter, tol)
+        states.append((W.double(), s.double(), n_iter))
+    return states
+
+
+def _lasso_coef(a: Tensor, W: Tensor, s_unit: Tensor) -> tuple[Tensor, Tensor]:
+    """``(theta, s)`` from a lasso state: ``theta = s a + delta`` with ``s`` rescaled to the prior's own norm."""
+    norm = a.norm(dim=0)
+    scale = torch.where(norm > 0, s_unit / norm.clamp_min(1e-300), 0.0)
+    return scale * a + W, scale
+
+
+def _fista_with_free_direction(
+    gram: Tensor,
+    q: Tensor,
+    u: Tensor,
+    gu: Tensor,
+    ugu: Tensor,
+    uq: Tensor,
+    penalty: Tensor,
+    W: Tensor,
+    s: Tensor,
+    L: float,
+    max_iter: int,
+    tol: float,
+) -> tuple[Tensor, Tensor, int]:
+    """FISTA for ``min (w + s u)' G (w + s u) / 2 - (w + s u)' q + penalty |w|_1`` per column, ``s`` free.
+
+    Convergence is checked as in :func:`lasso_fista`, on ``w`` and ``s`` together; returns ``w``, ``s``
+    and the number of steps.
+    """
+    Zw, Zs, t = W.clone(), s.clone(), 1.0
+    threshold = penalty / L
+    lower = -threshold
+    for it in range(1, max_iter + 1):
+        grad_w = torch.addmm(torch.addcmul(-q, gu, Zs), gram, Zw)
+        grad_s = (gu * Zw).sum(0) + ugu * Zs - uq
+        step = Zw - grad_w / L
+        W_next = step - step.clamp(lower, threshold)  # soft thresholding
+        s_next = Zs - grad_s / L
+        t, weight = momentum(t)
+        Zw, Zs = torch.lerp(W, W_next, weight), torch.lerp(s, s_next, weight)
+        if (it % FISTA_CHECK_EVERY == 0 or it == max_iter) and fista_converged([(W_next, W), (s_next, s)], tol):
+            return W_next, s_next, it
+        W, s = W_next, s_next
+    return W, s, max_iter
