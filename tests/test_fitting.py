@@ -5,18 +5,17 @@ import pytest
 from conftest import planted_problem
 
 from compattr.estimators import make_estimator
-from compattr.fitting import (
-    fit_draws,
-    fit_on_store,
+from compattr.fitting import fit_draws, fit_on_store, replicate_starts, score_fit, top_components
+from compattr.sampling import run_shard
+from compattr.stores import (
+    create_mask_store,
     fit_stores,
     load_fit,
-    replicate_starts,
+    read_coordinates,
+    read_rows,
     save_fit,
     save_linear_fit,
-    score_fit,
-    top_components,
 )
-from compattr.sampling import create_store, read_coordinates, read_rows, run_shard
 
 
 @pytest.mark.parametrize("name", ["ridge", "relu_net"])
@@ -37,9 +36,10 @@ def test_saved_fit_predicts_and_scores_like_the_estimator(name, tmp_path):
 
 def test_fit_on_store_passes_the_prior_to_estimators_that_use_one(tmp_path):
     _, _, theta, _ = planted_problem(1, n_units=30, n_outputs=4)
-    create_store(tmp_path / "s.zarr", n_masks=200, n_units=30, n_inputs=4, shard_size=100, attributes={})
-    run_shard(tmp_path / "s.zarr", 0, lambda m: m @ theta.T, ablation_rate=0.1, seed=1)
-    run_shard(tmp_path / "s.zarr", 1, lambda m: m @ theta.T, ablation_rate=0.1, seed=1)
+    shape = {"n_masks": 200, "n_units": 30, "n_inputs": 4, "shard_size": 100}
+    create_mask_store(tmp_path / "s.zarr", **shape, ablation_rate=0.1, seed=1)
+    run_shard(tmp_path / "s.zarr", 0, lambda m: m @ theta.T)
+    run_shard(tmp_path / "s.zarr", 1, lambda m: m @ theta.T)
     model, _ = fit_on_store(tmp_path / "s.zarr", 150, "gradient_prior", {}, prior=theta)
     np.testing.assert_allclose(model.scale_, 1.0, atol=1e-6)  # noiseless data, exact prior
     with pytest.raises(ValueError, match="needs a prior"):
@@ -52,15 +52,10 @@ def _noisy_linear_store(path, n_masks, n_units, n_inputs, *, shard_size, seed, n
     """A store whose margins are a planted linear function of the masks (ablation rate 0.2) plus noise; its theta."""
     _, _, theta, bias = planted_problem(1, n_units=n_units, n_outputs=n_inputs)
     noise = np.random.default_rng(noise_seed)
-    create_store(path, n_masks=n_masks, n_units=n_units, n_inputs=n_inputs, shard_size=shard_size, attributes={})
+    shape = {"n_masks": n_masks, "n_units": n_units, "n_inputs": n_inputs, "shard_size": shard_size}
+    create_mask_store(path, **shape, ablation_rate=0.2, seed=seed)
     for shard in range(-(-n_masks // shard_size)):
-        run_shard(
-            path,
-            shard,
-            lambda m: m @ theta.T + bias + noise.normal(size=(len(m), n_inputs)),
-            ablation_rate=0.2,
-            seed=seed,
-        )
+        run_shard(path, shard, lambda m: m @ theta.T + bias + noise.normal(size=(len(m), n_inputs)))
     return theta
 
 
@@ -109,7 +104,7 @@ def test_fit_stores_lists_a_directory_of_draws_by_size_then_draw(tmp_path):
 
 
 def test_priors_load_as_one_array_or_a_stack_with_their_costs_added(tmp_path):
-    from compattr.fitting import load_priors, save_linear_fit
+    from compattr.stores import load_priors, save_linear_fit
 
     rng = np.random.default_rng(0)
     coefs = [rng.normal(size=(3, 5)) for _ in range(2)]

@@ -4,15 +4,8 @@ import torch
 import zarr
 
 from compattr.models import margins
-from compattr.sampling import (
-    ComponentMarginEvaluator,
-    NonFiniteMarginError,
-    check_store,
-    create_store,
-    read_rows,
-    run_shard,
-    shard_masks,
-)
+from compattr.sampling import ComponentMarginEvaluator, run_shard, shard_masks
+from compattr.stores import NonFiniteMarginError, check_mask_store, create_mask_store, mask_store_settings, read_rows
 
 
 def test_shard_masks_depend_only_on_seed_and_shard():
@@ -49,25 +42,25 @@ def test_shards_in_any_order_give_the_same_store(tmp_path):
     stores = []
     for name, order in [("forward", [0, 1, 2]), ("backward", [2, 0, 1])]:
         path = tmp_path / f"{name}.zarr"
-        create_store(path, n_masks=25, n_units=30, n_inputs=4, shard_size=10, attributes={"seed": 5})
+        create_mask_store(path, n_masks=25, n_units=30, n_inputs=4, shard_size=10, ablation_rate=0.1, seed=5)
         for shard in order:
-            run_shard(path, shard, evaluator, ablation_rate=0.1, seed=5)
+            run_shard(path, shard, evaluator)
         stores.append(read_rows(path))
     for a, b in zip(*stores, strict=True):
         np.testing.assert_array_equal(a, b)
     group = zarr.open_group(str(tmp_path / "forward.zarr"), mode="r")
     assert group["masks"].metadata.dimension_names == ("mask", "component")
     assert group["margins"].metadata.dimension_names == ("mask", "input")
-    assert check_store(tmp_path / "forward.zarr")["n_shards"] == 3
+    assert check_mask_store(tmp_path / "forward.zarr")["n_shards"] == 3
 
 
 def test_missing_and_non_finite_shards_are_named(tmp_path):
     path = tmp_path / "s.zarr"
-    create_store(path, n_masks=30, n_units=5, n_inputs=3, shard_size=10, attributes={})
+    create_mask_store(path, n_masks=30, n_units=5, n_inputs=3, shard_size=10, ablation_rate=0.2, seed=0)
     good = _linear_evaluator(5, 3)
-    run_shard(path, 0, good, ablation_rate=0.2, seed=0)
+    run_shard(path, 0, good)
     with pytest.raises(ValueError, match="shard 1 .* never written"):
-        check_store(path)
+        check_mask_store(path)
 
     def broken(masks):
         out = good(masks)
@@ -75,15 +68,15 @@ def test_missing_and_non_finite_shards_are_named(tmp_path):
         return out
 
     with pytest.raises(NonFiniteMarginError, match="shard 1 "):
-        run_shard(path, 1, broken, ablation_rate=0.2, seed=0)
+        run_shard(path, 1, broken)
     assert np.isnan(zarr.open_group(str(path), mode="r")["margins"][10:20]).all()  # nothing written
     with pytest.raises(ValueError, match="out of range"):
-        run_shard(path, 3, good, ablation_rate=0.2, seed=0)
+        run_shard(path, 3, good)
 
 
 def test_read_rows_refuses_more_masks_than_stored(tmp_path):
     path = tmp_path / "s.zarr"
-    create_store(path, n_masks=10, n_units=5, n_inputs=3, shard_size=10, attributes={})
+    create_mask_store(path, n_masks=10, n_units=5, n_inputs=3, shard_size=10, ablation_rate=0.05, seed=0)
     with pytest.raises(ValueError, match="asked for 11 masks but the store"):
         read_rows(path, 11)
 
@@ -120,3 +113,18 @@ def test_compiled_evaluator_matches_eager_and_compiles_once(trained_model, digit
     np.testing.assert_allclose(compiled(first), eager(first), rtol=1e-4, atol=1e-4)
     with torch._dynamo.config.patch(error_on_recompile=True):
         np.testing.assert_allclose(compiled(second), eager(second), rtol=1e-4, atol=1e-4)
+
+
+def test_mask_stores_describe_themselves(tmp_path):
+    """The sampling reads the ablation rate and seed from the store: a shard is the masks they give."""
+    path = tmp_path / "s.zarr"
+    create_mask_store(path, n_masks=20, n_units=6, n_inputs=2, shard_size=10, ablation_rate=0.3, seed=11)
+    assert mask_store_settings(path) == {"ablation_rate": 0.3, "seed": 11, "shard_size": 10}
+    run_shard(path, 1, _linear_evaluator(6, 2))
+    np.testing.assert_array_equal(read_rows(path)[0][10:], shard_masks(11, 1, 10, 6, 0.3))
+    with pytest.raises(ValueError, match="ablation_rate must lie in"):
+        create_mask_store(path, n_masks=20, n_units=6, n_inputs=2, shard_size=10, ablation_rate=1.5, seed=0)
+    old = tmp_path / "old.zarr"
+    zarr.open_group(str(old), mode="w", attributes={"shard_size": 10})
+    with pytest.raises(ValueError, match="does not record ablation_rate, seed"):
+        mask_store_settings(old)

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from compattr.fitting import load_fit
-from compattr.sampling import read_coordinates, read_rows
+from compattr.stores import load_fit, read_coordinates, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "results/tiny"

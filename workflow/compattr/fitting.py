@@ -1,10 +1,12 @@
-"""Fit component models on rows of a store (every train size and disjoint draw), save them, load them, score them."""
+"""Fit component models on rows of a mask store (every train size and disjoint draw), and score them.
+
+Fit stores are written and read by :mod:`compattr.stores`.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,86 +15,11 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from compattr.estimators import make_estimator, predict_network
-from compattr.sampling import iter_rows, write_coordinates
+from compattr.estimators import make_estimator
 from compattr.scores import lds_scores
+from compattr.stores import SavedFit, iter_rows
 
-__all__ = [
-    "DIAGNOSTICS",
-    "SavedFit",
-    "fit_on_store",
-    "save_fit",
-    "save_linear_fit",
-    "load_fit",
-    "score_fit",
-    "replicate_starts",
-    "fit_draws",
-    "fit_stores",
-    "predicts_constant",
-    "load_priors",
-    "top_components",
-]
-
-
-#: Per-input diagnostics a fit store keeps when its estimator has them: the chosen penalty, the kept
-#: step, the validation scores at the choice, the chosen prior among several, the prior's fitted scale,
-#: whether the fit failed (kept its initial state), and the least-squares factor of a calibrated collapse.
-DIAGNOSTICS = (
-    "alpha",
-    "n_iter",
-    "validation_mse",
-    "validation_spearman",
-    "prior_index",
-    "scale",
-    "failed",
-    "calibration",
-)
-
-
-@dataclass
-class SavedFit:
-    """A component model read back from its Zarr group.
-
-    ``coef`` (input x component) and ``intercept`` (input) always; ``network``
-    (the arrays of :func:`compattr.estimators.predict_network`) for estimators
-    whose predictor is a network.
-    """
-
-    coef: np.ndarray
-    intercept: np.ndarray
-    attrs: dict[str, Any]
-    network: dict[str, np.ndarray] | None = None
-    diagnostics: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> np.ndarray:
-        """Per input, whether the fit failed (returned its initial state); all False when not recorded."""
-        return self.diagnostics.get("failed", np.zeros(len(self.intercept), dtype=bool)).astype(bool)
-
-    def predict(self, masks: np.ndarray) -> np.ndarray:
-        """Predicted outputs (n_masks, n_inputs) for bool or 0/1 masks (n_masks, n_components)."""
-        if self.network is not None:
-            return predict_network(self.network, masks)
-        return np.asarray(masks, dtype=np.float32) @ self.coef.T + self.intercept
-
-
-def load_priors(paths: str | Path | Sequence[str | Path] | None) -> tuple[np.ndarray | None, int]:
-    """The coefficients of one or more prior fits, and their cost in passes together.
-
-    One path gives its ``coef`` (n_inputs, n_components); several give them
-    stacked (n_priors, n_inputs, n_components), candidates an estimator chooses
-    among. The cost is the sum of the fits' ``passes`` attributes (each prior
-    is computed). None or no paths: ``(None, 0)``.
-    """
-    if paths is None or isinstance(paths, (str, Path)):
-        paths = [] if paths is None else [paths]
-    fits = [load_fit(path) for path in paths]
-    if not fits:
-        return None, 0
-    passes = sum(int(fit.attrs["passes"]) for fit in fits)
-    if len(fits) == 1:
-        return fits[0].coef, passes
-    return np.stack([fit.coef for fit in fits]), passes
+__all__ = ["fit_on_store", "fit_draws", "replicate_starts", "score_fit", "predicts_constant", "top_components"]
 
 
 def replicate_starts(n_train: int, n_masks: int, replicates: int) -> list[int]:
@@ -159,81 +86,13 @@ def fit_draws(
         yield n, r, model, seconds
 
 
-def fit_stores(path: str | Path) -> list[Path]:
-    """The fit stores at ``path``: itself if it is one, else its ``n<N>.r<R>.zarr`` stores by size and draw."""
-    path = Path(path)
-    if (path / "zarr.json").exists():
-        return [path]
-    stores = []
-    for store in path.glob("n*.r*.zarr"):
-        n, r = store.name.removesuffix(".zarr").removeprefix("n").split(".r")
-        stores.append((int(n), int(r), store))
-    if not stores:
-        raise ValueError(f"{path} holds no fit stores (n<N>.r<R>.zarr)")
-    return [store for *_, store in sorted(stores)]
-
-
-def save_linear_fit(
-    path: str | Path,
-    coef: np.ndarray,
-    intercept: np.ndarray,
-    attributes: dict[str, Any],
-    coords: dict[str, Any] | None = None,
-) -> zarr.Group:
-    """Write a linear component model: ``coef`` (input x component) and ``intercept`` (input).
-
-    ``coords`` (``components``, ``inputs``, ``labels``, as
-    :func:`compattr.sampling.read_coordinates` gives them) label the axes.
-    """
-    group = zarr.open_group(str(path), mode="w", attributes=attributes)
-    coef = np.atleast_2d(coef)
-    group.create_array("coef", data=coef.astype(np.float32), dimension_names=("input", "component"))
-    group.create_array("intercept", data=np.atleast_1d(intercept).astype(np.float32), dimension_names=("input",))
-    if coords is not None:
-        if (len(coords["inputs"]), len(coords["components"])) != coef.shape:
-            raise ValueError(
-                f"coordinates name {len(coords['inputs'])} inputs x {len(coords['components'])} components "
-                f"but coef is {coef.shape[0]} x {coef.shape[1]}"
-            )
-        write_coordinates(group, **coords)
-    return group
-
-
-def save_fit(path: str | Path, model: Any, attributes: dict[str, Any], coords: dict[str, Any] | None = None) -> None:
-    """Write a fitted estimator: its linear model, its network if it predicts with one, and diagnostics.
-
-    Per-input diagnostics the estimator exposes (:data:`DIAGNOSTICS`, with a
-    trailing underscore) are kept as arrays over inputs; ``coords`` as for
-    :func:`save_linear_fit`.
-    """
-    group = save_linear_fit(path, model.coef_, model.intercept_, attributes, coords)
-    for name in (f"{key}_" for key in DIAGNOSTICS):
-        if hasattr(model, name):
-            group.create_array(name.rstrip("_"), data=np.atleast_1d(getattr(model, name)), dimension_names=("input",))
-    if hasattr(model, "network_"):
-        net = group.create_group("network")
-        for key, value in model.network_.items():
-            net.create_array(key, data=np.asarray(value, dtype=np.float32))
-
-
-def load_fit(path: str | Path) -> SavedFit:
-    """Read a fit written by :func:`save_fit` or :func:`save_linear_fit`."""
-    group = zarr.open_group(str(path), mode="r")
-    names = {name for name, _ in group.arrays()}
-    network = None
-    if "network" in {name for name, _ in group.groups()}:
-        network = {name: array[...] for name, array in group["network"].arrays()}
-    diagnostics = {name: group[name][:] for name in DIAGNOSTICS if name in names}
-    return SavedFit(group["coef"][:], group["intercept"][:], dict(group.attrs), network, diagnostics)
-
-
 def score_fit(fit: SavedFit, masks: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-input Spearman (LDS) and Pearson correlations of a fit's predictions on held-out masks.
 
     Inputs whose fit failed (``fit.failed``) score 0, as a constant prediction does.
 
     ``masks`` (n_masks, n_components) and ``margins`` (n_masks, n_inputs) as
-    :func:`compattr.sampling.read_rows` returns them, read once for every fit scored.
+    :func:`compattr.stores.read_rows` returns them, read once for every fit scored.
     """
     if masks.shape[1] != fit.coef.shape[1] or margins.shape[1] != fit.coef.shape[0]:
         raise ValueError(

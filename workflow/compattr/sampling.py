@@ -1,25 +1,16 @@
-"""Ablation sampling: random masks, ablated forward passes, and their Zarr stores.
+"""Ablation sampling: random masks and ablated forward passes, written shard by shard to a mask store.
 
-A store holds two arrays that share the ``mask`` dimension:
-
-- ``masks`` (mask x component, bool): True where the component is ablated;
-- ``margins`` (mask x input, float32): the output (e.g. correct-class margin)
-  of the model ablated by that mask, for every test input.
-
-Rows are split into shards of ``shard_size`` masks; a shard is one chunk of each
-array, so shards written by parallel jobs never share a chunk. The masks of a
-shard depend only on ``(seed, shard)``, so any order or split of the work
-gives the same arrays.
+The stores themselves are :mod:`compattr.stores`. The masks of a shard depend
+only on the store's ``(seed, shard)`` and ablation rate, so any order or split
+of the work gives the same arrays.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,27 +20,11 @@ from tqdm import tqdm
 
 from compattr.components import ComponentSet
 from compattr.models import margins
+from compattr.stores import NonFiniteMarginError, mask_store_settings, shard_rows, write_shard
 
-__all__ = [
-    "bernoulli_masks",
-    "shard_masks",
-    "ComponentMarginEvaluator",
-    "create_store",
-    "shard_count",
-    "run_shard",
-    "check_store",
-    "read_rows",
-    "iter_rows",
-    "write_coordinates",
-    "read_coordinates",
-    "NonFiniteMarginError",
-]
+__all__ = ["bernoulli_masks", "shard_masks", "ComponentMarginEvaluator", "run_shard", "BATCHES_PER_CALL"]
 
 Evaluator = Callable[[np.ndarray], np.ndarray]
-
-
-class NonFiniteMarginError(ValueError):
-    """Raised when an ablated forward pass gives NaN or infinite outputs."""
 
 
 def bernoulli_masks(n_masks: int, n_units: int, ablation_rate: float, rng: np.random.Generator) -> np.ndarray:
@@ -189,86 +164,18 @@ COMPILE_MODES: dict[bool | str, tuple[str | None, str | None]] = {
 BATCHES_PER_CALL = 8
 
 
-def shard_count(n_masks: int, shard_size: int) -> int:
-    """Number of shards that cover ``n_masks`` rows."""
-    return math.ceil(n_masks / shard_size)
-
-
-def create_store(
-    path: str | Path,
-    *,
-    n_masks: int,
-    n_units: int,
-    n_inputs: int,
-    shard_size: int,
-    attributes: dict[str, Any],
-    unit_dim: str = "component",
-) -> zarr.Group:
-    """Create an empty ablation store (arrays ``masks`` and ``margins``) at ``path``, replacing any there."""
-    if min(n_masks, n_units, n_inputs, shard_size) < 1:
-        raise ValueError("n_masks, n_units, n_inputs and shard_size must all be positive")
-    group = zarr.open_group(str(path), mode="w", attributes={**attributes, "shard_size": shard_size})
-    group.create_array(
-        "masks",
-        shape=(n_masks, n_units),
-        chunks=(shard_size, n_units),
-        dtype="bool",
-        dimension_names=("mask", unit_dim),
-        fill_value=False,
-        attributes={"description": f"True where the {unit_dim} is ablated"},
-    )
-    group.create_array(
-        "margins",
-        shape=(n_masks, n_inputs),
-        chunks=(shard_size, n_inputs),
-        dtype="float32",
-        dimension_names=("mask", "input"),
-        fill_value=float("nan"),
-        attributes={"description": "model output (correct-class margin) under each mask"},
-    )
-    return group
-
-
-def write_coordinates(group: zarr.Group, *, components: Sequence[str], inputs: np.ndarray, labels: np.ndarray) -> None:
-    """Write the coordinate arrays of a store: ``component`` (names), ``input`` (ids) and ``label`` (per input).
-
-    Each is a one-dimensional array named after its dimension, so readers that
-    follow the convention (xarray) label the ``component`` and ``input`` axes.
-    """
-    if len(inputs) != len(labels):
-        raise ValueError(f"{len(inputs)} input ids but {len(labels)} labels")
-    names = np.array(list(components), dtype=np.dtypes.StringDType())
-    group.create_array("component", data=names, dimension_names=("component",), overwrite=True)
-    group.create_array("input", data=np.asarray(inputs, dtype=np.int64), dimension_names=("input",), overwrite=True)
-    group.create_array("label", data=np.asarray(labels, dtype=np.int64), dimension_names=("input",), overwrite=True)
-
-
-def read_coordinates(path: str | Path) -> dict[str, np.ndarray] | None:
-    """The coordinates a store holds (``component``, ``input``, ``label``), or None if it has none."""
-    group = zarr.open_group(str(path), mode="r")
-    try:  # looked up by name: listing the group would warn about files Snakemake keeps in output folders
-        component, inputs, labels = (group[name] for name in ("component", "input", "label"))
-    except KeyError:
-        return None
-    return {"components": np.array(component[:].tolist(), dtype=object), "inputs": inputs[:], "labels": labels[:]}
-
-
-def run_shard(
-    path: str | Path, shard: int, evaluator: Evaluator, *, ablation_rate: float, seed: int
-) -> dict[str, float]:
+def run_shard(path: str | Path, shard: int, evaluator: Evaluator) -> dict[str, float]:
     """Draw the masks of ``shard``, evaluate them and write both arrays' rows of that shard.
 
-    Nothing is written when an output is not finite: :class:`NonFiniteMarginError`
+    The ablation rate and seed are the store's own (:func:`compattr.stores.mask_store_settings`).
+    Nothing is written when an output is not finite: :class:`~compattr.stores.NonFiniteMarginError`
     names the shard. Returns summary statistics of the shard's margins.
     """
-    group = zarr.open_group(str(path), mode="r+")
+    settings = mask_store_settings(path)
+    group = zarr.open_group(str(path), mode="r")
     masks_arr, margins_arr = group["masks"], group["margins"]
-    shard_size = masks_arr.chunks[0]
-    n_shards = shard_count(masks_arr.shape[0], shard_size)
-    if not 0 <= shard < n_shards:
-        raise ValueError(f"shard {shard} out of range: the store at {path} has {n_shards} shards")
-    start, stop = shard * shard_size, min((shard + 1) * shard_size, masks_arr.shape[0])
-    masks = shard_masks(seed, shard, stop - start, masks_arr.shape[1], ablation_rate)
+    start, stop = shard_rows(masks_arr, shard)
+    masks = shard_masks(settings["seed"], shard, stop - start, masks_arr.shape[1], settings["ablation_rate"])
     # calls of BATCHES_PER_CALL forward passes: progress is shown per call, and on CUDA a call's passes
     # run back to back (the evaluator copies margins to the host once per call)
     step = BATCHES_PER_CALL * max(1, getattr(evaluator, "batch_size", 4096) // margins_arr.shape[1])
@@ -282,60 +189,5 @@ def run_shard(
             f"shard {shard} of {path}: {bad.sum()} non-finite margins "
             f"(first at mask {start + rows[0]}, input {cols[0]}); nothing was written"
         )
-    masks_arr[start:stop] = masks
-    margins_arr[start:stop] = values
+    write_shard(path, shard, masks, values)
     return {"shard": shard, "rows": stop - start, "mean": float(values.mean()), "std": float(values.std())}
-
-
-def check_store(path: str | Path) -> dict[str, Any]:
-    """Check that every shard of the store was written and holds finite margins.
-
-    Raises ``ValueError`` naming the first missing or non-finite shard; returns
-    the store's shape and margin statistics.
-    """
-    group = zarr.open_group(str(path), mode="r")
-    margins_arr = group["margins"]
-    shard_size = margins_arr.chunks[0]
-    n_shards = shard_count(margins_arr.shape[0], shard_size)
-    total, total_sq, count = 0.0, 0.0, 0
-    for shard in range(n_shards):
-        block = margins_arr[shard * shard_size : (shard + 1) * shard_size]
-        if np.isnan(block).all():
-            raise ValueError(f"shard {shard} of {path} was never written")
-        if not np.isfinite(block).all():
-            raise NonFiniteMarginError(f"shard {shard} of {path} holds NaN or infinite margins")
-        total += float(block.sum(dtype=np.float64))
-        total_sq += float(np.square(block, dtype=np.float64).sum())
-        count += block.size
-    mean = total / count
-    return {
-        "n_masks": margins_arr.shape[0],
-        "n_units": group["masks"].shape[1],
-        "n_inputs": margins_arr.shape[1],
-        "n_shards": n_shards,
-        "margin_mean": mean,
-        "margin_std": math.sqrt(max(total_sq / count - mean**2, 0.0)),
-    }
-
-
-def read_rows(path: str | Path, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``stop`` rows (all when None) of a store: masks (bool) and margins (float32)."""
-    group = zarr.open_group(str(path), mode="r")
-    n = group["masks"].shape[0]
-    if stop is not None and stop > n:
-        raise ValueError(f"asked for {stop} masks but the store at {path} holds {n}")
-    return group["masks"][:stop], group["margins"][:stop]
-
-
-def iter_rows(path: str | Path, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Rows ``start:stop`` of a store, as (masks, margins) blocks of at most one chunk (shard) each."""
-    group = zarr.open_group(str(path), mode="r")
-    masks, values = group["masks"], group["margins"]
-    if not 0 <= start <= stop <= masks.shape[0]:
-        raise ValueError(f"rows {start}:{stop} are outside the store at {path} ({masks.shape[0]} masks)")
-    step = masks.chunks[0]
-    lo = start
-    while lo < stop:
-        hi = min(stop, (lo // step + 1) * step)  # the end of lo's chunk
-        yield masks[lo:hi], values[lo:hi]
-        lo = hi

@@ -1,7 +1,12 @@
 rule train_model:
     output:
         model=f"{MODEL_DIR}/model/model.pt",
-        metrics=f"{MODEL_DIR}/model/metrics.json",
+        metrics=report(
+            f"{MODEL_DIR}/model/metrics.json",
+            caption="../report/metrics.rst",
+            category="Models",
+            subcategory="model {model}",
+        ),
         components=f"{MODEL_DIR}/model/components.tsv",
     benchmark:
         f"{MODEL_LOGS}/benchmarks/train_model.tsv"

@@ -14,6 +14,8 @@ rule init_ablation_store:
         library=library("init_ablation_store.py"),
         store=lambda wc: store_path(wc.model, wc.split),
         n_masks=lambda wc: split_settings(wc.split)["n_masks"],
+        ablation_rate=lambda wc: split_settings(wc.split)["ablation_rate"],
+        seed=lambda wc: split_settings(wc.split)["seed"],
         shard_size=config["sampling"]["shard_size"],
         provenance=store_provenance,
     script:
@@ -39,8 +41,6 @@ rule sample_ablation_shard:
     params:
         library=library("sample_ablation_shard.py"),
         store=lambda wc: store_path(wc.model, wc.split),
-        ablation_rate=lambda wc: split_settings(wc.split)["ablation_rate"],
-        seed=lambda wc: split_settings(wc.split)["seed"],
         batch_size=config["sampling"]["batch_size"],
         forward=FORWARD,
         device=config["device"],

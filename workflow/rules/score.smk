@@ -15,7 +15,7 @@ rule score_lds:
         label=lambda wc: wc.estimator,
         model=lambda wc: int(wc.model),
         heldout=lambda wc: store_path(wc.model, "heldout"),
-        ood=lambda wc: {rate: store_path(wc.model, split) for rate, split in zip(OOD_RATES, OOD_SPLITS)},
+        ood=lambda wc: [store_path(wc.model, split) for split in OOD_SPLITS],
     script:
         "../scripts/score_lds.py"
 
@@ -39,7 +39,7 @@ rule summarize_lds:
             caption="../report/summary.rst",
             category="Tables",
         ),
-        markdown=f"{RESULTS}/summary.md",
+        markdown=report(f"{RESULTS}/summary.md", caption="../report/summary_md.rst", category="Tables"),
     log:
         f"{LOGS}/summarize_lds.log",
     conda:

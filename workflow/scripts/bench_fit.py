@@ -3,9 +3,8 @@
 import torch
 
 from compattr.bench import fit_speed
-from compattr.fitting import load_priors
 from compattr.io import resolve_device, start_log, write_json
-from compattr.sampling import read_rows
+from compattr.stores import load_priors, read_rows
 
 log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -4,10 +4,10 @@ import torch
 
 from compattr.baselines import first_order_prior, leave_one_out, prior_passes
 from compattr.data import load_test_ids, load_test_inputs
-from compattr.fitting import save_linear_fit
 from compattr.io import provenance, resolve_device, start_log
 from compattr.models import load_checkpoint
 from compattr.sampling import ComponentMarginEvaluator
+from compattr.stores import save_linear_fit
 
 log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import torch
 
-from compattr.fitting import fit_draws, load_priors, save_fit
+from compattr.fitting import fit_draws
 from compattr.io import provenance, resolve_device, start_log
-from compattr.sampling import read_coordinates
+from compattr.stores import load_priors, mask_store_settings, read_coordinates, save_fit
 
 log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -33,6 +33,7 @@ for n, replicate, model, seconds in draws:
             "fit_seconds": seconds,
             "device": str(device),
             "store": p.store,
+            "ablation_rate": mask_store_settings(p.store)["ablation_rate"],
             "prior": prior_paths,
             "provenance": provenance(),
         },

@@ -3,19 +3,21 @@
 from compattr.data import load_test_ids, load_test_inputs
 from compattr.io import provenance, start_log
 from compattr.models import load_checkpoint
-from compattr.sampling import create_store, shard_count, write_coordinates
+from compattr.stores import create_mask_store, shard_count, write_coordinates
 
 log = start_log(snakemake.log[0])
 _, components = load_checkpoint(snakemake.input.model)
 inputs = load_test_inputs(snakemake.input.inputs)
 n_inputs = len(inputs)
 store = snakemake.params.store
-group = create_store(
+group = create_mask_store(
     store,
     n_masks=snakemake.params.n_masks,
     n_units=len(components),
     n_inputs=n_inputs,
     shard_size=snakemake.params.shard_size,
+    ablation_rate=snakemake.params.ablation_rate,
+    seed=snakemake.params.seed,
     attributes=provenance(snakemake.params.provenance),
 )
 write_coordinates(

@@ -26,6 +26,6 @@ log.info(
 )
 shard = int(snakemake.wildcards.shard)
 p = snakemake.params
-summary = run_shard(p.store, shard, evaluator, ablation_rate=p.ablation_rate, seed=p.seed)
+summary = run_shard(p.store, shard, evaluator)  # the store's own ablation rate and seed
 log.info("shard %d done: %s", shard, summary)
 write_json(snakemake.output[0], summary)

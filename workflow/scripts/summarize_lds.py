@@ -23,8 +23,8 @@ from compattr.analysis import (
     summary_markdown,
     summary_rows,
 )
-from compattr.fitting import load_fit
 from compattr.io import start_log
+from compattr.stores import load_fit
 
 log = start_log(snakemake.log[0])
 cfg = snakemake.params.analysis

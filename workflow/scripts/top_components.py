@@ -2,9 +2,9 @@
 
 import csv
 
-from compattr.fitting import load_fit, top_components
+from compattr.fitting import top_components
 from compattr.io import start_log
-from compattr.sampling import read_coordinates
+from compattr.stores import load_fit, read_coordinates
 
 log = start_log(snakemake.log[0])
 p = snakemake.params

@@ -47,7 +47,7 @@ class Moments:
 
     ``n`` rows; ``x`` (C,), ``y`` (T,), ``xx`` (C, C), ``xy`` (C, T), ``yy`` (T,)
     sums in float64. Moments of row blocks add up, so a store larger than memory
-    is summarised chunk by chunk (:func:`compattr.fitting.store_moments`).
+    is summarised block by block (:func:`sum_moments`).
     """
 
     n: int

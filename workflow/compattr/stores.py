@@ -1,0 +1,355 @@
+"""Every on-disk format of compattr, written and read here: mask stores and fit stores (Zarr v3).
+
+A **mask store** holds two arrays that share the ``mask`` dimension:
+
+- ``masks`` (mask x component, bool): True where the component is ablated;
+- ``margins`` (mask x input, float32): the output (e.g. correct-class margin)
+  of the model ablated by that mask, for every test input;
+
+coordinate arrays ``component`` (names), ``input`` (ids) and ``label``, and as
+attributes the ``ablation_rate``, ``seed`` and ``shard_size`` it was drawn
+with, plus provenance. Rows are split into shards of ``shard_size`` masks; a
+shard is one chunk of each array, so shards written by parallel jobs never
+share a chunk.
+
+A **fit store** holds a component model: ``coef`` (input x component) and
+``intercept`` (input), per-input diagnostics (:data:`DIAGNOSTICS`), a
+``network`` group for estimators that predict with one, the same coordinate
+arrays, and the fit's settings and provenance as attributes. Arrays carry
+dimension names, so ``xarray.open_zarr`` gives labelled arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from compattr.estimators import predict_network
+
+__all__ = [
+    "NonFiniteMarginError",
+    "MASK_STORE_SETTINGS",
+    "create_mask_store",
+    "mask_store_settings",
+    "shard_count",
+    "shard_rows",
+    "write_shard",
+    "check_mask_store",
+    "read_rows",
+    "iter_rows",
+    "write_coordinates",
+    "read_coordinates",
+    "DIAGNOSTICS",
+    "SavedFit",
+    "save_linear_fit",
+    "save_fit",
+    "load_fit",
+    "load_priors",
+    "fit_stores",
+]
+
+
+class NonFiniteMarginError(ValueError):
+    """Raised when an ablated forward pass gives NaN or infinite outputs."""
+
+
+def shard_count(n_masks: int, shard_size: int) -> int:
+    """Number of shards that cover ``n_masks`` rows."""
+    return math.ceil(n_masks / shard_size)
+
+
+def create_mask_store(
+    path: str | Path,
+    *,
+    n_masks: int,
+    n_units: int,
+    n_inputs: int,
+    shard_size: int,
+    ablation_rate: float,
+    seed: int,
+    attributes: dict[str, Any] | None = None,
+    unit_dim: str = "component",
+) -> zarr.Group:
+    """Create an empty mask store (arrays ``masks`` and ``margins``) at ``path``, replacing any there.
+
+    The store describes itself: its ``ablation_rate``, ``seed`` and ``shard_size``
+    are attributes (:func:`mask_store_settings`), which the sampling jobs read
+    rather than being told again; ``attributes`` (provenance) are kept beside them.
+    """
+    if min(n_masks, n_units, n_inputs, shard_size) < 1:
+        raise ValueError("n_masks, n_units, n_inputs and shard_size must all be positive")
+    if not 0 < ablation_rate < 1:
+        raise ValueError(f"ablation_rate must lie in (0, 1), got {ablation_rate}")
+    settings = {"ablation_rate": float(ablation_rate), "seed": int(seed), "shard_size": int(shard_size)}
+    group = zarr.open_group(str(path), mode="w", attributes={**(attributes or {}), **settings})
+    group.create_array(
+        "masks",
+        shape=(n_masks, n_units),
+        chunks=(shard_size, n_units),
+        dtype="bool",
+        dimension_names=("mask", unit_dim),
+        fill_value=False,
+        attributes={"description": f"True where the {unit_dim} is ablated"},
+    )
+    group.create_array(
+        "margins",
+        shape=(n_masks, n_inputs),
+        chunks=(shard_size, n_inputs),
+        dtype="float32",
+        dimension_names=("mask", "input"),
+        fill_value=float("nan"),
+        attributes={"description": "model output (correct-class margin) under each mask"},
+    )
+    return group
+
+
+#: The attributes that make a mask store self-describing (:func:`create_mask_store`).
+MASK_STORE_SETTINGS = ("ablation_rate", "seed", "shard_size")
+
+
+def mask_store_settings(path: str | Path) -> dict[str, Any]:
+    """The ablation rate, seed and shard size a mask store was created with (its attributes)."""
+    attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    missing = [key for key in MASK_STORE_SETTINGS if key not in attrs]
+    if missing:
+        raise ValueError(
+            f"the mask store at {path} does not record {', '.join(missing)}: it predates self-describing "
+            "stores; create it again (Snakemake reruns init_ablation_store when its parameters change)"
+        )
+    return {key: attrs[key] for key in MASK_STORE_SETTINGS}
+
+
+def write_shard(path: str | Path, shard: int, masks: np.ndarray, values: np.ndarray) -> None:
+    """Write the rows of ``shard``: its masks (n, C) and outputs (n, T), one chunk of each array."""
+    group = zarr.open_group(str(path), mode="r+")
+    masks_arr, margins_arr = group["masks"], group["margins"]
+    start, stop = shard_rows(masks_arr, shard)
+    if masks.shape != (stop - start, masks_arr.shape[1]) or values.shape != (stop - start, margins_arr.shape[1]):
+        raise ValueError(
+            f"shard {shard} of {path} holds {stop - start} rows of {masks_arr.shape[1]} components and "
+            f"{margins_arr.shape[1]} inputs; got masks {masks.shape} and outputs {values.shape}"
+        )
+    masks_arr[start:stop] = masks
+    margins_arr[start:stop] = values
+
+
+def shard_rows(array: zarr.Array, shard: int) -> tuple[int, int]:
+    """The first and past-the-last rows of ``shard`` in a store's ``array``; an error names a shard out of range."""
+    size = array.chunks[0]
+    n_shards = shard_count(array.shape[0], size)
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} out of range: the store has {n_shards} shards")
+    return shard * size, min((shard + 1) * size, array.shape[0])
+
+
+def write_coordinates(group: zarr.Group, *, components: Sequence[str], inputs: np.ndarray, labels: np.ndarray) -> None:
+    """Write the coordinate arrays of a store: ``component`` (names), ``input`` (ids) and ``label`` (per input).
+
+    Each is a one-dimensional array named after its dimension, so readers that
+    follow the convention (xarray) label the ``component`` and ``input`` axes.
+    """
+    if len(inputs) != len(labels):
+        raise ValueError(f"{len(inputs)} input ids but {len(labels)} labels")
+    names = np.array(list(components), dtype=np.dtypes.StringDType())
+    group.create_array("component", data=names, dimension_names=("component",), overwrite=True)
+    group.create_array("input", data=np.asarray(inputs, dtype=np.int64), dimension_names=("input",), overwrite=True)
+    group.create_array("label", data=np.asarray(labels, dtype=np.int64), dimension_names=("input",), overwrite=True)
+
+
+def read_coordinates(path: str | Path) -> dict[str, np.ndarray] | None:
+    """The coordinates a store holds (``component``, ``input``, ``label``), or None if it has none."""
+    group = zarr.open_group(str(path), mode="r")
+    try:  # looked up by name: listing the group would warn about files Snakemake keeps in output folders
+        component, inputs, labels = (group[name] for name in ("component", "input", "label"))
+    except KeyError:
+        return None
+    return {"components": np.array(component[:].tolist(), dtype=object), "inputs": inputs[:], "labels": labels[:]}
+
+
+def check_mask_store(path: str | Path) -> dict[str, Any]:
+    """Check that every shard of the store was written and holds finite margins.
+
+    Raises ``ValueError`` naming the first missing or non-finite shard; returns
+    the store's shape and margin statistics.
+    """
+    group = zarr.open_group(str(path), mode="r")
+    margins_arr = group["margins"]
+    shard_size = margins_arr.chunks[0]
+    n_shards = shard_count(margins_arr.shape[0], shard_size)
+    total, total_sq, count = 0.0, 0.0, 0
+    for shard in range(n_shards):
+        block = margins_arr[shard * shard_size : (shard + 1) * shard_size]
+        if np.isnan(block).all():
+            raise ValueError(f"shard {shard} of {path} was never written")
+        if not np.isfinite(block).all():
+            raise NonFiniteMarginError(f"shard {shard} of {path} holds NaN or infinite margins")
+        total += float(block.sum(dtype=np.float64))
+        total_sq += float(np.square(block, dtype=np.float64).sum())
+        count += block.size
+    mean = total / count
+    return {
+        "n_masks": margins_arr.shape[0],
+        "n_units": group["masks"].shape[1],
+        "n_inputs": margins_arr.shape[1],
+        "n_shards": n_shards,
+        "margin_mean": mean,
+        "margin_std": math.sqrt(max(total_sq / count - mean**2, 0.0)),
+    }
+
+
+def read_rows(path: str | Path, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``stop`` rows (all when None) of a store: masks (bool) and margins (float32)."""
+    group = zarr.open_group(str(path), mode="r")
+    n = group["masks"].shape[0]
+    if stop is not None and stop > n:
+        raise ValueError(f"asked for {stop} masks but the store at {path} holds {n}")
+    return group["masks"][:stop], group["margins"][:stop]
+
+
+def iter_rows(path: str | Path, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Rows ``start:stop`` of a store, as (masks, margins) blocks of at most one chunk (shard) each."""
+    group = zarr.open_group(str(path), mode="r")
+    masks, values = group["masks"], group["margins"]
+    if not 0 <= start <= stop <= masks.shape[0]:
+        raise ValueError(f"rows {start}:{stop} are outside the store at {path} ({masks.shape[0]} masks)")
+    step = masks.chunks[0]
+    lo = start
+    while lo < stop:
+        hi = min(stop, (lo // step + 1) * step)  # the end of lo's chunk
+        yield masks[lo:hi], values[lo:hi]
+        lo = hi
+
+
+#: Per-input diagnostics a fit store keeps when its estimator has them: the chosen penalty, the kept
+#: step, the validation scores at the choice, the chosen prior among several, the prior's fitted scale,
+#: whether the fit failed (kept its initial state), and the least-squares factor of a calibrated collapse.
+DIAGNOSTICS = (
+    "alpha",
+    "n_iter",
+    "validation_mse",
+    "validation_spearman",
+    "prior_index",
+    "scale",
+    "failed",
+    "calibration",
+)
+
+
+@dataclass
+class SavedFit:
+    """A component model read back from its Zarr group.
+
+    ``coef`` (input x component) and ``intercept`` (input) always; ``network``
+    (the arrays of :func:`compattr.estimators.predict_network`) for estimators
+    whose predictor is a network.
+    """
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    attrs: dict[str, Any]
+    network: dict[str, np.ndarray] | None = None
+    diagnostics: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> np.ndarray:
+        """Per input, whether the fit failed (returned its initial state); all False when not recorded."""
+        return self.diagnostics.get("failed", np.zeros(len(self.intercept), dtype=bool)).astype(bool)
+
+    def predict(self, masks: np.ndarray) -> np.ndarray:
+        """Predicted outputs (n_masks, n_inputs) for bool or 0/1 masks (n_masks, n_components)."""
+        if self.network is not None:
+            return predict_network(self.network, masks)
+        return np.asarray(masks, dtype=np.float32) @ self.coef.T + self.intercept
+
+
+def load_priors(paths: str | Path | Sequence[str | Path] | None) -> tuple[np.ndarray | None, int]:
+    """The coefficients of one or more prior fits, and their cost in passes together.
+
+    One path gives its ``coef`` (n_inputs, n_components); several give them
+    stacked (n_priors, n_inputs, n_components), candidates an estimator chooses
+    among. The cost is the sum of the fits' ``passes`` attributes (each prior
+    is computed). None or no paths: ``(None, 0)``.
+    """
+    if paths is None or isinstance(paths, (str, Path)):
+        paths = [] if paths is None else [paths]
+    fits = [load_fit(path) for path in paths]
+    if not fits:
+        return None, 0
+    passes = sum(int(fit.attrs["passes"]) for fit in fits)
+    if len(fits) == 1:
+        return fits[0].coef, passes
+    return np.stack([fit.coef for fit in fits]), passes
+
+
+def fit_stores(path: str | Path) -> list[Path]:
+    """The fit stores at ``path``: itself if it is one, else its ``n<N>.r<R>.zarr`` stores by size and draw."""
+    path = Path(path)
+    if (path / "zarr.json").exists():
+        return [path]
+    stores = []
+    for store in path.glob("n*.r*.zarr"):
+        n, r = store.name.removesuffix(".zarr").removeprefix("n").split(".r")
+        stores.append((int(n), int(r), store))
+    if not stores:
+        raise ValueError(f"{path} holds no fit stores (n<N>.r<R>.zarr)")
+    return [store for *_, store in sorted(stores)]
+
+
+def save_linear_fit(
+    path: str | Path,
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    attributes: dict[str, Any],
+    coords: dict[str, Any] | None = None,
+) -> zarr.Group:
+    """Write a linear component model: ``coef`` (input x component) and ``intercept`` (input).
+
+    ``coords`` (``components``, ``inputs``, ``labels``, as
+    :func:`read_coordinates` gives them) label the axes.
+    """
+    group = zarr.open_group(str(path), mode="w", attributes=attributes)
+    coef = np.atleast_2d(coef)
+    group.create_array("coef", data=coef.astype(np.float32), dimension_names=("input", "component"))
+    group.create_array("intercept", data=np.atleast_1d(intercept).astype(np.float32), dimension_names=("input",))
+    if coords is not None:
+        if (len(coords["inputs"]), len(coords["components"])) != coef.shape:
+            raise ValueError(
+                f"coordinates name {len(coords['inputs'])} inputs x {len(coords['components'])} components "
+                f"but coef is {coef.shape[0]} x {coef.shape[1]}"
+            )
+        write_coordinates(group, **coords)
+    return group
+
+
+def save_fit(path: str | Path, model: Any, attributes: dict[str, Any], coords: dict[str, Any] | None = None) -> None:
+    """Write a fitted estimator: its linear model, its network if it predicts with one, and diagnostics.
+
+    Per-input diagnostics the estimator exposes (:data:`DIAGNOSTICS`, with a
+    trailing underscore) are kept as arrays over inputs; ``coords`` as for
+    :func:`save_linear_fit`.
+    """
+    group = save_linear_fit(path, model.coef_, model.intercept_, attributes, coords)
+    for name in (f"{key}_" for key in DIAGNOSTICS):
+        if hasattr(model, name):
+            group.create_array(name.rstrip("_"), data=np.atleast_1d(getattr(model, name)), dimension_names=("input",))
+    if hasattr(model, "network_"):
+        net = group.create_group("network")
+        for key, value in model.network_.items():
+            net.create_array(key, data=np.asarray(value, dtype=np.float32))
+
+
+def load_fit(path: str | Path) -> SavedFit:
+    """Read a fit written by :func:`save_fit` or :func:`save_linear_fit`."""
+    group = zarr.open_group(str(path), mode="r")
+    names = {name for name, _ in group.arrays()}
+    network = None
+    if "network" in {name for name, _ in group.groups()}:
+        network = {name: array[...] for name, array in group["network"].arrays()}
+    diagnostics = {name: group[name][:] for name in DIAGNOSTICS if name in names}
+    return SavedFit(group["coef"][:], group["intercept"][:], dict(group.attrs), network, diagnostics)
