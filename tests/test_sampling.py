@@ -3,6 +3,7 @@ import pytest
 import torch
 import zarr
 
+from compattr import sampling
 from compattr.models import margins
 from compattr.sampling import ComponentMarginEvaluator, run_shard, shard_masks
 from compattr.stores import NonFiniteMarginError, check_mask_store, create_mask_store, mask_store_settings, read_rows
@@ -128,3 +129,19 @@ def test_mask_stores_describe_themselves(tmp_path):
     zarr.open_group(str(old), mode="w", attributes={"shard_size": 10})
     with pytest.raises(ValueError, match="does not record ablation_rate, seed"):
         mask_store_settings(old)
+
+
+def test_inputs_kept_on_the_host_give_the_same_outputs(trained_model, digits, monkeypatch):
+    """Streamed block by block from the host, the inputs give the outputs they give held on the device."""
+    model, components = trained_model
+    _, test = digits
+    images, labels = test.images[:12], test.labels[:12]
+    masks = shard_masks(3, 0, 9, len(components), 0.1)
+    held = ComponentMarginEvaluator(model, components, images, labels, batch_size=10, inputs_on_device=True)
+    streamed = ComponentMarginEvaluator(model, components, images, labels, batch_size=10, inputs_on_device=False)
+    assert held.inputs_on_device and not streamed.inputs_on_device
+    np.testing.assert_array_equal(streamed(masks), held(masks))
+    monkeypatch.setattr(sampling, "INPUTS_ON_DEVICE_BYTES", images.element_size() * images.numel() - 1)
+    assert not ComponentMarginEvaluator(model, components, images, labels).inputs_on_device  # auto: too large
+    with pytest.raises(ValueError, match="inputs_on_device"):
+        ComponentMarginEvaluator(model, components, images, labels, inputs_on_device="sometimes")

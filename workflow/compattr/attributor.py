@@ -26,7 +26,7 @@ from compattr.components import ComponentSet, conv_components, module_components
 from compattr.estimators import ESTIMATORS, make_estimator
 from compattr.fitting import top_components
 from compattr.models import margins
-from compattr.sampling import ComponentMarginEvaluator, bernoulli_masks
+from compattr.sampling import BATCHES_PER_CALL, ComponentMarginEvaluator, bernoulli_masks
 from compattr.scores import lds_scores
 
 __all__ = ["ComponentAttributor", "Attribution", "Samples", "lds", "OUTPUTS", "PRIORS"]
@@ -141,8 +141,9 @@ class ComponentAttributor:
         ``Linear`` modules; or a :class:`~compattr.components.ComponentSet`.
     inputs : Tensor or iterable of batches
         The inputs (n_inputs, ...), or a DataLoader (batches of inputs, or of
-        ``(inputs, targets)`` pairs). They are kept on the CPU and moved to the
-        model's device once.
+        ``(inputs, targets)`` pairs). They are gathered on the CPU and moved to
+        the model's device once, or block by block when they are large
+        (``inputs_on_device`` of the evaluator).
     targets : Tensor, optional
         Target classes (n_inputs,), needed by the named outputs (a DataLoader
         of pairs gives them).
@@ -157,7 +158,7 @@ class ComponentAttributor:
     batch_size : int, default=1024
         Largest number of (mask, input) samples per forward pass.
     **forward
-        ``precision``, ``channels_last``, ``compile`` of
+        ``precision``, ``channels_last``, ``compile``, ``inputs_on_device`` of
         :class:`~compattr.sampling.ComponentMarginEvaluator`.
 
     Attributes
@@ -208,7 +209,7 @@ class ComponentAttributor:
         masks = np.asarray(masks, dtype=bool)
         if masks.ndim != 2 or masks.shape[1] != len(self.components):
             raise ValueError(f"masks must be (n_masks, {len(self.components)}), got {masks.shape}")
-        step = max(1, 8 * self.batch_size // len(self.inputs))
+        step = max(1, BATCHES_PER_CALL * self.batch_size // len(self.inputs))
         chunks = range(0, len(masks), step)
         bar = tqdm(chunks, desc="ablated passes", unit="call", disable=not progress or len(chunks) < 2)
         return (

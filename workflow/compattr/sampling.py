@@ -71,6 +71,11 @@ class ComponentMarginEvaluator:
     output : callable, default=:func:`compattr.models.margins`
         ``output(model_outputs, targets)``: one float per sample, from the
         model's outputs of a batch and the batch's targets (None without labels).
+    inputs_on_device : bool or "auto", default="auto"
+        Keep every input on the model's device (moved once), or keep them on
+        the host and move one block of inputs at a time (pinned memory on
+        CUDA); "auto": on the device when they take at most
+        :data:`INPUTS_ON_DEVICE_BYTES`. The outputs are the same either way.
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class ComponentMarginEvaluator:
         channels_last: bool | str = "auto",
         compile: bool | str = "auto",
         output: Callable[[Tensor, Tensor | None], Tensor] = margins,
+        inputs_on_device: bool | str = "auto",
     ) -> None:
         self.device = next(model.parameters()).device
         on_cuda = self.device.type == "cuda"
@@ -105,8 +111,17 @@ class ComponentMarginEvaluator:
         self.network = components.ablatable(self.model)
         self.output = output
         self._batch = self.compile(self._margins)
-        self.images = images.to(self.device).contiguous(memory_format=memory_format)
-        self.labels = None if labels is None else labels.to(self.device)
+        if inputs_on_device == "auto":
+            inputs_on_device = images.element_size() * images.numel() <= INPUTS_ON_DEVICE_BYTES
+        elif not isinstance(inputs_on_device, bool):
+            raise ValueError(f"inputs_on_device must be True, False or 'auto', got {inputs_on_device!r}")
+        home = self.device if inputs_on_device else torch.device("cpu")
+        self.images = images.to(home).contiguous(memory_format=memory_format)
+        self.labels = None if labels is None else labels.to(home)
+        if not inputs_on_device and on_cuda:  # host memory the copies to the device can read asynchronously
+            self.images = self.images.pin_memory()
+            self.labels = None if self.labels is None else self.labels.pin_memory()
+        self.inputs_on_device = inputs_on_device
         self.batch_size = batch_size
 
     @property
@@ -138,10 +153,11 @@ class ComponentMarginEvaluator:
         out = torch.empty(len(ablated), n_inputs, dtype=torch.float32, device=self.device)
         in_step = min(n_inputs, self.batch_size)
         mask_step = max(1, self.batch_size // in_step)
-        for m0 in range(0, len(ablated), mask_step):
-            for i0 in range(0, n_inputs, in_step):
-                images = self.images[i0 : i0 + in_step]
-                labels = None if self.labels is None else self.labels[i0 : i0 + in_step]
+        # inputs block by block (each moved to the device once per call when they live on the host), masks within
+        for i0 in range(0, n_inputs, in_step):
+            images = self.images[i0 : i0 + in_step].to(self.device, non_blocking=True)
+            labels = None if self.labels is None else self.labels[i0 : i0 + in_step].to(self.device, non_blocking=True)
+            for m0 in range(0, len(ablated), mask_step):
                 out[m0 : m0 + mask_step, i0 : i0 + in_step] = self._batch(images, ablated[m0 : m0 + mask_step], labels)
         return out.cpu().numpy()
 
@@ -152,6 +168,8 @@ class ComponentMarginEvaluator:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
+#: Largest size of the inputs that ``inputs_on_device="auto"`` keeps on the device (1 GiB).
+INPUTS_ON_DEVICE_BYTES = 2**30
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: ``torch.compile`` mode of each ``compile`` setting, off CUDA and on it (None: not compiled).
 COMPILE_MODES: dict[bool | str, tuple[str | None, str | None]] = {
