@@ -10,7 +10,7 @@ estimators, linear datamodeling scores (LDS), summaries and figures.
 
 from typing import Any
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 __all__ = ["ComponentAttributor", "Attribution", "Samples", "lds", "__version__"]
 
 
