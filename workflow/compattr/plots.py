@@ -26,6 +26,7 @@ LABELS = {
     "gradient_prior_lasso": "gradient prior + lasso correction",
     "relu_collapse_prior": "ReLU-collapse from the gradient prior",
     "atp": "attribution patching",
+    "atp_relu": "attribution patching, exact through the first ReLU",
     "atp_mean": "gradient at the mask mean",
     "atp_path": "gradient along a path (integrated)",
     "atp_masks_4": "gradient averaged over 4 random masks",
