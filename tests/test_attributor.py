@@ -138,6 +138,25 @@ def test_gradient_prior_pays_for_its_prior_and_chooses_among_several():
     assert single.passes == 80 + 3 and several.passes == 80 + 3 + 4
 
 
+def test_priors_are_computed_once_per_point(monkeypatch):
+    """A prior reused by several methods is computed once, and still paid by each."""
+    import compattr.attributor as front
+
+    calls = []
+    original = front.first_order_prior
+    monkeypatch.setattr(front, "first_order_prior", lambda *a, **k: calls.append(k["point"]) or original(*a, **k))
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    attributor = compattr.ComponentAttributor(_mlp(), ["0", "2"], x, y)
+    attributor.sample(60, 0.1)
+    first = attributor.attribute("atp_mean")
+    again = attributor.attribute("gradient_prior", prior="atp_mean")
+    assert calls == ["mean"] and again.passes == 60 + first.passes
+    np.testing.assert_array_equal(attributor.attribute("atp_mean").coef, first.coef)
+    attributor.sample(20, 0.2, keep=False)  # held-out samples at another rate do not move the kept rate
+    attributor.attribute("atp_mean")
+    assert calls == ["mean"]
+
+
 @pytest.mark.parametrize(
     ("build", "message"),
     [

@@ -201,6 +201,7 @@ class ComponentAttributor:
             model, self.components, self.inputs, self.targets, batch_size, output=output, **forward
         )
         self._draws = 0
+        self._priors: dict[tuple[str, float | None], tuple[np.ndarray, np.ndarray, int]] = {}
         self.samples_: Samples | None = None
         self.ablation_rate_: float | None = None
 
@@ -290,12 +291,22 @@ class ComponentAttributor:
         )
 
     def _prior(self, name: str) -> tuple[np.ndarray, np.ndarray, int]:
-        """A first-order prior of :data:`PRIORS` by name: coef, intercept and its cost in passes."""
+        """A first-order prior of :data:`PRIORS` by name: coef, intercept and its cost in passes.
+
+        Computed once per point: later calls (another estimator with the same
+        prior) reuse it, and still report its cost, which every method using it pays.
+        """
         if name not in PRIORS:
             raise ValueError(f"unknown prior {name!r}; known: {sorted(PRIORS)}")
         settings = PRIORS[name]
         if settings["point"] != "unablated" and self.ablation_rate_ is None:
             raise ValueError(f"prior {name!r} is taken at the masks' mean: call sample() first (it sets the rate)")
+        key = (name, None if settings["point"] == "unablated" else self.ablation_rate_)
+        if key not in self._priors:
+            self._priors[key] = self._compute_prior(settings)
+        return self._priors[key]
+
+    def _compute_prior(self, settings: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
         coef, intercept = first_order_prior(
             self.model,
             self.components,
