@@ -58,14 +58,16 @@ def attribution_patching(
 
     ``z_c`` is component ``c``'s output (before BatchNorm), ``f_i`` the margin of
     input ``i``; zeroing ``z_c`` changes ``f_i`` by ``coef[i, c]`` to first order.
-    The intercept is the unablated margin.
+    The intercept is the unablated margin. Hooks on the component modules, on
+    a copy of the model: an implementation independent of :func:`first_order_prior`
+    (which differentiates the keep factors) that the tests check it against.
 
     Returns
     -------
     coef : ndarray (n_inputs, n_components)
     intercept : ndarray (n_inputs,)
     """
-    model.eval()
+    model = copy.deepcopy(model).eval()  # the caller's model keeps its mode and gradients
     device = next(model.parameters()).device
     modules = dict(model.named_modules())
     coefs, intercepts = [], []
@@ -101,7 +103,6 @@ def attribution_patching(
         effect = [-(outputs[name].grad * outputs[name]).flatten(2).sum(-1) for name in components.module_names]
         coefs.append(torch.cat(effect, dim=1).detach().cpu())
         intercepts.append(f.detach().cpu())
-    model.zero_grad(set_to_none=True)
     return torch.cat(coefs).double().numpy(), torch.cat(intercepts).double().numpy()
 
 
