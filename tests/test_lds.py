@@ -29,3 +29,12 @@ def test_spearman_matches_scipy_with_ties():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="one shape"):
         columnwise_pearson(np.zeros((3, 2)), np.zeros((3, 3)))
+
+
+@pytest.mark.parametrize("n_masks", [1, 2])
+def test_fewer_than_three_masks_are_refused(n_masks):
+    """Over one or two masks a rank correlation is +-1 or 0 whatever the fit: refused, not scored."""
+    with pytest.raises(ValueError, match=f"{n_masks} masks"):
+        lds_scores(np.arange(n_masks * 2.0).reshape(n_masks, 2), np.ones((n_masks, 2)))
+    with pytest.raises(ValueError, match="must both be"):
+        lds_scores(np.zeros((5, 2)), np.zeros((5, 3)))

@@ -257,6 +257,13 @@ def test_interrupted_serial_sampling_resumes_to_the_parallel_arrays(study, tmp_p
         (lambda c: c["fit"]["estimators"]["relu_collapse_raw"].update(prior="atp"), "relu_collapse_raw.prior"),
         (lambda c: c["fit"]["priors"].update(atp_odd={"point": "median"}), "median"),
         (lambda c: c["fit"]["priors"].update(atp_odd={"point": "mean", "relu": "exact"}), "atp_odd.relu"),
+        (lambda c: c["sampling"].update(ablation_rate=0), "ablation_rate"),
+        (lambda c: c["sampling"].update(ablation_rate=1), "ablation_rate"),
+        (lambda c: c["sampling"]["ood"].update(ablation_rates=[0.1, 1.0]), "ablation_rates"),
+        (lambda c: c["sampling"]["heldout"].update(n_masks=2), "sampling.heldout.n_masks is 2"),
+        (lambda c: c["analysis"].update(references=["coarr"]), "analysis.references names ['coarr']"),
+        (lambda c: c["sweep"]["settings"].update(odd={"hiden": 8}), "sweep.settings.odd"),
+        (lambda c: c["sweep"]["settings"].update(odd={"lr": -1}), "sweep.settings.odd: lr"),
     ],
 )
 def test_bad_config_fails_before_any_job_naming_the_field(tmp_path, edit, message):

@@ -32,6 +32,10 @@ def columnwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(tiny, 0.0, num / np.where(tiny, 1.0, denom))
 
 
+#: Fewest masks :func:`lds_scores` correlates over (with fewer, a correlation is +-1 or 0 whatever the fit).
+MIN_MASKS = 3
+
+
 def lds_scores(predicted: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-input Spearman (the LDS) and Pearson correlations between predicted and true outputs.
 
@@ -45,5 +49,9 @@ def lds_scores(predicted: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.
     """
     predicted = np.asarray(predicted, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
+    if predicted.shape != true.shape or predicted.ndim != 2:
+        raise ValueError(f"predicted {predicted.shape} and true {true.shape} outputs must both be (n_masks, n_inputs)")
+    if len(true) < MIN_MASKS:
+        raise ValueError(f"{len(true)} masks: a rank correlation over fewer than {MIN_MASKS} is meaningless (+-1 or 0)")
     spearman = columnwise_pearson(rankdata(predicted, axis=0), rankdata(true, axis=0))
     return spearman, columnwise_pearson(predicted, true)

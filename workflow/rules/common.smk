@@ -1,3 +1,4 @@
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from pathlib import Path
@@ -105,7 +106,24 @@ def _check_config():
         raise ValueError(
             f"config sweep.estimator {sweep['estimator']!r} is not one of fit.estimators"
         )
+    if sweep:
+        _check_sweep_settings(sweep)
+    analysis = config["analysis"]
+    for key in ("references", "linear_baselines"):
+        unknown = [name for name in analysis.get(key, []) if name not in METHODS]
+        if unknown:
+            raise ValueError(f"config analysis.{key} names {unknown}, which the study does not fit ({METHODS})")
     sampling = config["sampling"]
+    if sampling["heldout"]["n_masks"] < MIN_HELDOUT:
+        raise ValueError(
+            f"config sampling.heldout.n_masks is {sampling['heldout']['n_masks']}: the LDS is a rank correlation "
+            f"over the held-out masks and needs at least {MIN_HELDOUT}"
+        )
+    if sampling["heldout"]["n_masks"] < 200:
+        logger.warning(
+            f"config sampling.heldout.n_masks is {sampling['heldout']['n_masks']}: LDS differences below about "
+            "0.05 are within the resolution of fewer than 200 held-out masks"
+        )
     seeds = {"sampling.train.seed": sampling["train"]["seed"], "sampling.heldout.seed": sampling["heldout"]["seed"]}
     ood = sampling.get("ood", {})
     # OOD split k uses seed sampling.ood.seed + k (split_settings).
@@ -141,6 +159,23 @@ def _check_config():
         )
 
 
+def _check_sweep_settings(sweep):
+    """Validate every sweep setting, merged into its estimator's parameters, against that estimator's schema."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load((Path(workflow.current_basedir) / ".." / "schemas" / "config.schema.yaml").read_text())
+    estimators = {"definitions": schema["definitions"], **schema["properties"]["fit"]["properties"]["estimators"]}
+    validator = jsonschema.Draft7Validator(estimators)
+    name = sweep["estimator"]
+    for setting, overrides in sweep["settings"].items():
+        for error in validator.iter_errors({name: {**estimator_params(name), **overrides}}):
+            where = ".".join(str(part) for part in list(error.path)[1:]) or "(the setting)"
+            raise ValueError(f"config sweep.settings.{setting}: {where}: {error.message}")
+
+
+# Held-out masks below which the LDS (a rank correlation over them) is refused.
+MIN_HELDOUT = 30
 _check_config()
 
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from compattr.estimators._base import Block, ComponentModel, Standardizer, check_prior, unstandardize
 from compattr.estimators._rows import RowCollector, Rows
-from compattr.scores import lds_scores
+from compattr.scores import MIN_MASKS, lds_scores
 
 
 def collapse_relu_network(W1: Tensor, b1: Tensor, W2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor]:
@@ -126,7 +126,8 @@ class ReluCollapseRegressor(ComponentModel):
         Validation MSE of the predictor returned (the collapse here), at the kept
         step, in output units, before the refit; comparable across settings whatever ``early_stopping`` is.
     validation_spearman_ : ndarray of shape (n_inputs,)
-        Spearman correlation of that predictor with the validation outputs, at the kept step.
+        Spearman correlation of that predictor with the validation outputs, at the kept step (NaN with
+        fewer than 3 validation rows).
     calibration_ : ndarray of shape (n_inputs,)
         Least-squares factor applied to the returned collapse (1 without ``calibrate``;
         negative where the rescaling flipped its sign). Not set when the predictor is the network.
@@ -398,6 +399,8 @@ class ReluCollapseRegressor(ComponentModel):
         # Scores of the predictor returned (the collapse, or the network), whatever chose the step.
         pred = self._predict(best, val_rows, rows, B)
         mse = ((pred - Bv) ** 2).mean(0)
+        if len(Bv) < MIN_MASKS:  # too few validation rows for a rank correlation: not recorded
+            return best_step, mse, torch.full((B.shape[1],), float("nan"))
         spearman, _ = lds_scores(pred.cpu().numpy(), Bv.cpu().numpy())
         return best_step, mse, torch.as_tensor(spearman)
 
