@@ -395,3 +395,10 @@ def test_fit_blocks_fits_the_concatenated_rows(name):
     assert blocks.n_features_in_ == whole.n_features_in_ == X.shape[1]
     np.testing.assert_allclose(blocks.coef_, whole.coef_, rtol=1e-4, atol=1e-5 * np.abs(whole.coef_).max())
     np.testing.assert_allclose(blocks.predict(X[:5]), whole.predict(X[:5]), rtol=1e-4, atol=1e-4)
+
+
+def test_no_estimator_keeps_non_finite_coefficients():
+    model = CoarRegressor()
+    model._single_output = False
+    with pytest.raises(FloatingPointError, match=r"CoarRegressor fitted non-finite coefficients for inputs \[1\]"):
+        model._set_linear(torch.tensor([[1.0, 2.0], [float("nan"), 0.0]]), torch.zeros(2))

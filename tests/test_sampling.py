@@ -6,7 +6,14 @@ import zarr
 from compattr import sampling
 from compattr.models import margins
 from compattr.sampling import ComponentMarginEvaluator, run_shard, shard_masks
-from compattr.stores import NonFiniteMarginError, check_mask_store, create_mask_store, mask_store_settings, read_rows
+from compattr.stores import (
+    NonFiniteMarginError,
+    check_mask_store,
+    create_mask_store,
+    iter_rows,
+    mask_store_settings,
+    read_rows,
+)
 
 
 def test_shard_masks_depend_only_on_seed_and_shard():
@@ -145,3 +152,17 @@ def test_inputs_kept_on_the_host_give_the_same_outputs(trained_model, digits, mo
     assert not ComponentMarginEvaluator(model, components, images, labels).inputs_on_device  # auto: too large
     with pytest.raises(ValueError, match="inputs_on_device"):
         ComponentMarginEvaluator(model, components, images, labels, inputs_on_device="sometimes")
+
+
+def test_a_non_finite_margin_in_a_store_is_named_where_it_is_read(tmp_path):
+    """A NaN written into a finished store stops every reader, naming the store, row and shard to resample."""
+    path = tmp_path / "train.zarr"
+    create_mask_store(path, n_masks=30, n_units=5, n_inputs=3, shard_size=10, ablation_rate=0.2, seed=0)
+    for shard in range(3):
+        run_shard(path, shard, _linear_evaluator(5, 3))
+    zarr.open_group(str(path), mode="r+")["margins"][23, 1] = np.nan
+    with pytest.raises(NonFiniteMarginError, match=r"row 23 \(shard 2\).*train.shards/2.json"):
+        read_rows(path)
+    with pytest.raises(NonFiniteMarginError, match="shard 2"):
+        list(iter_rows(path, 0, 30))
+    assert len(list(iter_rows(path, 0, 20))) == 2  # the rows before it read as they are

@@ -209,7 +209,22 @@ def read_rows(path: str | Path, stop: int | None = None) -> tuple[np.ndarray, np
     n = group["masks"].shape[0]
     if stop is not None and stop > n:
         raise ValueError(f"asked for {stop} masks but the store at {path} holds {n}")
-    return group["masks"][:stop], group["margins"][:stop]
+    margins = group["margins"][:stop]
+    _check_finite(margins, path, 0, group["margins"].chunks[0])
+    return group["masks"][:stop], margins
+
+
+def _check_finite(margins: np.ndarray, path: str | Path, start: int, shard_size: int) -> None:
+    """Raise :class:`NonFiniteMarginError` naming the store, shard and rows of any NaN or infinite margin."""
+    bad = ~np.isfinite(margins)
+    if bad.any():
+        rows = start + np.flatnonzero(bad.any(axis=1))
+        shard = int(rows[0] // shard_size)
+        flag = Path(path).with_suffix(".shards") / f"{shard}.json"
+        raise NonFiniteMarginError(
+            f"the store at {path} holds {int(bad.sum())} NaN or infinite margins in {len(rows)} rows, the first "
+            f"at row {rows[0]} (shard {shard}): delete {flag} and rerun, which samples that shard again"
+        )
 
 
 def iter_rows(path: str | Path, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -222,7 +237,9 @@ def iter_rows(path: str | Path, start: int, stop: int) -> Iterator[tuple[np.ndar
     lo = start
     while lo < stop:
         hi = min(stop, (lo // step + 1) * step)  # the end of lo's chunk
-        yield masks[lo:hi], values[lo:hi]
+        block = values[lo:hi]
+        _check_finite(block, path, lo, step)
+        yield masks[lo:hi], block
         lo = hi
 
 

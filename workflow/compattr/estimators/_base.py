@@ -182,6 +182,9 @@ class ComponentModel(RegressorMixin, BaseEstimator):
     def _set_linear(self, coef: Tensor, intercept: Tensor) -> None:
         coef_np = coef.detach().double().cpu().numpy()
         intercept_np = intercept.detach().double().cpu().numpy()
+        if not (np.isfinite(coef_np).all() and np.isfinite(intercept_np).all()):
+            bad = np.flatnonzero(~np.isfinite(np.atleast_2d(coef_np)).all(axis=1) | ~np.isfinite(intercept_np))
+            raise FloatingPointError(f"{type(self).__name__} fitted non-finite coefficients for inputs {bad[:10]}")
         self.coef_ = coef_np[0] if self._single_output else coef_np
         self.intercept_ = intercept_np[0] if self._single_output else intercept_np
 
