@@ -22,7 +22,14 @@ from compattr.components import ComponentSet
 from compattr.models import margins
 from compattr.stores import NonFiniteMarginError, mask_store_settings, shard_rows, write_shard
 
-__all__ = ["bernoulli_masks", "shard_masks", "ComponentMarginEvaluator", "run_shard", "BATCHES_PER_CALL"]
+__all__ = [
+    "bernoulli_masks",
+    "shard_masks",
+    "expected_shard_masks",
+    "ComponentMarginEvaluator",
+    "run_shard",
+    "BATCHES_PER_CALL",
+]
 
 Evaluator = Callable[[np.ndarray], np.ndarray]
 
@@ -182,6 +189,14 @@ COMPILE_MODES: dict[bool | str, tuple[str | None, str | None]] = {
 BATCHES_PER_CALL = 8
 
 
+def expected_shard_masks(path: str | Path, shard: int) -> np.ndarray:
+    """The masks shard ``shard`` of a store holds: drawn from the store's own seed and ablation rate."""
+    settings = mask_store_settings(path)
+    masks_arr = zarr.open_group(str(path), mode="r")["masks"]
+    start, stop = shard_rows(masks_arr, shard)
+    return shard_masks(settings["seed"], shard, stop - start, masks_arr.shape[1], settings["ablation_rate"])
+
+
 def run_shard(path: str | Path, shard: int, evaluator: Evaluator) -> dict[str, float]:
     """Draw the masks of ``shard``, evaluate them and write both arrays' rows of that shard.
 
@@ -189,11 +204,9 @@ def run_shard(path: str | Path, shard: int, evaluator: Evaluator) -> dict[str, f
     Nothing is written when an output is not finite: :class:`~compattr.stores.NonFiniteMarginError`
     names the shard. Returns summary statistics of the shard's margins.
     """
-    settings = mask_store_settings(path)
-    group = zarr.open_group(str(path), mode="r")
-    masks_arr, margins_arr = group["masks"], group["margins"]
-    start, stop = shard_rows(masks_arr, shard)
-    masks = shard_masks(settings["seed"], shard, stop - start, masks_arr.shape[1], settings["ablation_rate"])
+    margins_arr = zarr.open_group(str(path), mode="r")["margins"]
+    masks = expected_shard_masks(path, shard)
+    start, stop = shard_rows(margins_arr, shard)
     # calls of BATCHES_PER_CALL forward passes: progress is shown per call, and on CUDA a call's passes
     # run back to back (the evaluator copies margins to the host once per call)
     step = BATCHES_PER_CALL * max(1, getattr(evaluator, "batch_size", 4096) // margins_arr.shape[1])

@@ -22,18 +22,21 @@ dimension names, so ``xarray.open_zarr`` gives labelled arrays.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from compattr.estimators import predict_network
 
 __all__ = [
     "NonFiniteMarginError",
+    "StoreIntegrityError",
+    "CHECKSUMMED",
     "MASK_STORE_SETTINGS",
     "create_mask_store",
     "mask_store_settings",
@@ -50,9 +53,19 @@ __all__ = [
     "save_linear_fit",
     "save_fit",
     "load_fit",
+    "read_array",
     "load_priors",
     "fit_stores",
 ]
+
+
+#: Codecs of every array compattr writes: zstd, then a CRC32C checksum of each chunk, verified on every read.
+CHECKSUMMED: dict[str, Any] = {"compressors": [ZstdCodec(level=0), Crc32cCodec()]}
+
+
+class StoreIntegrityError(ValueError):
+    """Raised when a store's bytes are damaged: a chunk that fails its checksum or its codec, or masks that
+    differ from those their seed gives."""
 
 
 class NonFiniteMarginError(ValueError):
@@ -96,6 +109,7 @@ def create_mask_store(
         dimension_names=("mask", unit_dim),
         fill_value=False,
         attributes={"description": f"True where the {unit_dim} is ablated"},
+        **CHECKSUMMED,
     )
     group.create_array(
         "margins",
@@ -105,6 +119,7 @@ def create_mask_store(
         dimension_names=("mask", "input"),
         fill_value=float("nan"),
         attributes={"description": "model output (correct-class margin) under each mask"},
+        **CHECKSUMMED,
     )
     return group
 
@@ -157,9 +172,12 @@ def write_coordinates(group: zarr.Group, *, components: Sequence[str], inputs: n
     if len(inputs) != len(labels):
         raise ValueError(f"{len(inputs)} input ids but {len(labels)} labels")
     names = np.array(list(components), dtype=np.dtypes.StringDType())
-    group.create_array("component", data=names, dimension_names=("component",), overwrite=True)
-    group.create_array("input", data=np.asarray(inputs, dtype=np.int64), dimension_names=("input",), overwrite=True)
-    group.create_array("label", data=np.asarray(labels, dtype=np.int64), dimension_names=("input",), overwrite=True)
+    for name, data, dim in (
+        ("component", names, "component"),
+        ("input", np.asarray(inputs, dtype=np.int64), "input"),
+        ("label", np.asarray(labels, dtype=np.int64), "input"),
+    ):
+        group.create_array(name, data=data, dimension_names=(dim,), overwrite=True, **CHECKSUMMED)
 
 
 def read_coordinates(path: str | Path) -> dict[str, np.ndarray] | None:
@@ -169,26 +187,42 @@ def read_coordinates(path: str | Path) -> dict[str, np.ndarray] | None:
         component, inputs, labels = (group[name] for name in ("component", "input", "label"))
     except KeyError:
         return None
-    return {"components": np.array(component[:].tolist(), dtype=object), "inputs": inputs[:], "labels": labels[:]}
+    names = read_array(component, path).tolist()
+    return {
+        "components": np.array(names, dtype=object),
+        "inputs": read_array(inputs, path),
+        "labels": read_array(labels, path),
+    }
 
 
-def check_mask_store(path: str | Path) -> dict[str, Any]:
-    """Check that every shard of the store was written and holds finite margins.
+def check_mask_store(path: str | Path, expected_masks: Callable[[int], np.ndarray] | None = None) -> dict[str, Any]:
+    """Verify every shard of a mask store: readable (checksums), written, finite, and holding its own masks.
 
-    Raises ``ValueError`` naming the first missing or non-finite shard; returns
-    the store's shape and margin statistics.
+    ``expected_masks(shard)`` gives the masks a shard must hold (they are a pure
+    function of the store's seed and shard: :func:`compattr.sampling.expected_shard_masks`).
+    Raises naming the first bad shard and the flag to delete to sample it again:
+    ``ValueError`` for a shard never written, :class:`NonFiniteMarginError`,
+    :class:`StoreIntegrityError` for damaged chunks or masks. Returns the
+    store's shape and margin statistics.
     """
     group = zarr.open_group(str(path), mode="r")
-    margins_arr = group["margins"]
+    masks_arr, margins_arr = group["masks"], group["margins"]
     shard_size = margins_arr.chunks[0]
     n_shards = shard_count(margins_arr.shape[0], shard_size)
     total, total_sq, count = 0.0, 0.0, 0
     for shard in range(n_shards):
-        block = margins_arr[shard * shard_size : (shard + 1) * shard_size]
+        rows = slice(shard * shard_size, min((shard + 1) * shard_size, margins_arr.shape[0]))
+        flag = Path(path).with_suffix(".shards") / f"{shard}.json"
+        block = read_array(margins_arr, path, rows)
         if np.isnan(block).all():
             raise ValueError(f"shard {shard} of {path} was never written")
         if not np.isfinite(block).all():
-            raise NonFiniteMarginError(f"shard {shard} of {path} holds NaN or infinite margins")
+            raise NonFiniteMarginError(f"shard {shard} of {path} holds NaN or infinite margins: delete {flag}")
+        if expected_masks is not None and not np.array_equal(read_array(masks_arr, path, rows), expected_masks(shard)):
+            raise StoreIntegrityError(
+                f"shard {shard} of {path} holds masks its seed does not give (a damaged or deleted chunk): "
+                f"delete {flag} and rerun, which samples that shard again"
+            )
         total += float(block.sum(dtype=np.float64))
         total_sq += float(np.square(block, dtype=np.float64).sum())
         count += block.size
@@ -204,14 +238,16 @@ def check_mask_store(path: str | Path) -> dict[str, Any]:
 
 
 def read_rows(path: str | Path, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``stop`` rows (all when None) of a store: masks (bool) and margins (float32)."""
+    """The first ``stop`` rows (all when None) of a store: masks (bool) and margins (float32), verified."""
     group = zarr.open_group(str(path), mode="r")
     n = group["masks"].shape[0]
     if stop is not None and stop > n:
         raise ValueError(f"asked for {stop} masks but the store at {path} holds {n}")
-    margins = group["margins"][:stop]
-    _check_finite(margins, path, 0, group["margins"].chunks[0])
-    return group["masks"][:stop], margins
+    blocks = list(iter_rows(path, 0, n if stop is None else stop))
+    if not blocks:
+        return group["masks"][:0], group["margins"][:0]
+    masks, margins = zip(*blocks, strict=True)
+    return np.concatenate(masks), np.concatenate(margins)
 
 
 def _check_finite(margins: np.ndarray, path: str | Path, start: int, shard_size: int) -> None:
@@ -228,7 +264,11 @@ def _check_finite(margins: np.ndarray, path: str | Path, start: int, shard_size:
 
 
 def iter_rows(path: str | Path, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Rows ``start:stop`` of a store, as (masks, margins) blocks of at most one chunk (shard) each."""
+    """Rows ``start:stop`` of a store, as (masks, margins) blocks of at most one chunk (shard) each.
+
+    Every block is verified as it is read: a damaged chunk raises :class:`StoreIntegrityError`
+    and a NaN or infinite margin :class:`NonFiniteMarginError`, naming the store, rows and shard.
+    """
     group = zarr.open_group(str(path), mode="r")
     masks, values = group["masks"], group["margins"]
     if not 0 <= start <= stop <= masks.shape[0]:
@@ -237,12 +277,14 @@ def iter_rows(path: str | Path, start: int, stop: int) -> Iterator[tuple[np.ndar
     lo = start
     while lo < stop:
         hi = min(stop, (lo // step + 1) * step)  # the end of lo's chunk
-        block = values[lo:hi]
+        block = read_array(values, path, slice(lo, hi))
         _check_finite(block, path, lo, step)
-        yield masks[lo:hi], block
+        yield read_array(masks, path, slice(lo, hi)), block
         lo = hi
 
 
+#: The arrays of a saved network (:func:`compattr.estimators.predict_network`).
+NETWORK_ARRAYS = ("W1", "b1", "W2", "b2", "x_mean", "x_std", "y_mean", "y_std")
 #: Per-input diagnostics a fit store keeps when its estimator has them: the chosen penalty, the kept
 #: step, the validation scores at the choice, the chosen prior among several, the prior's fitted scale,
 #: whether the fit failed (kept its initial state), and the least-squares factor of a calibrated collapse.
@@ -332,8 +374,12 @@ def save_linear_fit(
     """
     group = zarr.open_group(str(path), mode="w", attributes=attributes)
     coef = np.atleast_2d(coef)
-    group.create_array("coef", data=coef.astype(np.float32), dimension_names=("input", "component"))
-    group.create_array("intercept", data=np.atleast_1d(intercept).astype(np.float32), dimension_names=("input",))
+    # NaN fill: a missing chunk reads as NaN, which load_fit refuses, never as zero effects
+    for name, data, dims in (
+        ("coef", coef.astype(np.float32), ("input", "component")),
+        ("intercept", np.atleast_1d(intercept).astype(np.float32), ("input",)),
+    ):
+        group.create_array(name, data=data, dimension_names=dims, fill_value=np.nan, **CHECKSUMMED)
     if coords is not None:
         if (len(coords["inputs"]), len(coords["components"])) != coef.shape:
             raise ValueError(
@@ -354,19 +400,43 @@ def save_fit(path: str | Path, model: Any, attributes: dict[str, Any], coords: d
     group = save_linear_fit(path, model.coef_, model.intercept_, attributes, coords)
     for name in (f"{key}_" for key in DIAGNOSTICS):
         if hasattr(model, name):
-            group.create_array(name.rstrip("_"), data=np.atleast_1d(getattr(model, name)), dimension_names=("input",))
+            data = np.atleast_1d(getattr(model, name))
+            group.create_array(name.rstrip("_"), data=data, dimension_names=("input",), **CHECKSUMMED)
     if hasattr(model, "network_"):
         net = group.create_group("network")
         for key, value in model.network_.items():
-            net.create_array(key, data=np.asarray(value, dtype=np.float32))
+            net.create_array(key, data=np.asarray(value, dtype=np.float32), fill_value=np.nan, **CHECKSUMMED)
 
 
 def load_fit(path: str | Path) -> SavedFit:
-    """Read a fit written by :func:`save_fit` or :func:`save_linear_fit`."""
+    """Read a fit written by :func:`save_fit` or :func:`save_linear_fit`, verifying what it reads.
+
+    A chunk that fails its checksum raises :class:`StoreIntegrityError`, and a
+    missing or non-finite coefficient (a deleted chunk reads as NaN) too, naming the store.
+    """
     group = zarr.open_group(str(path), mode="r")
-    names = {name for name, _ in group.arrays()}
-    network = None
-    if "network" in {name for name, _ in group.groups()}:
-        network = {name: array[...] for name, array in group["network"].arrays()}
-    diagnostics = {name: group[name][:] for name in DIAGNOSTICS if name in names}
-    return SavedFit(group["coef"][:], group["intercept"][:], dict(group.attrs), network, diagnostics)
+
+    def optional(name: str, parent: zarr.Group = group) -> Any:
+        try:  # looked up by name: listing the group would warn about files Snakemake keeps in output folders
+            return parent[name]
+        except KeyError:
+            return None
+
+    coef, intercept = (read_array(group[name], path) for name in ("coef", "intercept"))
+    if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
+        raise StoreIntegrityError(f"the fit store at {path} holds missing or non-finite coefficients: fit it again")
+    net = optional("network")
+    network = None if net is None else {key: read_array(net[key], path) for key in NETWORK_ARRAYS}
+    diagnostics = {name: read_array(array, path) for name in DIAGNOSTICS if (array := optional(name)) is not None}
+    return SavedFit(coef, intercept, dict(group.attrs), network, diagnostics)
+
+
+def read_array(array: zarr.Array, path: str | Path, rows: slice = slice(None)) -> np.ndarray:
+    """``array[rows]``, or a :class:`StoreIntegrityError` naming the store, array and rows if a chunk is damaged."""
+    try:
+        return array[rows]
+    except Exception as error:  # a chunk failing its checksum, or bytes its codec cannot decode
+        span = "" if rows == slice(None) else f", rows {rows.start}:{rows.stop}"
+        raise StoreIntegrityError(
+            f"{path}: array {array.basename!r}{span} is damaged ({type(error).__name__}: {error})"
+        ) from error
