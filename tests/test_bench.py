@@ -35,6 +35,16 @@ def test_fit_reference_reaches_the_same_lds(estimator):
         assert "library_s" not in result
 
 
+def test_gradient_prior_reference_chooses_among_candidate_priors():
+    """With several candidate priors (as the default config gives), the reference chooses per input too."""
+    X, Y, theta, bias = planted_problem(300, n_units=40, n_outputs=4, noise=1.0)
+    X_test = planted_problem(200, n_units=40, n_outputs=4, seed=5)[0]
+    rng = np.random.default_rng(1)
+    priors = np.stack([theta + rng.normal(size=theta.shape), rng.normal(size=theta.shape)])
+    result = fit_speed("gradient_prior", X, Y, X_test, X_test @ theta.T + bias, prior=priors, reference_inputs=3)
+    assert abs(result["lds_ours"] - result["lds_reference"]) < 0.01
+
+
 def test_fit_reference_mirrors_sgd_with_momentum():
     """With our SGD settings the MLPRegressor reference trains by SGD too, to about the same LDS."""
     X, Y, theta, bias = planted_problem(300, n_units=40, n_outputs=4, noise=1.0)

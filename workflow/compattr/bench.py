@@ -221,10 +221,13 @@ def _prior_ridge(design: np.ndarray, y: np.ndarray, alpha: float) -> Any:
 def _gradient_prior_reference(X: np.ndarray, Y: np.ndarray, model: Any, prior: np.ndarray) -> np.ndarray:
     """Per input, scikit-learn ``Ridge`` on ``[c * X a, X]``: with ``c`` huge the prior's scale is unpenalised.
 
-    The same penalty grid (plus the prior alone), split and refit as ours.
+    The same penalty grid (plus the prior alone), split and refit as ours; with
+    several candidate priors (n_priors, n_inputs, n_components), each input
+    chooses its (prior, penalty) pair on validation, as ours does.
     """
     n_fit = len(X) - model.n_validation(len(X))
     grid = [*ridge_alphas(model.alphas, "cpu").tolist(), np.inf]
+    candidates = prior if prior.ndim == 3 else prior[None]
 
     def scale_of(rows: np.ndarray) -> float:
         centred = rows - rows.mean(0)
@@ -233,16 +236,21 @@ def _gradient_prior_reference(X: np.ndarray, Y: np.ndarray, model: Any, prior: n
     scale, scale_all = scale_of(X[:n_fit]), scale_of(X)
     out = []
     for t in range(Y.shape[1]):
-        u = X @ prior[t]
-        big = 1e4 * np.sqrt(scale) / max(np.abs(u - u.mean()).max(), 1e-12)
-        design = np.c_[big * u, X]
-        losses = []
-        for a in grid:
-            fitted = _prior_ridge(design[:n_fit], Y[:n_fit, t], a * scale)
-            losses.append(((fitted.predict(design[n_fit:, : fitted.coef_.shape[0]]) - Y[n_fit:, t]) ** 2).mean())
-        fitted = _prior_ridge(design, Y[:, t], grid[int(np.argmin(losses))] * scale_all)
+        losses, designs = [], []
+        for a_t in candidates[:, t]:
+            u = X @ a_t
+            big = 1e4 * np.sqrt(scale) / max(np.abs(u - u.mean()).max(), 1e-12)
+            design = np.c_[big * u, X]
+            designs.append((big, design))
+            for a in grid:
+                fitted = _prior_ridge(design[:n_fit], Y[:n_fit, t], a * scale)
+                pred = fitted.predict(design[n_fit:, : fitted.coef_.shape[0]])
+                losses.append(((pred - Y[n_fit:, t]) ** 2).mean())
+        which, choice = divmod(int(np.argmin(losses)), len(grid))
+        big, design = designs[which]
+        fitted = _prior_ridge(design, Y[:, t], grid[choice] * scale_all)
         delta = fitted.coef_[1:] if fitted.coef_.shape[0] > 1 else np.zeros(X.shape[1])
-        out.append(np.r_[big * fitted.coef_[0] * prior[t] + delta, fitted.intercept_])
+        out.append(np.r_[big * fitted.coef_[0] * candidates[which, t] + delta, fitted.intercept_])
     return np.array(out)
 
 
@@ -309,7 +317,7 @@ def fit_speed(
         ours.fit(X, Y, **extra)
         ours_s = min(ours_s, time.perf_counter() - start)
     k = Y.shape[1] if reference_inputs is None else min(reference_inputs, Y.shape[1])
-    subset = {"prior": prior[:k]} if ours.uses_prior else {}
+    subset = {"prior": prior[..., :k, :]} if ours.uses_prior else {}  # one prior, or candidates
     start = time.perf_counter()
     reference = REFERENCES[estimator](X, Y[:, :k], ours, **subset)
     measured_s = time.perf_counter() - start
