@@ -402,3 +402,19 @@ def test_no_estimator_keeps_non_finite_coefficients():
     model._single_output = False
     with pytest.raises(FloatingPointError, match=r"CoarRegressor fitted non-finite coefficients for inputs \[1\]"):
         model._set_linear(torch.tensor([[1.0, 2.0], [float("nan"), 0.0]]), torch.zeros(2))
+
+
+@pytest.mark.parametrize("name", ["relu_collapse", "relu_net", "relu_collapse_prior"])
+def test_components_never_ablated_get_no_effect_not_their_initial_weights(name):
+    """A component no training mask ablates carries no information: effect 0, as the linear estimators give it."""
+    X, Y, theta, _ = planted_problem(300)
+    X[:, [0, 7]] = 0  # never ablated
+    X[:, 9] = 1  # always ablated
+    prior = {"prior": theta} if name == "relu_collapse_prior" else {}
+    model = make_estimator(name, {"max_steps": 30}).fit(X, Y, **prior)
+    assert (model.coef_[:, [0, 7, 9]] == 0).all() and (model.coef_[:, 1] != 0).all()
+    ablated = X[:5].copy()
+    ablated[:, 0] = 1
+    np.testing.assert_allclose(model.predict(ablated), model.predict(X[:5]), rtol=1e-5, atol=1e-6)
+    ridge = RidgeCVRegressor().fit(X, Y).coef_
+    np.testing.assert_allclose(ridge[:, [0, 7, 9]], 0, atol=1e-9 * np.abs(ridge).max())  # zero up to rounding

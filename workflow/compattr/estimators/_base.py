@@ -28,6 +28,8 @@ class Standardizer:
         constant = variance <= 1e-12 * (squares / n)  # zero up to the rounding of the sums
         self.mean = mean.float()
         self.std = moment_std(torch.where(constant, 0.0, variance)).float()
+        #: Columns with one value on every row (a component never, or always, ablated): they carry no information.
+        self.constant = constant
 
 
 def unstandardize(theta: Tensor, bias: Tensor, xs: Standardizer, ys: Standardizer) -> tuple[Tensor, Tensor]:

@@ -330,6 +330,9 @@ class ReluCollapseRegressor(ComponentModel):
         # Step 0 keeps the initialisation: a failure when it is random, a choice when it encodes a prior.
         encoded = np.zeros(T, dtype=bool) if prior is None else (prior.abs().amax(1) > 0).cpu().numpy()
         self.failed_ = (self.n_iter_ == 0) & ~encoded
+        # A component never (or always) ablated in the rows carries no information: its first-layer weights,
+        # still their random initialisation, are zeroed, so its effect is 0 as in the linear estimators.
+        final[0][xs.constant.to(final[0].device)] = 0.0
         collapse, bias, scale = self._collapsed(final, rows, B)
         if self._predictor == "collapse":  # a network predictor's collapse is for inspection only
             self.calibration_ = scale.cpu().numpy()
