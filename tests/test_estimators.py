@@ -410,9 +410,14 @@ def test_components_never_ablated_get_no_effect_not_their_initial_weights(name):
     X, Y, theta, _ = planted_problem(300)
     X[:, [0, 7]] = 0  # never ablated
     X[:, 9] = 1  # always ablated
-    prior = {"prior": theta} if name == "relu_collapse_prior" else {}
+    silent = theta.copy()
+    silent[:, [0, 7, 9]] = 0  # a prior that says nothing of them either
+    prior = {"prior": silent} if name == "relu_collapse_prior" else {}
     model = make_estimator(name, {"max_steps": 30}).fit(X, Y, **prior)
     assert (model.coef_[:, [0, 7, 9]] == 0).all() and (model.coef_[:, 1] != 0).all()
+    if name == "relu_collapse_prior":  # what a prior says of them is kept (rescaled with the network)
+        informed = make_estimator(name, {"max_steps": 30}).fit(X, Y, prior=theta).coef_[:, 0]
+        assert (np.sign(informed) == np.sign(theta[:, 0])).all()
     ablated = X[:5].copy()
     ablated[:, 0] = 1
     np.testing.assert_allclose(model.predict(ablated), model.predict(X[:5]), rtol=1e-5, atol=1e-6)

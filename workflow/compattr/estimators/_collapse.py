@@ -330,9 +330,16 @@ class ReluCollapseRegressor(ComponentModel):
         # Step 0 keeps the initialisation: a failure when it is random, a choice when it encodes a prior.
         encoded = np.zeros(T, dtype=bool) if prior is None else (prior.abs().amax(1) > 0).cpu().numpy()
         self.failed_ = (self.n_iter_ == 0) & ~encoded
-        # A component never (or always) ablated in the rows carries no information: its first-layer weights,
-        # still their random initialisation, are zeroed, so its effect is 0 as in the linear estimators.
-        final[0][xs.constant.to(final[0].device)] = 0.0
+        # A component never (or always) ablated in the rows carries no information from the masks: its first-layer
+        # weights, still their initialisation, keep only what encodes the prior (nothing without one), so its
+        # effect is the prior's or 0 (as in the linear estimators), never the random initialisation.
+        constant = xs.constant.to(final[0].device)
+        if constant.any():
+            encoded = torch.zeros_like(final[0][constant])
+            if prior is not None:
+                with_prior, random = self._init_params(T, xs, ys, prior)[0], self._init_params(T, xs, ys, None)[0]
+                encoded = (with_prior - random)[constant]
+            final[0][constant] = encoded
         collapse, bias, scale = self._collapsed(final, rows, B)
         if self._predictor == "collapse":  # a network predictor's collapse is for inspection only
             self.calibration_ = scale.cpu().numpy()
