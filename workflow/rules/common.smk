@@ -12,6 +12,8 @@ for (section, key), new_key in _RENAMED.items():
     holder = config.get("sampling", {}) if section == "sampling" else config.get("sampling", {}).get("ood", {})
     if key in holder:
         raise ValueError(f"config sampling.{'ood.' if section == 'ood' else ''}{key} is now {new_key}: rename it")
+# Analysis lists the config sets itself (checked against the study's methods); defaults are filtered to them.
+_EXPLICIT_ANALYSIS = {key for key in ("references", "linear_baselines") if key in config.get("analysis", {})}
 validate(config, schema="../schemas/config.schema.yaml")
 
 STUDY = config["study"]
@@ -111,8 +113,9 @@ def _check_config():
     analysis = config["analysis"]
     for key in ("references", "linear_baselines"):
         unknown = [name for name in analysis.get(key, []) if name not in METHODS]
-        if unknown:
+        if unknown and key in _EXPLICIT_ANALYSIS:
             raise ValueError(f"config analysis.{key} names {unknown}, which the study does not fit ({METHODS})")
+        analysis[key] = [name for name in analysis.get(key, []) if name in METHODS]  # defaults: those fitted
     sampling = config["sampling"]
     if sampling["heldout"]["n_masks"] < MIN_HELDOUT:
         raise ValueError(
