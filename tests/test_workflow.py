@@ -290,6 +290,7 @@ def test_reduced_gpu_scale_config_runs_on_cpu(tmp_path):
     del sampling["ood"]  # out-of-distribution scoring is the tiny study's to test
     cfg["fit"]["train_sizes"] = [40]
     cfg["fit"]["estimators"] = {e: cfg["fit"]["estimators"][e] for e in ("coar", "ridge", "gradient_prior")}
+    cfg["analysis"]["references"] = ["coar"]  # the config's other reference is not fitted here
     cfg["fit"]["priors"], cfg["fit"]["baselines"] = {"atp": {"point": "unablated"}}, []
     (workdir / "config/reduced.yaml").write_text(yaml.safe_dump(cfg))
     snakemake(workdir, "--cores", "2", configfile="config/reduced.yaml")
