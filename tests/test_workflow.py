@@ -286,11 +286,11 @@ def test_reduced_gpu_scale_config_runs_on_cpu(tmp_path):
     cfg["model"]["train"]["epochs"] = 1
     sampling = cfg["sampling"]
     sampling.update(shard_size=20, batch_size=512)
-    sampling["train"]["n_masks"], sampling["heldout"]["n_masks"] = 40, 20
+    sampling["train"]["n_masks"], sampling["heldout"]["n_masks"] = 40, 40  # the fewest held-out masks: 30
     del sampling["ood"]  # out-of-distribution scoring is the tiny study's to test
     cfg["fit"]["train_sizes"] = [40]
     cfg["fit"]["estimators"] = {e: cfg["fit"]["estimators"][e] for e in ("coar", "ridge", "gradient_prior")}
-    cfg["analysis"]["references"] = ["coar"]  # the config's other reference is not fitted here
+    cfg["analysis"] |= {"references": ["coar"], "linear_baselines": ["ridge"]}  # only what is fitted here
     cfg["fit"]["priors"], cfg["fit"]["baselines"] = {"atp": {"point": "unablated"}}, []
     (workdir / "config/reduced.yaml").write_text(yaml.safe_dump(cfg))
     snakemake(workdir, "--cores", "2", configfile="config/reduced.yaml")
