@@ -5,16 +5,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 #: A block of rows: masks (n, C) and outputs (n,) or (n, T), as arrays or tensors.
 Block = tuple[Any, Any]
+#: The constraint of every estimator's ``validation_fraction``: the share of rows held out, in (0, 1).
+VALIDATION_FRACTION: list[Any] = [Interval(Real, 0, 1, closed="neither")]
 #: Rows per block when masks given as one array are cut into blocks (bounds the temporary copies).
 BLOCK_ROWS = 4096
 

@@ -9,7 +9,14 @@ import torch
 from sklearn.utils._param_validation import Interval
 from torch import Tensor
 
-from compattr.estimators._base import MomentModel, Moments, centred_intercept, moment_std, standardized_gram
+from compattr.estimators._base import (
+    VALIDATION_FRACTION,
+    MomentModel,
+    Moments,
+    centred_intercept,
+    moment_std,
+    standardized_gram,
+)
 
 
 class CoarRegressor(MomentModel):
@@ -112,7 +119,7 @@ class EarlyStoppedLeastSquaresRegressor(MomentModel):
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "check_every": [Interval(Integral, 1, None, closed="left")],
         "patience": [Interval(Integral, 1, None, closed="left")],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "validation_fraction": VALIDATION_FRACTION,
     }
 
     def __init__(

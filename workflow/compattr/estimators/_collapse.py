@@ -13,7 +13,14 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
-from compattr.estimators._base import Block, ComponentModel, Standardizer, check_prior, unstandardize
+from compattr.estimators._base import (
+    VALIDATION_FRACTION,
+    Block,
+    ComponentModel,
+    Standardizer,
+    check_prior,
+    unstandardize,
+)
 from compattr.estimators._rows import RowCollector, Rows
 from compattr.scores import MIN_MASKS, lds_scores
 
@@ -150,7 +157,7 @@ class ReluCollapseRegressor(ComponentModel):
         "fit_bias": ["boolean"],
         "standardize_targets": ["boolean"],
         "calibrate": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "validation_fraction": VALIDATION_FRACTION,
         "random_state": [Interval(Integral, 0, None, closed="left")],
     }
 

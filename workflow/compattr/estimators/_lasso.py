@@ -10,7 +10,7 @@ import torch
 from sklearn.utils._param_validation import Interval
 from torch import Tensor
 
-from compattr.estimators._base import MomentModel, Moments, centred_intercept
+from compattr.estimators._base import VALIDATION_FRACTION, MomentModel, Moments, centred_intercept
 
 #: Constraints of a lasso penalty path and of its FISTA runs (shared with the lasso-corrected prior).
 PATH_CONSTRAINTS: dict[str, list[Any]] = {
@@ -141,7 +141,7 @@ class LassoCVRegressor(MomentModel):
     _parameter_constraints: dict[str, list[Any]] = {
         **MomentModel._parameter_constraints,
         **PATH_CONSTRAINTS,
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "validation_fraction": VALIDATION_FRACTION,
     }
 
     def __init__(

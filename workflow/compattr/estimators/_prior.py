@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import Any
 
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from torch import Tensor
 
-from compattr.estimators._base import MomentModel, Moments, centred_intercept, check_priors
+from compattr.estimators._base import VALIDATION_FRACTION, MomentModel, Moments, centred_intercept, check_priors
 from compattr.estimators._lasso import (
     FISTA_CHECK_EVERY,
     PATH_CONSTRAINTS,
@@ -80,7 +79,7 @@ class GradientPriorRegressor(MomentModel):
         **PATH_CONSTRAINTS,
         "correction": [StrOptions({"ridge", "lasso"})],
         "alphas": ["array-like", None],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "validation_fraction": VALIDATION_FRACTION,
     }
 
     def __init__(

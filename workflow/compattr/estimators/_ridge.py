@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from numbers import Real
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval
 from torch import Tensor
 
-from compattr.estimators._base import MomentModel, Moments, centred_intercept
+from compattr.estimators._base import VALIDATION_FRACTION, MomentModel, Moments, centred_intercept
 
 #: The default grid of relative ridge penalties.
 DEFAULT_ALPHAS = np.logspace(-3, 3, 25)
@@ -56,7 +54,7 @@ class RidgeCVRegressor(MomentModel):
     _parameter_constraints: dict[str, list[Any]] = {
         **MomentModel._parameter_constraints,
         "alphas": ["array-like", None],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "validation_fraction": VALIDATION_FRACTION,
     }
 
     def __init__(self, *, alphas: Any = None, validation_fraction: float = 0.2, device: str = "cpu") -> None:
