@@ -5,15 +5,19 @@ import pytest
 import zarr
 
 from compattr.estimators import RidgeCVRegressor
-from compattr.sampling import expected_shard_masks, run_shard
+from compattr.sampling import expected_shard_masks, resampling_damaged_shards, run_shard
 from compattr.stores import (
+    DamagedShardsError,
     StoreIntegrityError,
     check_mask_store,
+    check_summary_path,
     create_mask_store,
     load_fit,
     read_coordinates,
+    read_manifest,
     read_rows,
     save_fit,
+    shard_manifest_path,
     write_coordinates,
 )
 
@@ -44,8 +48,19 @@ def _flip_a_byte(file):
     file.write_bytes(bytes(data))
 
 
-def _check(path):
-    return check_mask_store(path, lambda shard: expected_shard_masks(path, shard))
+def _check(path, repair=False):
+    return check_mask_store(path, lambda shard: expected_shard_masks(path, shard), repair=repair)
+
+
+def _files(path):
+    """Every file of a store and its manifests, by relative path, with its bytes."""
+    root = path.parent
+    return {
+        str(f.relative_to(root)): f.read_bytes()
+        for folder in (path, path.with_suffix(".shards"))
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+    }
 
 
 def test_a_deleted_masks_chunk_is_found_and_resampling_the_shard_repairs_it_bit_for_bit(tmp_path):
@@ -53,7 +68,7 @@ def test_a_deleted_masks_chunk_is_found_and_resampling_the_shard_repairs_it_bit_
     intact = read_rows(path)
     _check(path)
     _chunk(path, "masks").unlink()  # reads back as the fill value: nothing ablated
-    with pytest.raises(StoreIntegrityError, match=r"shard 1 .*masks its seed does not give.*train.shards/1.json"):
+    with pytest.raises(StoreIntegrityError, match=r"shard 1 of .* holds masks its seed does not give.*shards/1.json"):
         _check(path)
     run_shard(path, 1, _evaluate)  # the shard's job, run again
     for repaired, original in zip(read_rows(path), intact, strict=True):
@@ -62,10 +77,68 @@ def test_a_deleted_masks_chunk_is_found_and_resampling_the_shard_repairs_it_bit_
 
 
 @pytest.mark.parametrize("array", ["masks", "margins"])
+def test_repair_marks_exactly_the_damaged_shards_and_resampling_them_gives_the_same_bytes(tmp_path, array):
+    path = _store(tmp_path / "train.zarr")
+    intact = _files(path)
+    check_summary_path(path).write_text("{}")  # what the workflow's check wrote when the store was whole
+    _chunk(path, array, "0/0").unlink()
+    _flip_a_byte(_chunk(path, "margins" if array == "masks" else "masks", "2/0"))
+    with pytest.raises(DamagedShardsError, match="shard 0 of .*; shard 2 of .*samples exactly these shards") as found:
+        _check(path, repair=True)
+    assert sorted(found.value.faults) == [0, 2]
+    assert [read_manifest(path, shard) is None for shard in range(3)] == [True, False, True]
+    assert not check_summary_path(path).exists()  # so that the workflow checks the store again
+    for shard in (0, 2):  # what the workflow's next run does: the jobs of the shards without a manifest
+        run_shard(path, shard, _evaluate)
+    assert _files(path) == intact
+    _check(path)
+
+
+def test_rows_that_pass_their_checksums_but_differ_from_the_manifest_are_found(tmp_path):
+    path = _store(tmp_path / "train.zarr")
+    manifest = read_manifest(path, 1)
+    assert manifest["rows"] == [10, 20] and len(manifest["margins_sha256"]) == 64
+    zarr.open_group(str(path), mode="r+")["margins"][10:20] = _evaluate(expected_shard_masks(path, 1)) + 1
+    with pytest.raises(DamagedShardsError, match=r"shard 1 of .*\(rows 10:20\) differs from the digests of its"):
+        _check(path)
+
+
+def test_a_shard_whose_margins_are_not_finite_gets_no_manifest(tmp_path):
+    path = tmp_path / "s.zarr"
+    create_mask_store(path, n_masks=20, n_units=5, n_inputs=3, shard_size=10, ablation_rate=0.2, seed=4)
+    with pytest.raises(ValueError, match="non-finite"):
+        run_shard(path, 0, lambda masks: np.full((len(masks), 3), np.inf, dtype=np.float32))
+    assert not shard_manifest_path(path, 0).exists()
+    run_shard(path, 0, _evaluate)
+    assert shard_manifest_path(path, 0).is_file()
+
+
+def test_a_reader_that_meets_damage_marks_every_faulty_shard_for_resampling(tmp_path):
+    path = _store(tmp_path / "train.zarr")
+    _chunk(path, "masks", "2/0").unlink()  # found by the check, not by the reader's checksums
+    _flip_a_byte(_chunk(path, "margins", "0/0"))
+    with pytest.raises(DamagedShardsError) as found, resampling_damaged_shards():
+        read_rows(path)
+    assert sorted(found.value.faults) == [0, 2]
+    assert [shard_manifest_path(path, shard).exists() for shard in range(3)] == [False, True, False]
+
+
+def test_damage_to_a_fit_store_passes_through_unmarked(tmp_path):
+    masks, margins = read_rows(_store(tmp_path / "s.zarr"))
+    fit = tmp_path / "fit.zarr"
+    save_fit(fit, RidgeCVRegressor().fit(masks, margins), {"estimator": "ridge"})
+    _flip_a_byte(_chunk(fit, "coef", "0/0"))
+    with pytest.raises(StoreIntegrityError, match="fit.zarr") as found, resampling_damaged_shards():
+        load_fit(fit)
+    assert not isinstance(found.value, DamagedShardsError)
+    assert all(shard_manifest_path(tmp_path / "s.zarr", shard).exists() for shard in range(3))
+
+
+@pytest.mark.parametrize("array", ["masks", "margins"])
 def test_a_flipped_byte_in_a_rows_chunk_is_named_by_every_reader(tmp_path, array):
     path = _store(tmp_path / "s.zarr")
     _flip_a_byte(_chunk(path, array))
-    with pytest.raises(StoreIntegrityError, match=rf"s.zarr: array '{array}', rows 10:20 is damaged"):
+    with pytest.raises(StoreIntegrityError, match=rf"\(rows 10:20\): array '{array}' is damaged.*s.shards/1.json"):
         read_rows(path)
     with pytest.raises(StoreIntegrityError, match=f"'{array}'"):
         _check(path)

@@ -240,6 +240,30 @@ def test_interrupted_serial_sampling_resumes_to_the_parallel_arrays(study, tmp_p
             np.testing.assert_array_equal(a, b)
 
 
+def test_a_damaged_store_found_by_a_fit_is_repaired_by_the_next_run_to_the_same_bytes(study, tmp_path):
+    workdir = copy_repo(tmp_path / "repair")
+    shutil.copytree(study / STUDY / "m0/model", workdir / STUDY / "m0/model")
+    train = workdir / STUDY / "m0/ablations/train.zarr"
+    snakemake(workdir, "--cores", "1", f"{STUDY}/m0/ablations/train.summary.json")
+
+    def files() -> dict[str, bytes]:
+        found = train.parent.rglob("train.*/**/*")  # the store and its manifests
+        return {str(f.relative_to(train.parent)): f.read_bytes() for f in found if f.is_file()}
+
+    intact = files()
+    others = {p: p.stat().st_mtime_ns for p in train.with_suffix(".shards").glob("*.json") if p.stem != "1"}
+    (train / "masks/c/1/0").unlink()  # read back as nothing ablated: only the recomputed masks show it
+    found = snakemake(workdir, "--cores", "1", f"{STUDY}/m0/fits/ridge", check=False)
+    assert found.returncode != 0
+    error = (workdir / "logs/tiny/m0/fit_estimator/ridge.log").read_text()
+    assert "1 shard(s) of" in error and "holds masks its seed does not give" in error
+    assert "manifests are deleted" in error
+    assert not (workdir / STUDY / "m0/ablations/train.shards/1.json").exists()
+    snakemake(workdir, "--cores", "1", f"{STUDY}/m0/fits/ridge")
+    assert files() == intact
+    assert others and {p: p.stat().st_mtime_ns for p in others} == others  # only shard 1 was sampled again
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [

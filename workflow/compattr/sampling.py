@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +22,14 @@ from tqdm import tqdm
 
 from compattr.components import ComponentSet
 from compattr.models import margins
-from compattr.stores import NonFiniteMarginError, mask_store_settings, shard_rows, write_shard
+from compattr.stores import (
+    NonFiniteMarginError,
+    StoreIntegrityError,
+    check_mask_store,
+    mask_store_settings,
+    shard_rows,
+    write_shard,
+)
 
 __all__ = [
     "bernoulli_masks",
@@ -28,6 +37,7 @@ __all__ = [
     "expected_shard_masks",
     "ComponentMarginEvaluator",
     "run_shard",
+    "resampling_damaged_shards",
     "BATCHES_PER_CALL",
 ]
 
@@ -197,12 +207,12 @@ def expected_shard_masks(path: str | Path, shard: int) -> np.ndarray:
     return shard_masks(settings["seed"], shard, stop - start, masks_arr.shape[1], settings["ablation_rate"])
 
 
-def run_shard(path: str | Path, shard: int, evaluator: Evaluator) -> dict[str, float]:
-    """Draw the masks of ``shard``, evaluate them and write both arrays' rows of that shard.
+def run_shard(path: str | Path, shard: int, evaluator: Evaluator) -> dict[str, Any]:
+    """Draw the masks of ``shard``, evaluate them and write both arrays' rows of that shard, then its manifest.
 
     The ablation rate and seed are the store's own (:func:`compattr.stores.mask_store_settings`).
     Nothing is written when an output is not finite: :class:`~compattr.stores.NonFiniteMarginError`
-    names the shard. Returns summary statistics of the shard's margins.
+    names the shard. Returns the shard's manifest (:func:`compattr.stores.write_shard`).
     """
     margins_arr = zarr.open_group(str(path), mode="r")["margins"]
     masks = expected_shard_masks(path, shard)
@@ -218,7 +228,36 @@ def run_shard(path: str | Path, shard: int, evaluator: Evaluator) -> dict[str, f
         rows, cols = np.nonzero(bad)
         raise NonFiniteMarginError(
             f"shard {shard} of {path}: {bad.sum()} non-finite margins "
-            f"(first at mask {start + rows[0]}, input {cols[0]}); nothing was written"
+            f"(first at mask {start + rows[0]}, input {cols[0]}); nothing was written",
+            path,
         )
-    write_shard(path, shard, masks, values)
-    return {"shard": shard, "rows": stop - start, "mean": float(values.mean()), "std": float(values.std())}
+    return write_shard(path, shard, masks, values)
+
+
+@contextlib.contextmanager
+def resampling_damaged_shards() -> Iterator[None]:
+    """Within: a damaged mask store that is read marks its faulty shards for sampling again, then raises.
+
+    A :class:`~compattr.stores.StoreIntegrityError` or :class:`~compattr.stores.NonFiniteMarginError`
+    raised by a mask store's reader leads to :func:`compattr.stores.check_mask_store` with
+    ``repair=True`` on that store: every faulty shard (not only the first one read) loses its
+    manifest, so the workflow's next run samples exactly those shards again. Errors of other stores
+    (fits) pass through unchanged.
+    """
+    try:
+        yield
+    except (StoreIntegrityError, NonFiniteMarginError) as error:
+        store = error.store
+        if store is None or not _is_mask_store(store):
+            raise
+        check_mask_store(store, partial(expected_shard_masks, store), repair=True)
+        raise  # the check found nothing to mark: report the reader's own error
+
+
+def _is_mask_store(path: str | Path) -> bool:
+    """Whether ``path`` is a mask store (a group with ``masks`` and ``margins`` that records its seed)."""
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        return "seed" in group.attrs and all(name in group for name in ("masks", "margins"))
+    except (FileNotFoundError, ValueError, KeyError):
+        return False

@@ -21,7 +21,10 @@ dimension names, so ``xarray.open_zarr`` gives labelled arrays.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,7 @@ from compattr.estimators import predict_network
 __all__ = [
     "NonFiniteMarginError",
     "StoreIntegrityError",
+    "DamagedShardsError",
     "CHECKSUMMED",
     "MASK_STORE_SETTINGS",
     "create_mask_store",
@@ -43,6 +47,9 @@ __all__ = [
     "shard_count",
     "shard_rows",
     "write_shard",
+    "shard_manifest_path",
+    "check_summary_path",
+    "read_manifest",
     "check_mask_store",
     "read_rows",
     "iter_rows",
@@ -65,11 +72,31 @@ CHECKSUMMED: dict[str, Any] = {"compressors": [ZstdCodec(level=0), Crc32cCodec()
 
 class StoreIntegrityError(ValueError):
     """Raised when a store's bytes are damaged: a chunk that fails its checksum or its codec, or masks that
-    differ from those their seed gives."""
+    differ from those their seed gives. ``store`` is the damaged store's path (None when unknown)."""
+
+    def __init__(self, message: str, store: str | Path | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.store = store
+        self.reason = reason or message
 
 
 class NonFiniteMarginError(ValueError):
-    """Raised when an ablated forward pass gives NaN or infinite outputs."""
+    """Raised when an ablated forward pass gives NaN or infinite outputs; ``store`` is the store holding them."""
+
+    def __init__(self, message: str, store: str | Path | None = None):
+        super().__init__(message)
+        self.store = store
+
+
+class DamagedShardsError(StoreIntegrityError):
+    """Raised by :func:`check_mask_store` for every shard of a store that is unwritten, damaged or not finite.
+
+    ``faults`` maps each such shard to what is wrong with it.
+    """
+
+    def __init__(self, message: str, store: str | Path, faults: dict[int, str]):
+        super().__init__(message, store)
+        self.faults = faults
 
 
 def shard_count(n_masks: int, shard_size: int) -> int:
@@ -140,8 +167,13 @@ def mask_store_settings(path: str | Path) -> dict[str, Any]:
     return {key: attrs[key] for key in MASK_STORE_SETTINGS}
 
 
-def write_shard(path: str | Path, shard: int, masks: np.ndarray, values: np.ndarray) -> None:
-    """Write the rows of ``shard``: its masks (n, C) and outputs (n, T), one chunk of each array."""
+def write_shard(path: str | Path, shard: int, masks: np.ndarray, values: np.ndarray) -> dict[str, Any]:
+    """Write the rows of ``shard``: its masks (n, C) and outputs (n, T), one chunk of each array; then its manifest.
+
+    The manifest (:func:`shard_manifest_path`) is written last, atomically: it is
+    there only when both arrays' rows are. Returns it: the shard, its rows, the
+    SHA-256 digests of its masks and margins, and the margins' mean and std.
+    """
     group = zarr.open_group(str(path), mode="r+")
     masks_arr, margins_arr = group["masks"], group["margins"]
     start, stop = shard_rows(masks_arr, shard)
@@ -152,6 +184,43 @@ def write_shard(path: str | Path, shard: int, masks: np.ndarray, values: np.ndar
         )
     masks_arr[start:stop] = masks
     margins_arr[start:stop] = values
+    manifest = {
+        "shard": shard,
+        "rows": [start, stop],
+        **_digests(masks, values),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+    }
+    target = shard_manifest_path(path, shard)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".json.partial")
+    partial.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(partial, target)
+    return manifest
+
+
+def _digests(masks: np.ndarray, margins: np.ndarray) -> dict[str, str]:
+    """SHA-256 digests of a shard's masks (bool) and margins (little-endian float32), as its manifest holds them."""
+    return {
+        "masks_sha256": hashlib.sha256(np.ascontiguousarray(masks, dtype=bool).tobytes()).hexdigest(),
+        "margins_sha256": hashlib.sha256(np.ascontiguousarray(margins, dtype="<f4").tobytes()).hexdigest(),
+    }
+
+
+def shard_manifest_path(path: str | Path, shard: int) -> Path:
+    """Where the manifest of ``shard`` of the store at ``path`` is: ``<store>.shards/<shard>.json`` beside it."""
+    return Path(path).with_suffix(".shards") / f"{shard}.json"
+
+
+def check_summary_path(path: str | Path) -> Path:
+    """Where the summary of a verified store is written (``<store>.summary.json``): deleted when a shard is marked."""
+    return Path(path).with_suffix(".summary.json")
+
+
+def read_manifest(path: str | Path, shard: int) -> dict[str, Any] | None:
+    """The manifest of ``shard`` (:func:`write_shard`), or None when the shard has none (not finished)."""
+    target = shard_manifest_path(path, shard)
+    return json.loads(target.read_text()) if target.is_file() else None
 
 
 def shard_rows(array: zarr.Array, shard: int) -> tuple[int, int]:
@@ -195,46 +264,98 @@ def read_coordinates(path: str | Path) -> dict[str, np.ndarray] | None:
     }
 
 
-def check_mask_store(path: str | Path, expected_masks: Callable[[int], np.ndarray] | None = None) -> dict[str, Any]:
-    """Verify every shard of a mask store: readable (checksums), written, finite, and holding its own masks.
+def check_mask_store(
+    path: str | Path, expected_masks: Callable[[int], np.ndarray] | None = None, *, repair: bool = False
+) -> dict[str, Any]:
+    """Verify every shard of a mask store: finished (a manifest), readable (checksums), finite, its own rows.
 
-    ``expected_masks(shard)`` gives the masks a shard must hold (they are a pure
-    function of the store's seed and shard: :func:`compattr.sampling.expected_shard_masks`).
-    Raises naming the first bad shard and the flag to delete to sample it again:
-    ``ValueError`` for a shard never written, :class:`NonFiniteMarginError`,
-    :class:`StoreIntegrityError` for damaged chunks or masks. Returns the
-    store's shape and margin statistics.
+    A shard's rows must match the digests of its manifest and, when ``expected_masks(shard)``
+    is given, hold the masks it returns (masks are a pure function of the store's seed and
+    shard: :func:`compattr.sampling.expected_shard_masks`). Every shard is looked at;
+    :class:`DamagedShardsError` names each faulty one and what is wrong. With ``repair``,
+    the manifests of those shards and the store's summary (:func:`check_summary_path`)
+    are deleted first: sampling them again (their jobs rerun) gives the store it should
+    be, bit for bit. Returns the store's shape and margin statistics.
     """
     group = zarr.open_group(str(path), mode="r")
     masks_arr, margins_arr = group["masks"], group["margins"]
-    shard_size = margins_arr.chunks[0]
-    n_shards = shard_count(margins_arr.shape[0], shard_size)
+    n_shards = shard_count(margins_arr.shape[0], margins_arr.chunks[0])
     total, total_sq, count = 0.0, 0.0, 0
+    faults = {}
     for shard in range(n_shards):
-        rows = slice(shard * shard_size, min((shard + 1) * shard_size, margins_arr.shape[0]))
-        flag = Path(path).with_suffix(".shards") / f"{shard}.json"
-        block = read_array(margins_arr, path, rows)
-        if np.isnan(block).all():
-            raise ValueError(f"shard {shard} of {path} was never written")
-        if not np.isfinite(block).all():
-            raise NonFiniteMarginError(f"shard {shard} of {path} holds NaN or infinite margins: delete {flag}")
-        if expected_masks is not None and not np.array_equal(read_array(masks_arr, path, rows), expected_masks(shard)):
-            raise StoreIntegrityError(
-                f"shard {shard} of {path} holds masks its seed does not give (a damaged or deleted chunk): "
-                f"delete {flag} and rerun, which samples that shard again"
-            )
+        expected = None if expected_masks is None else expected_masks(shard)
+        masks, block, fault = _read_shard(path, group, shard, expected)
+        if fault is not None:
+            faults[shard] = str(fault)
+            continue
         total += float(block.sum(dtype=np.float64))
         total_sq += float(np.square(block, dtype=np.float64).sum())
         count += block.size
+    if faults:
+        raise _damaged(path, faults, repair)
     mean = total / count
     return {
         "n_masks": margins_arr.shape[0],
-        "n_units": group["masks"].shape[1],
+        "n_units": masks_arr.shape[1],
         "n_inputs": margins_arr.shape[1],
         "n_shards": n_shards,
         "margin_mean": mean,
         "margin_std": math.sqrt(max(total_sq / count - mean**2, 0.0)),
     }
+
+
+def _read_shard(
+    path: str | Path, group: zarr.Group, shard: int, expected_masks: np.ndarray | None = None
+) -> tuple[np.ndarray | None, np.ndarray | None, StoreIntegrityError | NonFiniteMarginError | None]:
+    """The masks and margins of a finished, intact shard, or an error that says what is wrong with it.
+
+    In order: a manifest (the shard was finished), chunks that decode (checksums),
+    finite margins, the ``expected_masks`` when given, rows matching the manifest's digests.
+    """
+    masks_arr, margins_arr = group["masks"], group["margins"]
+    start, stop = shard_rows(margins_arr, shard)
+    where = f"shard {shard} of {path} (rows {start}:{stop})"
+    manifest = read_manifest(path, shard)
+    if manifest is None:
+        error = StoreIntegrityError(f"{where} has no manifest: it was never finished, or is marked to be sampled again")
+        return None, None, error
+    try:
+        margins = read_array(margins_arr, path, slice(start, stop))
+        masks = read_array(masks_arr, path, slice(start, stop))
+    except StoreIntegrityError as error:
+        damaged = StoreIntegrityError(f"{where}: {error.reason}")
+        damaged.__cause__ = error.__cause__
+        return None, None, damaged
+    bad = ~np.isfinite(margins)
+    if bad.any():
+        rows = start + np.flatnonzero(bad.any(axis=1))
+        count = f"{int(bad.sum())} NaN or infinite margins in {len(rows)} rows"
+        return None, None, NonFiniteMarginError(f"{where} holds {count}, the first at row {rows[0]} (shard {shard})")
+    if expected_masks is not None and not np.array_equal(masks, expected_masks):
+        error = StoreIntegrityError(f"{where} holds masks its seed does not give (a damaged or deleted chunk)")
+        return None, None, error
+    if _digests(masks, margins) != {key: manifest.get(key) for key in ("masks_sha256", "margins_sha256")}:
+        return (
+            None,
+            None,
+            StoreIntegrityError(
+                f"{where} differs from the digests of its manifest (a damaged, deleted or replaced chunk)"
+            ),
+        )
+    return masks, margins, None
+
+
+def _damaged(path: str | Path, faults: dict[int, str], repair: bool) -> DamagedShardsError:
+    """The error for a store's faulty shards; with ``repair``, their manifests are deleted (marked for sampling)."""
+    manifests = [shard_manifest_path(path, shard) for shard in faults]
+    if repair:
+        for manifest in [*manifests, check_summary_path(path)]:
+            manifest.unlink(missing_ok=True)
+        action = "their manifests are deleted: run the workflow again, which samples exactly these shards again"
+    else:
+        action = f"delete {', '.join(map(str, manifests))} and run the workflow again, which samples them again"
+    listed = "; ".join(faults.values())
+    return DamagedShardsError(f"{len(faults)} shard(s) of {path} are not usable: {listed}; {action}", path, faults)
 
 
 def read_rows(path: str | Path, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -250,37 +371,26 @@ def read_rows(path: str | Path, stop: int | None = None) -> tuple[np.ndarray, np
     return np.concatenate(masks), np.concatenate(margins)
 
 
-def _check_finite(margins: np.ndarray, path: str | Path, start: int, shard_size: int) -> None:
-    """Raise :class:`NonFiniteMarginError` naming the store, shard and rows of any NaN or infinite margin."""
-    bad = ~np.isfinite(margins)
-    if bad.any():
-        rows = start + np.flatnonzero(bad.any(axis=1))
-        shard = int(rows[0] // shard_size)
-        flag = Path(path).with_suffix(".shards") / f"{shard}.json"
-        raise NonFiniteMarginError(
-            f"the store at {path} holds {int(bad.sum())} NaN or infinite margins in {len(rows)} rows, the first "
-            f"at row {rows[0]} (shard {shard}): delete {flag} and rerun, which samples that shard again"
-        )
-
-
 def iter_rows(path: str | Path, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Rows ``start:stop`` of a store, as (masks, margins) blocks of at most one chunk (shard) each.
+    """Rows ``start:stop`` of a store, as (masks, margins) blocks of at most one shard each.
 
-    Every block is verified as it is read: a damaged chunk raises :class:`StoreIntegrityError`
-    and a NaN or infinite margin :class:`NonFiniteMarginError`, naming the store, rows and shard.
+    Every shard is verified as it is read (:func:`check_mask_store` does the same for all
+    of them): a shard without a manifest, a damaged chunk or rows that differ from the
+    manifest's digests raise :class:`StoreIntegrityError`, a NaN or infinite margin
+    :class:`NonFiniteMarginError`, naming the store, shard and rows and the manifest to
+    delete so that the shard is sampled again.
     """
     group = zarr.open_group(str(path), mode="r")
-    masks, values = group["masks"], group["margins"]
-    if not 0 <= start <= stop <= masks.shape[0]:
-        raise ValueError(f"rows {start}:{stop} are outside the store at {path} ({masks.shape[0]} masks)")
-    step = masks.chunks[0]
-    lo = start
-    while lo < stop:
-        hi = min(stop, (lo // step + 1) * step)  # the end of lo's chunk
-        block = read_array(values, path, slice(lo, hi))
-        _check_finite(block, path, lo, step)
-        yield read_array(masks, path, slice(lo, hi)), block
-        lo = hi
+    n_masks, step = group["masks"].shape[0], group["masks"].chunks[0]
+    if not 0 <= start <= stop <= n_masks:
+        raise ValueError(f"rows {start}:{stop} are outside the store at {path} ({n_masks} masks)")
+    for shard in range(start // step, -(-stop // step) if stop > start else 0):
+        masks, margins, fault = _read_shard(path, group, shard)
+        if fault is not None:
+            action = f"delete {shard_manifest_path(path, shard)} if it is there and rerun, which samples it again"
+            raise type(fault)(f"{fault}: {action}", path) from fault.__cause__
+        rows = slice(max(start - shard * step, 0), min(stop - shard * step, step))
+        yield masks[rows], margins[rows]
 
 
 #: The arrays of a saved network (:func:`compattr.estimators.predict_network`).
@@ -437,6 +547,6 @@ def read_array(array: zarr.Array, path: str | Path, rows: slice = slice(None)) -
         return array[rows]
     except Exception as error:  # a chunk failing its checksum, or bytes its codec cannot decode
         span = "" if rows == slice(None) else f", rows {rows.start}:{rows.stop}"
-        raise StoreIntegrityError(
-            f"{path}: array {array.basename!r}{span} is damaged ({type(error).__name__}: {error})"
-        ) from error
+        cause = f"is damaged ({type(error).__name__}: {error})"
+        reason = f"array {array.basename!r} {cause}"  # for callers that name the rows themselves
+        raise StoreIntegrityError(f"{path}: array {array.basename!r}{span} {cause}", path, reason) from error

@@ -1,4 +1,7 @@
-"""Verify every shard of an ablation store (checksums, written, finite, its own masks); summarise it."""
+"""Verify every shard of an ablation store (checksums, written, finite, its own masks, manifests); summarise it.
+
+Faulty shards lose their manifests (this job's inputs), so the next run samples exactly those shards again.
+"""
 
 from functools import partial
 
@@ -7,6 +10,7 @@ from compattr.sampling import expected_shard_masks
 from compattr.stores import check_mask_store
 
 log = start_log(snakemake.log[0])
-summary = check_mask_store(snakemake.params.store, partial(expected_shard_masks, snakemake.params.store))
-log.info("%s: %s", snakemake.params.store, summary)
+store = snakemake.params.store
+summary = check_mask_store(store, partial(expected_shard_masks, store), repair=True)
+log.info("%s: %s", store, summary)
 write_json(snakemake.output[0], summary)

@@ -6,6 +6,7 @@ import torch
 
 from compattr.fitting import fit_draws
 from compattr.io import provenance, resolve_device, start_log
+from compattr.sampling import resampling_damaged_shards
 from compattr.stores import load_priors, mask_store_settings, read_coordinates, save_fit
 
 log = start_log(snakemake.log[0])
@@ -18,24 +19,25 @@ out = Path(snakemake.output[0])
 out.mkdir(parents=True, exist_ok=True)
 coords = read_coordinates(p.store)  # component names, input ids and labels, copied into every fit
 draws = fit_draws(p.store, p.sizes, p.replicates, p.estimator, p.estimator_params, device, prior=prior)
-for n, replicate, model, seconds in draws:
-    log.info("fitted %s on %d masks (draw %d) in %.2f s", p.estimator, n, replicate, seconds)
-    save_fit(
-        out / f"n{n}.r{replicate}.zarr",
-        model,
-        {
-            "estimator": p.get("label", p.estimator),
-            "model": p.model,
-            "replicate": replicate,
-            "n_train": n,
-            "passes": n + prior_passes,
-            "params": p.estimator_params,
-            "fit_seconds": seconds,
-            "device": str(device),
-            "store": p.store,
-            "ablation_rate": mask_store_settings(p.store)["ablation_rate"],
-            "prior": prior_paths,
-            "provenance": provenance(),
-        },
-        coords,
-    )
+with resampling_damaged_shards():  # a damaged store's faulty shards are sampled again on the next run
+    for n, replicate, model, seconds in draws:
+        log.info("fitted %s on %d masks (draw %d) in %.2f s", p.estimator, n, replicate, seconds)
+        save_fit(
+            out / f"n{n}.r{replicate}.zarr",
+            model,
+            {
+                "estimator": p.get("label", p.estimator),
+                "model": p.model,
+                "replicate": replicate,
+                "n_train": n,
+                "passes": n + prior_passes,
+                "params": p.estimator_params,
+                "fit_seconds": seconds,
+                "device": str(device),
+                "store": p.store,
+                "ablation_rate": mask_store_settings(p.store)["ablation_rate"],
+                "prior": prior_paths,
+                "provenance": provenance(),
+            },
+            coords,
+        )
