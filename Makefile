@@ -1,8 +1,10 @@
-# compattr: `make study` runs the default study, `make test` the test suite.
+# compattr: `make study` runs the default study (`make study CONFIG=config/x.yaml` another one, its
+# file checked first), `make test` the test suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
+CONFIG ?=
 
 .PHONY: study test lint bench config-docs clean-results
 
@@ -13,7 +15,12 @@ $(BIN)/snakemake: envs/requirements.txt pyproject.toml
 	touch $@
 
 study: $(BIN)/snakemake
+ifdef CONFIG
+	$(BIN)/python -m compattr.configcheck $(CONFIG)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
+else
 	$(BIN)/snakemake --cores $(CORES)
+endif
 
 test: $(BIN)/snakemake
 	$(BIN)/pytest -q
