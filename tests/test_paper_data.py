@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from compattr.components import conv_components
-from compattr.data import DataMissingError, load_dataset, save_test_inputs, select_test_inputs
+from compattr.data import DataMissingError, dataset_download, load_dataset, save_test_inputs, select_test_inputs
 from compattr.models import (
     WeightsMissingError,
     build_model,
@@ -18,6 +18,7 @@ from compattr.models import (
     random_crop_flip,
     sha256sum,
     torchvision_weights,
+    weights_download,
 )
 
 
@@ -54,6 +55,15 @@ def test_missing_cifar10_fails_naming_the_folder_and_the_fix(tmp_path):
         load_dataset("cifar10", root=tmp_path)
     with pytest.raises(DataMissingError, match="data.root"):
         load_dataset("cifar10")
+
+
+def test_the_cifar10_download_is_planned_until_the_batches_are_there(tmp_path):
+    plan = dataset_download("cifar10", root=tmp_path, download=True)
+    assert not plan.present and plan.url.endswith("cifar-10-python.tar.gz") and plan.destination == tmp_path
+    assert "162.6 MiB" in plan.describe()
+    write_fake_cifar10(tmp_path)
+    assert dataset_download("cifar10", root=tmp_path).present
+    assert dataset_download("digits") is None and dataset_download("imagenet", root=tmp_path) is None
 
 
 def write_image_folder(root, classes=("n01440764", "n01443537", "n01484850"), per_class=2):
@@ -107,8 +117,12 @@ def test_torchvision_weights_come_from_the_cache_and_are_hash_checked(tmp_path, 
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(WeightsMissingError, match=r"resnet50-0676ba61.pth.*set model.download: true.*97.8 MiB"):
+        torchvision_weights("torchvision_resnet50", "IMAGENET1K_V1")  # no download unless asked
     with pytest.raises(WeightsMissingError, match=r"resnet50-0676ba61.pth.*could not be downloaded"):
-        torchvision_weights("torchvision_resnet50", "IMAGENET1K_V1")
+        torchvision_weights("torchvision_resnet50", "IMAGENET1K_V1", download=True)
+    plan = weights_download("torchvision_resnet50", "IMAGENET1K_V1")
+    assert plan.destination == tmp_path / "hub/checkpoints/resnet50-0676ba61.pth" and not plan.present
     cached = tmp_path / "hub/checkpoints/resnet50-0676ba61.pth"
     state = build_model({"name": "torchvision_resnet50"}, 1000, 3, seed=0).state_dict()
     torch.save(state, cached)  # the right keys, but not the published file: its hash differs

@@ -75,7 +75,9 @@ def test_no_default_profile_can_override_the_slurm_resources():
 @pytest.mark.parametrize("config", ["cifar10_resnet18", "imagenet_resnet50", "digits_resnet18"])
 def test_dry_run_of_the_paper_scale_configs_resolves_the_job_graph(tmp_path, config):
     workdir = copy_repo(tmp_path / "repo")
-    result = snakemake(workdir, "-n", "--quiet", "rules", "--profile", "slurm", configfile=f"config/{config}.yaml")
+    empty_cache = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}  # no weights there yet
+    args = ("-n", "--quiet", "rules", "--profile", "slurm")
+    result = snakemake(workdir, *args, configfile=f"config/{config}.yaml", env=empty_cache)
     cfg = yaml.safe_load((REPO / f"config/{config}.yaml").read_text())
     counts = {}
     for line in result.stdout.splitlines():
@@ -90,3 +92,9 @@ def test_dry_run_of_the_paper_scale_configs_resolves_the_job_graph(tmp_path, con
     assert counts["sample_ablation_shard"] == shards
     assert counts["fit_estimator"] == len(cfg["fit"]["estimators"])  # every size and draw in one job
     assert counts["train_model"] == 1
+    downloads = {  # listed before any job, with their sizes: none of them is in the fresh copy
+        "cifar10_resnet18": "downloads CIFAR-10 (python batches): 162.6 MiB from https://",
+        "imagenet_resnet50": "downloads ResNet50_Weights.IMAGENET1K_V1: 97.8 MiB from https://",
+        "digits_resnet18": None,
+    }[config]
+    assert downloads is None and "download" not in result.stdout or downloads in result.stdout

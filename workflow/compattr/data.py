@@ -13,15 +13,19 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from compattr.io import Download
 
 __all__ = [
     "DataMissingError",
     "ImageSplit",
     "ImageFolderSplit",
     "load_dataset",
+    "dataset_download",
     "select_test_inputs",
     "save_test_inputs",
     "load_test_inputs",
@@ -119,6 +123,21 @@ class ImageFolderSplit:
         """Consecutive decoded batches of at most ``batch_size`` images."""
         for start in range(0, len(self), batch_size):
             yield self.subset(np.arange(start, min(start + batch_size, len(self))))
+
+
+#: Size of torchvision's CIFAR-10 archive (``cifar-10-python.tar.gz``), in bytes.
+CIFAR10_ARCHIVE_BYTES = 170_498_071
+
+
+def dataset_download(name: str, root: str | Path | None = None, **_: Any) -> Download | None:
+    """What loading dataset ``name`` under ``root`` may download (CIFAR-10), or None (digits, ImageNet)."""
+    if name != "cifar10" or root is None:
+        return None
+    from torchvision.datasets import CIFAR10
+
+    folder = Path(root) / CIFAR10.base_folder
+    present = all((folder / batch).is_file() for batch, _ in CIFAR10.train_list + CIFAR10.test_list)
+    return Download("CIFAR-10 (python batches)", CIFAR10.url, CIFAR10_ARCHIVE_BYTES, Path(root), present)
 
 
 def _load_cifar10(root: str | Path, download: bool) -> tuple[ImageSplit, ImageSplit]:

@@ -9,6 +9,7 @@ import logging
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,22 @@ from compattr import __version__
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["start_log", "resolve_device", "code_commit", "provenance", "write_json", "source_hash"]
+__all__ = ["start_log", "resolve_device", "code_commit", "provenance", "write_json", "source_hash", "Download"]
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file a study needs from the internet: what, where from, how large, where to, and whether it is there."""
+
+    what: str
+    url: str
+    size_bytes: int
+    destination: Path
+    present: bool
+
+    def describe(self) -> str:
+        """One line: what, how large, from where, to where."""
+        return f"{self.what}: {self.size_bytes / 2**20:.1f} MiB from {self.url} into {self.destination}"
 
 
 def start_log(path: str | Path) -> logging.Logger:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from compattr.components import ComponentSet, conv_components
 from compattr.data import ImageFolderSplit, ImageSplit
+from compattr.io import Download
 
 __all__ = [
     "WeightsMissingError",
@@ -29,6 +30,7 @@ __all__ = [
     "sha256sum",
     "load_state_dict_file",
     "torchvision_weights",
+    "weights_download",
     "random_crop_flip",
     "train_classifier",
     "accuracy",
@@ -178,27 +180,39 @@ def load_state_dict_file(path: str | Path, sha256: str | None = None) -> dict[st
 TORCHVISION_WEIGHTS = {"torchvision_resnet50": "ResNet50_Weights"}
 
 
-def torchvision_weights(arch: str, weights: str) -> dict[str, Tensor]:
-    """Torchvision's pretrained ``weights`` (e.g. ``IMAGENET1K_V1``) of ``arch``, from torch's cache.
-
-    Missing files are downloaded into the cache (``$TORCH_HOME/hub/checkpoints``);
-    the file's SHA-256 must start with the hash in its name, as torch.hub names them.
-    """
+def weights_download(arch: str, weights: str) -> Download:
+    """Torchvision's pretrained ``weights`` of ``arch`` as a download into torch's cache (``$TORCH_HOME``)."""
     from torchvision.models import get_weight
 
     if arch not in TORCHVISION_WEIGHTS:
         raise ValueError(f"architecture {arch!r} has no torchvision weights; known: {sorted(TORCHVISION_WEIGHTS)}")
-    name = f"{TORCHVISION_WEIGHTS[arch]}.{weights}"
-    url = get_weight(name).url
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    entry = get_weight(f"{TORCHVISION_WEIGHTS[arch]}.{weights}")
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
+    size = round(entry.meta.get("_file_size", 0) * 2**20)  # torchvision records MiB
+    return Download(f"{TORCHVISION_WEIGHTS[arch]}.{weights}", entry.url, size, cached, cached.is_file())
+
+
+def torchvision_weights(arch: str, weights: str, download: bool = False) -> dict[str, Tensor]:
+    """Torchvision's pretrained ``weights`` (e.g. ``IMAGENET1K_V1``) of ``arch``, from torch's cache.
+
+    With ``download``, a missing file is downloaded into the cache (``$TORCH_HOME/hub/checkpoints``);
+    the file's SHA-256 must start with the hash in its name, as torch.hub names them.
+    """
+    plan = weights_download(arch, weights)
+    cached, url = plan.destination, plan.url
     prefix = re.search(r"-([a-f0-9]+)\.", cached.name).group(1)
     if not cached.is_file():
+        if not download:
+            raise WeightsMissingError(
+                f"weights {plan.what} are not in torch's cache ({cached}): set model.download: true to fetch "
+                f"them ({plan.describe()}), or copy that file there (TORCH_HOME moves the cache)"
+            )
         cached.parent.mkdir(parents=True, exist_ok=True)
         try:
             torch.hub.download_url_to_file(url, str(cached), hash_prefix=prefix)
         except (OSError, RuntimeError) as err:
             raise WeightsMissingError(
-                f"weights {name} are not in torch's cache ({cached}) and could not be downloaded from {url} "
+                f"weights {plan.what} are not in torch's cache ({cached}) and could not be downloaded from {url} "
                 f"({err}): copy that file to {cached} (TORCH_HOME moves the cache), or give model.checkpoint"
             ) from err
     if not sha256sum(cached).startswith(prefix):

@@ -182,6 +182,37 @@ MIN_HELDOUT = 30
 _check_config()
 
 
+def _announce_downloads():
+    """Say, before any job, what the study will download (and how large it is), or what it needs and lacks."""
+    from compattr.data import dataset_download
+    from compattr.models import weights_download
+
+    data, model = config["data"], config["model"]
+    planned = [(dataset_download(**data), "data.download", data.get("download", False))]
+    if "weights" in model:
+        weights = weights_download(model["arch"]["name"], model["weights"])
+        planned.append((weights, "model.download", model.get("download", False)))
+    for item, switch, allowed in planned:
+        if item is None or item.present:
+            continue
+        if allowed:
+            logger.warning(f"this study downloads {item.describe()} (train_model; {switch}: false refuses)")
+        else:
+            logger.warning(
+                f"this study needs {item.what}, which is not in {item.destination}, and {switch} is false: "
+                f"train_model will stop; set {switch}: true to fetch it ({item.size_bytes / 2**20:.1f} MiB) "
+                "or put it there"
+            )
+    if data["name"] == "imagenet" and not Path(data["root"]).is_dir():
+        logger.warning(
+            f"config data.root {data['root']}: no ImageNet validation folder there (it is never downloaded); "
+            "train_model will stop until it is (ImageFolder layout, see the config's comments)"
+        )
+
+
+_announce_downloads()
+
+
 def split_settings(split):
     """Ablation rate, number of masks and seed of a sampling split.
 

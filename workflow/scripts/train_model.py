@@ -30,7 +30,7 @@ if "checkpoint" in model_cfg:
     model.load_state_dict(load_state_dict_file(checkpoint["path"], checkpoint.get("sha256")))
     metrics["weights"] = checkpoint
 elif "weights" in model_cfg:
-    model.load_state_dict(torchvision_weights(arch["name"], model_cfg["weights"]))
+    model.load_state_dict(torchvision_weights(arch["name"], model_cfg["weights"], model_cfg.get("download", False)))
     metrics["weights"] = model_cfg["weights"]
 else:
     losses = train_classifier(model, train, device=device, **model_cfg["train"])
