@@ -34,6 +34,7 @@ include: "workflow/rules/fit.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/sweep.smk"
 include: "workflow/rules/bench.smk"
+include: "workflow/rules/editing.smk"
 
 
 # Jobs that only create, collect or name files run in the main process (on a cluster: the head node).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def test_tiny_study_runs_through_the_slurm_profile_on_fake_slurm(tmp_path):
     config["fit"]["priors"] = {"atp": config["fit"]["priors"]["atp"]}
     config["fit"]["baselines"] = []
     del config["sampling"]["ood"]
+    config["editing"] = {"enabled": False}  # GPU rules of their own: every one is checked statically below
     (workdir / "config/tiny.yaml").write_text(yaml.safe_dump(config))
     state = tmp_path / "slurm_state"
     state.mkdir()
@@ -65,6 +67,18 @@ def test_tiny_study_runs_through_the_slurm_profile_on_fake_slurm(tmp_path):
     assert len(calls["sample_ablation_shard"]) == (4 + 2) * n_models
     assert len(calls["fit_estimator"]) == n_estimators * n_models
     assert list((workdir / "logs/slurm").rglob("*.log")), "the SLURM job logs go to logs/slurm/"
+
+
+def test_every_rule_that_can_hold_a_gpu_asks_the_profile_for_one():
+    profile = yaml.safe_load((REPO / "slurm/config.yaml").read_text())["set-resources"]
+    gpu_rules = set()
+    for path in (REPO / "workflow/rules").glob("*.smk"):
+        for block in re.split(r"^rule ", path.read_text(), flags=re.M)[1:]:
+            if "gpu=GPU_JOBS" in block:
+                gpu_rules.add(block.split(":", 1)[0])
+    assert GPU_RULES | {"edit_top_k", "forget_class"} <= gpu_rules
+    for rule in gpu_rules:
+        assert profile.get(rule, {}).get("gpu") == 1, f"{rule} holds a GPU locally but not in the SLURM profile"
 
 
 def test_no_default_profile_can_override_the_slurm_resources():

@@ -194,6 +194,27 @@ def test_sweep_selects_settings_on_validation(study):
     assert (study / STUDY / "m0/sweep/lds_vs_ablations.png").stat().st_size > 10_000
 
 
+def test_editing_covers_every_method_and_k_and_leave_one_out_predicts_single_ablations(study):
+    config = yaml.safe_load((study / "config/tiny.yaml").read_text())
+    top_k = read_csv(study / STUDY / "editing/top_k.csv")
+    methods = {*config["fit"]["estimators"], *config["fit"]["priors"], *config["fit"]["baselines"], "random"}
+    assert {r["estimator"] for r in top_k} == methods
+    assert {int(r["k"]) for r in top_k} == set(config["editing"]["ks"])
+    assert {r["model"] for r in top_k} == {str(m) for m in range(config["replicates"]["models"])}
+    # Leave-one-out's effect of a component is the true change of ablating it alone.
+    single = [r for r in top_k if r["estimator"] == "loo" and r["k"] == "1"]
+    assert len(single) == config["inputs"]["n"] * config["replicates"]["models"]
+    for r in single:
+        assert abs(float(r["true_change"]) - float(r["predicted_change"])) < 1e-3 * (1 + abs(float(r["true_change"])))
+    assert all(r["predicted_change"] == "nan" for r in top_k if r["estimator"] == "random")
+    forget = read_csv(study / STUDY / "editing/forget.csv")
+    unedited = {(r["model"], r["target"]): r["class_accuracy"] for r in forget if r["k"] == "0"}
+    assert all(unedited[(r["model"], r["target"])] == r["class_accuracy"] for r in forget if r["k"] == "0")
+    assert {r["estimator"] for r in forget} == methods - {"random"}
+    assert "Spearman correlation across methods and sizes" in (study / STUDY / "editing/summary.md").read_text()
+    assert (study / STUDY / "editing/top_k.png").stat().st_size > 10_000
+
+
 def _sampling_targets() -> list[str]:
     return [f"{STUDY}/m0/ablations/{split}.summary.json" for split in ("train", "heldout")]
 

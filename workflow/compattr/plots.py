@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from compattr.analysis import LdsTable, bootstrap_curves
 
-__all__ = ["plot_lds_vs_ablations", "plot_sweep"]
+__all__ = ["plot_lds_vs_ablations", "plot_sweep", "plot_top_k", "plot_forgetting"]
 
 LABELS = {
     "coar": "COAR (min-norm least squares, as its code runs)",
@@ -32,6 +32,7 @@ LABELS = {
     "atp_masks_4": "gradient averaged over 4 random masks",
     "atp_masks_16": "gradient averaged over 16 random masks",
     "loo": "leave-one-out",
+    "random": "random components (mean over draws)",
 }
 
 
@@ -181,4 +182,67 @@ def plot_sweep(
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     if title:
         ax.set_title(title)
+    return fig
+
+
+def plot_top_k(
+    rows: Sequence[Mapping[str, str]], n_bootstrap: int = 1000, ci: float = 0.95, seed: int = 0, title: str = ""
+) -> Figure:
+    """True margin drop against the number of components ablated, per method at its largest train size.
+
+    ``rows`` is the top-k table (:data:`compattr.editing.TOP_K_COLUMNS`); each line is the mean
+    over inputs (and models) of replicate 0, with a bootstrap band over inputs.
+    """
+    largest: dict[str, int] = {}
+    for row in rows:
+        largest[row["estimator"]] = max(largest.get(row["estimator"], 0), int(row["n_train"]))
+    drops: dict[str, dict[int, list[float]]] = {}
+    for row in rows:
+        if int(row["n_train"]) == largest[row["estimator"]] and row["replicate"] == "0":
+            drops.setdefault(row["estimator"], {}).setdefault(int(row["k"]), []).append(-float(row["true_change"]))
+    rng = np.random.default_rng(seed)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, by_k in drops.items():
+        ks = sorted(by_k)
+        values = np.array([by_k[k] for k in ks])  # (k, inputs)
+        means = np.nanmean(values, axis=1)
+        draws = rng.integers(0, values.shape[1], size=(n_bootstrap, values.shape[1]))
+        boot = np.nanmean(values[:, draws], axis=2)  # (k, draws)
+        low, high = np.nanquantile(boot, [(1 - ci) / 2, (1 + ci) / 2], axis=1)
+        style = {"color": "0.4", "linestyle": "--"} if method == "random" else {}
+        n = largest[method]
+        label = LABELS.get(method, method) + (f" ({n} masks)" if n else "")
+        (line,) = ax.plot(ks, means, marker="o", markersize=3, label=label, **style)
+        ax.fill_between(ks, low, high, alpha=0.15, color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("components ablated (top k per input)")
+    ax.set_ylabel("true margin drop (mean over inputs)")
+    ax.set_title(title or f"top-k ablation; {ci:.0%} bootstrap band over inputs", fontsize=9)
+    ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_forgetting(rows: Sequence[Mapping[str, str]], title: str = "") -> Figure:
+    """Accuracy on the forgotten class against the other classes' accuracy, per method, as k grows.
+
+    ``rows`` is the forgetting table (:data:`compattr.editing.FORGET_COLUMNS`), averaged over
+    classes and models; the unedited model is the point at k = 0.
+    """
+    points: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    for row in rows:
+        cell = (float(row["class_accuracy"]), float(row["other_accuracy"]))
+        points.setdefault(row["estimator"], {}).setdefault(int(row["k"]), []).append(cell)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method, by_k in points.items():
+        ks = sorted(by_k)
+        mean = np.array([np.mean(by_k[k], axis=0) for k in ks])
+        ax.plot(mean[:, 1], mean[:, 0], marker="o", markersize=3, label=LABELS.get(method, method))
+    ax.set_xlabel("accuracy on the other classes")
+    ax.set_ylabel("accuracy on the forgotten class")
+    ax.set_title(
+        title or "forgetting a class: top-k components of its inputs ablated (k grows along a line)", fontsize=9
+    )
+    ax.legend(fontsize=6)
+    fig.tight_layout()
     return fig

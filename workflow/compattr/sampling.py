@@ -178,6 +178,28 @@ class ComponentMarginEvaluator:
                 out[m0 : m0 + mask_step, i0 : i0 + in_step] = self._batch(images, ablated[m0 : m0 + mask_step], labels)
         return out.cpu().numpy()
 
+    @torch.no_grad()
+    def paired(self, ablated: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+        """Outputs ``(n,)`` (float32) of input ``inputs[r]`` under mask ``ablated[r]``: one mask per edit.
+
+        The same ablatable network as :meth:`__call__`, with one mask row per
+        sample, ``batch_size`` samples per forward pass (not compiled: edits are few).
+        """
+        ablated = np.asarray(ablated, dtype=bool)
+        inputs = np.asarray(inputs, dtype=np.int64)
+        if ablated.ndim != 2 or len(ablated) != len(inputs):
+            raise ValueError(f"one mask row per input: got masks {ablated.shape} and {inputs.shape} inputs")
+        out = np.empty(len(inputs), dtype=np.float32)
+        for r0 in range(0, len(inputs), self.batch_size):
+            index = torch.from_numpy(inputs[r0 : r0 + self.batch_size])
+            images = self.images[index].to(self.device, non_blocking=True)
+            labels = None if self.labels is None else self.labels[index].to(self.device, non_blocking=True)
+            keep = torch.from_numpy(~ablated[r0 : r0 + self.batch_size]).to(self.device).float()
+            with self.autocast():
+                logits = self.network(images, keep)
+            out[r0 : r0 + len(index)] = self.output(logits.float(), labels).cpu().numpy()
+        return out
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context the forward passes run in: autocast to ``dtype``, or nothing for float32."""
         if self.dtype == torch.float32:

@@ -255,16 +255,20 @@ def model_config(wildcards):
 
 
 def method_fits(wildcards):
+    """The fits of one method on one model (``wildcards.estimator``): see :func:`fits_of`."""
+    return fits_of(wildcards.model, wildcards.estimator)
+
+
+def fits_of(model, method):
     """The fits of one method on one model: a baseline's store, or an estimator's directory of fits.
 
     An estimator with one prior also gets the prior's fit: its point at zero ablations.
     """
-    estimator = wildcards.estimator
-    if estimator in SAMPLING_FREE:
-        return [f"{model_dir(wildcards.model)}/baselines/{estimator}.zarr"]
-    fits = [f"{model_dir(wildcards.model)}/fits/{estimator}"]
-    if estimator in PRIOR_ESTIMATORS and len(estimator_priors(estimator)) == 1:
-        return [*prior_fits(wildcards.model, estimator), *fits]
+    if method in SAMPLING_FREE:
+        return [f"{model_dir(model)}/baselines/{method}.zarr"]
+    fits = [f"{model_dir(model)}/fits/{method}"]
+    if method in PRIOR_ESTIMATORS and len(estimator_priors(method)) == 1:
+        return [*prior_fits(model, method), *fits]
     return fits
 
 
@@ -332,6 +336,22 @@ def top_components_fit(wildcards):
     return f"{RESULTS}/m{wildcards.model}/fits/{TOP_METHOD}"
 
 
+# Editing with attributions (rules/editing.smk); the schema gives the defaults.
+EDITING = config["editing"]
+
+
+def editing_fits(wildcards):
+    """The fits every method's edits use, on one model."""
+    return [fit for method in METHODS for fit in fits_of(wildcards.model, method)]
+
+
+def forgetting_fit(model, method):
+    """The fit store whose attributions choose the components to forget: a method's largest train size."""
+    if method in SAMPLING_FREE:
+        return f"{model_dir(model)}/baselines/{method}.zarr"
+    return f"{model_dir(model)}/fits/{method}/n{TRAIN_SIZES[-1]}.r0.zarr"
+
+
 def final_targets():
     """The default targets: every model's metrics, the tables and the figures."""
     return [
@@ -343,4 +363,5 @@ def final_targets():
         f"{RESULTS}/summary.md",
         f"{RESULTS}/figures/lds_vs_ablations.png",
         f"{RESULTS}/figures/lds_vs_ablations.pdf",
+        *([f"{RESULTS}/editing/summary.md"] if EDITING["enabled"] else []),
     ]

@@ -1,0 +1,89 @@
+"""Editing with attributions: top-k ablation, the random reference, forgetting a class."""
+
+import numpy as np
+import torch
+from torch import nn
+
+from compattr.baselines import leave_one_out
+from compattr.components import conv_components
+from compattr.editing import (
+    class_accuracy,
+    class_forgetting_masks,
+    predicted_order,
+    random_orders,
+    scoring_images,
+    top_k_ablation,
+    top_k_masks,
+)
+from compattr.sampling import ComponentMarginEvaluator, shard_masks
+
+
+def _linear_margin_evaluator(n_inputs=6):
+    """Conv (no bias) -> linear head over two classes: the margin is linear in the conv's 8 channels."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(8 * 5 * 5, 2)).eval()
+    images, labels = torch.randn(n_inputs, 1, 5, 5), torch.randint(0, 2, (n_inputs,))
+    return ComponentMarginEvaluator(model, conv_components(model), images, labels, batch_size=4)
+
+
+def test_paired_evaluation_equals_each_input_under_its_own_mask():
+    evaluator = _linear_margin_evaluator()
+    masks = shard_masks(0, 0, 10, 8, 0.4)
+    inputs = np.array([0, 5, 2, 2, 1, 3, 4, 0, 5, 1])
+    every = evaluator(masks)  # (masks, inputs)
+    np.testing.assert_allclose(evaluator.paired(masks, inputs), every[np.arange(10), inputs], rtol=1e-5, atol=1e-5)
+
+
+def test_when_the_margin_is_linear_the_true_drop_is_the_predicted_one_for_every_k():
+    evaluator = _linear_margin_evaluator()
+    coef, intercept = leave_one_out(evaluator, 8)  # exact for a linear margin
+    ks = [0, 1, 2, 5, 8]
+    result = top_k_ablation(evaluator.paired, coef, ks, intercept)
+    np.testing.assert_allclose(result["true_change"], result["predicted_change"], rtol=1e-4, atol=1e-4)
+    for k, predicted in zip(ks, result["predicted_change"], strict=True):  # the k most negative effects
+        np.testing.assert_allclose(predicted, np.sort(coef, axis=1)[:, :k].sum(axis=1))
+    np.testing.assert_allclose(result["predicted_change"][-1], coef.sum(axis=1))  # k = all: every component
+    assert result["flipped"].dtype == bool and not result["flipped"][0].any()
+
+
+def test_a_random_order_gives_the_random_line_in_expectation():
+    evaluator = _linear_margin_evaluator()
+    coef, intercept = leave_one_out(evaluator, 8)
+    rng = np.random.default_rng(0)
+    draws = np.array(
+        [
+            top_k_ablation(evaluator.paired, coef, [3], intercept, random_orders(6, 8, rng))["true_change"][0]
+            for _ in range(400)
+        ]
+    )
+    expected = 3 / 8 * coef.sum(axis=1)  # a random 3 of 8 components: each is in with probability 3/8
+    spread = draws.std(axis=0) / np.sqrt(len(draws))
+    assert (np.abs(draws.mean(axis=0) - expected) < 4 * spread + 1e-6).all()
+
+
+def test_order_puts_the_largest_predicted_drop_first_and_failed_inputs_last():
+    coef = np.array([[0.5, -2.0, -1.0, np.nan], [1.0, 2.0, 3.0, -0.1]])
+    np.testing.assert_array_equal(predicted_order(coef), [[1, 2, 0, 3], [3, 0, 1, 2]])
+    np.testing.assert_array_equal(top_k_masks(predicted_order(coef), 2), [[0, 1, 1, 0], [1, 0, 0, 1]])
+
+
+def test_forgetting_chooses_from_the_class_inputs_alone_and_is_scored_elsewhere():
+    rng = np.random.default_rng(1)
+    coef, labels = rng.normal(size=(12, 9)), np.repeat([0, 1, 2], 4)
+    masks = class_forgetting_masks(coef, labels, 1, [1, 3])
+    other = coef.copy()
+    other[labels != 1] = rng.normal(size=(8, 9))  # the other classes' attributions do not matter
+    np.testing.assert_array_equal(class_forgetting_masks(other, labels, 1, [1, 3]), masks)
+    mean = coef[labels == 1].mean(axis=0)
+    assert masks[1].sum() == 3 and set(np.flatnonzero(masks[1])) == set(np.argsort(mean)[:3])
+    inputs = np.array([3, 7, 40, 41])
+    scored = scoring_images(50, inputs, 20, seed=0)
+    assert len(scored) == 20 and not set(scored) & set(inputs)
+    np.testing.assert_array_equal(scored, scoring_images(50, inputs, 20, seed=0))
+
+
+def test_class_accuracy_splits_the_target_class_from_the_others():
+    margins = np.array([[1.0, -1.0, 2.0, 3.0], [-1.0, -1.0, 2.0, -3.0]])
+    target, others = class_accuracy(margins, np.array([4, 4, 0, 1]), 4)
+    np.testing.assert_allclose(target, [0.5, 0.0])
+    np.testing.assert_allclose(others, [1.0, 0.5])

@@ -1,0 +1,242 @@
+"""Attributions judged by what they do: edit the model by ablating the components they rank first.
+
+A component model predicts, for input ``t``, the output under ablation mask ``m``
+as ``coef[t] @ m + intercept[t]``: ablating a set ``S`` changes it by
+``coef[t, S].sum()``. Two edits (COAR, section 5):
+
+- **top-k ablation** (:func:`top_k_ablation`): per input, ablate the ``k`` components
+  whose predicted change is most negative (the largest predicted margin drop), run the
+  model, and compare the true change with the predicted one; the prediction flips when
+  the margin (correct class minus the best other) falls below zero. :func:`random_orders`
+  gives the reference of ``k`` components drawn at random.
+- **forgetting a class** (:func:`class_forgetting_masks`): average the attributions of a
+  class's inputs and ablate the ``k`` components that lower them most, one mask for the
+  whole model; :func:`class_accuracy` then scores it on other images of every class.
+
+Every edit is one mask row, evaluated in batches by the same ablatable network as
+sampling (:meth:`compattr.sampling.ComponentMarginEvaluator.paired` for per-input edits).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "predicted_order",
+    "top_k_masks",
+    "top_k_ablation",
+    "random_orders",
+    "class_forgetting_masks",
+    "class_accuracy",
+    "scoring_images",
+    "TOP_K_COLUMNS",
+    "FORGET_COLUMNS",
+    "top_k_rows",
+    "write_rows",
+    "read_rows",
+    "editing_summary",
+]
+
+#: Columns of the top-k table: one row per method, model, fit, input and k.
+TOP_K_COLUMNS = (
+    "estimator",
+    "model",
+    "replicate",
+    "n_train",
+    "passes",
+    "input",
+    "k",
+    "predicted_change",
+    "true_change",
+    "flipped",
+)
+#: Columns of the forgetting table: one row per method, model, class and k (k = 0: the unedited model).
+FORGET_COLUMNS = ("estimator", "model", "n_train", "passes", "target", "k", "class_accuracy", "other_accuracy")
+
+#: ``evaluate(masks, inputs)``: the output of input ``inputs[r]`` under mask ``masks[r]``, per row.
+PairedEvaluator = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def predicted_order(coef: np.ndarray) -> np.ndarray:
+    """Per input (row), the components by predicted change when ablated, most negative first.
+
+    Components with a non-finite coefficient (an input whose fit failed) come last.
+    """
+    key = np.asarray(coef, dtype=np.float64)
+    return np.argsort(np.where(np.isfinite(key), key, np.inf), axis=1, kind="stable")
+
+
+def top_k_masks(order: np.ndarray, k: int) -> np.ndarray:
+    """Bool masks ``(n_inputs, n_components)``: row ``t`` ablates the first ``k`` components of ``order[t]``."""
+    n_inputs, n_components = order.shape
+    if not 0 <= k <= n_components:
+        raise ValueError(f"k = {k} components to ablate, but there are {n_components}")
+    masks = np.zeros((n_inputs, n_components), dtype=bool)
+    np.put_along_axis(masks, order[:, :k], True, axis=1)
+    return masks
+
+
+def top_k_ablation(
+    evaluate: PairedEvaluator,
+    coef: np.ndarray,
+    ks: Sequence[int],
+    unablated: np.ndarray,
+    order: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Ablate, per input, the top ``k`` components of ``order`` (default: by ``coef``) for every ``k``.
+
+    Parameters
+    ----------
+    evaluate : callable
+        ``evaluate(masks, inputs)``: true outputs, one per (mask row, input) pair.
+    coef : ndarray of shape (n_inputs, n_components)
+        The component model's effects (the change of each input's output when a component is ablated).
+    ks : sequence of int
+        Numbers of components to ablate.
+    unablated : ndarray of shape (n_inputs,)
+        Each input's output with nothing ablated.
+    order : ndarray of shape (n_inputs, n_components), optional
+        The components per input in the order they are ablated (e.g. :func:`random_orders`).
+
+    Returns
+    -------
+    dict of ndarrays of shape (len(ks), n_inputs)
+        ``predicted_change`` (the sum of ``coef`` over the ablated components),
+        ``true_change`` (edited output minus ``unablated``) and ``flipped``
+        (the output was positive and is negative after the edit).
+    """
+    coef = np.asarray(coef, dtype=np.float64)
+    unablated = np.asarray(unablated, dtype=np.float64)
+    if unablated.shape != coef.shape[:1]:
+        raise ValueError(f"{coef.shape[0]} inputs in coef but {unablated.shape} unablated outputs")
+    order = predicted_order(coef) if order is None else order
+    inputs = np.arange(coef.shape[0])
+    predicted, true = [], []
+    for k in ks:
+        predicted.append(np.take_along_axis(coef, order[:, :k], axis=1).sum(axis=1))
+        true.append(np.asarray(evaluate(top_k_masks(order, k), inputs), dtype=np.float64) - unablated)
+    true = np.array(true)
+    return {
+        "predicted_change": np.array(predicted),
+        "true_change": true,
+        "flipped": (unablated > 0) & (unablated + true < 0),
+    }
+
+
+def random_orders(n_inputs: int, n_components: int, rng: np.random.Generator) -> np.ndarray:
+    """A random order of the components per input: the reference of ``k`` components drawn at random."""
+    return rng.permuted(np.tile(np.arange(n_components), (n_inputs, 1)), axis=1)
+
+
+def class_forgetting_masks(coef: np.ndarray, labels: np.ndarray, target: int, ks: Sequence[int]) -> np.ndarray:
+    """Masks ``(len(ks), n_components)`` that ablate the ``k`` components lowering class ``target`` most.
+
+    The attributions of the inputs labelled ``target`` are averaged (non-finite rows left
+    out) and the components with the most negative mean effect are ablated. Only those
+    inputs choose the components: score the masks on other images (:func:`class_accuracy`).
+    """
+    chosen = np.asarray(coef, dtype=np.float64)[np.asarray(labels) == target]
+    chosen = chosen[np.isfinite(chosen).all(axis=1)]
+    if not len(chosen):
+        raise ValueError(f"no input of class {target} with finite attributions to choose components from")
+    order = predicted_order(chosen.mean(axis=0, keepdims=True))
+    return np.concatenate([top_k_masks(order, k) for k in ks])
+
+
+def class_accuracy(margins: np.ndarray, labels: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy on class ``target`` and on the other classes, per row of ``margins`` (masks x images).
+
+    An image counts as correct when its margin (correct class minus the best other) is positive.
+    """
+    correct = np.asarray(margins) > 0
+    of_class = np.asarray(labels) == target
+    if of_class.all() or not of_class.any():
+        raise ValueError(f"class {target} needs images of its own and of other classes to be scored")
+    return correct[:, of_class].mean(axis=1), correct[:, ~of_class].mean(axis=1)
+
+
+def scoring_images(n_images: int, exclude: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded choice of ``n`` image indices (sorted) among ``n_images``, none of them in ``exclude``.
+
+    The images an edit is scored on: never those whose attributions chose the components.
+    """
+    free = np.setdiff1d(np.arange(n_images), np.asarray(exclude, dtype=np.int64))
+    if n > len(free):
+        raise ValueError(f"asked for {n} scoring images but only {len(free)} are not among the attributed inputs")
+    return np.sort(np.random.default_rng(seed).choice(free, size=n, replace=False))
+
+
+def top_k_rows(labels: Sequence, ks: Sequence[int], result: dict[str, np.ndarray]) -> list[tuple]:
+    """Rows of the top-k table from a :func:`top_k_ablation` result: ``labels`` (estimator .. passes) first."""
+    rows = []
+    for j, k in enumerate(ks):
+        for i in range(result["true_change"].shape[1]):
+            cells = (result["predicted_change"][j, i], result["true_change"][j, i], result["flipped"][j, i])
+            rows.append((*labels, i, k, *cells))
+    return rows
+
+
+def write_rows(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Write a tidy editing table (floats with 6 significant digits; booleans and NaN as numbers)."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(
+                [
+                    f"{v:.6g}"
+                    if isinstance(v, float | np.floating)
+                    else int(v)
+                    if isinstance(v, bool | np.bool_)
+                    else v
+                    for v in row
+                ]
+            )
+
+
+def read_rows(path: str | Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of an editing table, checking its header."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if tuple(reader.fieldnames or ()) != tuple(columns):
+            raise ValueError(f"{path}: expected columns {tuple(columns)}, got {reader.fieldnames}")
+        return list(reader)
+
+
+def editing_summary(
+    top_k: Sequence[dict[str, str]], lds: dict[tuple[str, int], float], k: int
+) -> tuple[list[dict[str, object]], float, int]:
+    """Per method and train size: mean true and predicted drop and flip rate at ``k`` (replicate 0, every model).
+
+    ``lds`` maps (method, n_train) to its mean LDS. Returns the rows, the Spearman
+    correlation across (method, n_train) between mean LDS and mean true drop at ``k``
+    (NaN with fewer than 3 pairs), and the number of pairs it is computed on.
+    """
+    cells: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    for row in top_k:
+        if int(row["k"]) == k:
+            key = (row["estimator"], int(row["n_train"]))
+            cells.setdefault(key, []).append(
+                (-float(row["true_change"]), -float(row["predicted_change"]), float(row["flipped"]))
+            )
+    rows = []
+    for (method, n), values in sorted(cells.items()):
+        true, predicted, flipped = np.nanmean(np.array(values), axis=0)
+        rows.append(
+            {
+                "method": method,
+                "n_train": n,
+                "true_drop": true,
+                "predicted_drop": predicted,
+                "flipped": flipped,
+                "lds": lds.get((method, n), np.nan),
+            }
+        )
+    paired = [(r["lds"], r["true_drop"]) for r in rows if np.isfinite(r["lds"]) and np.isfinite(r["true_drop"])]
+    rho = stats.spearmanr(*zip(*paired, strict=True)).statistic if len(paired) >= 3 else float("nan")
+    return rows, float(rho), len(paired)
