@@ -1,6 +1,7 @@
 """Editing with attributions: top-k ablation, the random reference, forgetting a class."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -9,6 +10,8 @@ from compattr.components import conv_components
 from compattr.editing import (
     class_accuracy,
     class_forgetting_masks,
+    editing_summary,
+    forgetting_summary,
     predicted_order,
     random_orders,
     scoring_images,
@@ -80,6 +83,7 @@ def test_forgetting_chooses_from_the_class_inputs_alone_and_is_scored_elsewhere(
     scored = scoring_images(50, inputs, 20, seed=0)
     assert len(scored) == 20 and not set(scored) & set(inputs)
     np.testing.assert_array_equal(scored, scoring_images(50, inputs, 20, seed=0))
+    np.testing.assert_array_equal(scoring_images(50, inputs, 100, seed=0), np.setdiff1d(np.arange(50), inputs))
 
 
 def test_class_accuracy_splits_the_target_class_from_the_others():
@@ -87,3 +91,55 @@ def test_class_accuracy_splits_the_target_class_from_the_others():
     target, others = class_accuracy(margins, np.array([4, 4, 0, 1]), 4)
     np.testing.assert_allclose(target, [0.5, 0.0])
     np.testing.assert_allclose(others, [1.0, 0.5])
+
+
+def test_the_summary_pairs_each_fit_with_its_lds_by_passes_and_correlates_them():
+    rows = [
+        {
+            "estimator": m,
+            "n_train": n,
+            "passes": p,
+            "k": "2",
+            "predicted_change": "-1",
+            "true_change": t,
+            "flipped": "1",
+        }
+        for m, n, p, t in [
+            ("a", "10", "10", "-1"),
+            ("a", "20", "20", "-3"),
+            ("b", "0", "3", "-2"),
+            ("r", "0", "0", "0"),
+        ]
+    ] + [
+        {
+            "estimator": "a",
+            "n_train": "10",
+            "passes": "10",
+            "k": "1",
+            "predicted_change": "0",
+            "true_change": "9",
+            "flipped": "0",
+        }
+    ]
+    table, rho, pairs = editing_summary(rows, {("a", 10): 0.1, ("a", 20): 0.9, ("b", 3): 0.5}, k=2)
+    assert [(r["method"], r["passes"], r["true_drop"], r["lds"]) for r in table][:3] == [
+        ("a", 10, 1.0, 0.1),
+        ("a", 20, 3.0, 0.9),
+        ("b", 3, 2.0, 0.5),
+    ]
+    assert np.isnan(table[3]["lds"]) and pairs == 3 and rho == 1.0
+
+
+def test_the_forgetting_summary_averages_classes_before_and_after():
+    rows = [
+        {"estimator": "a", "target": t, "k": k, "class_accuracy": c, "other_accuracy": o}
+        for t, k, c, o in [
+            ("0", "0", "1", "0.9"),
+            ("0", "5", "0.2", "0.8"),
+            ("1", "0", "0.8", "1"),
+            ("1", "5", "0", "0.9"),
+        ]
+    ]
+    (row,) = forgetting_summary(rows, 10)  # k = 5: the largest of the grid up to 10
+    assert (row["class_before"], row["class_after"]) == pytest.approx((0.9, 0.1))
+    assert (row["others_before"], row["others_after"]) == pytest.approx((0.95, 0.85))

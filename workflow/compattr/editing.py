@@ -40,6 +40,7 @@ __all__ = [
     "write_rows",
     "read_rows",
     "editing_summary",
+    "forgetting_summary",
 ]
 
 #: Columns of the top-k table: one row per method, model, fit, input and k.
@@ -161,14 +162,15 @@ def class_accuracy(margins: np.ndarray, labels: np.ndarray, target: int) -> tupl
 
 
 def scoring_images(n_images: int, exclude: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """A seeded choice of ``n`` image indices (sorted) among ``n_images``, none of them in ``exclude``.
+    """A seeded choice of at most ``n`` image indices (sorted) among ``n_images``, none of them in ``exclude``.
 
     The images an edit is scored on: never those whose attributions chose the components.
+    All of the others when fewer than ``n`` are left.
     """
     free = np.setdiff1d(np.arange(n_images), np.asarray(exclude, dtype=np.int64))
-    if n > len(free):
-        raise ValueError(f"asked for {n} scoring images but only {len(free)} are not among the attributed inputs")
-    return np.sort(np.random.default_rng(seed).choice(free, size=n, replace=False))
+    if not len(free):
+        raise ValueError(f"all {n_images} images are attributed inputs: none is left to score an edit on")
+    return np.sort(np.random.default_rng(seed).choice(free, size=min(n, len(free)), replace=False))
 
 
 def top_k_rows(labels: Sequence, ks: Sequence[int], result: dict[str, np.ndarray]) -> list[tuple]:
@@ -211,32 +213,60 @@ def read_rows(path: str | Path, columns: Sequence[str]) -> list[dict[str, str]]:
 def editing_summary(
     top_k: Sequence[dict[str, str]], lds: dict[tuple[str, int], float], k: int
 ) -> tuple[list[dict[str, object]], float, int]:
-    """Per method and train size: mean true and predicted drop and flip rate at ``k`` (replicate 0, every model).
+    """Per method and train size: mean true and predicted drop and flip rate at ``k`` (draw 0, every model).
 
-    ``lds`` maps (method, n_train) to its mean LDS. Returns the rows, the Spearman
-    correlation across (method, n_train) between mean LDS and mean true drop at ``k``
-    (NaN with fewer than 3 pairs), and the number of pairs it is computed on.
+    ``lds`` maps (method, passes) to its mean LDS (the LDS table's sizes are passes). Returns
+    the rows, the Spearman correlation across (method, size) between mean LDS and mean true
+    drop at ``k`` (NaN with fewer than 3 pairs), and the number of pairs it is computed on.
     """
-    cells: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    cells: dict[tuple[str, int, int], list[tuple[float, float, float]]] = {}
     for row in top_k:
         if int(row["k"]) == k:
-            key = (row["estimator"], int(row["n_train"]))
+            key = (row["estimator"], int(row["n_train"]), int(row["passes"]))
             cells.setdefault(key, []).append(
                 (-float(row["true_change"]), -float(row["predicted_change"]), float(row["flipped"]))
             )
     rows = []
-    for (method, n), values in sorted(cells.items()):
+    for (method, n, passes), values in sorted(cells.items()):
         true, predicted, flipped = np.nanmean(np.array(values), axis=0)
         rows.append(
             {
                 "method": method,
                 "n_train": n,
+                "passes": passes,
                 "true_drop": true,
                 "predicted_drop": predicted,
                 "flipped": flipped,
-                "lds": lds.get((method, n), np.nan),
+                "lds": lds.get((method, passes), np.nan),
             }
         )
     paired = [(r["lds"], r["true_drop"]) for r in rows if np.isfinite(r["lds"]) and np.isfinite(r["true_drop"])]
     rho = stats.spearmanr(*zip(*paired, strict=True)).statistic if len(paired) >= 3 else float("nan")
     return rows, float(rho), len(paired)
+
+
+def forgetting_summary(forget: Sequence[dict[str, str]], k: int) -> list[dict[str, object]]:
+    """Per method: mean accuracy on the forgotten class and on the others, unedited (k = 0) and at ``k``.
+
+    Means over classes and models; ``k`` is the grid's largest value up to ``k`` present in the table.
+    """
+    present = sorted({int(row["k"]) for row in forget if int(row["k"]) > 0})
+    k = max([kk for kk in present if kk <= k] or present[:1])
+    cells: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    for row in forget:
+        if int(row["k"]) in (0, k):
+            cell = (float(row["class_accuracy"]), float(row["other_accuracy"]))
+            cells.setdefault(row["estimator"], {}).setdefault(int(row["k"]), []).append(cell)
+    rows = []
+    for method, by_k in cells.items():
+        (class_before, others_before), (class_after, others_after) = (np.mean(by_k[kk], axis=0) for kk in (0, k))
+        rows.append(
+            {
+                "method": method,
+                "class_before": class_before,
+                "class_after": class_after,
+                "others_before": others_before,
+                "others_after": others_after,
+            }
+        )
+    return rows

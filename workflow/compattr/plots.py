@@ -201,15 +201,15 @@ def plot_top_k(
         if int(row["n_train"]) == largest[row["estimator"]] and row["replicate"] == "0":
             drops.setdefault(row["estimator"], {}).setdefault(int(row["k"]), []).append(-float(row["true_change"]))
     rng = np.random.default_rng(seed)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, by_k in drops.items():
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for index, (method, by_k) in enumerate(drops.items()):
         ks = sorted(by_k)
         values = np.array([by_k[k] for k in ks])  # (k, inputs)
         means = np.nanmean(values, axis=1)
         draws = rng.integers(0, values.shape[1], size=(n_bootstrap, values.shape[1]))
         boot = np.nanmean(values[:, draws], axis=2)  # (k, draws)
         low, high = np.nanquantile(boot, [(1 - ci) / 2, (1 + ci) / 2], axis=1)
-        style = {"color": "0.4", "linestyle": "--"} if method == "random" else {}
+        style = {"color": "0.4", "linestyle": "--"} if method == "random" else {"linestyle": "-:"[index // 10 % 2]}
         n = largest[method]
         label = LABELS.get(method, method) + (f" ({n} masks)" if n else "")
         (line,) = ax.plot(ks, means, marker="o", markersize=3, label=label, **style)
@@ -218,7 +218,7 @@ def plot_top_k(
     ax.set_xlabel("components ablated (top k per input)")
     ax.set_ylabel("true margin drop (mean over inputs)")
     ax.set_title(title or f"top-k ablation; {ci:.0%} bootstrap band over inputs", fontsize=9)
-    ax.legend(fontsize=6, loc="upper left")
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
 
@@ -233,16 +233,17 @@ def plot_forgetting(rows: Sequence[Mapping[str, str]], title: str = "") -> Figur
     for row in rows:
         cell = (float(row["class_accuracy"]), float(row["other_accuracy"]))
         points.setdefault(row["estimator"], {}).setdefault(int(row["k"]), []).append(cell)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for method, by_k in points.items():
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for index, (method, by_k) in enumerate(points.items()):
         ks = sorted(by_k)
         mean = np.array([np.mean(by_k[k], axis=0) for k in ks])
-        ax.plot(mean[:, 1], mean[:, 0], marker="o", markersize=3, label=LABELS.get(method, method))
+        style = "-:"[index // 10 % 2]
+        ax.plot(mean[:, 1], mean[:, 0], style, marker="o", markersize=3, label=LABELS.get(method, method))
     ax.set_xlabel("accuracy on the other classes")
     ax.set_ylabel("accuracy on the forgotten class")
     ax.set_title(
         title or "forgetting a class: top-k components of its inputs ablated (k grows along a line)", fontsize=9
     )
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig

@@ -7,7 +7,13 @@ matplotlib.use("Agg")  # figures go to files; no display
 from pathlib import Path  # noqa: E402
 
 from compattr.analysis import concat_csv, markdown_table, read_lds_csv  # noqa: E402
-from compattr.editing import FORGET_COLUMNS, TOP_K_COLUMNS, editing_summary, read_rows  # noqa: E402
+from compattr.editing import (  # noqa: E402
+    FORGET_COLUMNS,
+    TOP_K_COLUMNS,
+    editing_summary,
+    forgetting_summary,
+    read_rows,
+)
 from compattr.io import start_log  # noqa: E402
 from compattr.plots import plot_forgetting, plot_top_k  # noqa: E402
 
@@ -19,7 +25,7 @@ top_k, forget = read_rows(out.top_k, TOP_K_COLUMNS), read_rows(out.forget, FORGE
 for fig, path in ((plot_top_k(top_k, seed=p.seed), out.top_k_png), (plot_forgetting(forget), out.forget_png)):
     fig.savefig(path, dpi=150)
 lds = read_lds_csv(snakemake.input.lds)
-mean_lds = {
+mean_lds = {  # by method and passes, as the LDS table keeps them
     (method, int(n)): score
     for method in lds.estimators
     for n, score in zip(lds.sizes[method], lds.mean_curve(method), strict=True)
@@ -32,10 +38,17 @@ text = [
     f"Top-k ablation at k = {k}: mean over inputs and models of the true and predicted margin drop and the",
     "fraction of predictions flipped, per method and train size (replicate 0 of each size).",
     "",
-    markdown_table(rows, ["method", "n_train", "true_drop", "predicted_drop", "flipped", "lds"]),
+    markdown_table(rows, ["method", "n_train", "passes", "true_drop", "predicted_drop", "flipped", "lds"]),
     "",
     f"Spearman correlation across methods and sizes between mean LDS and mean true drop at k = {k}: "
     f"{rho:+.3f} ({n_pairs} pairs).",
+    "",
+    f"Forgetting a class at k = {k} (each method's largest train size; mean over classes and models, on test",
+    "images that chose no component): accuracy on the forgotten class and on the others, unedited and edited.",
+    "",
+    markdown_table(
+        forgetting_summary(forget, k), ["method", "class_before", "class_after", "others_before", "others_after"]
+    ),
     "",
 ]
 Path(out.markdown).write_text("\n".join(text))
