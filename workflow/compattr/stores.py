@@ -319,13 +319,16 @@ def _read_shard(
     if manifest is None:
         error = StoreIntegrityError(f"{where} has no manifest: it was never finished, or is marked to be sampled again")
         return None, None, error
-    try:
-        margins = read_array(margins_arr, path, slice(start, stop))
-        masks = read_array(masks_arr, path, slice(start, stop))
-    except StoreIntegrityError as error:
-        damaged = StoreIntegrityError(f"{where}: {error.reason}")
-        damaged.__cause__ = error.__cause__
-        return None, None, damaged
+    rows_of = {}
+    for array in (margins_arr, masks_arr):
+        try:
+            rows_of[array.basename] = read_array(array, path, slice(start, stop))
+        except StoreIntegrityError as error:
+            chunk = Path(path) / array.basename / array.metadata.encode_chunk_key((shard, 0))
+            damaged = StoreIntegrityError(f"{where}: {error.reason} (chunk file {chunk})")
+            damaged.__cause__ = error.__cause__
+            return None, None, damaged
+    margins, masks = rows_of["margins"], rows_of["masks"]
     bad = ~np.isfinite(margins)
     if bad.any():
         rows = start + np.flatnonzero(bad.any(axis=1))
