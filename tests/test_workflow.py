@@ -337,6 +337,8 @@ def test_reduced_gpu_scale_config_runs_on_cpu(tmp_path):
     cfg["fit"]["estimators"] = {e: cfg["fit"]["estimators"][e] for e in ("coar", "ridge", "gradient_prior")}
     cfg["analysis"] |= {"references": ["coar"], "linear_baselines": ["ridge"]}  # only what is fitted here
     cfg["fit"]["priors"], cfg["fit"]["baselines"] = {"atp": {"point": "unablated"}}, []
+    # Editing on this architecture, at toy cost: forgetting runs methods x classes x ks x images passes.
+    cfg["editing"] = {"ks": [1, 10], "random_draws": 1, "forget_images": 20}
     (workdir / "config/reduced.yaml").write_text(yaml.safe_dump(cfg))
     snakemake(workdir, "--cores", "2", configfile="config/reduced.yaml")
     metrics = yaml.safe_load((workdir / "results/reduced/m0/model/metrics.json").read_text())
@@ -345,3 +347,4 @@ def test_reduced_gpu_scale_config_runs_on_cpu(tmp_path):
     assert len(lds) == (3 + 1 + 1) * 6  # three estimators at 40 masks, the prior's point, the baseline
     masks, margins = read_rows(workdir / "results/reduced/m0/ablations/train.zarr")
     assert masks.shape == (40, 4800) and margins.shape == (40, 6) and np.isfinite(margins).all()
+    assert {r["k"] for r in read_csv(workdir / "results/reduced/editing/top_k.csv")} == {"1", "10"}
