@@ -23,7 +23,7 @@ concat_csv(snakemake.input.top_k, out.top_k)
 concat_csv(snakemake.input.forget, out.forget)
 top_k, forget = read_rows(out.top_k, TOP_K_COLUMNS), read_rows(out.forget, FORGET_COLUMNS)
 for fig, path in ((plot_top_k(top_k, seed=p.seed), out.top_k_png), (plot_forgetting(forget), out.forget_png)):
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=150, bbox_inches="tight")  # the legend sits outside the axes
 lds = read_lds_csv(snakemake.input.lds)
 mean_lds = {  # by method and passes, as the LDS table keeps them
     (method, int(n)): score
