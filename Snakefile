@@ -43,6 +43,7 @@ localrules:
     sweep,
     bench,
     init_ablation_store,
+    init_mistakes_store,
     top_components,
 
 

@@ -1,4 +1,4 @@
-"""Editing with attributions: top-k ablation, the random reference, forgetting a class."""
+"""Editing with attributions: top-k ablation, the random reference, fixing mistakes, forgetting a class."""
 
 import numpy as np
 import pytest
@@ -7,17 +7,26 @@ from torch import nn
 
 from compattr.baselines import leave_one_out
 from compattr.components import conv_components
+from compattr.data import ImageSplit, with_noise
 from compattr.editing import (
+    FIX_COLUMNS,
+    choose_mistakes,
     class_accuracy,
     class_forgetting_masks,
     editing_summary,
+    fix_ablation,
+    fix_rows,
+    fixing_order,
+    fixing_summary,
     forgetting_summary,
     predicted_order,
     random_orders,
     scoring_images,
+    summary_section,
     top_k_ablation,
     top_k_masks,
 )
+from compattr.plots import plot_fixing
 from compattr.sampling import ComponentMarginEvaluator, shard_masks
 
 
@@ -143,3 +152,116 @@ def test_the_forgetting_summary_averages_classes_before_and_after():
     (row,) = forgetting_summary(rows, 10)  # k = 5: the largest of the grid up to 10
     assert (row["class_before"], row["class_after"]) == pytest.approx((0.9, 0.1))
     assert (row["others_before"], row["others_after"]) == pytest.approx((0.95, 0.85))
+
+
+def test_fixing_ablates_the_largest_predicted_rise_and_is_exact_on_a_linear_margin():
+    evaluator = _linear_margin_evaluator(n_inputs=12)
+    coef, intercept = leave_one_out(evaluator, 8)
+    ks = [1, 2, 4, 8]
+    result = fix_ablation(evaluator.paired, coef, ks, intercept)
+    np.testing.assert_allclose(result["true_change"], result["predicted_change"], rtol=1e-4, atol=1e-4)
+    for k, predicted in zip(ks, result["predicted_change"], strict=True):  # the k most positive effects
+        np.testing.assert_allclose(predicted, -np.sort(-coef, axis=1)[:, :k].sum(axis=1))
+    # fixed: a margin that was not positive is positive after the edit, nothing else
+    expected = (intercept <= 0) & (intercept + result["true_change"] > 0)
+    np.testing.assert_array_equal(result["fixed"], expected)
+    assert "flipped" not in result and not result["fixed"][:, intercept > 0].any()
+    np.testing.assert_array_equal(fixing_order(np.array([[0.5, -2.0, 3.0]])), [[2, 0, 1]])
+    rows = fix_rows(("m", 0, 10, 10), ks, result, np.full((4, 12), 0.75))
+    assert len(rows) == 4 * 12 and len(rows[0]) == len(FIX_COLUMNS) and rows[-1][-1] == 0.75
+    assert np.isnan(fix_rows(("m", 0, 10, 10), ks, result)[0][-1])  # no accuracy elsewhere: NaN
+
+
+def test_mistakes_are_chosen_among_the_misclassified_inputs_only():
+    margins = np.array([1.0, -0.5, 2.0, 0.0, -3.0, 0.1, -1.0])
+    chosen = choose_mistakes(margins, 2, seed=0)
+    assert len(chosen) == 2 and (margins[chosen] <= 0).all() and (np.diff(chosen) > 0).all()
+    np.testing.assert_array_equal(chosen, choose_mistakes(margins, 2, seed=0))
+    np.testing.assert_array_equal(choose_mistakes(margins, 10, seed=0), [1, 3, 4, 6])  # all of them when few
+    with pytest.raises(ValueError, match="classifies all 3"):
+        choose_mistakes(np.array([1.0, 2.0, 0.5]), 2, seed=0)
+
+
+def test_a_harder_split_adds_seeded_noise_and_keeps_the_labels():
+    split = ImageSplit(torch.zeros(5, 1, 4, 4), torch.arange(5))
+    noisy = with_noise(split, 0.5, seed=3)
+    assert torch.equal(noisy.labels, split.labels)
+    assert 0.3 < noisy.images.std().item() < 0.7
+    assert torch.equal(noisy.images, with_noise(split, 0.5, seed=3).images)
+    assert not torch.equal(noisy.images, with_noise(split, 0.5, seed=4).images)
+    assert torch.equal(with_noise(split, 0.0, seed=3).images, split.images)
+    with pytest.raises(ValueError, match=">= 0"):
+        with_noise(split, -1.0, seed=0)
+
+
+def _fix_table():
+    """A fixing table: method a at two sizes, b at one, the random reference with its unedited k = 0 rows."""
+    cells = [  # estimator, n_train, passes, input, k, fixed, true_change, other_accuracy
+        ("a", 10, 10, 0, 2, 0, 0.5, "nan"),
+        ("a", 10, 10, 1, 2, 1, 1.5, "nan"),
+        ("a", 20, 20, 0, 2, 1, 2.0, 0.8),
+        ("a", 20, 20, 1, 2, 1, 3.0, 0.6),
+        ("b", 0, 3, 0, 2, 0, 0.1, 0.9),
+        ("b", 0, 3, 1, 2, 1, 1.1, 0.9),
+        ("random", 0, 0, 0, 0, 0, 0.0, 0.95),
+        ("random", 0, 0, 1, 0, 0, 0.0, 0.95),
+        ("random", 0, 0, 0, 2, 0, 0.1, 0.93),
+        ("random", 0, 0, 1, 2, 0, 0.2, 0.91),
+    ]
+    return [
+        dict(zip(FIX_COLUMNS, map(str, (m, 0, n, p, i, k, 1.0, t, f, o)), strict=True))
+        for m, n, p, i, k, f, t, o in cells
+    ]
+
+
+def test_the_fixing_summary_pairs_each_fit_with_its_lds_and_averages_accuracy_where_measured():
+    rows, rho, pairs = fixing_summary(_fix_table(), {("a", 10): 0.2, ("a", 20): 0.7, ("b", 3): 0.4}, k=2)
+    by_fit = {(r["method"], r["n_train"]): r for r in rows}
+    assert by_fit["a", 10]["fixed"] == 0.5 and np.isnan(by_fit["a", 10]["other_accuracy"])
+    assert by_fit["a", 20]["fixed"] == 1.0 and by_fit["a", 20]["other_accuracy"] == pytest.approx(0.7)
+    assert by_fit["a", 20]["true_rise"] == 2.5 and by_fit["random", 0]["other_accuracy"] == pytest.approx(0.92)
+    # LDS 0.2 < 0.4 < 0.7 against fixed 0.5 = 0.5 < 1.0: ranks (1, 2, 3) and (1.5, 1.5, 3), rho = sqrt(3) / 2
+    assert pairs == 3 and rho == pytest.approx(np.sqrt(3) / 2)
+
+
+def test_the_summary_section_reports_each_method_at_its_largest_size():
+    top_k = [
+        {
+            "estimator": m,
+            "n_train": n,
+            "passes": p,
+            "k": "2",
+            "predicted_change": "-2",
+            "true_change": t,
+            "flipped": "0",
+        }
+        for m, n, p, t in [
+            ("a", "10", "10", "-1"),
+            ("a", "20", "20", "-4"),
+            ("b", "0", "3", "-2"),
+            ("c", "0", "5", "-3"),
+        ]
+    ]
+    forget = [
+        {"estimator": "a", "target": "0", "k": k, "class_accuracy": c, "other_accuracy": "0.9"}
+        for k, c in (("0", "1.0"), ("2", "0.25"))
+    ]
+    text = summary_section(
+        top_k, forget, _fix_table(), {("a", 10): 0.2, ("a", 20): 0.7, ("b", 3): 0.4, ("c", 5): 0.5}, 2
+    )
+    table = [line for line in text.splitlines() if line.startswith("| a | ") and "(" not in line]
+    assert len(table) == 1 and table[0].split(" | ")[1:3] == ["20", "0.70"]  # a at its largest size only
+    assert "2 misclassified images" in text and "unedited: 0.950" in text
+    assert "true drop at k = 2: +1.000 (4 pairs)" in text and "fraction of mistakes fixed: +0.866 (3 pairs)" in text
+    assert "0.25" in table[0]  # the forgotten class's accuracy after the edit
+    assert "| 2 | 1.00 | 0.87 |" in text  # the correlations at every k of the tables
+    by_k = [line for line in text.splitlines() if line.startswith("| a | 1.00 (0.70)")]
+    assert len(by_k) == 1  # fixing against k: a at its largest size, fixed (accuracy elsewhere)
+
+
+def test_the_fixing_figure_draws_a_line_per_method_and_the_unedited_accuracy():
+    fig = plot_fixing(_fix_table(), n_bootstrap=50)
+    fixed_ax, other_ax = fig.axes
+    assert len(fixed_ax.lines) == 3  # a (largest size), b, random
+    assert len(other_ax.lines) == 4  # and the unedited model's accuracy
+    assert other_ax.get_lines()[-1].get_ydata()[0] == pytest.approx(0.95)

@@ -211,8 +211,47 @@ def test_editing_covers_every_method_and_k_and_leave_one_out_predicts_single_abl
     unedited = {(r["model"], r["target"]): r["class_accuracy"] for r in forget if r["k"] == "0"}
     assert all(unedited[(r["model"], r["target"])] == r["class_accuracy"] for r in forget if r["k"] == "0")
     assert {r["estimator"] for r in forget} == methods - {"random"}
-    assert "Spearman correlation across methods and sizes" in (study / STUDY / "editing/summary.md").read_text()
-    assert (study / STUDY / "editing/top_k.png").stat().st_size > 10_000
+    summary = (study / STUDY / "summary.md").read_text()
+    assert "## Editing with attributions" in summary and "between mean LDS and the true drop" in summary
+    for figure in ("top_k", "fix", "forget"):
+        assert (study / STUDY / f"editing/{figure}.png").stat().st_size > 10_000
+
+
+def test_mistakes_are_misclassified_attributed_under_the_training_masks_and_fixed_locally(study):
+    config = yaml.safe_load((study / "config/tiny.yaml").read_text())
+    models = config["replicates"]["models"]
+    fix = read_csv(study / STUDY / "editing/fix.csv")
+    methods = {*config["fit"]["estimators"], *config["fit"]["priors"], *config["fit"]["baselines"], "random"}
+    assert {r["estimator"] for r in fix} == methods
+    attributed = np.load(study / STUDY / "inputs.npz")["index"]
+    for model in range(models):
+        mistakes = study / STUDY / f"m{model}/mistakes"
+        ids = np.load(mistakes / "inputs.npz")["index"]
+        assert 0 < len(ids) <= config["editing"]["mistakes"]["n"] and not set(ids) & set(attributed)
+        # the same training masks as the attributed inputs', up to the largest train size
+        masks, margins = read_rows(mistakes / "ablations/train.zarr")
+        own, _ = read_rows(study / STUDY / f"m{model}/ablations/train.zarr")
+        assert masks.shape[0] == max(config["fit"]["train_sizes"]) and (masks == own[: len(masks)]).all()
+        assert margins.shape == (len(masks), len(ids))
+        # every one misclassified: leave-one-out's intercept is each input's unablated margin
+        assert (load_fit(mistakes / "baselines/loo.zarr").intercept <= 0).all()
+        rows = [r for r in fix if r["model"] == str(model)]
+        single = [r for r in rows if r["estimator"] == "loo" and r["k"] == "1"]
+        assert len(single) == len(ids)
+        for r in single:  # leave-one-out predicts a single ablation exactly; fixed iff the margin turns positive
+            assert abs(float(r["true_change"]) - float(r["predicted_change"])) < 1e-3 * (
+                1 + abs(float(r["true_change"]))
+            )
+        unedited = {float(r["other_accuracy"]) for r in rows if r["estimator"] == "random" and r["k"] == "0"}
+        assert len(unedited) == 1 and 0 < unedited.pop() <= 1
+        largest = [
+            r for r in rows if r["estimator"] == "coar" and int(r["n_train"]) == max(config["fit"]["train_sizes"])
+        ]
+        assert largest and all(0 <= float(r["other_accuracy"]) <= 1 for r in largest)
+        smaller = [
+            r for r in rows if r["estimator"] == "coar" and int(r["n_train"]) < max(config["fit"]["train_sizes"])
+        ]
+        assert smaller and all(r["other_accuracy"] == "nan" for r in smaller)
 
 
 def _sampling_targets() -> list[str]:
@@ -338,7 +377,8 @@ def test_reduced_gpu_scale_config_runs_on_cpu(tmp_path):
     cfg["analysis"] |= {"references": ["coar"], "linear_baselines": ["ridge"]}  # only what is fitted here
     cfg["fit"]["priors"], cfg["fit"]["baselines"] = {"atp": {"point": "unablated"}}, []
     # Editing on this architecture, at toy cost: forgetting runs methods x classes x ks x images passes.
-    cfg["editing"] = {"ks": [1, 10], "random_draws": 1, "forget_images": 20}
+    mistakes = {**cfg["editing"]["mistakes"], "n": 3, "pool": 60, "score_images": 10}
+    cfg["editing"] = {"ks": [1, 10], "random_draws": 1, "forget_images": 20, "mistakes": mistakes}
     (workdir / "config/reduced.yaml").write_text(yaml.safe_dump(cfg))
     snakemake(workdir, "--cores", "2", configfile="config/reduced.yaml")
     metrics = yaml.safe_load((workdir / "results/reduced/m0/model/metrics.json").read_text())

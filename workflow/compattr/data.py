@@ -28,6 +28,8 @@ __all__ = [
     "dataset_download",
     "select_test_inputs",
     "save_test_inputs",
+    "save_inputs",
+    "with_noise",
     "load_test_inputs",
     "load_test_ids",
 ]
@@ -251,8 +253,26 @@ def select_test_inputs(split: ImageSplit | ImageFolderSplit, n_inputs: int, seed
 
 def save_test_inputs(path: str, split: ImageSplit | ImageFolderSplit, index: np.ndarray) -> None:
     """Write the chosen test inputs (their indices into ``split``, images and labels) as ``.npz``."""
-    chosen = split.subset(index)
-    np.savez(path, index=index, images=chosen.images.numpy(), labels=chosen.labels.numpy())
+    save_inputs(path, index, split.subset(index))
+
+
+def save_inputs(path: str, ids: np.ndarray, inputs: ImageSplit) -> None:
+    """Write inputs with their ids (indices into the test split they come from) as ``.npz``."""
+    if len(ids) != len(inputs):
+        raise ValueError(f"{len(ids)} ids for {len(inputs)} inputs")
+    np.savez(path, index=np.asarray(ids), images=inputs.images.numpy(), labels=inputs.labels.numpy())
+
+
+def with_noise(split: ImageSplit, std: float, seed: int) -> ImageSplit:
+    """The images with seeded Gaussian noise of standard deviation ``std`` added (in the model's input units).
+
+    A harder version of a split, for models that make too few mistakes on the clean one.
+    """
+    if std < 0:
+        raise ValueError(f"noise standard deviation must be >= 0, got {std}")
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(split.images.shape, generator=generator, dtype=split.images.dtype)
+    return ImageSplit(split.images + std * noise, split.labels)
 
 
 def load_test_ids(path: str) -> np.ndarray:

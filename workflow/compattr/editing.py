@@ -9,6 +9,10 @@ as ``coef[t] @ m + intercept[t]``: ablating a set ``S`` changes it by
   model, and compare the true change with the predicted one; the prediction flips when
   the margin (correct class minus the best other) falls below zero. :func:`random_orders`
   gives the reference of ``k`` components drawn at random.
+- **fixing a mistake** (:func:`fix_ablation`): for a misclassified input (chosen by
+  :func:`choose_mistakes`), ablate the ``k`` components whose predicted change is most
+  positive (the largest predicted rise of the margin); the edit fixes it when the margin
+  becomes positive. It must be local: score the edited model on other images too.
 - **forgetting a class** (:func:`class_forgetting_masks`): average the attributions of a
   class's inputs and ablate the ``k`` components that lower them most, one mask for the
   whole model; :func:`class_accuracy` then scores it on other images of every class.
@@ -26,21 +30,30 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from compattr.analysis import markdown_table
+
 __all__ = [
     "predicted_order",
     "top_k_masks",
     "top_k_ablation",
     "random_orders",
+    "fixing_order",
+    "fix_ablation",
+    "choose_mistakes",
     "class_forgetting_masks",
     "class_accuracy",
     "scoring_images",
     "TOP_K_COLUMNS",
     "FORGET_COLUMNS",
+    "FIX_COLUMNS",
     "top_k_rows",
+    "fix_rows",
     "write_rows",
     "read_rows",
     "editing_summary",
     "forgetting_summary",
+    "fixing_summary",
+    "summary_section",
 ]
 
 #: Columns of the top-k table: one row per method, model, fit, input and k.
@@ -58,6 +71,22 @@ TOP_K_COLUMNS = (
 )
 #: Columns of the forgetting table: one row per method, model, class and k (k = 0: the unedited model).
 FORGET_COLUMNS = ("estimator", "model", "n_train", "passes", "target", "k", "class_accuracy", "other_accuracy")
+
+#: Columns of the fixing table: one row per method, model, fit, misclassified input and k. ``other_accuracy``
+#: (the edited model's accuracy on other images) is measured at each method's largest train size (NaN
+#: elsewhere); method ``random`` at k = 0 holds the unedited model's.
+FIX_COLUMNS = (
+    "estimator",
+    "model",
+    "n_train",
+    "passes",
+    "input",
+    "k",
+    "predicted_change",
+    "true_change",
+    "fixed",
+    "other_accuracy",
+)
 
 #: ``evaluate(masks, inputs)``: the output of input ``inputs[r]`` under mask ``masks[r]``, per row.
 PairedEvaluator = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -134,6 +163,42 @@ def random_orders(n_inputs: int, n_components: int, rng: np.random.Generator) ->
     return rng.permuted(np.tile(np.arange(n_components), (n_inputs, 1)), axis=1)
 
 
+def fixing_order(coef: np.ndarray) -> np.ndarray:
+    """Per input, the components by predicted change when ablated, most positive (largest rise) first."""
+    return predicted_order(-np.asarray(coef, dtype=np.float64))
+
+
+def fix_ablation(
+    evaluate: PairedEvaluator,
+    coef: np.ndarray,
+    ks: Sequence[int],
+    unablated: np.ndarray,
+    order: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Ablate, per misclassified input, the ``k`` components predicted to raise its margin most.
+
+    As :func:`top_k_ablation` (default order :func:`fixing_order`), but ``fixed`` replaces
+    ``flipped``: the margin was not positive and is positive after the edit.
+    """
+    order = fixing_order(coef) if order is None else order
+    result = top_k_ablation(evaluate, coef, ks, unablated, order)
+    del result["flipped"]
+    before = np.asarray(unablated, dtype=np.float64)
+    result["fixed"] = (before <= 0) & (before + result["true_change"] > 0)
+    return result
+
+
+def choose_mistakes(margins: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded choice of at most ``n`` positions (sorted) among the inputs whose margin is not positive.
+
+    All of the misclassified ones when there are at most ``n``; an error when there is none.
+    """
+    wrong = np.flatnonzero(np.asarray(margins) <= 0)
+    if not len(wrong):
+        raise ValueError(f"the model classifies all {len(margins)} candidate images correctly: no mistake to fix")
+    return np.sort(np.random.default_rng(seed).choice(wrong, size=min(n, len(wrong)), replace=False))
+
+
 def class_forgetting_masks(coef: np.ndarray, labels: np.ndarray, target: int, ks: Sequence[int]) -> np.ndarray:
     """Masks ``(len(ks), n_components)`` that ablate the ``k`` components lowering class ``target`` most.
 
@@ -180,6 +245,20 @@ def top_k_rows(labels: Sequence, ks: Sequence[int], result: dict[str, np.ndarray
         for i in range(result["true_change"].shape[1]):
             cells = (result["predicted_change"][j, i], result["true_change"][j, i], result["flipped"][j, i])
             rows.append((*labels, i, k, *cells))
+    return rows
+
+
+def fix_rows(
+    labels: Sequence, ks: Sequence[int], result: dict[str, np.ndarray], other_accuracy: np.ndarray | None = None
+) -> list[tuple]:
+    """Rows of the fixing table from a :func:`fix_ablation` result; ``other_accuracy`` is ``(len(ks), n_inputs)``."""
+    n_inputs = result["true_change"].shape[1]
+    other = np.full((len(ks), n_inputs), np.nan) if other_accuracy is None else np.asarray(other_accuracy)
+    rows = []
+    for j, k in enumerate(ks):
+        for i in range(n_inputs):
+            cells = (result["predicted_change"][j, i], result["true_change"][j, i], result["fixed"][j, i])
+            rows.append((*labels, i, k, *cells, other[j, i]))
     return rows
 
 
@@ -240,9 +319,14 @@ def editing_summary(
                 "lds": lds.get((method, passes), np.nan),
             }
         )
-    paired = [(r["lds"], r["true_drop"]) for r in rows if np.isfinite(r["lds"]) and np.isfinite(r["true_drop"])]
+    return (rows, *_lds_correlation(rows, "true_drop"))
+
+
+def _lds_correlation(rows: Sequence[dict[str, object]], key: str) -> tuple[float, int]:
+    """Spearman correlation between ``lds`` and ``key`` over the rows where both are finite, and their number."""
+    paired = [(r["lds"], r[key]) for r in rows if np.isfinite(r["lds"]) and np.isfinite(r[key])]
     rho = stats.spearmanr(*zip(*paired, strict=True)).statistic if len(paired) >= 3 else float("nan")
-    return rows, float(rho), len(paired)
+    return float(rho), len(paired)
 
 
 def forgetting_summary(forget: Sequence[dict[str, str]], k: int) -> list[dict[str, object]]:
@@ -270,3 +354,137 @@ def forgetting_summary(forget: Sequence[dict[str, str]], k: int) -> list[dict[st
             }
         )
     return rows
+
+
+def fixing_summary(
+    fix: Sequence[dict[str, str]], lds: dict[tuple[str, int], float], k: int
+) -> tuple[list[dict[str, object]], float, int]:
+    """Per method and train size: fraction of mistakes fixed at ``k``, mean true and predicted rise, accuracy elsewhere.
+
+    As :func:`editing_summary`: ``lds`` maps (method, passes) to mean LDS; returns the rows, the
+    Spearman correlation across (method, size) between mean LDS and the fraction fixed, and its pairs.
+    ``other_accuracy`` is the edited model's mean accuracy on other images (largest sizes only).
+    """
+    cells: dict[tuple[str, int, int], list[tuple[float, float, float, float]]] = {}
+    for row in fix:
+        if int(row["k"]) == k:
+            key = (row["estimator"], int(row["n_train"]), int(row["passes"]))
+            values = (row["fixed"], row["true_change"], row["predicted_change"], row["other_accuracy"])
+            cells.setdefault(key, []).append(tuple(float(v) for v in values))
+    rows = []
+    for (method, n, passes), values in sorted(cells.items()):
+        array = np.array(values)
+        fixed, rise, predicted, other = (
+            np.nanmean(column) if np.isfinite(column).any() else np.nan for column in array.T
+        )
+        rows.append(
+            {
+                "method": method,
+                "n_train": n,
+                "passes": passes,
+                "fixed": fixed,
+                "true_rise": rise,
+                "predicted_rise": predicted,
+                "other_accuracy": other,
+                "lds": lds.get((method, passes), np.nan),
+            }
+        )
+    return (rows, *_lds_correlation(rows, "fixed"))
+
+
+def summary_section(
+    top_k: Sequence[dict[str, str]],
+    forget: Sequence[dict[str, str]],
+    fix: Sequence[dict[str, str]],
+    lds: dict[tuple[str, int], float],
+    k: int,
+) -> str:
+    """The editing section of a study's ``summary.md``: each method at its largest train size, at ``k``.
+
+    Per method: its LDS, the true and predicted margin drop of its top ``k`` components and the
+    fraction of predictions flipped; the fraction of mistakes its top ``k`` fix and the edited
+    model's accuracy on other images; the forgotten class's and the other classes' accuracy. Then
+    the Spearman correlations across methods and train sizes between LDS and each editing success.
+    """
+    drops, rho_drop, n_drop = editing_summary(top_k, lds, k)
+    fixes, rho_fix, n_fix = fixing_summary(fix, lds, k)
+    forgetting = {row["method"]: row for row in forgetting_summary(forget, k)}
+    fixed_by_fit = {(r["method"], r["n_train"]): r for r in fixes}
+    largest: dict[str, dict[str, object]] = {}
+    for row in drops:  # sorted by method, then size: the last row of a method is its largest size
+        largest[row["method"]] = row
+    rows = []
+    for method, row in largest.items():
+        fixing = fixed_by_fit.get((method, row["n_train"]), {})
+        forgot = forgetting.get(method, {})
+        rows.append(
+            {
+                **row,
+                "fixed": fixing.get("fixed", np.nan),
+                "fix_others": fixing.get("other_accuracy", np.nan),
+                "forget_class": forgot.get("class_after", np.nan),
+                "forget_others": forgot.get("others_after", np.nan),
+            }
+        )
+    unedited = [float(r["other_accuracy"]) for r in fix if r["estimator"] == "random" and int(r["k"]) == 0]
+    n_mistakes = len({(r["model"], r["input"]) for r in fix})
+    forget_before = next(iter(forgetting.values()), {})  # the unedited model's accuracies, the same for all
+    columns = ["method", "passes", "lds", "true_drop", "predicted_drop", "flipped", "fixed", "fix_others"]
+    return "\n".join(
+        [
+            "## Editing with attributions",
+            "",
+            f"Each method at its largest train size, k = {k} components ablated. Top-k: mean over test inputs of the",
+            "true and predicted margin drop when each input's top k are ablated, and the fraction of predictions",
+            f"flipped. Fixing: the fraction of {n_mistakes} misclassified images (a separate, seeded set) that",
+            "their own top k (by predicted rise) fix, and the edited model's accuracy on other test images"
+            + (f" (unedited: {np.mean(unedited):.3f})." if unedited else "."),
+            "Forgetting: accuracy on the forgotten class and on the others (mean over classes)"
+            + (
+                f"; unedited {forget_before['class_before']:.3f} and {forget_before['others_before']:.3f}."
+                if forget_before
+                else "."
+            ),
+            "",
+            markdown_table(rows, [*columns, "forget_class", "forget_others"]),
+            f"Spearman correlation across methods and train sizes between mean LDS and the true drop at k = {k}: "
+            f"{rho_drop:+.3f} ({n_drop} pairs); between mean LDS and the fraction of mistakes fixed: {rho_fix:+.3f} "
+            f"({n_fix} pairs). Tables and figures: `editing/`.",
+            "",
+            "The same correlations at every k (the LDS is the attributed inputs', the fixes are other images'):",
+            "",
+            markdown_table(
+                [
+                    {
+                        "k": str(kk),
+                        "LDS ~ true drop": editing_summary(top_k, lds, kk)[1],
+                        "LDS ~ fraction fixed": fixing_summary(fix, lds, kk)[1],
+                    }
+                    for kk in sorted({int(r["k"]) for r in top_k} | {int(r["k"]) for r in fix if int(r["k"]) > 0})
+                ],
+                ["k", "LDS ~ true drop", "LDS ~ fraction fixed"],
+            ),
+            "Fixing against k, each method at its largest train size: the fraction of mistakes fixed, and in",
+            "brackets the edited model's accuracy on other test images.",
+            "",
+            _fixing_by_k_markdown(fix),
+        ]
+    )
+
+
+def _fixing_by_k_markdown(fix: Sequence[dict[str, str]]) -> str:
+    """A table of the fraction fixed (accuracy elsewhere) per method at its largest size, one column per k."""
+    largest: dict[str, int] = {}
+    for row in fix:
+        largest[row["estimator"]] = max(largest.get(row["estimator"], 0), int(row["n_train"]))
+    cells: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    for row in fix:
+        if int(row["k"]) > 0 and int(row["n_train"]) == largest[row["estimator"]]:
+            cell = (float(row["fixed"]), float(row["other_accuracy"]))
+            cells.setdefault(row["estimator"], {}).setdefault(int(row["k"]), []).append(cell)
+    ks = sorted({k for by_k in cells.values() for k in by_k})
+    rows = []
+    for method, by_k in sorted(cells.items()):
+        means = {k: np.nanmean(np.array(by_k[k]), axis=0) for k in ks if k in by_k}
+        rows.append({"method": method, **{f"k = {k}": f"{f:.2f} ({o:.2f})" for k, (f, o) in means.items()}})
+    return markdown_table(rows, ["method", *(f"k = {k}" for k in ks)])

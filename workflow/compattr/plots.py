@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from compattr.analysis import LdsTable, bootstrap_curves
 
-__all__ = ["plot_lds_vs_ablations", "plot_sweep", "plot_top_k", "plot_forgetting"]
+__all__ = ["plot_lds_vs_ablations", "plot_sweep", "plot_top_k", "plot_fixing", "plot_forgetting"]
 
 LABELS = {
     "coar": "COAR (min-norm least squares, as its code runs)",
@@ -193,21 +193,78 @@ def plot_top_k(
     ``rows`` is the top-k table (:data:`compattr.editing.TOP_K_COLUMNS`); each line is the mean
     over inputs (and models) of replicate 0, with a bootstrap band over inputs.
     """
+    rows = [row for row in rows if row["replicate"] == "0"]
+    drops, largest = _by_method_and_k(rows, lambda row: -float(row["true_change"]))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    _k_lines(ax, drops, largest, np.random.default_rng(seed), n_bootstrap, ci)
+    ax.set_ylabel("true margin drop (mean over inputs)")
+    ax.set_title(title or f"top-k ablation; {ci:.0%} bootstrap band over inputs", fontsize=9)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def plot_fixing(
+    rows: Sequence[Mapping[str, str]], n_bootstrap: int = 1000, ci: float = 0.95, seed: int = 0, title: str = ""
+) -> Figure:
+    """Fraction of mistakes fixed, and the edited model's accuracy on other images, against k.
+
+    ``rows`` is the fixing table (:data:`compattr.editing.FIX_COLUMNS`): one line per method at
+    its largest train size, mean over misclassified inputs with a bootstrap band over them; the
+    dotted line is the unedited model's accuracy.
+    """
+    rng = np.random.default_rng(seed)
+    edits = [row for row in rows if int(row["k"]) > 0]
+    fig, (fixed_ax, other_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fixed, largest = _by_method_and_k(edits, lambda row: float(row["fixed"]))
+    _k_lines(fixed_ax, fixed, largest, rng, n_bootstrap, ci)
+    fixed_ax.set_ylabel("fraction of mistakes fixed")
+    others, largest = _by_method_and_k(edits, lambda row: float(row["other_accuracy"]))
+    _k_lines(other_ax, others, largest, rng, n_bootstrap, ci)
+    unedited = [float(row["other_accuracy"]) for row in rows if int(row["k"]) == 0]
+    if unedited:
+        other_ax.axhline(np.mean(unedited), color="k", linestyle=":", linewidth=1, label="unedited")
+    other_ax.set_ylabel("accuracy of the edited model on other images")
+    fig.suptitle(
+        title or f"fixing a mistake: each input's top k by predicted rise; {ci:.0%} bootstrap band over inputs",
+        fontsize=9,
+    )
+    other_ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def _by_method_and_k(
+    rows: Sequence[Mapping[str, str]], value: Callable[[Mapping[str, str]], float]
+) -> tuple[dict[str, dict[int, list[float]]], dict[str, int]]:
+    """``value`` of each row at its method's largest train size, by method and k; and those sizes."""
     largest: dict[str, int] = {}
     for row in rows:
         largest[row["estimator"]] = max(largest.get(row["estimator"], 0), int(row["n_train"]))
-    drops: dict[str, dict[int, list[float]]] = {}
+    values: dict[str, dict[int, list[float]]] = {}
     for row in rows:
-        if int(row["n_train"]) == largest[row["estimator"]] and row["replicate"] == "0":
-            drops.setdefault(row["estimator"], {}).setdefault(int(row["k"]), []).append(-float(row["true_change"]))
-    rng = np.random.default_rng(seed)
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    for index, (method, by_k) in enumerate(drops.items()):
+        if int(row["n_train"]) == largest[row["estimator"]]:
+            values.setdefault(row["estimator"], {}).setdefault(int(row["k"]), []).append(value(row))
+    return values, largest
+
+
+def _k_lines(
+    ax: Axes,
+    values: dict[str, dict[int, list[float]]],
+    largest: dict[str, int],
+    rng: np.random.Generator,
+    n_bootstrap: int,
+    ci: float,
+) -> None:
+    """One line per method: the mean against k (log axis), with a bootstrap band over inputs; random dashed."""
+    for index, (method, by_k) in enumerate(values.items()):
         ks = sorted(by_k)
-        values = np.array([by_k[k] for k in ks])  # (k, inputs)
-        means = np.nanmean(values, axis=1)
-        draws = rng.integers(0, values.shape[1], size=(n_bootstrap, values.shape[1]))
-        boot = np.nanmean(values[:, draws], axis=2)  # (k, draws)
+        table = np.array([by_k[k] for k in ks])  # (k, inputs)
+        if not np.isfinite(table).any():
+            continue
+        means = np.nanmean(table, axis=1)
+        draws = rng.integers(0, table.shape[1], size=(n_bootstrap, table.shape[1]))
+        boot = np.nanmean(table[:, draws], axis=2)  # (k, draws)
         low, high = np.nanquantile(boot, [(1 - ci) / 2, (1 + ci) / 2], axis=1)
         style = {"color": "0.4", "linestyle": "--"} if method == "random" else {"linestyle": "-:"[index // 10 % 2]}
         n = largest[method]
@@ -216,11 +273,6 @@ def plot_top_k(
         ax.fill_between(ks, low, high, alpha=0.15, color=line.get_color())
     ax.set_xscale("log")
     ax.set_xlabel("components ablated (top k per input)")
-    ax.set_ylabel("true margin drop (mean over inputs)")
-    ax.set_title(title or f"top-k ablation; {ci:.0%} bootstrap band over inputs", fontsize=9)
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    return fig
 
 
 def plot_forgetting(rows: Sequence[Mapping[str, str]], title: str = "") -> Figure:

@@ -241,9 +241,9 @@ def store_path(model, split):
     return f"{model_dir(model)}/ablations/{split}.zarr"
 
 
-def prior_fits(model, estimator):
-    """The fits of the priors an estimator starts from, on one model."""
-    return [f"{model_dir(model)}/baselines/{name}.zarr" for name in estimator_priors(estimator)]
+def prior_fits(model, estimator, root=None):
+    """The fits of the priors an estimator starts from, on one model (under ``root``: the mistakes' fits)."""
+    return [f"{root or model_dir(model)}/baselines/{name}.zarr" for name in estimator_priors(estimator)]
 
 
 def model_config(wildcards):
@@ -259,16 +259,18 @@ def method_fits(wildcards):
     return fits_of(wildcards.model, wildcards.estimator)
 
 
-def fits_of(model, method):
+def fits_of(model, method, root=None):
     """The fits of one method on one model: a baseline's store, or an estimator's directory of fits.
 
-    An estimator with one prior also gets the prior's fit: its point at zero ablations.
+    An estimator with one prior also gets the prior's fit: its point at zero ablations. Under
+    ``root`` (default the model's directory; :func:`mistakes_dir` for the misclassified images).
     """
+    root = root or model_dir(model)
     if method in SAMPLING_FREE:
-        return [f"{model_dir(model)}/baselines/{method}.zarr"]
-    fits = [f"{model_dir(model)}/fits/{method}"]
+        return [f"{root}/baselines/{method}.zarr"]
+    fits = [f"{root}/fits/{method}"]
     if method in PRIOR_ESTIMATORS and len(estimator_priors(method)) == 1:
-        return [*prior_fits(model, method), *fits]
+        return [*prior_fits(model, method, root), *fits]
     return fits
 
 
@@ -345,6 +347,44 @@ def editing_fits(wildcards):
     return [fit for method in METHODS for fit in fits_of(wildcards.model, method)]
 
 
+# Fixing mistakes: misclassified test images get their own ablation store (the training masks of the
+# largest train size, the same masks as the attributed inputs'), priors, leave-one-out and fits.
+MISTAKES = EDITING["mistakes"]
+MISTAKES_DIR = f"{MODEL_DIR}/mistakes"
+
+
+def mistakes_dir(model):
+    """Directory of one model's misclassified images, with their ablation store and fits."""
+    return f"{model_dir(model)}/mistakes"
+
+
+def mistakes_fits(wildcards):
+    """The fits every method's fixing edits use, on one model."""
+    return [fit for method in METHODS for fit in fits_of(wildcards.model, method, mistakes_dir(wildcards.model))]
+
+
+def mistakes_prior_input(wildcards):
+    """The priors' fits on the misclassified images, for the estimators that take one."""
+    if wildcards.estimator not in PRIOR_ESTIMATORS:
+        return {}
+    return {"prior": prior_fits(wildcards.model, wildcards.estimator, mistakes_dir(wildcards.model))}
+
+
+def mistakes_shard_flags(wildcards):
+    """Shard manifests of the misclassified images' ablation store."""
+    n = -(-TRAIN_SIZES[-1] // config["sampling"]["shard_size"])
+    return expand(f"{mistakes_dir(wildcards.model)}/ablations/train.shards/{{shard}}.json", shard=range(n))
+
+
+def editing_tables():
+    """Every model's editing tables, for the summary's editing section (none when the study does not edit)."""
+    if not EDITING["enabled"]:
+        return {}
+    return {
+        name: expand(f"{RESULTS}/m{{model}}/editing/{name}.csv", model=MODELS) for name in ("top_k", "fix", "forget")
+    }
+
+
 def forgetting_fit(model, method):
     """The fit store whose attributions choose the components to forget: a method's largest train size."""
     if method in SAMPLING_FREE:
@@ -363,5 +403,5 @@ def final_targets():
         f"{RESULTS}/summary.md",
         f"{RESULTS}/figures/lds_vs_ablations.png",
         f"{RESULTS}/figures/lds_vs_ablations.pdf",
-        *([f"{RESULTS}/editing/summary.md"] if EDITING["enabled"] else []),
+        *([f"{RESULTS}/editing/{name}.png" for name in ("top_k", "fix", "forget")] if EDITING["enabled"] else []),
     ]

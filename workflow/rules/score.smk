@@ -27,6 +27,7 @@ rule summarize_lds:
         fits=expand(f"{RESULTS}/m{{model}}/lds/{{estimator}}.fits.csv", model=MODELS, estimator=METHODS),
         components=f"{RESULTS}/m0/model/components.tsv",
         baselines=expand(f"{RESULTS}/m{{model}}/baselines/{{baseline}}.zarr", model=MODELS, baseline=SAMPLING_FREE),
+        **editing_tables(),
     output:
         lds=report(f"{RESULTS}/lds.csv", caption="../report/lds.rst", category="Tables"),
         ood=report(
@@ -50,6 +51,8 @@ rule summarize_lds:
         study=STUDY,
         priors=list(PRIORS),
         train_sizes=TRAIN_SIZES,
+        editing_ks=EDITING["ks"],
+        editing_k=10,  # the summary's editing section reports this k (or the grid's nearest below)
         # gradient_prior's prior, when it has one (with several it chooses per input)
         gradient_prior=(
             estimator_priors("gradient_prior")[0]

@@ -23,6 +23,7 @@ from compattr.analysis import (
     summary_markdown,
     summary_rows,
 )
+from compattr.editing import FIX_COLUMNS, FORGET_COLUMNS, TOP_K_COLUMNS, read_rows, summary_section
 from compattr.io import start_log
 from compattr.stores import load_fit
 
@@ -115,6 +116,19 @@ if gradient_prior in fits and {"gradient_prior", "ridge"} <= set(table.estimator
             "",
             grouped_gain_markdown(table, "gradient_prior", "ridge", covariate, label, offset=prior_cost).rstrip(),
         ]
+if snakemake.input.get("top_k"):  # the editing stage's tables, when the study edits
+    tables = {
+        name: [row for path in snakemake.input[name] for row in read_rows(path, columns)]
+        for name, columns in (("top_k", TOP_K_COLUMNS), ("fix", FIX_COLUMNS), ("forget", FORGET_COLUMNS))
+    }
+    mean_lds = {  # by method and passes, as the LDS table keeps them
+        (method, int(n)): score
+        for method in table.estimators
+        for n, score in zip(table.sizes[method], table.mean_curve(method), strict=True)
+    }
+    ks = snakemake.params.editing_ks
+    k = max([kk for kk in ks if kk <= snakemake.params.editing_k] or [min(ks)])  # the grid's nearest from below
+    notes += ["", summary_section(tables["top_k"], tables["forget"], tables["fix"], mean_lds, k).rstrip(), ""]
 sizes = sorted(snakemake.params.train_sizes)
 with open(snakemake.output.markdown, "w") as fh:
     sources = f"the {resampled_sources(table)}"
