@@ -1,7 +1,7 @@
 """The front door: which components of a model does each of its outputs depend on?
 
 :class:`ComponentAttributor` takes a model, its components (convolution filters,
-linear neurons), some inputs and an output function (the correct-class margin by
+linear neurons, attention heads), some inputs and an output function (the correct-class margin by
 default). It runs the model under random ablation masks (:meth:`~ComponentAttributor.sample`)
 and fits a linear component model per input (:meth:`~ComponentAttributor.attribute`),
 or computes a sampling-free attribution (first-order priors, leave-one-out).
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from compattr.baselines import first_order_prior, leave_one_out, prior_passes
-from compattr.components import ComponentSet, conv_components, module_components
+from compattr.components import ComponentSet, conv_components, module_components, transformer_components
 from compattr.estimators import ESTIMATORS, make_estimator
 from compattr.fitting import top_components
 from compattr.models import margins
@@ -135,10 +135,13 @@ class ComponentAttributor:
     ----------
     model : nn.Module
         The network; it is not changed (the attributor runs an ablatable copy in eval mode).
-    components : "conv", sequence of str, or ComponentSet
-        What a mask ablates: ``"conv"``, every filter of every ``nn.Conv2d``; a
-        list of module names, the output channels of those ``Conv2d`` and
-        ``Linear`` modules; or a :class:`~compattr.components.ComponentSet`.
+    components : "conv", "transformer", "heads", "neurons", sequence of str, or ComponentSet
+        What a mask ablates: ``"conv"``, every filter of every ``nn.Conv2d``;
+        ``"transformer"``, every attention head and MLP neuron (``"heads"`` or
+        ``"neurons"`` alone; :func:`~compattr.components.transformer_components`);
+        a list of module names, the filters of those ``Conv2d``, the neurons of
+        those ``Linear`` and the heads of those ``MultiheadAttention`` modules;
+        or a :class:`~compattr.components.ComponentSet`.
     inputs : Tensor or iterable of batches
         The inputs (n_inputs, ...), or a DataLoader (batches of inputs, or of
         ``(inputs, targets)`` pairs). They are gathered on the CPU and moved to
@@ -324,9 +327,18 @@ def _component_set(model: nn.Module, components: str | Sequence[str] | Component
     if isinstance(components, ComponentSet):
         return components
     if isinstance(components, str):
-        if components != "conv":
-            raise ValueError(f"components must be 'conv', a list of module names or a ComponentSet, got {components!r}")
-        return conv_components(model)
+        named = {
+            "conv": lambda: conv_components(model),
+            "transformer": lambda: transformer_components(model),
+            "heads": lambda: transformer_components(model, neurons=False),
+            "neurons": lambda: transformer_components(model, heads=False),
+        }
+        if components not in named:
+            raise ValueError(
+                f"components must be one of {sorted(named)}, a list of module names or a ComponentSet, "
+                f"got {components!r}"
+            )
+        return named[components]()
     return module_components(model, list(components))
 
 

@@ -67,6 +67,11 @@ def attribution_patching(
     coef : ndarray (n_inputs, n_components)
     intercept : ndarray (n_inputs,)
     """
+    if "heads" in components.kinds:
+        raise ValueError(
+            "attribution_patching hooks module outputs, and a head's output is inside its attention module: "
+            "use first_order_prior(point='unablated'), the same first-order effects from the keep factors"
+        )
     model = copy.deepcopy(model).eval()  # the caller's model keeps its mode and gradients
     device = next(model.parameters()).device
     modules = dict(model.named_modules())
@@ -100,10 +105,20 @@ def attribution_patching(
         missing = [name for name in components.module_names if name not in outputs]
         if missing:
             raise ValueError(f"component modules {missing} were not called in the model's forward pass")
-        effect = [-(outputs[name].grad * outputs[name]).flatten(2).sum(-1) for name in components.module_names]
+        effect = [
+            -_per_component(outputs[name].grad * outputs[name], kind)
+            for name, kind in zip(components.module_names, components.kinds, strict=True)
+        ]
         coefs.append(torch.cat(effect, dim=1).detach().cpu())
         intercepts.append(f.detach().cpu())
     return torch.cat(coefs).double().numpy(), torch.cat(intercepts).double().numpy()
+
+
+def _per_component(values: Tensor, kind: str) -> Tensor:
+    """``values`` (batch, ...) summed per component: over the positions after the channel axis, or before the last."""
+    if kind == "channels":
+        return values.flatten(2).sum(-1)
+    return values.reshape(len(values), -1, values.shape[-1]).sum(1)
 
 
 def leave_one_out(evaluator, n_units: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -374,6 +389,11 @@ def relu_patching(
     intercept : ndarray (n_inputs,)
         The unablated outputs.
     """
+    if set(components.kinds) != {"channels"}:
+        raise ValueError(
+            "relu_patching follows conv filters (kind 'channels') to their ReLU; for neurons and heads use "
+            "first_order_prior or attribution_patching"
+        )
     model = copy.deepcopy(model).eval()  # the caller's model keeps its mode
     try:
         graph = fx.symbolic_trace(model)

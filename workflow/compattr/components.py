@@ -1,11 +1,19 @@
 """Ablatable components of a network, and copies of it whose forward pass ablates them per sample.
 
-A *component* is one output channel of a module (a convolution filter, or a
-neuron of a linear layer). Components are numbered in module order and named
-``module.path:channel``. Ablating a component multiplies its output channel by
-zero for the samples whose mask asks so; for a bias-free convolution followed
-by BatchNorm this equals zeroing the filter's weights (the reference ablation of
-COAR, Shah et al. 2024).
+A *component* is one unit of a module's output, of one of three kinds:
+
+- ``channels``: an output channel (axis 1) of a convolution, a filter; named ``module.path:channel``.
+- ``neurons``: an output feature (the last axis) of a ``Linear`` layer, on ``(batch, features)`` or
+  ``(batch, tokens, features)`` activations; named ``module.path:neuron``.
+- ``heads``: one attention head of an ``nn.MultiheadAttention``, its contribution to the attention
+  output removed before the output projection; named ``module.path:head<h>``.
+
+Components are numbered in module order. Ablating one multiplies its output by zero for the samples
+whose mask asks so: for a bias-free convolution followed by BatchNorm this equals zeroing the filter's
+weights (the reference ablation of COAR, Shah et al. 2024); for a neuron, zeroing its row of the weight
+and its bias; for a head, zeroing its slice of the output projection's input. Each masked module checks
+on every forward pass that its output's component axis has the size the set gives it, and names the
+module when it does not.
 """
 
 from __future__ import annotations
@@ -17,33 +25,64 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ComponentSet", "AblatableNetwork", "conv_components", "module_components", "zero_filters"]
+__all__ = [
+    "KINDS",
+    "ComponentSet",
+    "AblatableNetwork",
+    "conv_components",
+    "module_components",
+    "transformer_components",
+    "zero_filters",
+]
+
+#: Component kinds: what a module's components are, and the axis of its output they live on.
+KINDS = ("channels", "neurons", "heads")
 
 
 @dataclass(frozen=True)
 class ComponentSet:
-    """An ordered set of ablatable output channels of some modules of one model.
+    """An ordered set of ablatable units (filters, neurons, heads) of some modules of one model.
 
     Attributes
     ----------
     module_names : tuple of str
         Dotted paths of the modules, in component order.
     sizes : tuple of int
-        Number of output channels of each module.
+        Number of components of each module.
+    kinds : tuple of str, optional
+        Each module's kind (:data:`KINDS`); default ``channels`` for every module.
     """
 
     module_names: tuple[str, ...]
     sizes: tuple[int, ...]
+    kinds: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        kinds = tuple(self.kinds) if self.kinds is not None else ("channels",) * len(self.module_names)
+        object.__setattr__(self, "kinds", kinds)
+        if not len(self.module_names) == len(self.sizes) == len(kinds):
+            raise ValueError(
+                f"{len(self.module_names)} module names, {len(self.sizes)} sizes and {len(kinds)} kinds: "
+                "give one of each per module"
+            )
+        unknown = sorted(set(kinds) - set(KINDS))
+        if unknown:
+            raise ValueError(f"unknown component kinds {unknown}; known: {list(KINDS)}")
 
     def __len__(self) -> int:
         return sum(self.sizes)
 
     @property
     def names(self) -> list[str]:
-        """Stable component names, ``module.path:channel``."""
-        return [f"{m}:{c}" for m, n in zip(self.module_names, self.sizes, strict=True) for c in range(n)]
+        """Stable component names: ``module.path:channel``, ``module.path:neuron``, ``module.path:head<h>``."""
+        return [
+            f"{m}:head{c}" if kind == "heads" else f"{m}:{c}"
+            for m, n, kind in zip(self.module_names, self.sizes, self.kinds, strict=True)
+            for c in range(n)
+        ]
 
     @property
     def offsets(self) -> list[int]:
@@ -83,17 +122,95 @@ class _Gate(nn.Module):
 
 
 class _MaskedOutput(_Gate):
-    """A module whose output channels are multiplied by its slice of the shared per-sample keep mask."""
+    """A module whose output channels (axis 1) or neurons (last axis) are multiplied by its slice of the keep mask."""
 
-    def __init__(self, module: nn.Module, slot: _KeepSlot, offset: int, size: int) -> None:
+    def __init__(self, module: nn.Module, slot: _KeepSlot, offset: int, size: int, name: str, kind: str) -> None:
         super().__init__(slot, offset, size)
-        self.module = module
+        self.module, self.name, self.kind = module, name, kind
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         output = self.module(*args, **kwargs)
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"component module {self.name!r} ({type(self.module).__name__}) returns a "
+                f"{type(output).__name__}, not a tensor: its {self.kind} cannot be masked on its output "
+                "(attention modules: their heads are components of kind 'heads')"
+            )
+        axis = 1 if self.kind == "channels" else output.ndim - 1
+        if output.ndim < 2 or output.shape[axis] != self.size:
+            raise ValueError(
+                f"component module {self.name!r}: the component set gives it {self.size} {self.kind} on "
+                f"axis {axis} of its output, but its output has shape {tuple(output.shape)}"
+            )
         grouped, keep = self._grouped(output)
-        factor = keep.reshape(len(keep), 1, self.size, *(1,) * (output.ndim - 2))  # (masks, 1, channels, 1, ...)
+        ones = (1,) * (output.ndim - 2)
+        if self.kind == "channels":  # (masks, 1, channels, 1, ...)
+            factor = keep.reshape(len(keep), 1, self.size, *ones)
+        else:  # (masks, 1, ..., neurons)
+            factor = keep.reshape(len(keep), 1, *ones, self.size)
         return (grouped * factor.to(output.dtype)).flatten(0, 1)
+
+
+class _MaskedAttention(_Gate):
+    """An ``nn.MultiheadAttention`` whose heads are multiplied by the keep mask before the output projection.
+
+    The heads' outputs are computed by :func:`torch.nn.functional.multi_head_attention_forward`
+    with an identity output projection, masked per sample and head, then projected by the
+    module's own ``out_proj``: ablating head ``h`` is zeroing its slice of the projection's input.
+    """
+
+    def __init__(self, module: nn.MultiheadAttention, slot: _KeepSlot, offset: int, size: int, name: str) -> None:
+        super().__init__(slot, offset, size)
+        if not module._qkv_same_embed_dim:
+            raise ValueError(
+                f"component module {name!r}: heads are ablated for attention whose query, key and value "
+                "share the embedding size only"
+            )
+        self.module, self.name = module, name
+        identity = torch.eye(module.embed_dim, device=module.in_proj_weight.device)
+        self.register_buffer("identity", identity, persistent=False)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        m = self.module
+        if m.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        heads, weights = F.multi_head_attention_forward(
+            query,
+            key,
+            value,
+            m.embed_dim,
+            m.num_heads,
+            m.in_proj_weight,
+            m.in_proj_bias,
+            m.bias_k,
+            m.bias_v,
+            m.add_zero_attn,
+            m.dropout,
+            self.identity.to(query.dtype),
+            None,
+            training=False,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights,
+            is_causal=is_causal,
+        )
+        heads = heads.transpose(0, 1)  # (batch, tokens, embed): the concatenated heads, batch first
+        grouped, keep = self._grouped(heads)
+        grouped = grouped.unflatten(-1, (m.num_heads, -1))  # (masks, samples, tokens, heads, head_dim)
+        masked = (grouped * keep[:, None, None, :, None].to(heads.dtype)).flatten(-2).flatten(0, 1)
+        out = F.linear(masked, m.out_proj.weight, m.out_proj.bias)
+        return (out if m.batch_first else out.transpose(0, 1)), weights
 
 
 class _MaskedBatchNorm(_Gate):
@@ -154,13 +271,23 @@ class AblatableNetwork(nn.Module):
         self.network = copy.deepcopy(model).eval()
         self.slot = _KeepSlot()
         self.n_folded = 0
-        for name, offset, size in zip(components.module_names, components.offsets, components.sizes, strict=True):
-            if name in pairs:
+        sites = zip(components.module_names, components.offsets, components.sizes, components.kinds, strict=True)
+        for name, offset, size, kind in sites:
+            module = self.network.get_submodule(name)
+            target = name
+            if kind == "heads":
+                if not isinstance(module, nn.MultiheadAttention):
+                    raise ValueError(
+                        f"component module {name!r} is a {type(module).__name__}: heads are those of an "
+                        "nn.MultiheadAttention"
+                    )
+                gate = _MaskedAttention(module, self.slot, offset, size, name)
+            elif kind == "channels" and name in pairs:
                 target = pairs[name]
                 gate = _MaskedBatchNorm(self.network.get_submodule(target), self.slot, offset, size)
                 self.n_folded += size
             else:
-                target, gate = name, _MaskedOutput(self.network.get_submodule(name), self.slot, offset, size)
+                gate = _MaskedOutput(module, self.slot, offset, size, name, kind)
             parent, _, child = target.rpartition(".")
             setattr(self.network.get_submodule(parent), child, gate)
 
@@ -225,31 +352,57 @@ def conv_components(model: nn.Module, *, include_shortcuts: bool = True) -> Comp
 
 
 def module_components(model: nn.Module, names: Sequence[str]) -> ComponentSet:
-    """The output channels of the named modules: a convolution's filters, a linear layer's neurons.
+    """The components of the named modules: a convolution's filters, a linear layer's neurons, attention heads.
 
-    ``names`` are dotted module paths (as ``model.named_modules()`` gives them),
-    kept in the order given.
+    ``names`` are dotted module paths (as ``model.named_modules()`` gives them), kept in the
+    order given. ``Conv2d``: its output channels; ``Linear``: its output features (the last
+    axis of its output, with or without a token axis); ``nn.MultiheadAttention``: its heads.
     """
     modules = dict(model.named_modules())
-    sizes = []
+    sizes, kinds = [], []
     for name in names:
         if name not in modules:
             raise ValueError(f"the model has no module {name!r}; its modules: {[n for n in modules if n][:20]}")
         module = modules[name]
         if isinstance(module, nn.Conv2d):
             sizes.append(module.out_channels)
+            kinds.append("channels")
         elif isinstance(module, nn.Linear):
             sizes.append(module.out_features)
+            kinds.append("neurons")
+        elif isinstance(module, nn.MultiheadAttention):
+            sizes.append(module.num_heads)
+            kinds.append("heads")
         else:
             raise ValueError(
-                f"module {name!r} is a {type(module).__name__}: components are the output channels of Conv2d "
-                "and Linear modules"
+                f"module {name!r} is a {type(module).__name__}: components are the output channels of Conv2d, "
+                "the neurons of Linear and the heads of MultiheadAttention modules"
             )
     if len(set(names)) != len(names):
         raise ValueError(f"module names repeat: {list(names)}")
     if not names:
         raise ValueError("no modules named: give at least one")
-    return ComponentSet(tuple(names), tuple(sizes))
+    return ComponentSet(tuple(names), tuple(sizes), tuple(kinds))
+
+
+def transformer_components(model: nn.Module, *, heads: bool = True, neurons: bool = True) -> ComponentSet:
+    """Every attention head and every hidden MLP neuron of a transformer, block by block.
+
+    Heads are those of each ``nn.MultiheadAttention``; MLP neurons are the outputs of the first
+    ``Linear`` of each block's MLP (a module whose path ends in ``mlp`` holding Linear layers, as
+    in torchvision's ``VisionTransformer`` and the project's own transformers).
+    """
+    names = []
+    for name, module in model.named_modules():
+        if heads and isinstance(module, nn.MultiheadAttention):
+            names.append(name)
+        elif neurons and name.rpartition(".")[2] == "mlp":
+            first = next((n for n, m in module.named_children() if isinstance(m, nn.Linear)), None)
+            if first is not None:
+                names.append(f"{name}.{first}")
+    if not names:
+        raise ValueError("the model has no MultiheadAttention modules and no blocks with an `mlp` of Linear layers")
+    return module_components(model, names)
 
 
 def zero_filters(model: nn.Module, components: ComponentSet, ablated: Tensor) -> None:

@@ -5,11 +5,15 @@
   torchvision, archive md5 checked, when ``download`` is true).
 - ``imagenet``: an ImageNet validation folder in ImageFolder layout (one
   sub-folder per class wnid), read lazily: only the images asked for are decoded.
+- ``text``: the Python documentation's topics (``pydoc_data``, part of every CPython
+  installation, under the Python Software Foundation License), as windows of characters
+  whose label is the next character: a language-model corpus that needs no download.
 """
 
 from __future__ import annotations
 
 import pickle
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,14 +48,23 @@ class DataMissingError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class ImageSplit:
-    """Images ``(n, channels, height, width)`` (float32) with labels ``(n,)`` (int64)."""
+    """Inputs with labels ``(n,)`` (int64): images ``(n, channels, height, width)`` (float32), or token
+    sequences ``(n, tokens)`` (int64) whose label is the next token.
+
+    ``classes`` fixes the number of classes (a vocabulary's size); by default it is one more
+    than the largest label.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
+    classes: int | None = None
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4:
-            raise ValueError(f"images must be (n, c, h, w), got shape {tuple(self.images.shape)}")
+        if self.images.ndim not in (2, 4):
+            raise ValueError(
+                "inputs must be images (n, c, h, w) or token sequences (n, tokens), "
+                f"got shape {tuple(self.images.shape)}"
+            )
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError("labels must have one entry per image")
 
@@ -60,18 +73,20 @@ class ImageSplit:
 
     @property
     def num_classes(self) -> int:
-        """Number of classes, taken as one more than the largest label."""
-        return int(self.labels.max()) + 1
+        """Number of classes: ``classes`` when given, else one more than the largest label."""
+        return self.classes if self.classes is not None else int(self.labels.max()) + 1
 
     def subset(self, index: np.ndarray) -> ImageSplit:
-        """The images at ``index``."""
+        """The inputs at ``index``."""
         index = torch.as_tensor(index, dtype=torch.long)
-        return ImageSplit(self.images[index], self.labels[index])
+        return ImageSplit(self.images[index], self.labels[index], self.classes)
 
     def batches(self, batch_size: int) -> Iterator[ImageSplit]:
         """Consecutive batches of at most ``batch_size`` images."""
         for start in range(0, len(self), batch_size):
-            yield ImageSplit(self.images[start : start + batch_size], self.labels[start : start + batch_size])
+            yield ImageSplit(
+                self.images[start : start + batch_size], self.labels[start : start + batch_size], self.classes
+            )
 
 
 class ImageFolderSplit:
@@ -194,6 +209,25 @@ def _load_digits(test_fraction: float, seed: int, image_size: int) -> tuple[Imag
     return ImageSplit(images[train], labels[train]), ImageSplit(images[test], labels[test])
 
 
+def _load_text(test_fraction: float, context: int, stride: int, num_classes: int) -> tuple[ImageSplit, ImageSplit]:
+    """The Python documentation's topics as next-character windows: train from the start, test from the end."""
+    from pydoc_data.topics import topics
+
+    text = "\n".join(topics[key] for key in sorted(topics))
+    common = [char for char, _ in Counter(text).most_common(num_classes - 1)]
+    code = {char: i + 1 for i, char in enumerate(common)}  # 0: every rarer character
+    ids = torch.tensor([code.get(char, 0) for char in text], dtype=torch.int64)
+    cut = int(round(len(ids) * (1 - test_fraction)))
+
+    def windows(tokens: torch.Tensor, step: int) -> ImageSplit:
+        starts = torch.arange(0, len(tokens) - context, step)
+        positions = starts[:, None] + torch.arange(context)
+        return ImageSplit(tokens[positions], tokens[starts + context], num_classes)
+
+    # test windows do not overlap: each held-out position is a separate input
+    return windows(ids[:cut], stride), windows(ids[cut:], context)
+
+
 def load_dataset(
     name: str,
     *,
@@ -203,19 +237,25 @@ def load_dataset(
     root: str | Path | None = None,
     download: bool = False,
     num_classes: int = 1000,
+    context: int = 32,
+    stride: int = 8,
 ) -> tuple[ImageSplit | None, ImageSplit | ImageFolderSplit]:
     """Load a dataset by name and return its ``(train, test)`` splits.
 
     Parameters
     ----------
-    name : {"digits", "cifar10", "imagenet"}
+    name : {"digits", "cifar10", "imagenet", "text"}
         ``"digits"``: scikit-learn's bundled 8x8 handwritten digits (no download),
         scaled to [-1, 1] and split at random into train and test.
+        ``"text"``: windows of ``context`` characters of the Python documentation's
+        topics (no download), labelled with the next character; the last
+        ``test_fraction`` of the text is the test split (windows side by side),
+        the rest the train split (a window every ``stride`` characters).
         ``"cifar10"``: the python batches under ``root`` (train 50,000, test 10,000).
         ``"imagenet"``: the validation folder ``root`` as test split, read lazily;
         there is no train split (``None``): the model comes with pretrained weights.
     test_fraction : float, default=0.3
-        Digits: fraction of the images held out as the test split.
+        Digits: fraction of the images held out as the test split; text: of the characters.
     seed : int, default=0
         Digits: seed of the train/test permutation.
     image_size : int, default=8
@@ -225,7 +265,10 @@ def load_dataset(
     download : bool, default=False
         CIFAR-10: download into ``root`` when missing (torchvision, md5 checked).
     num_classes : int, default=1000
-        ImageNet: number of class folders expected under ``root``.
+        ImageNet: number of class folders expected under ``root``; text: the vocabulary
+        (the most frequent ``num_classes - 1`` characters, and one for all others).
+    context, stride : int
+        Text: characters per window, and between train windows.
 
     Raises
     ------
@@ -234,13 +277,15 @@ def load_dataset(
     """
     if name == "digits":
         return _load_digits(test_fraction, seed, image_size)
+    if name == "text":
+        return _load_text(test_fraction, context, stride, num_classes)
     if name in ("cifar10", "imagenet") and root is None:
         raise DataMissingError(f"dataset {name!r} needs data.root in the config")
     if name == "cifar10":
         return _load_cifar10(root, download)
     if name == "imagenet":
         return None, ImageFolderSplit(root, num_classes=num_classes)
-    raise ValueError(f"unknown dataset {name!r}; known: 'digits', 'cifar10', 'imagenet'")
+    raise ValueError(f"unknown dataset {name!r}; known: 'digits', 'cifar10', 'imagenet', 'text'")
 
 
 def select_test_inputs(split: ImageSplit | ImageFolderSplit, n_inputs: int, seed: int) -> np.ndarray:
@@ -270,6 +315,10 @@ def with_noise(split: ImageSplit, std: float, seed: int) -> ImageSplit:
     """
     if std < 0:
         raise ValueError(f"noise standard deviation must be >= 0, got {std}")
+    if std == 0:
+        return split
+    if not split.images.is_floating_point():
+        raise ValueError("noise is added to images; these inputs are tokens (set editing.mistakes.noise: 0)")
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(split.images.shape, generator=generator, dtype=split.images.dtype)
     return ImageSplit(split.images + std * noise, split.labels)

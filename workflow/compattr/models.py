@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from compattr.components import ComponentSet, conv_components
+from compattr.components import ComponentSet, conv_components, transformer_components
 from compattr.data import ImageFolderSplit, ImageSplit
 from compattr.io import Download
 
@@ -26,7 +26,10 @@ __all__ = [
     "WeightsMissingError",
     "BasicBlock",
     "CifarResNet",
+    "ARCHITECTURES",
+    "TextTransformer",
     "build_model",
+    "study_components",
     "sha256sum",
     "load_state_dict_file",
     "torchvision_weights",
@@ -133,28 +136,121 @@ class WeightsMissingError(FileNotFoundError):
     """Model weights are missing, cannot be downloaded, or fail their checksum; the message says what to do."""
 
 
+ARCHITECTURES = ("cifar_resnet", "vit", "text_transformer", "torchvision_resnet50", "torchvision_vit_b_16")
+
+
 def build_model(arch: dict, num_classes: int, in_channels: int, seed: int | None = None) -> nn.Module:
     """Build a model from its config entry.
 
     ``{"name": "cifar_resnet", "widths": [...], "blocks": [...]}`` (optionally ``"residual": false``):
     :class:`CifarResNet`;
-    ``{"name": "torchvision_resnet50"}``: torchvision's ResNet-50 (ImageNet stem),
-    randomly initialised (load weights with :func:`torchvision_weights`).
+    ``{"name": "vit", "image_size", "patch_size", "layers", "heads", "hidden", "mlp"}``: a small
+    torchvision ``VisionTransformer`` (its patch embedding takes ``in_channels``);
+    ``{"name": "text_transformer", "context", "layers", "heads", "hidden", "mlp"}``: a
+    :class:`TextTransformer` over ``num_classes`` tokens;
+    ``{"name": "torchvision_resnet50"}`` or ``{"name": "torchvision_vit_b_16"}``: torchvision's
+    ResNet-50 (ImageNet stem) or ViT-B/16, randomly initialised (load weights with
+    :func:`torchvision_weights`).
     With ``seed``, the initial weights depend on it alone (the global RNG is left as it was).
     """
     name = arch["name"]
-    if name not in ("cifar_resnet", "torchvision_resnet50"):
-        raise ValueError(f"unknown architecture {name!r}; known: 'cifar_resnet', 'torchvision_resnet50'")
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; known: {list(ARCHITECTURES)}")
+    if name.startswith("torchvision_") and in_channels != 3:
+        raise ValueError(f"{name} takes 3-channel images, got {in_channels}")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         if name == "torchvision_resnet50":
             from torchvision.models import resnet50
 
-            if in_channels != 3:
-                raise ValueError(f"torchvision_resnet50 takes 3-channel images, got {in_channels}")
             return resnet50(weights=None, num_classes=num_classes)
+        if name == "torchvision_vit_b_16":
+            from torchvision.models import vit_b_16
+
+            return vit_b_16(weights=None, num_classes=num_classes)
+        if name == "vit":
+            return _small_vit(arch, num_classes, in_channels)
+        if name == "text_transformer":
+            sizes = (arch[key] for key in ("context", "layers", "heads", "hidden", "mlp"))
+            return TextTransformer(num_classes, *sizes)
         return CifarResNet(arch["widths"], arch["blocks"], num_classes, in_channels, arch.get("residual", True))
+
+
+def _small_vit(arch: dict, num_classes: int, in_channels: int) -> nn.Module:
+    """A torchvision ``VisionTransformer`` of the config's size, its patch embedding over ``in_channels``."""
+    from torchvision.models import VisionTransformer
+
+    if arch["image_size"] % arch["patch_size"]:
+        raise ValueError(
+            f"model.arch.image_size {arch['image_size']} is not a multiple of "
+            f"model.arch.patch_size {arch['patch_size']}"
+        )
+    model = VisionTransformer(
+        image_size=arch["image_size"],
+        patch_size=arch["patch_size"],
+        num_layers=arch["layers"],
+        num_heads=arch["heads"],
+        hidden_dim=arch["hidden"],
+        mlp_dim=arch["mlp"],
+        num_classes=num_classes,
+    )
+    if in_channels != 3:
+        patch = arch["patch_size"]
+        model.conv_proj = nn.Conv2d(in_channels, arch["hidden"], kernel_size=patch, stride=patch)
+    return model
+
+
+class _TextBlock(nn.Module):
+    """A pre-norm decoder block: causal self-attention, then an MLP, each added to the residual stream."""
+
+    def __init__(self, context: int, hidden: int, heads: int, mlp: int) -> None:
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.attn = nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(hidden, mlp), nn.GELU(), nn.Linear(mlp, hidden))
+        self.register_buffer("causal", torch.ones(context, context, dtype=torch.bool).triu(1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.ln_1(x)
+        n = x.shape[1]
+        attended, _ = self.attn(h, h, h, attn_mask=self.causal[:n, :n], need_weights=False)
+        x = x + attended
+        return x + self.mlp(self.ln_2(x))
+
+
+class TextTransformer(nn.Module):
+    """A small decoder-only transformer language model: logits of the token after each window.
+
+    Token and learned position embeddings, ``layers`` pre-norm blocks of causal multi-head
+    attention and a GELU MLP, a final LayerNorm and a linear read-out at the last position.
+    Its components (:func:`compattr.components.transformer_components`) are ``blocks.<b>.attn``'s
+    heads and ``blocks.<b>.mlp.0``'s neurons.
+    """
+
+    def __init__(self, vocab: int, context: int, layers: int, heads: int, hidden: int, mlp: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, hidden)
+        self.position = nn.Parameter(torch.randn(context, hidden) * 0.02)
+        self.blocks = nn.Sequential(*(_TextBlock(context, hidden, heads, mlp) for _ in range(layers)))
+        self.ln_f = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        x = self.embed(tokens) + self.position[: tokens.shape[1]]
+        return self.head(self.ln_f(self.blocks(x)[:, -1]))
+
+
+def study_components(model: nn.Module, spec: dict) -> ComponentSet:
+    """The components a study's config names (``components``): ``kind`` conv (every filter; shortcut
+    convolutions unless ``include_shortcuts`` is false) or transformer (every attention head and MLP neuron).
+    """
+    kind = spec.get("kind", "conv")
+    if kind == "transformer":
+        return transformer_components(model)
+    if kind != "conv":
+        raise ValueError(f"config components.kind must be 'conv' or 'transformer', got {kind!r}")
+    return conv_components(model, include_shortcuts=spec.get("include_shortcuts", True))
 
 
 def sha256sum(path: str | Path) -> str:
@@ -177,7 +273,7 @@ def load_state_dict_file(path: str | Path, sha256: str | None = None) -> dict[st
     return state.get("state_dict", state)
 
 
-TORCHVISION_WEIGHTS = {"torchvision_resnet50": "ResNet50_Weights"}
+TORCHVISION_WEIGHTS = {"torchvision_resnet50": "ResNet50_Weights", "torchvision_vit_b_16": "ViT_B_16_Weights"}
 
 
 def weights_download(arch: str, weights: str) -> Download:
@@ -301,15 +397,15 @@ def margins(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def save_checkpoint(
-    path: str, model: nn.Module, arch: dict, *, num_classes: int, in_channels: int, include_shortcuts: bool
+    path: str, model: nn.Module, arch: dict, *, num_classes: int, in_channels: int, components: dict
 ) -> None:
-    """Save a model with what :func:`load_checkpoint` needs to rebuild it and its components."""
+    """Save a model with what :func:`load_checkpoint` needs to rebuild it and its components (their config)."""
     torch.save(
         {
             "arch": arch,
             "num_classes": num_classes,
             "in_channels": in_channels,
-            "include_shortcuts": include_shortcuts,
+            "components": components,
             "state_dict": model.state_dict(),
         },
         path,
@@ -322,4 +418,6 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[nn.M
     model = build_model(checkpoint["arch"], checkpoint["num_classes"], checkpoint["in_channels"])
     model.load_state_dict(checkpoint["state_dict"])
     model.to(device).eval()
-    return model, conv_components(model, include_shortcuts=checkpoint["include_shortcuts"])
+    # checkpoints before component kinds record include_shortcuts alone
+    spec = checkpoint.get("components", {"include_shortcuts": checkpoint.get("include_shortcuts", True)})
+    return model, study_components(model, spec)
