@@ -86,7 +86,7 @@ def test_no_default_profile_can_override_the_slurm_resources():
         assert not (REPO / folder).exists(), f"{folder} would be loaded automatically and replace default-resources"
 
 
-@pytest.mark.parametrize("config", ["cifar10_resnet18", "imagenet_resnet50", "digits_resnet18"])
+@pytest.mark.parametrize("config", ["cifar10_resnet18", "imagenet_resnet50", "imagenet_vit_b16", "digits_resnet18"])
 def test_dry_run_of_the_paper_scale_configs_resolves_the_job_graph(tmp_path, config):
     workdir = copy_repo(tmp_path / "repo")
     empty_cache = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}  # no weights there yet
@@ -109,6 +109,7 @@ def test_dry_run_of_the_paper_scale_configs_resolves_the_job_graph(tmp_path, con
     downloads = {  # listed before any job, with their sizes: none of them is in the fresh copy
         "cifar10_resnet18": "downloads CIFAR-10 (python batches): 162.6 MiB from https://",
         "imagenet_resnet50": "downloads ResNet50_Weights.IMAGENET1K_V1: 97.8 MiB from https://",
+        "imagenet_vit_b16": "downloads ViT_B_16_Weights.IMAGENET1K_V1: 330.3 MiB from https://",
         "digits_resnet18": None,
     }[config]
     assert downloads is None and "download" not in result.stdout or downloads in result.stdout

@@ -133,7 +133,12 @@ def test_study_writes_sane_tables_and_figures(study):
         seeds.append(metrics["provenance"]["config"]["model"]["train"]["seed"])
     assert seeds == [config["model"]["train"]["seed"] + m for m in range(n_models)]
     names = (study / STUDY / "m0/model/components.tsv").read_text().splitlines()
-    assert names[0] == "index\tname\tmodule\tchannel" and names[1].split("\t")[1] == "conv1:0"
+    assert names[0] == "index\tname\tmodule\tunit\tkind" and names[1].split("\t")[1:] == [
+        "conv1:0",
+        "conv1",
+        "0",
+        "channels",
+    ]
     for rule in ("m0/train_model", "plot_lds", "m1/fit_estimator/ridge"):
         assert (study / f"logs/tiny/{rule}.log").exists()
     assert (study / "logs/tiny/m0/benchmarks/fit_estimator/ridge.tsv").read_text().startswith("s\th:m:s")
@@ -388,3 +393,40 @@ def test_reduced_gpu_scale_config_runs_on_cpu(tmp_path):
     masks, margins = read_rows(workdir / "results/reduced/m0/ablations/train.zarr")
     assert masks.shape == (40, 4800) and margins.shape == (40, 6) and np.isfinite(margins).all()
     assert {r["k"] for r in read_csv(workdir / "results/reduced/editing/top_k.csv")} == {"1", "10"}
+
+
+@pytest.mark.parametrize(
+    ("config", "components"),
+    [("digits_vit", {"heads": 3 * 4, "neurons": 3 * 64}), ("text_transformer", {"heads": 2 * 4, "neurons": 2 * 128})],
+)
+def test_reduced_transformer_studies_attribute_heads_and_neurons_end_to_end(tmp_path, config, components):
+    """The two transformer studies at toy sizes: heads and MLP neurons sampled, fitted, scored and edited."""
+    workdir = copy_repo(tmp_path / "repo")
+    cfg = yaml.safe_load((REPO / f"config/{config}.yaml").read_text())
+    cfg.update(study="reduced", device="cpu")
+    cfg["inputs"]["n"] = 6
+    cfg["model"]["train"]["epochs"] = 1
+    sampling = cfg["sampling"]
+    sampling.update(shard_size=40)
+    sampling["train"]["n_masks"], sampling["heldout"]["n_masks"] = 80, 40
+    sampling["ood"].update(ablation_rates=[0.1], n_masks=40)
+    cfg["fit"]["train_sizes"] = [40, 80]
+    cfg["fit"]["estimators"] = {e: cfg["fit"]["estimators"][e] for e in ("coar", "ridge", "gradient_prior")}
+    cfg["analysis"] |= {"references": ["coar"], "linear_baselines": ["ridge"]}
+    cfg["fit"]["priors"] = {name: cfg["fit"]["priors"][name] for name in ("atp", "atp_mean")}
+    mistakes = {**cfg["editing"]["mistakes"], "n": 3, "score_images": 20}
+    cfg["editing"] = {"ks": [1, 5], "random_draws": 1, "forget_images": 20, "mistakes": mistakes}
+    (workdir / "config/reduced.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(workdir, "--cores", "2", configfile="config/reduced.yaml")
+    rows = [line.split("\t") for line in (workdir / "results/reduced/m0/model/components.tsv").read_text().splitlines()]
+    kinds = [row[4] for row in rows[1:]]
+    assert {kind: kinds.count(kind) for kind in set(kinds)} == components
+    heads = [row[1] for row in rows[1:] if row[4] == "heads"]
+    assert heads[0].endswith(":head0") and len(set(heads)) == components["heads"]
+    lds = read_csv(workdir / "results/reduced/lds.csv")
+    assert len(lds) == (3 * 2 + 2 + 1) * 6  # three estimators at two sizes, two priors, leave-one-out
+    masks, margins = read_rows(workdir / "results/reduced/m0/ablations/train.zarr")
+    assert masks.shape == (80, sum(components.values())) and np.isfinite(margins).all()
+    assert "## Editing with attributions" in (workdir / "results/reduced/summary.md").read_text()
+    fix = read_csv(workdir / "results/reduced/editing/fix.csv")
+    assert {r["estimator"] for r in fix} == {"coar", "ridge", "gradient_prior", "atp", "atp_mean", "loo", "random"}

@@ -150,6 +150,35 @@ def _check_config():
         raise ValueError(
             "config model.arch.widths and model.arch.blocks must have the same length"
         )
+    if arch["name"] in ("vit", "text_transformer") and arch["hidden"] % arch["heads"]:
+        raise ValueError(f"config model.arch.hidden {arch['hidden']} is not a multiple of model.arch.heads {arch['heads']}")
+    if (arch["name"] == "text_transformer") != (config["data"]["name"] == "text"):
+        raise ValueError(
+            f"config model.arch.name {arch['name']} on data.name {config['data']['name']}: "
+            "the text data go with the text_transformer, and it with them"
+        )
+    if arch["name"] == "text_transformer" and arch["context"] != config["data"]["context"]:
+        raise ValueError(f"config model.arch.context {arch['context']} differs from data.context {config['data']['context']}")
+    if arch["name"] == "vit" and arch["image_size"] != config["data"].get("image_size", arch["image_size"]):
+        raise ValueError(
+            f"config model.arch.image_size {arch['image_size']} differs from data.image_size {config['data']['image_size']}"
+        )
+    transformer = arch["name"] in ("vit", "text_transformer", "torchvision_vit_b_16")
+    kind = config["components"]["kind"]
+    if kind == "transformer" and not transformer:
+        raise ValueError(
+            "config components.kind transformer needs a transformer (model.arch.name vit, text_transformer or "
+            f"torchvision_vit_b_16), not {arch['name']}"
+        )
+    if kind == "conv" and transformer:
+        raise ValueError(
+            f"config components.kind is conv on a {arch['name']}: set components.kind: transformer (heads and neurons)"
+        )
+    exact = [name for name, prior in PRIORS.items() if prior.get("relu") == "exact"]
+    if exact and kind != "conv":
+        raise ValueError(
+            f"config fit.priors {exact}: relu exact follows conv filters to their ReLU; leave it out for {kind} components"
+        )
     sources = [key for key in ("train", "weights", "checkpoint") if key in model]
     if len(sources) != 1:
         raise ValueError(

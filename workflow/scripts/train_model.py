@@ -2,7 +2,6 @@
 
 import torch
 
-from compattr.components import conv_components
 from compattr.data import load_dataset, select_test_inputs
 from compattr.io import provenance, resolve_device, start_log, write_json
 from compattr.models import (
@@ -10,6 +9,7 @@ from compattr.models import (
     build_model,
     load_state_dict_file,
     save_checkpoint,
+    study_components,
     torchvision_weights,
     train_classifier,
 )
@@ -41,8 +41,7 @@ if model_cfg.get("n_eval") and model_cfg["n_eval"] < len(test):
     evaluated = test.subset(select_test_inputs(test, model_cfg["n_eval"], seed=0))
 metrics.update(test_accuracy=accuracy(model, evaluated, batch_size=256), n_eval=len(evaluated))
 model.cpu()
-include_shortcuts = snakemake.params.components["include_shortcuts"]
-components = conv_components(model, include_shortcuts=include_shortcuts)
+components = study_components(model, snakemake.params.components)
 metrics["n_components"] = len(components)
 log.info("metrics: %s", metrics)
 
@@ -52,14 +51,15 @@ save_checkpoint(
     arch,
     num_classes=test.num_classes,
     in_channels=in_channels,
-    include_shortcuts=include_shortcuts,
+    components=snakemake.params.components,
 )
 write_json(
     snakemake.output.metrics,
     {**metrics, "provenance": provenance({"data": data_cfg, "model": model_cfg}, device=str(device))},
 )
 with open(snakemake.output.components, "w") as fh:
-    fh.write("index\tname\tmodule\tchannel\n")
-    for i, name in enumerate(components.names):
-        module, channel = name.rsplit(":", 1)
-        fh.write(f"{i}\t{name}\t{module}\t{channel}\n")
+    fh.write("index\tname\tmodule\tunit\tkind\n")
+    kinds = [kind for kind, size in zip(components.kinds, components.sizes, strict=True) for _ in range(size)]
+    for i, (name, kind) in enumerate(zip(components.names, kinds, strict=True)):
+        module, unit = name.rsplit(":", 1)
+        fh.write(f"{i}\t{name}\t{module}\t{unit}\t{kind}\n")
