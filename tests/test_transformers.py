@@ -219,3 +219,70 @@ def test_the_text_corpus_gives_next_character_windows_and_a_causal_model_ablates
         torch.testing.assert_close(network(tokens, torch.ones(1, len(components))), model(tokens), rtol=1e-4, atol=1e-5)
         edited.blocks[1].attn.out_proj.weight[:, :8] = 0
         torch.testing.assert_close(network(tokens, keep), edited(tokens), rtol=1e-4, atol=1e-5)
+
+
+def test_mean_ablation_replaces_each_unit_by_its_mean_output():
+    from compattr.components import component_means, conv_components
+
+    torch.manual_seed(0)
+    # neurons: the mean over inputs and tokens; ablated, a neuron outputs it (weight row 0, bias = mean)
+    model = _TokenMLP().eval()
+    x = torch.randn(6, 5, 5)
+    neurons = module_components(model, ["fc1"])
+    means = component_means(model, neurons, x, batch_size=4)
+    with torch.no_grad():
+        np.testing.assert_allclose(means["fc1"], model.fc1(x).mean((0, 1)), rtol=1e-5, atol=1e-6)
+        keep = torch.ones(1, 5)
+        keep[0, 2] = 0
+        edited = _TokenMLP().eval()
+        edited.load_state_dict(model.state_dict())
+        edited.fc1.weight[2], edited.fc1.bias[2] = 0, means["fc1"][2]
+        torch.testing.assert_close(neurons.with_means(means).ablatable(model)(x, keep), edited(x))
+    # heads: ablated, a head's slice of the projection's input is its mean, folded into the bias
+    vit = _small_vit()
+    heads = transformer_components(vit, neurons=False)
+    images = torch.randn(5, 3, 8, 8)
+    means = component_means(vit, heads, images)
+    name = "encoder.layers.encoder_layer_0.self_attention"
+    assert means[name].shape == (2, 8) and heads.with_means(means).ablation == "mean"
+    with torch.no_grad():
+        keep = torch.ones(1, 4)
+        keep[0, 1] = 0  # head 1 of block 0
+        edited = _small_vit()
+        projection = edited.get_submodule(name).out_proj
+        projection.bias += projection.weight[:, 8:] @ means[name][1]
+        projection.weight[:, 8:] = 0
+        torch.testing.assert_close(
+            heads.with_means(means).ablatable(vit)(images, keep), edited(images), rtol=1e-4, atol=1e-5
+        )
+    # filters folded into their BatchNorm: the same as replacing the conv's output channel by its mean
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(36, 2))
+    conv[1].running_mean.uniform_(-1, 1)
+    conv.eval()
+    filters = conv_components(conv)
+    pictures = torch.randn(7, 1, 5, 5)
+    means = component_means(conv, filters, pictures)
+    network = filters.with_means(means).ablatable(conv)
+    assert network.n_folded == 4
+    handle = conv[0].register_forward_hook(
+        lambda m, a, out: torch.cat([out[:, :3], means["0"][3].expand_as(out[:, 3:])], 1)
+    )
+    with torch.no_grad():
+        keep = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+        torch.testing.assert_close(network(pictures, keep), conv(pictures), rtol=1e-5, atol=1e-5)
+    handle.remove()
+
+
+def test_first_order_effects_under_mean_ablation_are_exact_when_the_output_is_linear():
+    from compattr.components import component_means
+
+    torch.manual_seed(2)
+    model = _AttentionPool().eval()
+    tokens, labels = torch.randn(5, 6, 8), torch.randint(0, 2, (5,))
+    heads = module_components(model, ["attn"])
+    heads = heads.with_means(component_means(model, heads, torch.randn(20, 6, 8)))
+    exact, _ = leave_one_out(ComponentMarginEvaluator(model, heads, tokens, labels), len(heads))
+    prior, _ = first_order_prior(model, heads, tokens, labels, ablation_rate=0.05)
+    np.testing.assert_allclose(prior, exact, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="mean ablation"):
+        attribution_patching(model, heads, tokens, labels)

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+import zarr
 
+from compattr.models import load_checkpoint
 from compattr.stores import load_fit, read_coordinates, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -396,14 +398,18 @@ def test_reduced_gpu_scale_config_runs_on_cpu(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("config", "components"),
-    [("digits_vit", {"heads": 3 * 4, "neurons": 3 * 64}), ("text_transformer", {"heads": 2 * 4, "neurons": 2 * 128})],
+    ("config", "components", "ablation"),
+    [
+        ("digits_vit", {"heads": 3 * 4, "neurons": 3 * 64}, "mean"),
+        ("text_transformer", {"heads": 2 * 4, "neurons": 2 * 128}, "zero"),
+    ],
 )
-def test_reduced_transformer_studies_attribute_heads_and_neurons_end_to_end(tmp_path, config, components):
+def test_reduced_transformer_studies_attribute_heads_and_neurons_end_to_end(tmp_path, config, components, ablation):
     """The two transformer studies at toy sizes: heads and MLP neurons sampled, fitted, scored and edited."""
     workdir = copy_repo(tmp_path / "repo")
     cfg = yaml.safe_load((REPO / f"config/{config}.yaml").read_text())
     cfg.update(study="reduced", device="cpu")
+    cfg["components"]["ablation"] = ablation
     cfg["inputs"]["n"] = 6
     cfg["model"]["train"]["epochs"] = 1
     sampling = cfg["sampling"]
@@ -430,3 +436,6 @@ def test_reduced_transformer_studies_attribute_heads_and_neurons_end_to_end(tmp_
     assert "## Editing with attributions" in (workdir / "results/reduced/summary.md").read_text()
     fix = read_csv(workdir / "results/reduced/editing/fix.csv")
     assert {r["estimator"] for r in fix} == {"coar", "ridge", "gradient_prior", "atp", "atp_mean", "loo", "random"}
+    _, loaded = load_checkpoint(workdir / "results/reduced/m0/model/model.pt")
+    store = zarr.open_group(str(workdir / "results/reduced/m0/ablations/train.zarr"), mode="r")
+    assert loaded.ablation == ablation and store.attrs["config"]["components"]["ablation"] == ablation

@@ -67,6 +67,8 @@ def attribution_patching(
     coef : ndarray (n_inputs, n_components)
     intercept : ndarray (n_inputs,)
     """
+    if components.means is not None:
+        raise ValueError("attribution_patching ablates to zero; for mean ablation use first_order_prior")
     if "heads" in components.kinds:
         raise ValueError(
             "attribution_patching hooks module outputs, and a head's output is inside its attention module: "
@@ -389,10 +391,10 @@ def relu_patching(
     intercept : ndarray (n_inputs,)
         The unablated outputs.
     """
-    if set(components.kinds) != {"channels"}:
+    if set(components.kinds) != {"channels"} or components.means is not None:
         raise ValueError(
-            "relu_patching follows conv filters (kind 'channels') to their ReLU; for neurons and heads use "
-            "first_order_prior or attribution_patching"
+            "relu_patching follows zero-ablated conv filters (kind 'channels') to their ReLU; for neurons, heads "
+            "and mean ablation use first_order_prior"
         )
     model = copy.deepcopy(model).eval()  # the caller's model keeps its mode
     try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -35,6 +35,7 @@ __all__ = [
     "conv_components",
     "module_components",
     "transformer_components",
+    "component_means",
     "zero_filters",
 ]
 
@@ -54,11 +55,16 @@ class ComponentSet:
         Number of components of each module.
     kinds : tuple of str, optional
         Each module's kind (:data:`KINDS`); default ``channels`` for every module.
+    means : dict of str to Tensor, optional
+        Mean ablation: per module, the value an ablated unit takes instead of zero (its mean
+        output, :func:`component_means`): ``(size,)`` for channels and neurons, ``(heads,
+        head_dim)`` for heads. Default: zero ablation.
     """
 
     module_names: tuple[str, ...]
     sizes: tuple[int, ...]
     kinds: tuple[str, ...] | None = None
+    means: dict[str, Tensor] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         kinds = tuple(self.kinds) if self.kinds is not None else ("channels",) * len(self.module_names)
@@ -71,6 +77,17 @@ class ComponentSet:
         unknown = sorted(set(kinds) - set(KINDS))
         if unknown:
             raise ValueError(f"unknown component kinds {unknown}; known: {list(KINDS)}")
+        if self.means is not None and set(self.means) != set(self.module_names):
+            raise ValueError(f"means are given for {sorted(self.means)}, not for every module of {self.module_names}")
+
+    @property
+    def ablation(self) -> str:
+        """How a component is ablated: ``zero``, or ``mean`` (replaced by its mean output)."""
+        return "zero" if self.means is None else "mean"
+
+    def with_means(self, means: dict[str, Tensor] | None) -> ComponentSet:
+        """The same components, ablated to ``means`` (:func:`component_means`; None: to zero)."""
+        return replace(self, means=means)
 
     def __len__(self) -> int:
         return sum(self.sizes)
@@ -109,23 +126,38 @@ class _KeepSlot:
 
 
 class _Gate(nn.Module):
-    """A module that masks channels ``offset : offset + size`` of the components, read from a shared slot."""
+    """A module that masks components ``offset : offset + size``, read from a shared slot.
 
-    def __init__(self, slot: _KeepSlot, offset: int, size: int) -> None:
+    ``mean`` (None: zero ablation) is what an ablated unit's output becomes. With ``recording``
+    set, each forward pass adds its units' outputs (before masking) to ``total`` and ``count``.
+    """
+
+    def __init__(self, slot: _KeepSlot, offset: int, size: int, mean: Tensor | None = None) -> None:
         super().__init__()
         self.slot, self.offset, self.size = slot, offset, size
+        self.register_buffer("mean", None if mean is None else mean.detach().clone(), persistent=False)
+        self.recording, self.total, self.count = False, None, 0
 
     def _grouped(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x`` (batch, channels, ...) as (masks, samples per mask, channels, ...), and the keep (masks, size)."""
         keep = self.slot.keep[:, self.offset : self.offset + self.size]
         return x.unflatten(0, (len(keep), -1)), keep
 
+    def _record(self, units: Tensor) -> None:
+        """Add ``units`` (positions, unit, ...) to the running total, when recording."""
+        if self.recording:
+            total = units.detach().double().sum(0)
+            self.total = total if self.total is None else self.total + total
+            self.count += len(units)
+
 
 class _MaskedOutput(_Gate):
     """A module whose output channels (axis 1) or neurons (last axis) are multiplied by its slice of the keep mask."""
 
-    def __init__(self, module: nn.Module, slot: _KeepSlot, offset: int, size: int, name: str, kind: str) -> None:
-        super().__init__(slot, offset, size)
+    def __init__(
+        self, module: nn.Module, slot: _KeepSlot, offset: int, size: int, name: str, kind: str, mean: Tensor | None
+    ) -> None:
+        super().__init__(slot, offset, size, mean)
         self.module, self.name, self.kind = module, name, kind
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
@@ -142,13 +174,19 @@ class _MaskedOutput(_Gate):
                 f"component module {self.name!r}: the component set gives it {self.size} {self.kind} on "
                 f"axis {axis} of its output, but its output has shape {tuple(output.shape)}"
             )
+        self._record(output.movedim(axis, -1).reshape(-1, self.size))
         grouped, keep = self._grouped(output)
         ones = (1,) * (output.ndim - 2)
         if self.kind == "channels":  # (masks, 1, channels, 1, ...)
             factor = keep.reshape(len(keep), 1, self.size, *ones)
         else:  # (masks, 1, ..., neurons)
             factor = keep.reshape(len(keep), 1, *ones, self.size)
-        return (grouped * factor.to(output.dtype)).flatten(0, 1)
+        factor = factor.to(output.dtype)
+        if self.mean is None:
+            return (grouped * factor).flatten(0, 1)
+        mean = self.mean.to(output.dtype)
+        mean = mean.reshape(self.size, *ones) if self.kind == "channels" else mean
+        return (mean + (grouped - mean) * factor).flatten(0, 1)
 
 
 class _MaskedAttention(_Gate):
@@ -159,8 +197,10 @@ class _MaskedAttention(_Gate):
     module's own ``out_proj``: ablating head ``h`` is zeroing its slice of the projection's input.
     """
 
-    def __init__(self, module: nn.MultiheadAttention, slot: _KeepSlot, offset: int, size: int, name: str) -> None:
-        super().__init__(slot, offset, size)
+    def __init__(
+        self, module: nn.MultiheadAttention, slot: _KeepSlot, offset: int, size: int, name: str, mean: Tensor | None
+    ) -> None:
+        super().__init__(slot, offset, size, mean)
         if not module._qkv_same_embed_dim:
             raise ValueError(
                 f"component module {name!r}: heads are ablated for attention whose query, key and value "
@@ -206,9 +246,16 @@ class _MaskedAttention(_Gate):
             is_causal=is_causal,
         )
         heads = heads.transpose(0, 1)  # (batch, tokens, embed): the concatenated heads, batch first
+        self._record(heads.reshape(-1, m.num_heads, m.head_dim))
         grouped, keep = self._grouped(heads)
         grouped = grouped.unflatten(-1, (m.num_heads, -1))  # (masks, samples, tokens, heads, head_dim)
-        masked = (grouped * keep[:, None, None, :, None].to(heads.dtype)).flatten(-2).flatten(0, 1)
+        factor = keep[:, None, None, :, None].to(heads.dtype)
+        if self.mean is None:
+            masked = grouped * factor
+        else:
+            mean = self.mean.to(heads.dtype)
+            masked = mean + (grouped - mean) * factor
+        masked = masked.flatten(-2).flatten(0, 1)
         out = F.linear(masked, m.out_proj.weight, m.out_proj.bias)
         return (out if m.batch_first else out.transpose(0, 1)), weights
 
@@ -222,8 +269,8 @@ class _MaskedBatchNorm(_Gate):
     preceding convolution's filter is zeroed.
     """
 
-    def __init__(self, norm: nn.BatchNorm2d, slot: _KeepSlot, offset: int, size: int) -> None:
-        super().__init__(slot, offset, size)
+    def __init__(self, norm: nn.BatchNorm2d, slot: _KeepSlot, offset: int, size: int, mean: Tensor | None) -> None:
+        super().__init__(slot, offset, size, mean)
         with torch.no_grad():
             scale = torch.rsqrt(norm.running_var + norm.eps)
             if norm.weight is not None:
@@ -235,9 +282,13 @@ class _MaskedBatchNorm(_Gate):
         self.register_buffer("shift", shift.detach().clone()[:, None, None], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        self._record(x.movedim(1, -1).reshape(-1, self.size))
         grouped, keep = self._grouped(x)
         factor = (keep * self.scale)[:, None, :, None, None]  # (masks, 1, channels, 1, 1)
-        return torch.addcmul(self.shift.to(x.dtype), grouped, factor.to(x.dtype)).flatten(0, 1)
+        shift = self.shift
+        if self.mean is not None:  # an ablated channel is its mean: BN(m + (x - m) k) = x (s k) + shift + s m (1 - k)
+            shift = shift + ((1 - keep) * self.scale * self.mean)[:, None, :, None, None]
+        return torch.addcmul(shift.to(x.dtype), grouped, factor.to(x.dtype)).flatten(0, 1)
 
 
 class AblatableNetwork(nn.Module):
@@ -272,24 +323,27 @@ class AblatableNetwork(nn.Module):
         self.slot = _KeepSlot()
         self.n_folded = 0
         sites = zip(components.module_names, components.offsets, components.sizes, components.kinds, strict=True)
+        self.gates: list[_Gate] = []  # in component order (not registered twice: they sit in the network)
+        means = components.means or {}
         for name, offset, size, kind in sites:
             module = self.network.get_submodule(name)
-            target = name
+            target, mean = name, means.get(name)
             if kind == "heads":
                 if not isinstance(module, nn.MultiheadAttention):
                     raise ValueError(
                         f"component module {name!r} is a {type(module).__name__}: heads are those of an "
                         "nn.MultiheadAttention"
                     )
-                gate = _MaskedAttention(module, self.slot, offset, size, name)
+                gate = _MaskedAttention(module, self.slot, offset, size, name, mean)
             elif kind == "channels" and name in pairs:
                 target = pairs[name]
-                gate = _MaskedBatchNorm(self.network.get_submodule(target), self.slot, offset, size)
+                gate = _MaskedBatchNorm(self.network.get_submodule(target), self.slot, offset, size, mean)
                 self.n_folded += size
             else:
-                gate = _MaskedOutput(module, self.slot, offset, size, name, kind)
+                gate = _MaskedOutput(module, self.slot, offset, size, name, kind, mean)
             parent, _, child = target.rpartition(".")
             setattr(self.network.get_submodule(parent), child, gate)
+            self.gates.append(gate)
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
         """Outputs of the network on ``x`` (batch, ...) ablated by ``keep`` (batch or fewer rows, n_components)."""
@@ -302,6 +356,28 @@ class AblatableNetwork(nn.Module):
         out = self.network(x)
         self.slot.keep = None
         return out
+
+
+@torch.no_grad()
+def component_means(
+    model: nn.Module, components: ComponentSet, inputs: Tensor, batch_size: int = 256
+) -> dict[str, Tensor]:
+    """Each module's mean unit output over ``inputs`` (and positions): the values of mean ablation.
+
+    ``(size,)`` per channel or neuron module, ``(heads, head_dim)`` per attention module (each
+    head's output before the output projection). Pass them to :meth:`ComponentSet.with_means`.
+    """
+    network = AblatableNetwork(model, components.with_means(None))
+    device = next(network.parameters()).device
+    for gate in network.gates:
+        gate.recording = True
+    keep = torch.ones(1, len(components), device=device)
+    for start in range(0, len(inputs), batch_size):
+        network(inputs[start : start + batch_size].to(device), keep)
+    return {
+        name: (gate.total / gate.count).float().cpu()
+        for name, gate in zip(components.module_names, network.gates, strict=True)
+    }
 
 
 def _batchnorm_consumers(model: nn.Module, names: tuple[str, ...]) -> dict[str, str]:

@@ -397,15 +397,27 @@ def margins(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def save_checkpoint(
-    path: str, model: nn.Module, arch: dict, *, num_classes: int, in_channels: int, components: dict
+    path: str,
+    model: nn.Module,
+    arch: dict,
+    *,
+    num_classes: int,
+    in_channels: int,
+    components: dict,
+    means: dict[str, Tensor] | None = None,
 ) -> None:
-    """Save a model with what :func:`load_checkpoint` needs to rebuild it and its components (their config)."""
+    """Save a model with what :func:`load_checkpoint` needs to rebuild it and its components.
+
+    ``components`` is their config entry; ``means``, for mean ablation, the units' mean outputs
+    (:func:`compattr.components.component_means`).
+    """
     torch.save(
         {
             "arch": arch,
             "num_classes": num_classes,
             "in_channels": in_channels,
             "components": components,
+            "means": means,
             "state_dict": model.state_dict(),
         },
         path,
@@ -420,4 +432,4 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[nn.M
     model.to(device).eval()
     # checkpoints before component kinds record include_shortcuts alone
     spec = checkpoint.get("components", {"include_shortcuts": checkpoint.get("include_shortcuts", True)})
-    return model, study_components(model, spec)
+    return model, study_components(model, spec).with_means(checkpoint.get("means"))

@@ -179,6 +179,11 @@ def _check_config():
         raise ValueError(
             f"config fit.priors {exact}: relu exact follows conv filters to their ReLU; leave it out for {kind} components"
         )
+    if config["components"]["ablation"] == "mean" and config["data"]["name"] == "imagenet":
+        raise ValueError(
+            "config components.ablation mean averages each unit over training inputs, and data.name imagenet "
+            "has no train split here: use zero"
+        )
     sources = [key for key in ("train", "weights", "checkpoint") if key in model]
     if len(sources) != 1:
         raise ValueError(

@@ -2,6 +2,7 @@
 
 import torch
 
+from compattr.components import component_means
 from compattr.data import load_dataset, select_test_inputs
 from compattr.io import provenance, resolve_device, start_log, write_json
 from compattr.models import (
@@ -13,6 +14,8 @@ from compattr.models import (
     torchvision_weights,
     train_classifier,
 )
+
+MEAN_IMAGES = 2000  # training inputs the mean-ablation values are averaged over (at most)
 
 log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -42,6 +45,11 @@ if model_cfg.get("n_eval") and model_cfg["n_eval"] < len(test):
 metrics.update(test_accuracy=accuracy(model, evaluated, batch_size=256), n_eval=len(evaluated))
 model.cpu()
 components = study_components(model, snakemake.params.components)
+means = None
+if snakemake.params.components.get("ablation", "zero") == "mean":  # ablated units take their mean on train data
+    sample = train.subset(select_test_inputs(train, min(len(train), MEAN_IMAGES), seed=0))
+    means = component_means(model, components, sample.images)
+    log.info("mean ablation: unit means over %d training inputs", len(sample))
 metrics["n_components"] = len(components)
 log.info("metrics: %s", metrics)
 
@@ -52,6 +60,7 @@ save_checkpoint(
     num_classes=test.num_classes,
     in_channels=in_channels,
     components=snakemake.params.components,
+    means=means,
 )
 write_json(
     snakemake.output.metrics,
