@@ -102,24 +102,25 @@ def test_class_accuracy_splits_the_target_class_from_the_others():
     np.testing.assert_allclose(others, [1.0, 0.5])
 
 
-def test_the_summary_pairs_each_fit_with_its_lds_by_passes_and_correlates_them():
-    rows = [
+def _top_k_table(cells, predicted="-1", flipped="1"):
+    """Top-k rows at k = 2 from (estimator, n_train, passes, true_change) cells."""
+    return [
         {
             "estimator": m,
             "n_train": n,
             "passes": p,
             "k": "2",
-            "predicted_change": "-1",
+            "predicted_change": predicted,
             "true_change": t,
-            "flipped": "1",
+            "flipped": flipped,
         }
-        for m, n, p, t in [
-            ("a", "10", "10", "-1"),
-            ("a", "20", "20", "-3"),
-            ("b", "0", "3", "-2"),
-            ("r", "0", "0", "0"),
-        ]
-    ] + [
+        for m, n, p, t in cells
+    ]
+
+
+def test_the_summary_pairs_each_fit_with_its_lds_by_passes_and_correlates_them():
+    rows = _top_k_table([("a", "10", "10", "-1"), ("a", "20", "20", "-3"), ("b", "0", "3", "-2"), ("r", "0", "0", "0")])
+    rows.append(
         {
             "estimator": "a",
             "n_train": "10",
@@ -129,7 +130,7 @@ def test_the_summary_pairs_each_fit_with_its_lds_by_passes_and_correlates_them()
             "true_change": "9",
             "flipped": "0",
         }
-    ]
+    )
     table, rho, pairs = editing_summary(rows, {("a", 10): 0.1, ("a", 20): 0.9, ("b", 3): 0.5}, k=2)
     assert [(r["method"], r["passes"], r["true_drop"], r["lds"]) for r in table][:3] == [
         ("a", 10, 1.0, 0.1),
@@ -225,23 +226,8 @@ def test_the_fixing_summary_pairs_each_fit_with_its_lds_and_averages_accuracy_wh
 
 
 def test_the_summary_section_reports_each_method_at_its_largest_size():
-    top_k = [
-        {
-            "estimator": m,
-            "n_train": n,
-            "passes": p,
-            "k": "2",
-            "predicted_change": "-2",
-            "true_change": t,
-            "flipped": "0",
-        }
-        for m, n, p, t in [
-            ("a", "10", "10", "-1"),
-            ("a", "20", "20", "-4"),
-            ("b", "0", "3", "-2"),
-            ("c", "0", "5", "-3"),
-        ]
-    ]
+    cells = [("a", "10", "10", "-1"), ("a", "20", "20", "-4"), ("b", "0", "3", "-2"), ("c", "0", "5", "-3")]
+    top_k = _top_k_table(cells, predicted="-2", flipped="0")
     forget = [
         {"estimator": "a", "target": "0", "k": k, "class_accuracy": c, "other_accuracy": "0.9"}
         for k, c in (("0", "1.0"), ("2", "0.25"))

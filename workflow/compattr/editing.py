@@ -298,28 +298,43 @@ def editing_summary(
     the rows, the Spearman correlation across (method, size) between mean LDS and mean true
     drop at ``k`` (NaN with fewer than 3 pairs), and the number of pairs it is computed on.
     """
-    cells: dict[tuple[str, int, int], list[tuple[float, float, float]]] = {}
-    for row in top_k:
+    values = {
+        "true_drop": lambda row: -float(row["true_change"]),
+        "predicted_drop": lambda row: -float(row["predicted_change"]),
+        "flipped": lambda row: float(row["flipped"]),
+    }
+    rows = _per_fit_means(top_k, k, values, lds)
+    return (rows, *_lds_correlation(rows, "true_drop"))
+
+
+def _per_fit_means(
+    table: Sequence[dict[str, str]],
+    k: int,
+    values: dict[str, Callable[[dict[str, str]], float]],
+    lds: dict[tuple[str, int], float],
+) -> list[dict[str, object]]:
+    """Per method, train size and passes: the mean of each of ``values`` over the rows at ``k``, and the LDS.
+
+    Means leave NaN out (NaN when a value is NaN in every row).
+    """
+    cells: dict[tuple[str, int, int], list[list[float]]] = {}
+    for row in table:
         if int(row["k"]) == k:
             key = (row["estimator"], int(row["n_train"]), int(row["passes"]))
-            cells.setdefault(key, []).append(
-                (-float(row["true_change"]), -float(row["predicted_change"]), float(row["flipped"]))
-            )
+            cells.setdefault(key, []).append([value(row) for value in values.values()])
     rows = []
-    for (method, n, passes), values in sorted(cells.items()):
-        true, predicted, flipped = np.nanmean(np.array(values), axis=0)
+    for (method, n, passes), cell in sorted(cells.items()):
+        means = [np.nanmean(column) if np.isfinite(column).any() else np.nan for column in np.array(cell).T]
         rows.append(
             {
                 "method": method,
                 "n_train": n,
                 "passes": passes,
-                "true_drop": true,
-                "predicted_drop": predicted,
-                "flipped": flipped,
+                **dict(zip(values, means, strict=True)),
                 "lds": lds.get((method, passes), np.nan),
             }
         )
-    return (rows, *_lds_correlation(rows, "true_drop"))
+    return rows
 
 
 def _lds_correlation(rows: Sequence[dict[str, object]], key: str) -> tuple[float, int]:
@@ -365,30 +380,16 @@ def fixing_summary(
     Spearman correlation across (method, size) between mean LDS and the fraction fixed, and its pairs.
     ``other_accuracy`` is the edited model's mean accuracy on other images (largest sizes only).
     """
-    cells: dict[tuple[str, int, int], list[tuple[float, float, float, float]]] = {}
-    for row in fix:
-        if int(row["k"]) == k:
-            key = (row["estimator"], int(row["n_train"]), int(row["passes"]))
-            values = (row["fixed"], row["true_change"], row["predicted_change"], row["other_accuracy"])
-            cells.setdefault(key, []).append(tuple(float(v) for v in values))
-    rows = []
-    for (method, n, passes), values in sorted(cells.items()):
-        array = np.array(values)
-        fixed, rise, predicted, other = (
-            np.nanmean(column) if np.isfinite(column).any() else np.nan for column in array.T
+    values = {
+        name: lambda row, column=column: float(row[column])
+        for name, column in (
+            ("fixed", "fixed"),
+            ("true_rise", "true_change"),
+            ("predicted_rise", "predicted_change"),
+            ("other_accuracy", "other_accuracy"),
         )
-        rows.append(
-            {
-                "method": method,
-                "n_train": n,
-                "passes": passes,
-                "fixed": fixed,
-                "true_rise": rise,
-                "predicted_rise": predicted,
-                "other_accuracy": other,
-                "lds": lds.get((method, passes), np.nan),
-            }
-        )
+    }
+    rows = _per_fit_means(fix, k, values, lds)
     return (rows, *_lds_correlation(rows, "fixed"))
 
 
