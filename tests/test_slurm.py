@@ -18,8 +18,8 @@ GPU_RULES = {"train_model", "sample_ablation_shard", "fit_estimator", "fit_basel
 def sbatch_calls(state: Path) -> dict[str, list[list[str]]]:
     """The logged sbatch argument lists, by rule (from the ``--comment rule_<name>...`` the plugin sets)."""
     calls: dict[str, list[list[str]]] = {}
-    for line in (state / "sbatch.log").read_text().splitlines():
-        args = shlex.split(line)
+    for path in sorted((state / "calls").iterdir(), key=lambda p: int(p.name)):
+        args = shlex.split(path.read_text())
         comment = args[args.index("--comment") + 1]
         rule = comment.removeprefix("rule_").split("_wildcards_")[0]
         calls.setdefault(rule, []).append(args)
