@@ -144,11 +144,10 @@ class _Gate(nn.Module):
         return x.unflatten(0, (len(keep), -1)), keep
 
     def _record(self, units: Tensor) -> None:
-        """Add ``units`` (positions, unit, ...) to the running total, when recording."""
-        if self.recording:
-            total = units.detach().double().sum(0)
-            self.total = total if self.total is None else self.total + total
-            self.count += len(units)
+        """Add ``units`` (positions, unit, ...) to the running total (callers check ``recording`` first)."""
+        total = units.detach().double().sum(0)
+        self.total = total if self.total is None else self.total + total
+        self.count += len(units)
 
 
 class _MaskedOutput(_Gate):
@@ -174,7 +173,8 @@ class _MaskedOutput(_Gate):
                 f"component module {self.name!r}: the component set gives it {self.size} {self.kind} on "
                 f"axis {axis} of its output, but its output has shape {tuple(output.shape)}"
             )
-        self._record(output.movedim(axis, -1).reshape(-1, self.size))
+        if self.recording:  # never in the sampling path: the reshape copies the activations
+            self._record(output.movedim(axis, -1).reshape(-1, self.size))
         grouped, keep = self._grouped(output)
         ones = (1,) * (output.ndim - 2)
         if self.kind == "channels":  # (masks, 1, channels, 1, ...)
@@ -246,7 +246,8 @@ class _MaskedAttention(_Gate):
             is_causal=is_causal,
         )
         heads = heads.transpose(0, 1)  # (batch, tokens, embed): the concatenated heads, batch first
-        self._record(heads.reshape(-1, m.num_heads, m.head_dim))
+        if self.recording:
+            self._record(heads.reshape(-1, m.num_heads, m.head_dim))
         grouped, keep = self._grouped(heads)
         grouped = grouped.unflatten(-1, (m.num_heads, -1))  # (masks, samples, tokens, heads, head_dim)
         factor = keep[:, None, None, :, None].to(heads.dtype)
@@ -282,7 +283,8 @@ class _MaskedBatchNorm(_Gate):
         self.register_buffer("shift", shift.detach().clone()[:, None, None], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        self._record(x.movedim(1, -1).reshape(-1, self.size))
+        if self.recording:
+            self._record(x.movedim(1, -1).reshape(-1, self.size))
         grouped, keep = self._grouped(x)
         factor = (keep * self.scale)[:, None, :, None, None]  # (masks, 1, channels, 1, 1)
         shift = self.shift
