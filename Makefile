@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 CONFIG ?=
 
-.PHONY: study test lint bench config-docs clean-results
+.PHONY: study test lint bench config-docs clean-results unified
 
 $(BIN)/snakemake: envs/requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ ifdef CONFIG
 else
 	$(BIN)/snakemake --cores $(CORES)
 endif
+
+# The three kinds of unit (components, features, data), each study with its own config, then one figure.
+unified: $(BIN)/snakemake
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --configfile config/digits_features.yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile config/digits_data.yaml
+	$(BIN)/snakemake --cores $(CORES) unified
 
 test: $(BIN)/snakemake
 	$(BIN)/pytest -q

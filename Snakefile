@@ -35,6 +35,7 @@ include: "workflow/rules/score.smk"
 include: "workflow/rules/sweep.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/editing.smk"
+include: "workflow/rules/unified.smk"
 
 
 # Jobs that only create, collect or name files run in the main process (on a cluster: the head node).
@@ -42,6 +43,7 @@ localrules:
     all,
     sweep,
     bench,
+    unified,
     init_ablation_store,
     init_mistakes_store,
     top_components,

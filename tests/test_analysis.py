@@ -201,3 +201,32 @@ def test_resampled_sources_name_models_and_draws_only_when_there_are_several(tmp
     assert resampled_sources(read_lds_csv(tmp_path / "many.csv")) == (
         "3 test inputs, 2 independently trained models and up to 3 disjoint draws of training masks per size"
     )
+
+
+def test_evaluations_put_priors_at_zero_and_leave_one_out_at_its_units_and_one_figure_shows_every_kind(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from compattr.analysis import read_lds_csv, write_lds_csv
+    from compattr.plots import plot_unified
+
+    rows = []
+    for i in range(4):
+        rows += [("coar", 0, 0, 50, 50, i, 0.5, 0.5), ("coar", 0, 0, 100, 100, i, 0.6, 0.6)]
+        rows += [("gradient_prior", 0, 0, 50, 53, i, 0.7, 0.7), ("atp", 0, 0, 0, 3, i, 0.4, 0.4)]
+        rows += [("loo", 0, 0, 0, 64, i, 0.8, 0.8)]
+    write_lds_csv(tmp_path / "lds.csv", rows)
+    by_passes = read_lds_csv(tmp_path / "lds.csv")
+    table = read_lds_csv(tmp_path / "lds.csv", by="evaluations")
+    assert by_passes.sizes["atp"].tolist() == [3] and by_passes.sizes["gradient_prior"].tolist() == [53]
+    assert table.sizes["atp"].tolist() == [0] and table.sizes["gradient_prior"].tolist() == [50]
+    assert table.sizes["loo"].tolist() == [64] and table.sizes["coar"].tolist() == [50, 100]
+    with pytest.raises(ValueError, match="by must be"):
+        read_lds_csv(tmp_path / "lds.csv", by="seconds")
+    fig = plot_unified({"components": ("components", table), "data": ("data", table)}, n_bootstrap=10)
+    axes = [ax for ax in fig.axes if ax.get_xlabel()]
+    assert [ax.get_xlabel() for ax in axes] == [
+        "perturbed evaluations (ablated forward passes)",
+        "perturbed evaluations (trained models)",
+    ]
+    assert [t.get_text() for t in fig.legends[0].get_texts()][-1] == "leave-one-out"

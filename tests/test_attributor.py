@@ -143,8 +143,8 @@ def test_priors_are_computed_once_per_point(monkeypatch):
     import compattr.attributor as front
 
     calls = []
-    original = front.first_order_prior
-    monkeypatch.setattr(front, "first_order_prior", lambda *a, **k: calls.append(k["point"]) or original(*a, **k))
+    original = front.unit_prior
+    monkeypatch.setattr(front, "unit_prior", lambda *a, **k: calls.append(k["point"]) or original(*a, **k))
     x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
     attributor = compattr.ComponentAttributor(_mlp(), ["0", "2"], x, y)
     attributor.sample(60, 0.1)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from conftest import planted_problem
 
-from compattr.bench import fit_speed, forward_throughput
+from compattr.bench import fit_speed, forward_throughput, training_speed
+from compattr.datamodels import Recipe
 
 
 def test_forward_throughput_reports_both_rates(trained_model, digits):
@@ -12,6 +13,15 @@ def test_forward_throughput_reports_both_rates(trained_model, digits):
     assert result["batch"] == 200 and result["batches"] == 8 and result["device"] == "cpu"
     assert result["plain_per_s"] > 0 and result["ablated_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["ablated_per_s"] / result["plain_per_s"])
+
+
+def test_training_speed_times_the_same_models_batched_and_looped(digits):
+    train, _ = digits
+    recipe = Recipe(hidden=4, steps=5)
+    result = training_speed(train.images[:50], train.labels[:50], recipe, 10, n_models=6, n_loop=2)
+    assert result["units"] == 50 and result["batched_models"] == 6 and result["loop_models"] == 2
+    assert result["max_logit_difference"] < 1e-4  # the looped models are the first batched ones
+    assert result["speedup"] == pytest.approx(result["batched_models_per_second"] / result["loop_models_per_second"])
 
 
 @pytest.mark.parametrize("estimator", ["coar", "ridge", "lasso", "gradient_prior", "relu_collapse"])

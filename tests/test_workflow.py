@@ -389,7 +389,7 @@ def test_reduced_gpu_scale_config_runs_on_cpu(tmp_path):
     (workdir / "config/reduced.yaml").write_text(yaml.safe_dump(cfg))
     snakemake(workdir, "--cores", "2", configfile="config/reduced.yaml")
     metrics = yaml.safe_load((workdir / "results/reduced/m0/model/metrics.json").read_text())
-    assert metrics["n_components"] == 4800 and metrics["n_test"] == 1078
+    assert metrics["n_units"] == 4800 and metrics["n_test"] == 1078
     lds = read_csv(workdir / "results/reduced/lds.csv")
     assert len(lds) == (3 + 1 + 1) * 6  # three estimators at 40 masks, the prior's point, the baseline
     masks, margins = read_rows(workdir / "results/reduced/m0/ablations/train.zarr")
@@ -439,3 +439,56 @@ def test_reduced_transformer_studies_attribute_heads_and_neurons_end_to_end(tmp_
     _, loaded = load_checkpoint(workdir / "results/reduced/m0/model/model.pt")
     store = zarr.open_group(str(workdir / "results/reduced/m0/ablations/train.zarr"), mode="r")
     assert loaded.ablation == ablation and store.attrs["config"]["components"]["ablation"] == ablation
+
+
+def test_reduced_feature_and_data_studies_run_the_same_stages_and_share_one_figure(tmp_path):
+    """config/digits_features.yaml and config/digits_data.yaml at toy sizes, then the unified figure of both."""
+    workdir = copy_repo(tmp_path / "repo")
+    for config, study in (("digits_features", "reduced_features"), ("digits_data", "reduced_data")):
+        cfg = yaml.safe_load((REPO / f"config/{config}.yaml").read_text())
+        cfg.update(study=study, device="cpu")
+        cfg["inputs"]["n"] = 6
+        sampling = cfg["sampling"]
+        sampling.update(shard_size=40)
+        sampling["train"]["n_masks"], sampling["heldout"]["n_masks"] = 80, 40
+        sampling.pop("ood", None)
+        cfg["fit"]["train_sizes"] = [40, 80]
+        cfg["fit"]["estimators"] = {e: cfg["fit"]["estimators"][e] for e in ("coar", "ridge", "gradient_prior")}
+        cfg["analysis"] |= {"references": ["coar"], "linear_baselines": ["ridge"]}
+        cfg["unified"] = {"studies": {"reduced_features": "features", "reduced_data": "data"}}
+        if config == "digits_features":
+            cfg["model"]["train"]["epochs"] = 1
+            cfg["fit"]["priors"] = {name: cfg["fit"]["priors"][name] for name in ("atp", "atp_mean")}
+            mistakes = {**cfg["editing"]["mistakes"], "n": 3, "pool": 60, "score_images": 20}
+            cfg["editing"] = {"ks": [1, 5], "random_draws": 1, "forget_images": 20, "mistakes": mistakes}
+        else:
+            cfg["examples"]["n"] = 30
+            cfg["model"]["train"]["steps"] = 20
+        (workdir / f"config/{study}.yaml").write_text(yaml.safe_dump(cfg))
+        snakemake(workdir, "--cores", "2", configfile=f"config/{study}.yaml")
+    rows = [
+        line.split("\t")
+        for line in (workdir / "results/reduced_features/m0/model/components.tsv").read_text().splitlines()
+    ]
+    assert rows[1][1:] == ["patch:r0c0", "patch", "r0c0", "patches"] and len(rows) == 1 + 64
+    rows = [
+        line.split("\t") for line in (workdir / "results/reduced_data/m0/model/components.tsv").read_text().splitlines()
+    ]
+    assert len(rows) == 1 + 30 and {row[4] for row in rows[1:]} == {"examples"}
+    # three estimators at two sizes and leave-one-out; features: two priors; data: the influence prior, and
+    # gradient_prior's point at zero masks (its one prior alone)
+    for study in ("reduced_features", "reduced_data"):
+        lds = read_csv(workdir / f"results/{study}/lds.csv")
+        assert len(lds) == (3 * 2 + 2 + 1) * 6
+        assert {r["estimator"] for r in lds} >= {"coar", "ridge", "gradient_prior", "loo"}
+    data_lds = read_csv(workdir / "results/reduced_data/lds.csv")
+    assert {r["passes"] for r in data_lds if r["estimator"] == "influence"} == {"0"}  # trains no model
+    assert {r["passes"] for r in data_lds if r["estimator"] == "loo"} == {"30"}  # one model per left-out example
+    masks, margins = read_rows(workdir / "results/reduced_data/m0/ablations/train.zarr")
+    assert masks.shape == (80, 30) and 0.3 < masks.mean() < 0.7 and np.isfinite(margins).all()
+    _, units = load_checkpoint(workdir / "results/reduced_data/m0/model/model.pt")
+    assert len(units) == 30 and units.recipe.steps == 20
+    assert (workdir / "results/reduced_features/editing/top_k.csv").exists()  # the deletion curve
+    assert not (workdir / "results/reduced_data/editing").exists()
+    snakemake(workdir, "--cores", "1", "unified", configfile="config/reduced_data.yaml")
+    assert (workdir / "results/unified/lds_vs_perturbations.png").stat().st_size > 10_000

@@ -222,13 +222,23 @@ def curve_dips(table: LdsTable, n_components: int) -> list[str]:
     return notes
 
 
-def read_lds_csv(paths: str | Path | Sequence[str | Path]) -> LdsTable:
-    """Read one or more tidy LDS tables (:func:`write_lds_csv`) into an :class:`LdsTable`, sized by their passes."""
+def read_lds_csv(paths: str | Path | Sequence[str | Path], *, by: str = "passes") -> LdsTable:
+    """Read one or more tidy LDS tables (:func:`write_lds_csv`) into an :class:`LdsTable`.
+
+    Sized ``by`` their forward-equivalent ``passes``, or by their perturbed
+    ``evaluations``: the masks an estimator fits on (ablated passes, masked inputs or
+    trained models, whatever the study's units), 0 for a first-order prior, one per
+    unit for leave-one-out.
+    """
+    if by not in ("passes", "evaluations"):
+        raise ValueError(f"by must be 'passes' or 'evaluations', got {by!r}")
     if isinstance(paths, (str, Path)):
         paths = [paths]
     rows = []
     for path in paths:
         rows += _read_rows(path, LDS_COLUMNS)
+    if by == "evaluations":
+        rows = [{**r, "passes": r["passes"] if r["estimator"] == "loo" else r["n_train"]} for r in rows]
     return _table(rows)
 
 
@@ -515,7 +525,8 @@ def cheapest_markdown(rows: Sequence[dict[str, object]], reference: str = "coar"
         cost = min(float(r["ablations_needed"]) for r in at)  # type: ignore[arg-type]
         cheapest = ", ".join(str(r["estimator"]) for r in at if float(r["ablations_needed"]) == cost)  # type: ignore[arg-type]
         ref = next((float(r["ablations_needed"]) for r in at if r["estimator"] == reference), float("nan"))  # type: ignore[arg-type]
-        ratio = "" if np.isnan(ref) else f"{ref / cost:.1f}x"
+        # a cost of 0: a first-order prior of a data study, which trains no model beyond the one
+        ratio = "" if np.isnan(ref) else ("prior alone" if cost == 0 else f"{ref / cost:.1f}x")
         ref_cell = "not reached" if np.isnan(ref) else f"{ref:.0f}"
         lines.append(f"| {target} | {cheapest} | {cost:.0f} | {ref_cell} | {ratio} |")
     return "\n".join(lines) + "\n"
@@ -566,12 +577,14 @@ def summary_markdown(
     references: Sequence[str] = ("coar",),
     headings: dict[float, str] | None = None,
     sources: str = "test inputs",
+    passes: str = "forward-equivalent passes",
 ) -> str:
     """The generated ``summary.md``: per LDS target, passes needed and reductions with their intervals.
 
     ``references`` name the ``reduction_vs_<reference>`` columns of ``rows`` to show;
     ``headings`` replace the heading of some targets (e.g. a fraction of the ceiling);
-    ``sources`` says what the bootstrap intervals resample.
+    ``sources`` says what the bootstrap intervals resample; ``passes`` what the cost counts
+    (a data study's: trained models).
     """
 
     def interval(row: dict[str, object], key: str, percent: bool) -> str:
@@ -582,7 +595,7 @@ def summary_markdown(
         bounds = "" if np.isnan(low) or np.isnan(high) else f" [{fmt(low)}, {fmt(high)}]"
         return fmt(value) + bounds
 
-    lines = [f"# {study}: forward-equivalent passes needed per LDS target", ""]
+    lines = [f"# {study}: {passes} needed per LDS target", ""]
     for target in dict.fromkeys(r["target_lds"] for r in rows):
         header = ["method", "passes needed", *(f"vs {name}" for name in references), "vs best tuned linear"]
         heading = (headings or {}).get(target, f"LDS {target}")  # type: ignore[call-overload]

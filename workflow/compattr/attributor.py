@@ -21,13 +21,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from compattr.baselines import first_order_prior, leave_one_out, prior_passes
+from compattr.baselines import leave_one_out
 from compattr.components import ComponentSet, conv_components, module_components, transformer_components
+from compattr.datamodels import TrainingExamples
 from compattr.estimators import ESTIMATORS, make_estimator
+from compattr.features import PatchSet
 from compattr.fitting import top_components
 from compattr.models import margins
-from compattr.sampling import BATCHES_PER_CALL, ComponentMarginEvaluator, bernoulli_masks
+from compattr.sampling import BATCHES_PER_CALL, bernoulli_masks
 from compattr.scores import lds_scores
+from compattr.units import make_evaluator, unit_prior
 
 __all__ = ["ComponentAttributor", "Attribution", "Samples", "lds", "OUTPUTS", "PRIORS"]
 
@@ -135,13 +138,17 @@ class ComponentAttributor:
     ----------
     model : nn.Module
         The network; it is not changed (the attributor runs an ablatable copy in eval mode).
-    components : "conv", "transformer", "heads", "neurons", sequence of str, or ComponentSet
+    components : "conv", "transformer", "heads", "neurons", sequence of str, ComponentSet, PatchSet or TrainingExamples
         What a mask ablates: ``"conv"``, every filter of every ``nn.Conv2d``;
         ``"transformer"``, every attention head and MLP neuron (``"heads"`` or
         ``"neurons"`` alone; :func:`~compattr.components.transformer_components`);
         a list of module names, the filters of those ``Conv2d``, the neurons of
         those ``Linear`` and the heads of those ``MultiheadAttention`` modules;
-        or a :class:`~compattr.components.ComponentSet`.
+        or a :class:`~compattr.components.ComponentSet`. The same engine
+        attributes to input patches (a :class:`~compattr.features.PatchSet`: a
+        mask replaces them by a baseline) and to training examples (a
+        :class:`~compattr.datamodels.TrainingExamples`: a mask leaves them out of
+        a model trained per mask; ``model`` is then the one trained on all of them).
     inputs : Tensor or iterable of batches
         The inputs (n_inputs, ...), or a DataLoader (batches of inputs, or of
         ``(inputs, targets)`` pairs). They are gathered on the CPU and moved to
@@ -166,7 +173,8 @@ class ComponentAttributor:
 
     Attributes
     ----------
-    components : ComponentSet
+    components : ComponentSet, PatchSet or TrainingExamples
+        The units.
     samples_ : Samples or None
         The samples kept by :meth:`sample`, in the order drawn.
     ablation_rate_ : float or None
@@ -200,7 +208,7 @@ class ComponentAttributor:
         if len(self.input_ids) != len(self.inputs):
             raise ValueError(f"{len(self.input_ids)} input_ids for {len(self.inputs)} inputs")
         self.seed, self.batch_size = seed, batch_size
-        self._evaluator = ComponentMarginEvaluator(
+        self._evaluator = make_evaluator(
             model, self.components, self.inputs, self.targets, batch_size, output=output, **forward
         )
         self._draws = 0
@@ -213,9 +221,11 @@ class ComponentAttributor:
         masks = np.asarray(masks, dtype=bool)
         if masks.ndim != 2 or masks.shape[1] != len(self.components):
             raise ValueError(f"masks must be (n_masks, {len(self.components)}), got {masks.shape}")
-        step = max(1, BATCHES_PER_CALL * self.batch_size // len(self.inputs))
+        step = getattr(self._evaluator, "masks_per_call", None) or max(
+            1, BATCHES_PER_CALL * self.batch_size // len(self.inputs)
+        )
         chunks = range(0, len(masks), step)
-        bar = tqdm(chunks, desc="ablated passes", unit="call", disable=not progress or len(chunks) < 2)
+        bar = tqdm(chunks, desc="perturbed evaluations", unit="call", disable=not progress or len(chunks) < 2)
         return (
             np.concatenate([self._evaluator(masks[i : i + step]) for i in bar])
             if len(masks)
@@ -310,7 +320,7 @@ class ComponentAttributor:
         return self._priors[key]
 
     def _compute_prior(self, settings: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
-        coef, intercept = first_order_prior(
+        return unit_prior(
             self.model,
             self.components,
             self.inputs,
@@ -320,11 +330,12 @@ class ComponentAttributor:
             output=self.output,
             **settings,
         )
-        return coef, intercept, prior_passes(settings["point"])
 
 
-def _component_set(model: nn.Module, components: str | Sequence[str] | ComponentSet) -> ComponentSet:
-    if isinstance(components, ComponentSet):
+def _component_set(
+    model: nn.Module, components: str | Sequence[str] | ComponentSet | PatchSet | TrainingExamples
+) -> ComponentSet | PatchSet | TrainingExamples:
+    if isinstance(components, (ComponentSet, PatchSet, TrainingExamples)):
         return components
     if isinstance(components, str):
         named = {

@@ -1,4 +1,5 @@
-"""Benchmarks: ablated against plain forward throughput, batched fits against per-input scikit-learn loops."""
+"""Benchmarks: ablated against plain forward throughput, batched fits against per-input scikit-learn loops,
+batched training of a data study's models against training them one by one."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from compattr.components import ComponentSet
+from compattr.datamodels import Recipe, stacked_logits, train_alone, train_models
 from compattr.estimators import make_estimator
 from compattr.estimators._ridge import ridge_alphas
 from compattr.sampling import BATCHES_PER_CALL, ComponentMarginEvaluator
 from compattr.scores import lds_scores
 
-__all__ = ["forward_throughput", "fit_speed", "REFERENCES", "LIBRARY_REFERENCES"]
+__all__ = ["forward_throughput", "fit_speed", "training_speed", "REFERENCES", "LIBRARY_REFERENCES"]
 
 
 def _timed_pair(
@@ -350,4 +352,39 @@ def fit_speed(
         "reference_inputs": k,
         "reference_measured_s": measured_s,
         **library,
+    }
+
+
+def training_speed(
+    images: Tensor, labels: Tensor, recipe: Recipe, num_classes: int, *, n_models: int, n_loop: int, seed: int = 0
+) -> dict[str, Any]:
+    """Models trained per second: ``n_models`` at once (:func:`compattr.datamodels.train_models`) against
+    ``n_loop`` of them one by one (:func:`compattr.datamodels.train_alone`, the same recipe and subsets).
+
+    Each subset keeps every example with probability 0.5, as a data study's masks do. The
+    batched models are checked against the looped ones (largest logit difference on the examples).
+    """
+    keep = torch.from_numpy(np.random.default_rng(seed).random((n_models, len(labels))) < 0.5).to(images.device)
+    start = time.perf_counter()
+    params = train_models(images, labels, keep, recipe, num_classes)
+    batched = time.perf_counter() - start
+    start = time.perf_counter()
+    alone = [train_alone(images[keep[r]], labels[keep[r]], recipe, num_classes) for r in range(n_loop)]
+    loop = time.perf_counter() - start
+    with torch.no_grad():
+        difference = max(
+            float((model(images) - stacked_logits([p[r : r + 1] for p in params], images)[0]).abs().max())
+            for r, model in enumerate(alone)
+        )
+    return {
+        "units": len(labels),
+        "recipe": {key: getattr(recipe, key) for key in ("hidden", "steps", "lr", "weight_decay", "seed")},
+        "batched_models": n_models,
+        "batched_seconds": batched,
+        "batched_models_per_second": n_models / batched,
+        "loop_models": n_loop,
+        "loop_seconds": loop,
+        "loop_models_per_second": n_loop / loop,
+        "speedup": (n_models / batched) / (n_loop / loop),
+        "max_logit_difference": difference,
     }

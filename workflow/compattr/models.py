@@ -136,7 +136,7 @@ class WeightsMissingError(FileNotFoundError):
     """Model weights are missing, cannot be downloaded, or fail their checksum; the message says what to do."""
 
 
-ARCHITECTURES = ("cifar_resnet", "vit", "text_transformer", "torchvision_resnet50", "torchvision_vit_b_16")
+ARCHITECTURES = ("cifar_resnet", "vit", "text_transformer", "torchvision_resnet50", "torchvision_vit_b_16", "mlp")
 
 
 def build_model(arch: dict, num_classes: int, in_channels: int, seed: int | None = None) -> nn.Module:
@@ -150,7 +150,9 @@ def build_model(arch: dict, num_classes: int, in_channels: int, seed: int | None
     :class:`TextTransformer` over ``num_classes`` tokens;
     ``{"name": "torchvision_resnet50"}`` or ``{"name": "torchvision_vit_b_16"}``: torchvision's
     ResNet-50 (ImageNet stem) or ViT-B/16, randomly initialised (load weights with
-    :func:`torchvision_weights`).
+    :func:`torchvision_weights`);
+    ``{"name": "mlp", "hidden", "in_features"}``: the MLP of data attribution
+    (:func:`compattr.datamodels.mlp`; ``hidden`` 0 is softmax regression).
     With ``seed``, the initial weights depend on it alone (the global RNG is left as it was).
     """
     name = arch["name"]
@@ -171,6 +173,12 @@ def build_model(arch: dict, num_classes: int, in_channels: int, seed: int | None
             return vit_b_16(weights=None, num_classes=num_classes)
         if name == "vit":
             return _small_vit(arch, num_classes, in_channels)
+        if name == "mlp":
+            from compattr.datamodels import mlp
+
+            if "in_features" not in arch:
+                raise ValueError("model.arch mlp needs in_features (the inputs' size), which its checkpoint records")
+            return mlp(arch["in_features"], num_classes, arch["hidden"])
         if name == "text_transformer":
             sizes = (arch[key] for key in ("context", "layers", "heads", "hidden", "mlp"))
             return TextTransformer(num_classes, *sizes)
@@ -405,11 +413,14 @@ def save_checkpoint(
     in_channels: int,
     components: dict,
     means: dict[str, Tensor] | None = None,
+    units: dict | None = None,
 ) -> None:
-    """Save a model with what :func:`load_checkpoint` needs to rebuild it and its components.
+    """Save a model with what :func:`load_checkpoint` needs to rebuild it and its units.
 
-    ``components`` is their config entry; ``means``, for mean ablation, the units' mean outputs
-    (:func:`compattr.components.component_means`).
+    ``components`` is their config entry (``kind`` ``features`` or ``data``: the spec of
+    :func:`compattr.units.spec_of`); ``means``, for mean ablation, the units' mean outputs
+    (:func:`compattr.components.component_means`); ``units``, the tensors that features and
+    data units carry (a mean image; the training examples).
     """
     torch.save(
         {
@@ -418,6 +429,7 @@ def save_checkpoint(
             "in_channels": in_channels,
             "components": components,
             "means": means,
+            "units": units,
             "state_dict": model.state_dict(),
         },
         path,
@@ -425,11 +437,20 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, ComponentSet]:
-    """Rebuild a model saved by :func:`save_checkpoint` (in eval mode on ``device``) and its components."""
+    """Rebuild a model saved by :func:`save_checkpoint` (in eval mode on ``device``) and its units.
+
+    The units are its components, or for a features or data study its patches
+    (:class:`compattr.features.PatchSet`) or training examples
+    (:class:`compattr.datamodels.TrainingExamples`).
+    """
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     model = build_model(checkpoint["arch"], checkpoint["num_classes"], checkpoint["in_channels"])
     model.load_state_dict(checkpoint["state_dict"])
     model.to(device).eval()
     # checkpoints before component kinds record include_shortcuts alone
     spec = checkpoint.get("components", {"include_shortcuts": checkpoint.get("include_shortcuts", True)})
+    if spec.get("kind") in ("features", "data"):
+        from compattr.units import units_from_spec
+
+        return model, units_from_spec(spec, checkpoint["units"])
     return model, study_components(model, spec).with_means(checkpoint.get("means"))

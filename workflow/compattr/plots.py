@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from compattr.analysis import LdsTable, bootstrap_curves
 
-__all__ = ["plot_lds_vs_ablations", "plot_sweep", "plot_top_k", "plot_fixing", "plot_forgetting"]
+__all__ = ["plot_lds_vs_ablations", "plot_unified", "plot_sweep", "plot_top_k", "plot_fixing", "plot_forgetting"]
 
 LABELS = {
     "coar": "COAR (min-norm least squares, as its code runs)",
@@ -31,6 +31,7 @@ LABELS = {
     "atp_path": "gradient along a path (integrated)",
     "atp_masks_4": "gradient averaged over 4 random masks",
     "atp_masks_16": "gradient averaged over 16 random masks",
+    "influence": "influence function (data)",
     "loo": "leave-one-out",
     "random": "random components (mean over draws)",
 }
@@ -46,6 +47,7 @@ def _panel(
     ci: float,
     seed: int,
     per_component: int | None = None,
+    cost: str = "forward-equivalent passes (one per ablated mask; 3 per gradient point)",
 ) -> None:
     if per_component:  # x in passes / components
         sizes = {e: s / per_component for e, s in sizes.items()}
@@ -53,31 +55,48 @@ def _panel(
         mean, low, high, _ = bootstrap_curves(values, n_bootstrap, ci, np.random.default_rng(seed))
         color, label = colors[estimator], LABELS.get(estimator, estimator)
         if estimator in baselines:  # a single point at its cost: a prior, or leave-one-out (a star and a line)
-            exact = estimator == "loo"
-            cost = sizes[estimator][0] * (per_component or 1)
-            ax.errorbar(
-                sizes[estimator],
-                mean,
-                yerr=[mean - low, high - mean],
-                marker="*" if exact else "D",
-                ms=11 if exact else 5,
-                color=color,
-                linestyle="none",
-                capsize=2,
-                label=f"{label} ({cost:,.0f} passes)",
-            )
-            if exact:
-                ax.axhline(mean[0], color=color, linestyle="--", linewidth=1)
-            continue
-        ax.plot(sizes[estimator], mean, marker="o", ms=3.5, color=color, label=label)
-        ax.fill_between(sizes[estimator], low, high, color=color, alpha=0.2, linewidth=0)
+            spent = sizes[estimator][0] * (per_component or 1)
+            label = f"{label} ({spent:,.0f} passes)"
+        _draw(ax, sizes[estimator], (mean, low, high), color, estimator in baselines, estimator == "loo", label)
     ax.set_xscale("log")
     if per_component:
         ax.axvline(1.0, color="0.3", linewidth=0.8)
         ax.set_xlabel(f"forward-equivalent passes / components ({per_component} components)")
     else:
-        ax.set_xlabel("forward-equivalent passes (one per ablated mask; 3 per gradient point)")
+        ax.set_xlabel(cost)
     ax.grid(True, which="both", alpha=0.3)
+
+
+def _draw(
+    ax: Axes,
+    sizes: np.ndarray,
+    curve: tuple[np.ndarray, np.ndarray, np.ndarray],
+    color: object,
+    point: bool,
+    exact: bool,
+    label: str | None = None,
+) -> object:
+    """One method's mean and interval: a curve with a band, or a point with error bars (leave-one-out a
+    star with a dashed line at its level). Returns the legend handle."""
+    mean, low, high = curve
+    if not point:
+        (handle,) = ax.plot(sizes, mean, marker="o", ms=3.5, color=color, label=label)
+        ax.fill_between(sizes, low, high, color=color, alpha=0.2, linewidth=0)
+        return handle
+    handle = ax.errorbar(
+        sizes,
+        mean,
+        yerr=[mean - low, high - mean],
+        marker="*" if exact else "D",
+        ms=11 if exact else 5,
+        color=color,
+        linestyle="none",
+        capsize=2,
+        label=label,
+    )
+    if exact:
+        ax.axhline(mean[0], color=color, linestyle="--", linewidth=1)
+    return handle
 
 
 def plot_lds_vs_ablations(
@@ -92,6 +111,7 @@ def plot_lds_vs_ablations(
     seed: int = 0,
     title: str = "",
     per_component: int | None = None,
+    cost: str = "forward-equivalent passes (one per ablated mask; 3 per gradient point)",
 ) -> Figure:
     """Mean LDS over inputs against forward-equivalent passes, one line per estimator.
 
@@ -102,7 +122,7 @@ def plot_lds_vs_ablations(
     at their cost, leave-one-out a star with a dashed line; dotted grey lines mark
     the LDS targets of the summary table. With ``per_component`` (the number of
     components) the x axis is passes / components, with a line at 1, where
-    minimum-norm least squares dips.
+    minimum-norm least squares dips. ``cost`` labels the x axis (a data study's: trained models).
     """
     ood = ood or {}
     palette = plt.get_cmap("tab20").colors
@@ -115,7 +135,7 @@ def plot_lds_vs_ablations(
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(11, 4.3 * nrows), sharey=True, layout="constrained", squeeze=False)
     for ax, (metric, scores, sizes, rate) in zip(axes.flat, panels, strict=False):
-        _panel(ax, scores, sizes, colors, baselines, n_bootstrap, ci, seed, per_component)
+        _panel(ax, scores, sizes, colors, baselines, n_bootstrap, ci, seed, per_component, cost)
         for target in targets:
             ax.axhline(target, color="0.5", linestyle=":", linewidth=1)
         where = "held-out masks" if rate is None else f"held-out masks, ablation rate {rate:g}"
@@ -135,6 +155,60 @@ def plot_lds_vs_ablations(
         fig.legend(*handles, loc="outside lower center", ncols=3, fontsize=9, **legend)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+#: What one perturbed evaluation is, per kind of unit (the unified figure's x axes).
+EVALUATIONS = {"components": "ablated forward passes", "features": "masked inputs", "data": "trained models"}
+
+
+def plot_unified(
+    studies: Mapping[str, tuple[str, LdsTable]],
+    *,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> Figure:
+    """Mean LDS against perturbed evaluations for several kinds of unit: one panel per study.
+
+    ``studies`` maps a panel title to ``(kind, table)``, the table read with
+    ``read_lds_csv(..., by="evaluations")``. Every estimator has one colour across
+    the panels; first-order priors are diamonds at zero evaluations (the x axis is
+    linear below 10), leave-one-out a star at one evaluation per unit with a dashed line.
+    """
+    palette = plt.get_cmap("tab20").colors
+    palette = palette[0::2] + palette[1::2]
+    names = list(dict.fromkeys(e for _, table in studies.values() for e in table.estimators))
+    colors = {e: palette[k % len(palette)] for k, e in enumerate(names)}
+    fig, axes = plt.subplots(
+        1, len(studies), figsize=(5.2 * len(studies), 4.6), sharey=True, layout="constrained", squeeze=False
+    )
+    shown: dict[str, object] = {}
+    for ax, (title, (kind, table)) in zip(axes.flat, studies.items(), strict=True):
+        for estimator in table.estimators:
+            sizes = table.sizes[estimator]
+            mean, low, high, _ = bootstrap_curves(
+                table.spearman[estimator], n_bootstrap, ci, np.random.default_rng(seed)
+            )
+            exact = estimator == "loo"
+            point = len(sizes) == 1 and (sizes[0] == 0 or exact)  # a prior, or leave-one-out
+            shown.setdefault(estimator, _draw(ax, sizes, (mean, low, high), colors[estimator], point, exact))
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(left=0)
+        ax.set_xlabel(f"perturbed evaluations ({EVALUATIONS.get(kind, kind)})")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.tick_params(labelleft=True)
+    axes.flat[0].set_ylabel("mean LDS (Spearman) over inputs")
+    fig.legend(
+        list(shown.values()),
+        [LABELS.get(e, e) for e in shown],
+        loc="outside lower center",
+        ncols=3,
+        fontsize=9,
+        title=f"{ci:.0%} bootstrap CI over inputs (and models, mask draws where a study has several)",
+        title_fontsize=8,
+    )
     return fig
 
 

@@ -241,7 +241,10 @@ def run_shard(path: str | Path, shard: int, evaluator: Evaluator) -> dict[str, A
     start, stop = shard_rows(margins_arr, shard)
     # calls of BATCHES_PER_CALL forward passes: progress is shown per call, and on CUDA a call's passes
     # run back to back (the evaluator copies margins to the host once per call)
-    step = BATCHES_PER_CALL * max(1, getattr(evaluator, "batch_size", 4096) // margins_arr.shape[1])
+    # (an evaluator that trains models, compattr.datamodels.DataMarginEvaluator, says its own masks per call)
+    step = getattr(evaluator, "masks_per_call", None) or BATCHES_PER_CALL * max(
+        1, getattr(evaluator, "batch_size", 4096) // margins_arr.shape[1]
+    )
     values = np.empty((stop - start, margins_arr.shape[1]), dtype=np.float32)
     for i in tqdm(range(0, len(masks), step), desc=f"shard {shard}", unit="call", mininterval=5):
         values[i : i + step] = evaluator(masks[i : i + step])

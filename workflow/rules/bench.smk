@@ -53,7 +53,29 @@ rule bench_fit:
         "../scripts/bench_fit.py"
 
 
+# Training a data study's models in one batch against one by one (digits; config bench.training).
+rule bench_training:
+    input:
+        after=rules.bench_fit.output[0],
+    output:
+        "results/bench/training.json",
+    log:
+        "logs/bench/training.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=GPU_JOBS,
+    params:
+        library=library("bench_training.py"),
+        training=config["bench"]["training"],
+        device=config["device"],
+    script:
+        "../scripts/bench_training.py"
+
+
 rule bench:
     input:
         rules.bench_throughput.output,
         rules.bench_fit.output,
+        rules.bench_training.output,

@@ -17,6 +17,10 @@ _EXPLICIT_ANALYSIS = {key for key in ("references", "linear_baselines") if key i
 validate(config, schema="../schemas/config.schema.yaml")
 
 STUDY = config["study"]
+# What the outputs are attributed to: components, features (input patches) or data (training examples).
+KIND = config["kind"]
+# The studies of the unified figure (rule unified), by name, with their kinds.
+UNIFIED = config["unified"]["studies"]
 RESULTS = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
 # Replicates: independently trained models (model seed = model.train.seed + k), each with its own
@@ -163,19 +167,20 @@ def _check_config():
         raise ValueError(
             f"config model.arch.image_size {arch['image_size']} differs from data.image_size {config['data']['image_size']}"
         )
+    _check_kind(arch)
     transformer = arch["name"] in ("vit", "text_transformer", "torchvision_vit_b_16")
-    kind = config["components"]["kind"]
-    if kind == "transformer" and not transformer:
+    kind = config["components"]["kind"] if KIND == "components" else "features"
+    if KIND == "components" and kind == "transformer" and not transformer:
         raise ValueError(
             "config components.kind transformer needs a transformer (model.arch.name vit, text_transformer or "
             f"torchvision_vit_b_16), not {arch['name']}"
         )
-    if kind == "conv" and transformer:
+    if KIND == "components" and kind == "conv" and transformer:
         raise ValueError(
             f"config components.kind is conv on a {arch['name']}: set components.kind: transformer (heads and neurons)"
         )
     exact = [name for name, prior in PRIORS.items() if prior.get("relu") == "exact"]
-    if exact and kind != "conv":
+    if exact and (KIND != "components" or kind != "conv"):
         raise ValueError(
             f"config fit.priors {exact}: relu exact follows conv filters to their ReLU; leave it out for {kind} components"
         )
@@ -194,6 +199,31 @@ def _check_config():
         raise ValueError(
             "config data.name imagenet has no train split: use model.weights or model.checkpoint"
         )
+
+
+def _check_kind(arch):
+    """Checks of the study's kind (components, features or data) against its model, data and stages."""
+    if (KIND == "data") != (arch["name"] == "mlp"):
+        raise ValueError(
+            f"config kind {KIND} with model.arch.name {arch['name']}: a data study trains an mlp per mask, "
+            "and the mlp serves data studies only"
+        )
+    if KIND == "data" and "train" not in config["model"]:
+        raise ValueError("config kind data needs model.train: the recipe every mask's model is trained by")
+    if KIND != "components" and config["data"]["name"] in ("text", "imagenet"):
+        raise ValueError(
+            f"config kind {KIND} on data.name {config['data']['name']}: features and data studies take image "
+            "datasets with a train split (digits, cifar10)"
+        )
+    if KIND == "data" and config["editing"]["enabled"]:
+        raise ValueError("config editing.enabled: a data study has no editing stage (edits ablate parts of one model); set it to false")
+    if KIND == "data":
+        for name, prior in PRIORS.items():
+            if prior["point"] != "unablated":
+                raise ValueError(
+                    f"config fit.priors.{name}.point: a data study's prior (the influence function) is taken at the "
+                    f"model trained on every example: unablated, not {prior['point']!r}"
+                )
 
 
 def _check_sweep_settings(sweep):

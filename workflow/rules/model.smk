@@ -22,6 +22,9 @@ rule train_model:
         data=config["data"],
         model=model_config,
         components=config["components"],
+        kind=KIND,
+        features=config["features"],
+        examples=config["examples"],
         device=config["device"],
     script:
         "../scripts/train_model.py"

@@ -49,6 +49,7 @@ rule summarize_lds:
         library=library("summarize_lds.py"),
         analysis=config["analysis"],
         study=STUDY,
+        kind=KIND,
         priors=list(PRIORS),
         train_sizes=TRAIN_SIZES,
         editing_ks=EDITING["ks"],
@@ -83,6 +84,7 @@ rule plot_lds:
         library=library("plot_lds.py"),
         analysis=config["analysis"],
         study=STUDY,
+        kind=KIND,
         baselines=SAMPLING_FREE,
         ablation_rate=config["sampling"]["ablation_rate"],
     script:

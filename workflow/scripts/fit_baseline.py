@@ -2,12 +2,12 @@
 
 import torch
 
-from compattr.baselines import first_order_prior, leave_one_out, prior_passes
+from compattr.baselines import leave_one_out
 from compattr.data import load_test_ids, load_test_inputs
 from compattr.io import provenance, resolve_device, start_log
 from compattr.models import load_checkpoint
-from compattr.sampling import ComponentMarginEvaluator
 from compattr.stores import save_linear_fit
+from compattr.units import make_evaluator, unit_prior
 
 log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -18,17 +18,22 @@ images, labels = inputs.images, inputs.labels
 baseline, prior = snakemake.params.baseline, snakemake.params.prior
 if prior is not None:
     settings = {"n_points": 1, "seed": 0, **prior}
-    coef, intercept = first_order_prior(
+    # relu: exact reuses the same passes
+    coef, intercept, passes = unit_prior(
         model, components, images, labels, ablation_rate=snakemake.params.ablation_rate, **settings
     )
-    passes = prior_passes(settings["point"], settings["n_points"])  # relu: exact reuses the same passes
 else:
-    evaluator = ComponentMarginEvaluator(
+    evaluator = make_evaluator(
         model, components, images, labels, batch_size=snakemake.params.batch_size, **snakemake.params.forward
     )
     coef, intercept = leave_one_out(evaluator, len(components))
     passes = len(components)
-log.info("%s: %d inputs x %d components, %d forward-equivalent passes per input batch", baseline, *coef.shape, passes)
+log.info(
+    "%s: %d inputs x %d units, %d forward-equivalent passes (data: trained models) per input batch",
+    baseline,
+    *coef.shape,
+    passes,
+)
 save_linear_fit(
     snakemake.output[0],
     coef,

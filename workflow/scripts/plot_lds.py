@@ -10,7 +10,9 @@ from compattr.analysis import read_lds_csv, read_ood_csv, resampled_sources  # n
 from compattr.io import start_log  # noqa: E402
 from compattr.plots import plot_lds_vs_ablations  # noqa: E402
 
+KINDS = {"components": "component", "features": "feature", "data": "data"}
 log = start_log(snakemake.log[0])
+p = snakemake.params
 cfg = snakemake.params.analysis
 table = read_lds_csv(snakemake.input.lds)
 n_components = len(Path(snakemake.input.components).read_text().splitlines()) - 1  # a header, then one per component
@@ -23,8 +25,13 @@ fig = plot_lds_vs_ablations(
     n_bootstrap=cfg["n_bootstrap"],
     ci=cfg["ci"],
     seed=cfg["seed"],
-    title=f"{snakemake.params.study}: component attribution; intervals over {resampled_sources(table)}",
+    title=f"{snakemake.params.study}: {KINDS[p.kind]} attribution; intervals over {resampled_sources(table)}",
     per_component=n_components if cfg.get("x_axis") == "masks_per_component" else None,
+    **(
+        {"cost": "models trained (one per mask, one per unit for leave-one-out)"}
+        if snakemake.params.kind == "data"
+        else {}
+    ),
 )
 fig.savefig(snakemake.output.png, dpi=150)
 fig.savefig(snakemake.output.pdf)

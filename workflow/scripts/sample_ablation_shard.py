@@ -5,25 +5,29 @@ import torch
 from compattr.data import load_test_inputs
 from compattr.io import resolve_device, start_log
 from compattr.models import load_checkpoint
-from compattr.sampling import ComponentMarginEvaluator, run_shard
+from compattr.sampling import run_shard
+from compattr.units import make_evaluator
 
 log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 device = resolve_device(snakemake.params.device)
 model, components = load_checkpoint(snakemake.input.model, device=device)
 inputs = load_test_inputs(snakemake.input.inputs)
-evaluator = ComponentMarginEvaluator(
+evaluator = make_evaluator(
     model, components, inputs.images, inputs.labels, batch_size=snakemake.params.batch_size, **snakemake.params.forward
 )
-log.info(
-    "forward passes on %s in %s, channels-last %s, compiled %s; %d of %d components masked inside a BatchNorm",
-    device,
-    evaluator.dtype,
-    evaluator.channels_last,
-    evaluator.compiled,
-    evaluator.network.n_folded,
-    len(components),
-)
+if hasattr(evaluator, "network"):
+    log.info(
+        "forward passes on %s in %s, channels-last %s, compiled %s; %d of %d units masked inside a BatchNorm",
+        device,
+        evaluator.dtype,
+        evaluator.channels_last,
+        evaluator.compiled,
+        evaluator.network.n_folded,
+        len(components),
+    )
+else:
+    log.info("a model trained per mask on %s, %d at a time: %s", device, evaluator.batch_size, components.recipe)
 shard = int(snakemake.wildcards.shard)
 p = snakemake.params
 # the store's own ablation rate and seed; the manifest, written last, is this job's output

@@ -132,5 +132,10 @@ if snakemake.input.get("top_k"):  # the editing stage's tables, when the study e
 sizes = sorted(snakemake.params.train_sizes)
 with open(snakemake.output.markdown, "w") as fh:
     sources = f"the {resampled_sources(table)}"
-    fh.write(summary_markdown(rows, snakemake.params.study, sizes[0], sizes[-1], notes, references, headings, sources))
+    passes = "trained models" if snakemake.params.kind == "data" else "forward-equivalent passes"
+    fh.write(
+        summary_markdown(
+            rows, snakemake.params.study, sizes[0], sizes[-1], notes, references, headings, sources, passes
+        )
+    )
 log.info("wrote %s", snakemake.output.markdown)

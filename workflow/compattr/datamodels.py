@@ -1,0 +1,289 @@
+"""Data attribution with the component engine: training examples as units.
+
+The units are a fixed, seeded subset of a training split (:class:`TrainingExamples`).
+A mask ablates (leaves out) some of them; its outcome for a test input is that
+input's output (the correct-class margin by default) under a model trained from
+scratch on the kept examples with one fixed recipe (:class:`Recipe`: a 2-layer
+MLP, or softmax regression, trained by full-batch Adam from one seeded
+initialisation). This is the datamodels setting (Ilyas et al. 2022), with masks
+that keep each example with probability ``1 - ablation_rate``.
+
+Many models train at once (:func:`train_models`): their parameters are stacked
+along a first axis, the examples' weights are the masks, and every step is one
+batched forward and backward pass. Adam acts on each element alone, so a stack
+of models trains exactly as each would alone (:func:`train_alone`, tested).
+
+The first-order prior (:func:`influence_prior`) is the influence function (Koh
+and Liang 2017) of the example weights at the model trained on every unit, with
+the Gauss-Newton Hessian of the training objective; leave-one-out trains one
+model per left-out unit (:func:`compattr.baselines.leave_one_out` on the evaluator).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compattr.models import margins
+
+__all__ = [
+    "Recipe",
+    "TrainingExamples",
+    "mlp",
+    "train_models",
+    "train_alone",
+    "stacked_logits",
+    "DataMarginEvaluator",
+    "influence_prior",
+]
+
+Output = Callable[[Tensor, Tensor | None], Tensor]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How every model of a data study is trained: full-batch Adam from one seeded initialisation.
+
+    Attributes
+    ----------
+    hidden : int
+        Width of the MLP's hidden layer; 0 is softmax regression.
+    steps : int
+        Full-batch Adam steps.
+    lr : float
+        Adam's learning rate.
+    weight_decay : float
+        L2 penalty (Adam's ``weight_decay``: the gradient of ``weight_decay / 2 * |theta|^2``).
+    seed : int
+        Seed of the initial weights, the same for every model.
+    """
+
+    hidden: int = 32
+    steps: int = 300
+    lr: float = 0.01
+    weight_decay: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden < 0 or self.steps < 1 or self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"a recipe needs hidden >= 0, steps >= 1, lr > 0 and weight_decay >= 0, got {self}")
+
+
+def mlp(in_features: int, num_classes: int, hidden: int, seed: int | None = None) -> nn.Sequential:
+    """``Flatten, Linear, ReLU, Linear`` (``Flatten, Linear`` for ``hidden=0``), its initial weights from ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        if hidden == 0:
+            return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+def stacked_logits(params: list[Tensor], x: Tensor) -> Tensor:
+    """Logits ``(k, n, classes)`` on ``x`` ``(n, ...)`` of ``k`` MLPs (:func:`mlp`'s parameters stacked on axis 0)."""
+    x = x.flatten(1)
+    k = len(params[0])
+    weight, bias = params[0], params[1]
+    # one matrix product for the first layer of every model: (n, d) @ (d, k * out)
+    out = (x @ weight.reshape(-1, x.shape[1]).T).reshape(len(x), k, -1).transpose(0, 1) + bias[:, None]
+    if len(params) == 2:
+        return out
+    return torch.baddbmm(params[3][:, None], torch.relu(out), params[2].transpose(1, 2))
+
+
+def train_models(x: Tensor, y: Tensor, weights: Tensor, recipe: Recipe, num_classes: int) -> list[Tensor]:
+    """Train one model per row of ``weights`` ``(k, n)`` on the examples ``x`` ``(n, ...)``, ``y`` ``(n,)``.
+
+    Model ``r`` minimises ``sum_j weights[r, j] * CE_j / sum_j weights[r, j]`` (the mean
+    loss of its kept examples for 0/1 weights) plus the recipe's L2 penalty, by
+    ``recipe.steps`` full-batch Adam steps from the recipe's initial weights.
+    Returns the stacked parameters (:func:`mlp`'s, a leading axis of ``k``), detached.
+    """
+    if weights.ndim != 2 or weights.shape[1] != len(x):
+        raise ValueError(f"weights must be (models, {len(x)}), got {tuple(weights.shape)}")
+    k = len(weights)
+    start = mlp(x[0].numel(), num_classes, recipe.hidden, recipe.seed).to(x.device)
+    params = [p.detach().expand(k, *p.shape).clone().requires_grad_(True) for p in start.parameters()]
+    optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    weights = weights.to(x.dtype)
+    norm = weights.sum(1).clamp(min=1.0)
+    targets = y.repeat(k)
+    with torch.enable_grad():
+        for _ in range(recipe.steps):
+            logits = stacked_logits(params, x)
+            loss = F.cross_entropy(logits.reshape(-1, num_classes), targets, reduction="none").reshape(k, -1)
+            total = ((loss * weights).sum(1) / norm).sum()  # models are independent: each gets its own gradient
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+    return [p.detach() for p in params]
+
+
+def train_alone(x: Tensor, y: Tensor, recipe: Recipe, num_classes: int) -> nn.Sequential:
+    """One model trained on ``x``, ``y`` by the recipe, as a plain module (the reference for :func:`train_models`)."""
+    model = mlp(x[0].numel(), num_classes, recipe.hidden, recipe.seed).to(x.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    for _ in range(recipe.steps):
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class TrainingExamples:
+    """A fixed subset of a training split: the units of data attribution.
+
+    Attributes
+    ----------
+    images, labels : Tensor
+        The examples ``(n_units, ...)`` and their classes ``(n_units,)``.
+    ids : ndarray of int
+        Each example's index in its training split (the units' names are ``train:<id>``).
+    recipe : Recipe
+        How a mask's model is trained on the kept examples.
+    num_classes : int
+        Classes of the models.
+    """
+
+    images: Tensor = field(repr=False)
+    labels: Tensor = field(repr=False)
+    ids: np.ndarray = field(repr=False)
+    recipe: Recipe
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if not len(self.images) == len(self.labels) == len(self.ids):
+            raise ValueError(f"{len(self.images)} examples, {len(self.labels)} labels and {len(self.ids)} ids")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def names(self) -> list[str]:
+        """Stable unit names: ``train:<index in the training split>``."""
+        return [f"train:{int(i)}" for i in self.ids]
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """One kind for every unit: ``examples``."""
+        return ("examples",)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The number of units, as one group."""
+        return (len(self),)
+
+    def full_model(self) -> nn.Sequential:
+        """The model the recipe trains on every unit (the prior is taken at it)."""
+        return train_alone(self.images, self.labels, self.recipe, self.num_classes)
+
+
+class DataMarginEvaluator:
+    """Outputs of test inputs under models trained on the kept units of each mask.
+
+    ``evaluator(ablated)`` with bool masks ``(n_masks, n_units)`` (True: left out)
+    trains ``batch_size`` models at a time (:func:`train_models`) and returns each
+    test input's output (``output(logits, labels)``, the correct-class margin by
+    default) under each mask's model, ``(n_masks, n_inputs)`` float32: the interface
+    of :class:`compattr.sampling.ComponentMarginEvaluator`, so sampling, leave-one-out
+    and editing take either.
+    """
+
+    def __init__(
+        self,
+        units: TrainingExamples,
+        images: Tensor,
+        labels: Tensor | None,
+        batch_size: int = 256,
+        *,
+        output: Output = margins,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.units, self.output, self.batch_size = units, output, batch_size
+        self.device = torch.device(device)
+        self.x, self.y = units.images.to(self.device), units.labels.to(self.device)
+        self.images = images.to(self.device)
+        self.labels = None if labels is None else labels.to(self.device)
+        self.masks_per_call = batch_size
+
+    def __call__(self, ablated: np.ndarray) -> np.ndarray:
+        """Outputs ``(n_masks, n_inputs)`` of the models trained under the masks ``ablated`` ``(n_masks, n_units)``."""
+        ablated = np.asarray(ablated, dtype=bool)
+        if ablated.ndim != 2 or ablated.shape[1] != len(self.units):
+            raise ValueError(f"masks must be (n_masks, {len(self.units)}), got {ablated.shape}")
+        out = []
+        for start in range(0, len(ablated), self.batch_size):
+            keep = torch.from_numpy(~ablated[start : start + self.batch_size]).to(self.device)
+            params = train_models(self.x, self.y, keep, self.units.recipe, self.units.num_classes)
+            with torch.no_grad():
+                logits = stacked_logits(params, self.images)
+                targets = None if self.labels is None else self.labels.repeat(len(keep))
+                out.append(self.output(logits.reshape(-1, logits.shape[-1]), targets).reshape(len(keep), -1).cpu())
+        return torch.cat(out).numpy().astype(np.float32)
+
+
+def influence_prior(
+    model: nn.Module,
+    units: TrainingExamples,
+    images: Tensor,
+    labels: Tensor | None,
+    *,
+    damping: float = 1e-3,
+    output: Output = margins,
+) -> tuple[np.ndarray, np.ndarray]:
+    """First-order effect of leaving out each unit on each test input's output: the influence function.
+
+    ``model`` is trained on every unit with weights ``w = 1`` (:meth:`TrainingExamples.full_model`),
+    minimising ``L(theta, w) = sum_j w_j l_j / sum_j w_j + lambda / 2 |theta|^2``. At its
+    minimum, ``d theta / d w_j = -H^-1 (g_j - g_mean) / n`` (``g_j`` the gradient of
+    ``l_j``), so leaving unit ``j`` out changes output ``f_i`` by, to first order,
+    ``coef[i, j] = grad f_i . H^-1 (g_j - g_mean) / n``. ``H`` is the Gauss-Newton
+    Hessian of ``L`` (the exact Hessian for softmax regression) plus
+    ``(lambda + damping) I``. The intercept is the outputs of ``model``.
+
+    Returns
+    -------
+    coef : ndarray (n_inputs, n_units)
+    intercept : ndarray (n_inputs,)
+    """
+    from torch.func import functional_call, jacrev, vmap
+
+    model = copy.deepcopy(model).eval().double()
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def logits_of(flat: Tensor, x: Tensor) -> Tensor:
+        parts = dict(zip(names, torch.split(flat, [s.numel() for s in shapes]), strict=True))
+        params = {name: part.reshape(shape) for (name, part), shape in zip(parts.items(), shapes, strict=True)}
+        return functional_call(model, params, (x[None],))[0]
+
+    x, y = units.images.double(), units.labels
+    n = len(units)
+    jac = vmap(jacrev(logits_of), in_dims=(None, 0))(theta, x)  # (n, classes, p)
+    probs = torch.softmax(vmap(logits_of, in_dims=(None, 0))(theta, x), dim=-1)  # (n, classes)
+    curvature = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
+    hessian = torch.einsum("nap,nab,nbq->pq", jac, curvature, jac) / n
+    hessian += (units.recipe.weight_decay + damping) * torch.eye(len(theta), dtype=theta.dtype)
+    grads = torch.einsum("nap,na->np", jac, probs - F.one_hot(y, units.num_classes).double())  # (n, p)
+    step = torch.linalg.solve(hessian, (grads - grads.mean(0)).T) / n  # (p, n)
+
+    def output_of(flat: Tensor, x: Tensor, target: Tensor | None) -> Tensor:
+        return output(logits_of(flat, x)[None], None if target is None else target[None])[0]
+
+    test_x = images.double()
+    if labels is None:
+        test_grads = vmap(torch.func.grad(lambda f, x: output_of(f, x, None)), in_dims=(None, 0))(theta, test_x)
+        values = vmap(lambda x: output_of(theta, x, None))(test_x)
+    else:
+        test_grads = vmap(torch.func.grad(output_of), in_dims=(None, 0, 0))(theta, test_x, labels)
+        values = vmap(lambda x, t: output_of(theta, x, t))(test_x, labels)
+    return (test_grads @ step).numpy(), values.detach().numpy()

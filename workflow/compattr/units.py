@@ -1,0 +1,154 @@
+"""One engine for three kinds of units: components, input features and training data.
+
+A study declares ``kind``: ``components`` (filters, neurons, heads of the model:
+:class:`compattr.components.ComponentSet`), ``features`` (input patches:
+:class:`compattr.features.PatchSet`) or ``data`` (training examples:
+:class:`compattr.datamodels.TrainingExamples`). Each kind supplies its units and
+their names, how a mask becomes an output per test input (:func:`make_evaluator`)
+and its first-order prior (:func:`unit_prior`); leave-one-out is the evaluator on
+one-unit masks for all three. Everything downstream (mask stores, estimators,
+LDS, summaries, figures) takes any of them unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from compattr.baselines import first_order_prior, prior_passes
+from compattr.components import ComponentSet
+from compattr.datamodels import DataMarginEvaluator, Recipe, TrainingExamples, influence_prior
+from compattr.features import PatchSet
+from compattr.models import margins
+from compattr.sampling import ComponentMarginEvaluator
+
+__all__ = [
+    "STUDY_KINDS",
+    "Units",
+    "patch_units",
+    "example_units",
+    "spec_of",
+    "units_from_spec",
+    "make_evaluator",
+    "unit_prior",
+    "unit_rows",
+]
+
+#: What a study attributes its outputs to.
+STUDY_KINDS = ("components", "features", "data")
+Units = ComponentSet | PatchSet | TrainingExamples
+Output = Callable[[Tensor, Tensor | None], Tensor]
+
+
+def patch_units(spec: dict, image_shape: tuple[int, ...], train_images: Tensor | None = None) -> PatchSet:
+    """The patches a study's ``features`` config section names (``patch_size``, ``baseline``).
+
+    The ``mean`` baseline is the mean of ``train_images``.
+    """
+    baseline = spec.get("baseline", "zero")
+    mean = None
+    if baseline == "mean":
+        if train_images is None:
+            raise ValueError("features.baseline mean needs training images to average")
+        mean = train_images.float().mean(0)
+    return PatchSet(tuple(image_shape), spec["patch_size"], baseline, mean)
+
+
+def example_units(
+    train_images: Tensor, train_labels: Tensor, n: int, seed: int, recipe: Recipe, num_classes: int
+) -> TrainingExamples:
+    """A seeded subset of ``n`` training examples (in training-split order), trained on by ``recipe``."""
+    if not 1 <= n <= len(train_labels):
+        raise ValueError(f"examples.n must lie in [1, {len(train_labels)}] (the training split), got {n}")
+    ids = np.sort(np.random.default_rng(seed).choice(len(train_labels), size=n, replace=False))
+    index = torch.from_numpy(ids)
+    return TrainingExamples(train_images[index], train_labels[index], ids, recipe, num_classes)
+
+
+def spec_of(units: PatchSet | TrainingExamples) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """What a checkpoint records of features or data units: a spec, and their tensors."""
+    if isinstance(units, PatchSet):
+        spec = {"kind": "features", "image_shape": list(units.image_shape), "patch_size": units.patch_size}
+        return {**spec, "baseline": units.baseline}, {"mean_image": units.mean_image}
+    recipe = {key: getattr(units.recipe, key) for key in ("hidden", "steps", "lr", "weight_decay", "seed")}
+    spec = {"kind": "data", "recipe": recipe, "num_classes": units.num_classes}
+    return spec, {"images": units.images, "labels": units.labels, "ids": torch.from_numpy(np.asarray(units.ids))}
+
+
+def units_from_spec(spec: dict[str, Any], tensors: dict[str, Tensor]) -> PatchSet | TrainingExamples:
+    """The units :func:`spec_of` recorded."""
+    if spec["kind"] == "features":
+        return PatchSet(tuple(spec["image_shape"]), spec["patch_size"], spec["baseline"], tensors["mean_image"])
+    if spec["kind"] == "data":
+        recipe = Recipe(**spec["recipe"])
+        ids = tensors["ids"].numpy()
+        return TrainingExamples(tensors["images"], tensors["labels"], ids, recipe, spec["num_classes"])
+    raise ValueError(f"unit kind must be 'features' or 'data', got {spec['kind']!r}")
+
+
+def make_evaluator(
+    model: nn.Module,
+    units: Units,
+    images: Tensor,
+    labels: Tensor | None,
+    batch_size: int = 4096,
+    *,
+    output: Output = margins,
+    **forward: Any,
+) -> ComponentMarginEvaluator | DataMarginEvaluator:
+    """Outputs per test input under masks over ``units``: ablated or masked forward passes, or trained models.
+
+    ``forward`` (precision, channels_last, compile) applies to forward passes; a data
+    study's evaluator trains models on the model's device, ``batch_size`` models at a time.
+    """
+    if isinstance(units, TrainingExamples):
+        device = next(model.parameters()).device
+        return DataMarginEvaluator(units, images, labels, batch_size, output=output, device=device)
+    return ComponentMarginEvaluator(model, units, images, labels, batch_size, output=output, **forward)
+
+
+def unit_prior(
+    model: nn.Module,
+    units: Units,
+    images: Tensor,
+    labels: Tensor | None,
+    *,
+    point: str = "unablated",
+    n_points: int = 1,
+    output: Output = margins,
+    **settings: Any,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """A kind's first-order prior: ``(coef, intercept, passes)``.
+
+    Components and features: minus the gradient in the units' keep factors
+    (:func:`compattr.baselines.first_order_prior`; for patches, gradient times input
+    minus baseline, summed over the patch), ``passes`` forward-equivalent passes per
+    input batch. Data: the influence function at the model trained on every unit
+    (:func:`compattr.datamodels.influence_prior`; point ``unablated`` only), no
+    model trained beyond that one: ``passes`` 0.
+    """
+    if isinstance(units, TrainingExamples):
+        if point != "unablated" or n_points != 1:
+            raise ValueError(
+                f"a data study's prior is taken at the model trained on every unit: point unablated, not {point!r}"
+            )
+        coef, intercept = influence_prior(model, units, images, labels, output=output)
+        return coef, intercept, 0
+    coef, intercept = first_order_prior(
+        model, units, images, labels, point=point, n_points=n_points, output=output, **settings
+    )
+    return coef, intercept, prior_passes(point, n_points)
+
+
+def unit_rows(units: Units) -> list[tuple[int, str, str, str, str]]:
+    """Rows ``(index, name, module, unit, kind)`` of the units table, one per unit."""
+    kinds = [kind for kind, size in zip(units.kinds, units.sizes, strict=True) for _ in range(size)]
+    rows = []
+    for i, (name, kind) in enumerate(zip(units.names, kinds, strict=True)):
+        module, unit = name.rsplit(":", 1)
+        rows.append((i, name, module, unit, kind))
+    return rows

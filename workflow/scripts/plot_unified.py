@@ -1,0 +1,20 @@
+"""Draw each study's LDS against its perturbed evaluations, one panel per kind of unit."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures go to files; no display
+
+from compattr.analysis import read_lds_csv  # noqa: E402
+from compattr.io import start_log  # noqa: E402
+from compattr.plots import plot_unified  # noqa: E402
+
+log = start_log(snakemake.log[0])
+cfg = snakemake.params.analysis
+studies = {
+    f"{study} ({kind})": (kind, read_lds_csv(path, by="evaluations"))
+    for (study, kind), path in zip(snakemake.params.studies.items(), snakemake.input.lds, strict=True)
+}
+fig = plot_unified(studies, n_bootstrap=cfg["n_bootstrap"], ci=cfg["ci"], seed=cfg["seed"])
+fig.savefig(snakemake.output.png, dpi=150)
+fig.savefig(snakemake.output.pdf)
+log.info("wrote %s and %s for %s", snakemake.output.png, snakemake.output.pdf, list(studies))
