@@ -131,7 +131,7 @@ def test_study_writes_sane_tables_and_figures(study):
     seeds = []
     for m in range(n_models):  # independently trained models
         metrics = yaml.safe_load((study / STUDY / f"m{m}/model/metrics.json").read_text())
-        assert metrics["test_accuracy"] > 0.5 and metrics["n_components"] == 8 + 16 + 16 * 2 + 16
+        assert metrics["test_accuracy"] > 0.5 and metrics["n_units"] == 8 + 16 + 16 * 2 + 16
         seeds.append(metrics["provenance"]["config"]["model"]["train"]["seed"])
     assert seeds == [config["model"]["train"]["seed"] + m for m in range(n_models)]
     names = (study / STUDY / "m0/model/components.tsv").read_text().splitlines()
