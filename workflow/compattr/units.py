@@ -27,7 +27,6 @@ from compattr.models import margins
 from compattr.sampling import ComponentMarginEvaluator
 
 __all__ = [
-    "STUDY_KINDS",
     "Units",
     "patch_units",
     "example_units",
@@ -38,8 +37,6 @@ __all__ = [
     "unit_rows",
 ]
 
-#: What a study attributes its outputs to.
-STUDY_KINDS = ("components", "features", "data")
 Units = ComponentSet | PatchSet | TrainingExamples
 Output = Callable[[Tensor, Tensor | None], Tensor]
 
