@@ -21,6 +21,7 @@ def test_training_speed_times_the_same_models_batched_and_looped(digits):
     result = training_speed(train.images[:50], train.labels[:50], recipe, 10, n_models=6, n_loop=2)
     assert result["units"] == 50 and result["batched_models"] == 6 and result["loop_models"] == 2
     assert result["max_logit_difference"] < 1e-4  # the looped models are the first batched ones
+    assert result["max_logit_difference_float64"] < 1e-10
     assert result["speedup"] == pytest.approx(result["batched_models_per_second"] / result["loop_models_per_second"])
 
 

@@ -97,6 +97,7 @@ def stacked_logits(params: list[Tensor], x: Tensor) -> Tensor:
     return torch.baddbmm(params[3][:, None], torch.relu(out), params[2].transpose(1, 2))
 
 
+@torch.no_grad()  # gradients are computed by hand: no graph for k models
 def train_models(x: Tensor, y: Tensor, weights: Tensor, recipe: Recipe, num_classes: int) -> list[Tensor]:
     """Train one model per row of ``weights`` ``(k, n)`` on the examples ``x`` ``(n, ...)``, ``y`` ``(n,)``.
 
@@ -104,30 +105,60 @@ def train_models(x: Tensor, y: Tensor, weights: Tensor, recipe: Recipe, num_clas
     loss of its kept examples for 0/1 weights) plus the recipe's L2 penalty, by
     ``recipe.steps`` full-batch Adam steps from the recipe's initial weights.
     Returns the stacked parameters (:func:`mlp`'s, a leading axis of ``k``), detached.
+
+    Every step is one forward and one hand-written backward pass for all ``k`` models:
+    the first layer of every model is one matrix product with the shared examples, and
+    activations are laid out (models, features, examples), so the softmax over classes
+    runs along the examples' axis (vectorised) and no activation is transposed.
     """
     if weights.ndim != 2 or weights.shape[1] != len(x):
         raise ValueError(f"weights must be (models, {len(x)}), got {tuple(weights.shape)}")
-    k = len(weights)
-    start = mlp(x[0].numel(), num_classes, recipe.hidden, recipe.seed).to(x.device)
-    params = [p.detach().expand(k, *p.shape).clone().requires_grad_(True) for p in start.parameters()]
+    k, n = weights.shape
+    start = mlp(x[0].numel(), num_classes, recipe.hidden, recipe.seed).to(x.device, x.dtype)
+    params = [p.detach().expand(k, *p.shape).clone() for p in start.parameters()]
     optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    x = x.flatten(1)  # (n, d)
+    xt = x.T.contiguous()  # (d, n)
+    onehot = F.one_hot(y, num_classes).T.to(x.dtype)  # (classes, n)
     weights = weights.to(x.dtype)
-    norm = weights.sum(1).clamp(min=1.0)
-    targets = y.repeat(k)
-    with torch.enable_grad():
-        for _ in range(recipe.steps):
-            logits = stacked_logits(params, x)
-            loss = F.cross_entropy(logits.reshape(-1, num_classes), targets, reduction="none").reshape(k, -1)
-            total = ((loss * weights).sum(1) / norm).sum()  # models are independent: each gets its own gradient
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-    return [p.detach() for p in params]
+    scale = (weights / weights.sum(1, keepdim=True).clamp(min=1.0))[:, None, :]  # (k, 1, n): each model's mean
+    for _ in range(recipe.steps):
+        for param, grad in zip(params, _gradients(params, x, xt, onehot, scale), strict=True):
+            param.grad = grad
+        optimizer.step()
+    return params
+
+
+def _gradients(params: list[Tensor], x: Tensor, xt: Tensor, onehot: Tensor, scale: Tensor) -> list[Tensor]:
+    """Gradients of every model's weighted mean cross-entropy (:func:`train_models`) for its stacked parameters.
+
+    ``x`` ``(n, d)`` and ``xt`` its transpose, ``onehot`` ``(classes, n)``, ``scale``
+    ``(k, 1, n)`` the examples' weights over their sum.
+    """
+    k, out, d = params[0].shape
+    n = len(x)
+    first = torch.addmm(params[1].reshape(-1, 1), params[0].reshape(k * out, d), xt).reshape(k, out, n)
+    if len(params) == 2:  # softmax regression: the first layer gives the logits
+        hidden, logits = None, first
+    else:
+        hidden = first.clamp_min_(0)  # (k, hidden, n)
+        logits = torch.baddbmm(params[3][:, :, None], params[2], hidden)  # (k, classes, n)
+    # d loss / d logits: (softmax - one-hot), weighted
+    grad_logits = torch.softmax(logits, 1).sub_(onehot).mul_(scale)
+    grads = [grad_logits.sum(2)]  # the last bias
+    if hidden is not None:
+        grads.append(torch.bmm(grad_logits, hidden.transpose(1, 2)))  # (k, classes, hidden)
+        grad_hidden = torch.bmm(params[2].transpose(1, 2), grad_logits)
+        # zero where the unit is off: ReLU's own backward
+        grad_logits = torch.ops.aten.threshold_backward(grad_hidden, hidden, 0)
+        grads.append(grad_logits.sum(2))
+    grads.append((grad_logits.reshape(k * out, n) @ x).reshape(k, out, d))
+    return grads[::-1]
 
 
 def train_alone(x: Tensor, y: Tensor, recipe: Recipe, num_classes: int) -> nn.Sequential:
     """One model trained on ``x``, ``y`` by the recipe, as a plain module (the reference for :func:`train_models`)."""
-    model = mlp(x[0].numel(), num_classes, recipe.hidden, recipe.seed).to(x.device)
+    model = mlp(x[0].numel(), num_classes, recipe.hidden, recipe.seed).to(x.device, x.dtype)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     for _ in range(recipe.steps):
         loss = F.cross_entropy(model(x), y)
