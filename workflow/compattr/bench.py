@@ -3,6 +3,7 @@ batched training of a data study's models against training them one by one."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -364,9 +365,13 @@ def training_speed(
     Each subset keeps every example with probability 0.5, as a data study's masks do. The
     batched models are checked against the looped ones (largest logit difference on the
     examples), in float32 as timed, where Adam amplifies rounding differences, and for the
-    first ``n_loop`` subsets again in float64, where both must agree to rounding.
+    first ``n_loop`` subsets again in float64, where both must agree to rounding. One
+    untimed step of each comes first.
     """
     keep = torch.from_numpy(np.random.default_rng(seed).random((n_models, len(labels))) < 0.5).to(images.device)
+    warm_up = dataclasses.replace(recipe, steps=1)  # first calls pay for thread pools and memory: not timed
+    train_models(images, labels, keep, warm_up, num_classes)
+    train_alone(images[keep[0]], labels[keep[0]], warm_up, num_classes)
     start = time.perf_counter()
     params = train_models(images, labels, keep, recipe, num_classes)
     batched = time.perf_counter() - start
