@@ -113,7 +113,7 @@ def train_models(x: Tensor, y: Tensor, weights: Tensor, recipe: Recipe, num_clas
     """
     if weights.ndim != 2 or weights.shape[1] != len(x):
         raise ValueError(f"weights must be (models, {len(x)}), got {tuple(weights.shape)}")
-    k, n = weights.shape
+    k = len(weights)
     start = mlp(x[0].numel(), num_classes, recipe.hidden, recipe.seed).to(x.device, x.dtype)
     params = [p.detach().expand(k, *p.shape).clone() for p in start.parameters()]
     optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -150,9 +150,11 @@ def _gradients(params: list[Tensor], x: Tensor, xt: Tensor, onehot: Tensor, scal
         grads.append(torch.bmm(grad_logits, hidden.transpose(1, 2)))  # (k, classes, hidden)
         grad_hidden = torch.bmm(params[2].transpose(1, 2), grad_logits)
         # zero where the unit is off: ReLU's own backward
-        grad_logits = torch.ops.aten.threshold_backward(grad_hidden, hidden, 0)
-        grads.append(grad_logits.sum(2))
-    grads.append((grad_logits.reshape(k * out, n) @ x).reshape(k, out, d))
+        grad_first = torch.ops.aten.threshold_backward(grad_hidden, hidden, 0)
+        grads.append(grad_first.sum(2))
+    else:
+        grad_first = grad_logits
+    grads.append((grad_first.reshape(k * out, n) @ x).reshape(k, out, d))
     return grads[::-1]
 
 
