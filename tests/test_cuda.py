@@ -1,7 +1,7 @@
 """The same results on a GPU as on the CPU: estimators, ablated sampling and baselines.
 
-These run only where torch sees a CUDA device (CI has none; see the README's GPU section for how
-they were run on a lent H100). Each compares the CUDA path with the CPU path on the same data.
+These run only where torch sees a CUDA device (CI has none; docs/benchmarks.md, "On a GPU", says how
+to run them on a lent GPU machine). Each compares the CUDA path with the CPU path on the same data.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def test_recovers_planted_linear_truth(name, sparse):
 
     The effects must correlate with the truth at r > 0.9, except for ReLU-collapse
     (r > 0.8): it is not an unbiased linear estimator (the ReLUs are dropped after
-    training), which the study measures (README, "Results of the default study").
+    training), which the study measures (docs/results.md).
     """
     X, Y, theta, bias = planted_problem(3000, noise=0.2, sparse=sparse)
     model = make_estimator(name, FAST.get(name)).fit(X, Y)
