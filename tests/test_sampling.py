@@ -5,7 +5,7 @@ import zarr
 
 from compattr import sampling
 from compattr.models import margins
-from compattr.sampling import ComponentMarginEvaluator, run_shard, shard_masks
+from compattr.sampling import ComponentMarginEvaluator, DistinctMasks, run_shard, shard_masks
 from compattr.stores import (
     NonFiniteMarginError,
     check_mask_store,
@@ -43,6 +43,23 @@ def test_evaluator_matches_one_mask_at_a_time(trained_model, digits):
 def _linear_evaluator(n_units: int, n_inputs: int):
     weights = np.random.default_rng(0).normal(size=(n_units, n_inputs)).astype(np.float32)
     return lambda masks: masks.astype(np.float32) @ weights
+
+
+def test_distinct_masks_evaluates_each_mask_once():
+    weights = np.random.default_rng(0).integers(-9, 10, size=(13, 4))  # exact sums, whatever the batch
+    seen = []
+
+    def evaluator(ablated):
+        seen.extend(map(tuple, ablated))
+        return ablated @ weights
+
+    masks = shard_masks(0, 0, 6, 13, 0.3)
+    first = np.concatenate([masks, masks[[2, 0]]])  # repeats within one call
+    second = np.concatenate([masks[[5]], ~masks[[1]], masks[[1]]])  # one new mask, two seen before
+    cached = DistinctMasks(evaluator)
+    np.testing.assert_array_equal(cached(first), first @ weights)
+    np.testing.assert_array_equal(cached(second), second @ weights)
+    assert len(seen) == len(set(seen)) == len({*map(tuple, masks), tuple(~masks[1])})
 
 
 def test_shards_in_any_order_give_the_same_store(tmp_path):

@@ -36,6 +36,7 @@ __all__ = [
     "shard_masks",
     "expected_shard_masks",
     "ComponentMarginEvaluator",
+    "DistinctMasks",
     "run_shard",
     "resampling_damaged_shards",
     "BATCHES_PER_CALL",
@@ -219,6 +220,33 @@ COMPILE_MODES: dict[bool | str, tuple[str | None, str | None]] = {
 }
 #: Forward passes (batches of ``batch_size`` samples) per evaluator call in :func:`run_shard`.
 BATCHES_PER_CALL = 8
+
+
+class DistinctMasks:
+    """An evaluator that runs each distinct mask once and reuses its outputs afterwards.
+
+    ``DistinctMasks(evaluator)(ablated)`` equals ``evaluator(ablated)``, but a mask row
+    seen before, in the same call or an earlier one, is not evaluated again: editing
+    scores every method's top-k sets, and methods often choose the same ones.
+    """
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluator = evaluator
+        self._outputs: dict[bytes, np.ndarray] = {}
+
+    def __call__(self, ablated: np.ndarray) -> np.ndarray:
+        """Outputs ``(n_masks, n_inputs)`` of the wrapped evaluator, new distinct masks in one call."""
+        ablated = np.asarray(ablated, dtype=bool)
+        if ablated.ndim != 2 or not len(ablated):
+            return self.evaluator(ablated)
+        keys = [row.tobytes() for row in np.packbits(ablated, axis=1)]
+        new: dict[bytes, np.ndarray] = {}
+        for key, row in zip(keys, ablated, strict=True):
+            if key not in self._outputs:
+                new.setdefault(key, row)
+        if new:
+            self._outputs.update(zip(new, self.evaluator(np.stack(list(new.values()))), strict=True))
+        return np.stack([self._outputs[key] for key in keys])
 
 
 def expected_shard_masks(path: str | Path, shard: int) -> np.ndarray:

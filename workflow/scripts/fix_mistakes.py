@@ -16,7 +16,7 @@ from compattr.editing import (
 )
 from compattr.io import resolve_device, start_log
 from compattr.models import load_checkpoint
-from compattr.sampling import ComponentMarginEvaluator
+from compattr.sampling import ComponentMarginEvaluator, DistinctMasks
 from compattr.stores import fit_stores, load_fit
 
 log = start_log(snakemake.log[0])
@@ -31,7 +31,8 @@ exclude = np.union1d(load_test_ids(snakemake.input.inputs), load_test_ids(snakem
 others = test.subset(scoring_images(len(test), exclude, p.n_images, p.seed))
 forward = {"batch_size": p.batch_size, **p.forward}
 evaluator = ComponentMarginEvaluator(model, components, mistakes.images, mistakes.labels, **forward)
-elsewhere = ComponentMarginEvaluator(model, components, others.images, others.labels, **forward)
+# methods often agree on their top k: each distinct edit is scored once
+elsewhere = DistinctMasks(ComponentMarginEvaluator(model, components, others.images, others.labels, **forward))
 n_inputs, n_components = len(mistakes.labels), len(components)
 ks = [k for k in p.ks if k <= n_components]
 unablated = evaluator(np.zeros((1, n_components), dtype=bool))[0]

@@ -7,7 +7,7 @@ from compattr.data import load_dataset, load_test_ids, load_test_inputs
 from compattr.editing import FORGET_COLUMNS, class_accuracy, class_forgetting_masks, scoring_images, write_rows
 from compattr.io import resolve_device, start_log
 from compattr.models import load_checkpoint
-from compattr.sampling import ComponentMarginEvaluator
+from compattr.sampling import ComponentMarginEvaluator, DistinctMasks
 from compattr.stores import load_fit
 
 log = start_log(snakemake.log[0])
@@ -19,8 +19,9 @@ attributed = load_test_inputs(snakemake.input.inputs)
 _, test = load_dataset(**p.data)
 # scored on test images that are not among the attributed inputs: those choose the components
 scored = test.subset(scoring_images(len(test), load_test_ids(snakemake.input.inputs), p.n_images, p.seed))
-evaluator = ComponentMarginEvaluator(
-    model, components, scored.images, scored.labels, batch_size=p.batch_size, **p.forward
+# methods often agree on a class's top k: each distinct edit is scored once
+evaluator = DistinctMasks(
+    ComponentMarginEvaluator(model, components, scored.images, scored.labels, batch_size=p.batch_size, **p.forward)
 )
 ks = [k for k in p.ks if k <= len(components)]
 unedited = evaluator(np.zeros((1, len(components)), dtype=bool))
