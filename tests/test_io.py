@@ -51,8 +51,9 @@ def test_the_workflow_plans_its_jobs_without_importing_torch():
 
 def test_the_registry_names_what_the_classes_and_benchmarks_do():
     from compattr.bench import REFERENCES
-    from compattr.estimators import ESTIMATORS
-    from compattr.registry import BENCHMARKED, PRIOR_ESTIMATORS
+    from compattr.estimators import ESTIMATORS, ReluCollapseRegressor
+    from compattr.registry import BENCHMARKED, PRIOR_ESTIMATORS, TWO_LAYER_ESTIMATORS
 
     assert set(PRIOR_ESTIMATORS) == {name for name, cls in ESTIMATORS.items() if cls.uses_prior}
+    assert set(TWO_LAYER_ESTIMATORS) == {n for n, cls in ESTIMATORS.items() if issubclass(cls, ReluCollapseRegressor)}
     assert set(BENCHMARKED) == set(REFERENCES)

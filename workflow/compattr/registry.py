@@ -5,9 +5,12 @@ these names (tests check they agree), and the Snakefile reads them here, so
 parsing the workflow stays fast.
 """
 
-__all__ = ["PRIOR_ESTIMATORS", "BENCHMARKED"]
+__all__ = ["PRIOR_ESTIMATORS", "TWO_LAYER_ESTIMATORS", "BENCHMARKED"]
 
 #: Registered estimators whose fit starts from a first-order prior (their class has ``uses_prior``).
 PRIOR_ESTIMATORS = ("gradient_prior", "gradient_prior_lasso", "relu_collapse_prior")
+#: Registered estimators that train 2-layer networks (their class derives from ``ReluCollapseRegressor``):
+#: the longest fits, which the workflow starts first.
+TWO_LAYER_ESTIMATORS = ("relu_collapse", "relu_collapse_raw", "linear_collapse", "relu_net", "relu_collapse_prior")
 #: Estimators the fit benchmark times against a scikit-learn reference (:data:`compattr.bench.REFERENCES`).
 BENCHMARKED = ("coar", "ridge", "lasso", "relu_collapse", "gradient_prior")

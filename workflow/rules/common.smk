@@ -4,7 +4,7 @@ from snakemake.utils import validate
 from pathlib import Path
 
 from compattr.io import source_hash
-from compattr.registry import BENCHMARKED, PRIOR_ESTIMATORS
+from compattr.registry import BENCHMARKED, PRIOR_ESTIMATORS, TWO_LAYER_ESTIMATORS
 
 # Keys renamed since 0.4.0: the ablation rate was "alpha", the name of the penalty of ridge and lasso.
 _RENAMED = {("sampling", "alpha"): "sampling.ablation_rate", ("ood", "alphas"): "sampling.ood.ablation_rates"}

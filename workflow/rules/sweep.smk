@@ -11,7 +11,7 @@ rule fit_sweep:
         f"{LOGS}/m0/fit_sweep/{{setting}}.log",
     conda:
         ENV
-    threads: 2
+    threads: 1
     resources:
         gpu=GPU_JOBS,
     params:
