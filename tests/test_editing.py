@@ -10,6 +10,7 @@ from compattr.components import conv_components
 from compattr.data import ImageSplit, with_noise
 from compattr.editing import (
     FIX_COLUMNS,
+    accuracy_elsewhere,
     choose_mistakes,
     class_accuracy,
     class_forgetting_masks,
@@ -20,6 +21,7 @@ from compattr.editing import (
     fixing_summary,
     forgetting_summary,
     predicted_order,
+    random_fix_rows,
     random_orders,
     scoring_images,
     summary_section,
@@ -171,6 +173,29 @@ def test_fixing_ablates_the_largest_predicted_rise_and_is_exact_on_a_linear_marg
     rows = fix_rows(("m", 0, 10, 10), ks, result, np.full((4, 12), 0.75))
     assert len(rows) == 4 * 12 and len(rows[0]) == len(FIX_COLUMNS) and rows[-1][-1] == 0.75
     assert np.isnan(fix_rows(("m", 0, 10, 10), ks, result)[0][-1])  # no accuracy elsewhere: NaN
+
+
+def test_the_random_reference_averages_its_draws_and_scores_every_edit_elsewhere():
+    evaluator = _linear_margin_evaluator(n_inputs=12)
+    coef, intercept = leave_one_out(evaluator, 8)
+    scored = _linear_margin_evaluator(n_inputs=5)  # the images the edits are scored on
+    ks, draws = [1, 3], 4
+    rows = random_fix_rows(evaluator.paired, scored, 8, ks, intercept, draws, seed=7, labels=("random", 0, 0, 0))
+    assert len(rows) == 12 * (1 + len(ks)) and {len(row) for row in rows} == {len(FIX_COLUMNS)}
+    unedited = (scored(np.zeros((1, 8), dtype=bool)) > 0).mean()
+    assert all(row[5] == 0 and row[-1] == unedited for row in rows[:12])  # k = 0: the unedited model
+    # the same draws by hand: the mean of the edits along the same seeded random orders
+    rng = np.random.default_rng(7)
+    orders = [random_orders(12, 8, rng) for _ in range(draws)]
+    no_effects = np.zeros_like(coef)
+    fixed = np.mean([fix_ablation(evaluator.paired, no_effects, ks, intercept, o)["fixed"] for o in orders], axis=0)
+    other = np.mean([accuracy_elsewhere(scored, o, ks) for o in orders], axis=0)
+    np.testing.assert_allclose([row[-2] for row in rows[12:]], fixed.ravel())
+    np.testing.assert_allclose([row[-1] for row in rows[12:]], other.ravel())
+    assert all(np.isnan(row[6]) for row in rows)  # nothing is predicted
+    # accuracy elsewhere counts the scored images with a positive margin under each input's edit
+    order = np.tile(np.arange(8), (2, 1))
+    np.testing.assert_allclose(accuracy_elsewhere(scored, order, [3]), [(scored(top_k_masks(order, 3)) > 0).mean(1)])
 
 
 def test_mistakes_are_chosen_among_the_misclassified_inputs_only():

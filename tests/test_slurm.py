@@ -71,12 +71,15 @@ def test_tiny_study_runs_through_the_slurm_profile_on_fake_slurm(tmp_path):
 
 def test_every_rule_that_can_hold_a_gpu_asks_the_profile_for_one():
     profile = yaml.safe_load((REPO / "slurm/config.yaml").read_text())["set-resources"]
-    gpu_rules = set()
+    gpu_rules, derived = set(), []
     for path in (REPO / "workflow/rules").glob("*.smk"):
-        for block in re.split(r"^rule ", path.read_text(), flags=re.M)[1:]:
+        text = path.read_text()
+        for block in re.split(r"^rule ", text, flags=re.M)[1:]:
             if "gpu=GPU_JOBS" in block:
                 gpu_rules.add(block.split(":", 1)[0])
-    assert GPU_RULES | {"edit_top_k", "forget_class"} <= gpu_rules
+        derived += re.findall(r"^use rule (\w+) as (\w+)", text, flags=re.M)
+    gpu_rules |= {new for base, new in derived if base in gpu_rules}  # `use rule` keeps the resources
+    assert GPU_RULES | {"edit_top_k", "forget_class", "fix_random", "fit_mistakes_estimator"} <= gpu_rules
     for rule in gpu_rules:
         assert profile.get(rule, {}).get("gpu") == 1, f"{rule} holds a GPU locally but not in the SLURM profile"
 

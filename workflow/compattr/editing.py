@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import stats
+from tqdm import tqdm
 
 from compattr.analysis import markdown_table
 
@@ -39,6 +40,8 @@ __all__ = [
     "random_orders",
     "fixing_order",
     "fix_ablation",
+    "accuracy_elsewhere",
+    "random_fix_rows",
     "choose_mistakes",
     "class_forgetting_masks",
     "class_accuracy",
@@ -186,6 +189,48 @@ def fix_ablation(
     before = np.asarray(unablated, dtype=np.float64)
     result["fixed"] = (before <= 0) & (before + result["true_change"] > 0)
     return result
+
+
+def accuracy_elsewhere(
+    evaluate: Callable[[np.ndarray], np.ndarray], order: np.ndarray, ks: Sequence[int]
+) -> np.ndarray:
+    """Accuracy on other images of each input's edit (its first ``k`` of ``order``): ``(len(ks), n_inputs)``.
+
+    ``evaluate(masks)`` returns the margins ``(n_masks, n_images)`` of the images the edits are scored on.
+    """
+    return np.array([(np.asarray(evaluate(top_k_masks(order, k))) > 0).mean(axis=1) for k in ks])
+
+
+def random_fix_rows(
+    evaluate: PairedEvaluator,
+    elsewhere: Callable[[np.ndarray], np.ndarray],
+    n_components: int,
+    ks: Sequence[int],
+    unablated: np.ndarray,
+    draws: int,
+    seed: int,
+    labels: Sequence,
+) -> list[tuple]:
+    """The fixing table's reference: per mistake, ``k`` components drawn at random (mean over ``draws``).
+
+    Rows as :func:`fix_rows` gives them under ``labels`` (estimator .. passes), after
+    rows for k = 0, the unedited model (``elsewhere``: as in :func:`accuracy_elsewhere`).
+    It needs no fit: the workflow computes it alongside the fits.
+    """
+    unablated = np.asarray(unablated, dtype=np.float64)
+    n_inputs = len(unablated)
+    rng = np.random.default_rng(seed)
+    no_effects = np.zeros((n_inputs, n_components))
+    edits = []
+    for _ in tqdm(range(draws), desc="random reference", unit="draw"):
+        order = random_orders(n_inputs, n_components, rng)
+        edit = fix_ablation(evaluate, no_effects, ks, unablated, order)
+        edits.append({**edit, "other": accuracy_elsewhere(elsewhere, order, ks)})
+    result = {key: np.mean([edit[key] for edit in edits], axis=0) for key in ("true_change", "fixed", "other")}
+    result["predicted_change"] = np.full_like(result["true_change"], np.nan)
+    unedited = (np.asarray(elsewhere(np.zeros((1, n_components), dtype=bool))) > 0).mean()
+    rows = [(*labels, i, 0, np.nan, 0.0, False, unedited) for i in range(n_inputs)]
+    return rows + fix_rows(labels, ks, result, result.pop("other"))
 
 
 def choose_mistakes(margins: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -160,6 +160,7 @@ use rule fit_estimator as fit_mistakes_estimator with:
 rule fix_mistakes:
     input:
         fits=mistakes_fits,
+        random=f"{MODEL_DIR}/editing/fix_random.csv",
         model=rules.train_model.output.model,
         inputs=rules.select_test_inputs.output[0],
         mistakes=rules.select_mistakes.output[0],
@@ -174,6 +175,7 @@ rule fix_mistakes:
         gpu=GPU_JOBS,
     params:
         library=library("fix_mistakes.py"),
+        reference=False,
         fits=lambda wc: {method: fits_of(wc.model, method, mistakes_dir(wc.model)) for method in METHODS},
         model=lambda wc: int(wc.model),
         data=config["data"],
@@ -186,6 +188,22 @@ rule fix_mistakes:
         device=config["device"],
     script:
         "../scripts/fix_mistakes.py"
+
+
+# The fixing table's reference, k components drawn at random per mistake: it needs no fit, so it runs
+# alongside the fits (its rows are appended to fix.csv).
+use rule fix_mistakes as fix_random with:
+    input:
+        model=rules.train_model.output.model,
+        inputs=rules.select_test_inputs.output[0],
+        mistakes=rules.select_mistakes.output[0],
+    output:
+        f"{MODEL_DIR}/editing/fix_random.csv",
+    log:
+        f"{MODEL_LOGS}/fix_random.log",
+    params:
+        reference=True,
+        fits={},
 
 
 rule summarize_editing:
