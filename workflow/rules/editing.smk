@@ -180,7 +180,6 @@ rule fix_mistakes:
         model=lambda wc: int(wc.model),
         data=config["data"],
         ks=EDITING["ks"],
-        random_draws=EDITING["random_draws"],
         n_images=MISTAKES["score_images"],
         seed=EDITING["seed"],
         batch_size=config["sampling"]["batch_size"],
@@ -204,6 +203,7 @@ use rule fix_mistakes as fix_random with:
     params:
         reference=True,
         fits={},
+        random_draws=EDITING["random_draws"],
 
 
 rule summarize_editing:
