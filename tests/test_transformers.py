@@ -215,10 +215,75 @@ def test_the_text_corpus_gives_next_character_windows_and_a_causal_model_ablates
     keep[0, components.names.index("blocks.1.attn:head0")] = 0
     edited = build_model(arch, num_classes=40, in_channels=16, seed=0).eval()
     edited.load_state_dict(model.state_dict())
+    keep[0, components.names.index("blocks.0.mlp.0:3")] = 0
+    keep[0, components.names.index("blocks.1.mlp.0:5")] = 0
     with torch.no_grad():
         torch.testing.assert_close(network(tokens, torch.ones(1, len(components))), model(tokens), rtol=1e-4, atol=1e-5)
         edited.blocks[1].attn.out_proj.weight[:, :8] = 0
+        for block, neuron in ((0, 3), (1, 5)):
+            edited.blocks[block].mlp[0].weight[neuron], edited.blocks[block].mlp[0].bias[neuron] = 0, 0
         torch.testing.assert_close(network(tokens, keep), edited(tokens), rtol=1e-4, atol=1e-5)
+
+
+def test_the_language_model_computes_its_last_block_at_the_read_out_position_alone():
+    from compattr.models import build_model
+
+    arch = {"name": "text_transformer", "context": 12, "layers": 3, "heads": 2, "hidden": 16, "mlp": 24}
+    model = build_model(arch, num_classes=30, in_channels=12, seed=0).eval()
+    tokens = torch.randint(0, 30, (6, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = model.embed(tokens) + model.position
+        for block in model.blocks:  # every block at every position, then the last position read out
+            x = block(x)
+        assert x.shape == (6, 12, 16)
+        torch.testing.assert_close(model(tokens), model.head(model.ln_f(x[:, -1])), rtol=1e-5, atol=1e-5)
+
+
+class _Attend(nn.Module):
+    """One attention call of the kind ``case`` names, its output flattened per sample."""
+
+    def __init__(self, case):
+        super().__init__()
+        self.case = case
+        self.attn = nn.MultiheadAttention(8, 4, batch_first=case != "tokens_first")
+        generator = torch.Generator().manual_seed(1)
+        self.bool_mask = (torch.rand(6, 6, generator=generator) > 0.6).fill_diagonal_(False)
+        self.float_mask = torch.randn(6, 6, generator=generator)
+
+    def forward(self, x):
+        query, kwargs = x, {"need_weights": False}
+        if self.case == "one_query":
+            query = x[:, -1:]
+        elif self.case == "tokens_first":
+            query = x = x.transpose(0, 1)
+        elif self.case in ("bool_mask", "float_mask"):
+            kwargs["attn_mask"] = getattr(self, self.case)
+        elif self.case == "causal":
+            kwargs.update(attn_mask=torch.ones(6, 6, dtype=torch.bool).triu(1), is_causal=True)
+        elif self.case == "weights":
+            kwargs["need_weights"] = True
+        elif self.case == "padding":
+            kwargs["key_padding_mask"] = torch.arange(6).expand(len(x), 6) > 3
+        out, _ = self.attn(query, x, x, **kwargs)
+        return (out.transpose(0, 1) if self.case == "tokens_first" else out).flatten(1)
+
+
+@pytest.mark.parametrize(
+    "case", ["self", "one_query", "tokens_first", "bool_mask", "float_mask", "causal", "weights", "padding"]
+)
+def test_masked_heads_equal_zeroed_projection_slices_for_every_kind_of_attention_call(case):
+    torch.manual_seed(0)
+    model = _Attend(case).eval()
+    heads = module_components(model, ["attn"])
+    x = torch.randn(5, 6, 8)
+    keep = (torch.rand(5, 4) > 0.4).float()
+    with torch.no_grad():
+        masked = heads.ablatable(model)(x, keep)
+        for i in range(5):  # each sample: its ablated heads' slices of the projection's input zeroed
+            edited = _Attend(case).eval()
+            edited.load_state_dict(model.state_dict())
+            edited.attn.out_proj.weight.mul_(keep[i].repeat_interleave(2))
+            torch.testing.assert_close(masked[i : i + 1], edited(x[i : i + 1]), rtol=1e-5, atol=1e-5)
 
 
 def test_mean_ablation_replaces_each_unit_by_its_mean_output():

@@ -192,9 +192,12 @@ class _MaskedOutput(_Gate):
 class _MaskedAttention(_Gate):
     """An ``nn.MultiheadAttention`` whose heads are multiplied by the keep mask before the output projection.
 
-    The heads' outputs are computed by :func:`torch.nn.functional.multi_head_attention_forward`
-    with an identity output projection, masked per sample and head, then projected by the
-    module's own ``out_proj``: ablating head ``h`` is zeroing its slice of the projection's input.
+    The heads' outputs are computed from the module's own input projection by
+    :func:`torch.nn.functional.scaled_dot_product_attention`, masked per sample and head,
+    then projected by the module's ``out_proj``: ablating head ``h`` is zeroing its slice of
+    the projection's input. Attention that this direct path does not cover (extra key and
+    value biases, a zero attention row, key padding masks, returned weights) runs through
+    :func:`torch.nn.functional.multi_head_attention_forward` with an identity output projection.
     """
 
     def __init__(
@@ -207,6 +210,7 @@ class _MaskedAttention(_Gate):
                 "share the embedding size only"
             )
         self.module, self.name = module, name
+        self.direct = module.bias_k is None and not module.add_zero_attn
         identity = torch.eye(module.embed_dim, device=module.in_proj_weight.device)
         self.register_buffer("identity", identity, persistent=False)
 
@@ -222,12 +226,70 @@ class _MaskedAttention(_Gate):
         is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         m = self.module
-        if m.batch_first:
+        if not m.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        direct = self.direct and key_padding_mask is None and not need_weights
+        if direct and (attn_mask.ndim == 2 if attn_mask is not None else not is_causal):
+            # (batch, heads, tokens, head_dim)
+            heads, weights = self._attend(query, key, value, attn_mask, is_causal), None
+        else:
+            heads, weights = self._attend_general(
+                query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+            )
+        if self.recording:
+            self._record(heads.transpose(1, 2).reshape(-1, m.num_heads, m.head_dim))
+        grouped, keep = self._grouped(heads)  # (masks, samples, heads, tokens, head_dim)
+        factor = keep[:, None, :, None, None].to(heads.dtype)
+        if self.mean is None:
+            masked = grouped * factor
+        else:
+            mean = self.mean.to(heads.dtype)[:, None, :]
+            masked = mean + (grouped - mean) * factor
+        masked = masked.flatten(0, 1).transpose(1, 2).flatten(2)  # (batch, tokens, embed): the heads side by side
+        out = F.linear(masked, m.out_proj.weight, m.out_proj.bias)
+        return (out if m.batch_first else out.transpose(0, 1)), weights
+
+    def _attend(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
+        """Each head's output (batch, heads, tokens, head_dim) of batch-first inputs, without weights.
+
+        ``is_causal`` says, as for ``nn.MultiheadAttention``, that ``attn_mask`` is the causal mask.
+        """
+        m = self.module
+        e = m.embed_dim
+        weight, bias = m.in_proj_weight, m.in_proj_bias
+        if query is key and key is value:
+            q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)
+        else:
+            b = (None,) * 3 if bias is None else bias.split(e)
+            if key is value:
+                q = F.linear(query, weight[:e], b[0])
+                k, v = F.linear(key, weight[e:], None if bias is None else bias[e:]).chunk(2, dim=-1)
+            else:
+                q, k, v = (F.linear(t, w, bb) for t, w, bb in zip((query, key, value), weight.split(e), b, strict=True))
+        q, k, v = (t.unflatten(-1, (m.num_heads, m.head_dim)).transpose(1, 2) for t in (q, k, v))
+        if is_causal and q.shape[2] == k.shape[2]:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            attn_mask = ~attn_mask  # MultiheadAttention masks out True; attention takes part where True
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+    def _attend_general(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        need_weights: bool,
+        attn_mask: Tensor | None,
+        average_attn_weights: bool,
+        is_causal: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """As :meth:`_attend`, through ``multi_head_attention_forward``, with the weights it returns."""
+        m = self.module
         heads, weights = F.multi_head_attention_forward(
-            query,
-            key,
-            value,
+            query.transpose(0, 1),
+            key.transpose(0, 1),
+            value.transpose(0, 1),
             m.embed_dim,
             m.num_heads,
             m.in_proj_weight,
@@ -245,20 +307,8 @@ class _MaskedAttention(_Gate):
             average_attn_weights=average_attn_weights,
             is_causal=is_causal,
         )
-        heads = heads.transpose(0, 1)  # (batch, tokens, embed): the concatenated heads, batch first
-        if self.recording:
-            self._record(heads.reshape(-1, m.num_heads, m.head_dim))
-        grouped, keep = self._grouped(heads)
-        grouped = grouped.unflatten(-1, (m.num_heads, -1))  # (masks, samples, tokens, heads, head_dim)
-        factor = keep[:, None, None, :, None].to(heads.dtype)
-        if self.mean is None:
-            masked = grouped * factor
-        else:
-            mean = self.mean.to(heads.dtype)
-            masked = mean + (grouped - mean) * factor
-        masked = masked.flatten(-2).flatten(0, 1)
-        out = F.linear(masked, m.out_proj.weight, m.out_proj.bias)
-        return (out if m.batch_first else out.transpose(0, 1)), weights
+        heads = heads.transpose(0, 1).unflatten(-1, (m.num_heads, m.head_dim)).transpose(1, 2)
+        return heads, weights
 
 
 class _MaskedBatchNorm(_Gate):

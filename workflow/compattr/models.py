@@ -219,11 +219,19 @@ class _TextBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden, mlp), nn.GELU(), nn.Linear(mlp, hidden))
         self.register_buffer("causal", torch.ones(context, context, dtype=torch.bool).triu(1), persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, last_only: bool = False) -> Tensor:
+        """The block's output (batch, tokens, hidden), or with ``last_only`` the last position's (batch, 1, hidden).
+
+        The last position's query attends to every key: the causal mask leaves it unmasked.
+        """
         h = self.ln_1(x)
-        n = x.shape[1]
-        attended, _ = self.attn(h, h, h, attn_mask=self.causal[:n, :n], need_weights=False)
-        x = x + attended
+        if last_only:
+            attended, _ = self.attn(h[:, -1:], h, h, need_weights=False)
+            x = x[:, -1:] + attended
+        else:
+            n = x.shape[1]
+            attended, _ = self.attn(h, h, h, attn_mask=self.causal[:n, :n], need_weights=False, is_causal=True)
+            x = x + attended
         return x + self.mlp(self.ln_2(x))
 
 
@@ -231,7 +239,10 @@ class TextTransformer(nn.Module):
     """A small decoder-only transformer language model: logits of the token after each window.
 
     Token and learned position embeddings, ``layers`` pre-norm blocks of causal multi-head
-    attention and a GELU MLP, a final LayerNorm and a linear read-out at the last position.
+    attention and a GELU MLP, a final LayerNorm and a linear read-out at the last position. Only
+    that position is read, so the last block computes it alone (its query over every key): the
+    same logits as every position at a fraction of the cost, and the last block's unit means
+    (:func:`compattr.components.component_means`) are those at the read-out position.
     Its components (:func:`compattr.components.transformer_components`) are ``blocks.<b>.attn``'s
     heads and ``blocks.<b>.mlp.0``'s neurons.
     """
@@ -246,7 +257,10 @@ class TextTransformer(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         x = self.embed(tokens) + self.position[: tokens.shape[1]]
-        return self.head(self.ln_f(self.blocks(x)[:, -1]))
+        for block in self.blocks[:-1]:
+            x = block(x)
+        # only the last position is read out: the last block computes it alone
+        return self.head(self.ln_f(self.blocks[-1](x, last_only=True)[:, -1]))
 
 
 def study_components(model: nn.Module, spec: dict) -> ComponentSet:
