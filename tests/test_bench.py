@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from conftest import planted_problem
 
 from compattr.bench import fit_speed, forward_throughput, training_speed
@@ -13,6 +14,17 @@ def test_forward_throughput_reports_both_rates(trained_model, digits):
     assert result["batch"] == 200 and result["batches"] == 8 and result["device"] == "cpu"
     assert result["plain_per_s"] > 0 and result["ablated_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["ablated_per_s"] / result["plain_per_s"])
+
+
+def test_forward_throughput_serves_token_inputs():
+    from compattr.components import transformer_components
+    from compattr.models import build_model
+
+    arch = {"name": "text_transformer", "context": 8, "layers": 2, "heads": 2, "hidden": 8, "mlp": 12}
+    model = build_model(arch, num_classes=20, in_channels=8, seed=0).eval()
+    tokens = torch.randint(0, 20, (5, 8), generator=torch.Generator().manual_seed(0))
+    result = forward_throughput(model, transformer_components(model), tokens, tokens[:, 0], batch=20, repeats=1)
+    assert result["batch"] == 20 and result["plain_per_s"] > 0 and result["ablated_per_s"] > 0
 
 
 def test_training_speed_times_the_same_models_batched_and_looped(digits):

@@ -40,6 +40,20 @@ def test_evaluator_matches_one_mask_at_a_time(trained_model, digits):
         np.testing.assert_allclose(batched[i], expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_auto_batch_size_is_the_device_types_and_a_bad_one_is_named(trained_model, digits):
+    model, components = trained_model
+    _, test = digits
+    images, labels = test.images[:30], test.labels[:30]
+    masks = shard_masks(0, 0, 50, len(components), 0.1)  # 1,500 samples: two passes at 1,024
+    auto = ComponentMarginEvaluator(model, components, images, labels)
+    assert auto.batch_size == sampling.AUTO_BATCH_SIZE["cpu"] < len(masks) * len(images)
+    explicit = ComponentMarginEvaluator(model, components, images, labels, batch_size=len(masks) * len(images))
+    np.testing.assert_allclose(auto(masks), explicit(masks), rtol=1e-5, atol=1e-5)
+    for bad in (0, "large", 2.5):
+        with pytest.raises(ValueError, match="batch_size"):
+            ComponentMarginEvaluator(model, components, images, labels, batch_size=bad)
+
+
 def _linear_evaluator(n_units: int, n_inputs: int):
     weights = np.random.default_rng(0).normal(size=(n_units, n_inputs)).astype(np.float32)
     return lambda masks: masks.astype(np.float32) @ weights

@@ -51,7 +51,7 @@ def forward_throughput(
     images: Tensor,
     labels: Tensor,
     *,
-    batch: int,
+    batch: int | str,
     batches: int = BATCHES_PER_CALL,
     repeats: int = 10,
     precision: str = "auto",
@@ -61,10 +61,11 @@ def forward_throughput(
     """Images per second of plain inference and of ablated sampling at the same batch size, device and precision.
 
     The ablated pass is what sampling runs: one evaluator call of ``batches``
-    forward passes of ``batch`` (mask, input) samples with per-sample channel
-    masks, margins copied to the host included. The plain pass runs the same
-    model in the same precision and memory format on the same batch ``batches``
-    times, compiled as the ablated one is (same mode).
+    forward passes of ``batch`` (mask, input) samples (an integer, or "auto" as
+    the evaluator takes it) with per-sample channel masks, margins copied to the
+    host included. The plain pass runs the same model in the same precision and
+    memory format on the same batch ``batches`` times, compiled as the ablated
+    one is (same mode).
     """
     device = next(model.parameters()).device
     evaluator = ComponentMarginEvaluator(
@@ -78,9 +79,9 @@ def forward_throughput(
         compile=compile,
     )
     network = evaluator.compile(evaluator.model)
-    n_masks = max(1, batch // len(labels))
+    n_masks = max(1, evaluator.batch_size // len(labels))
     masks = np.random.default_rng(0).random((n_masks * batches, len(components))) < 0.05
-    x = evaluator.images.repeat(n_masks, 1, 1, 1)
+    x = evaluator.images.repeat(n_masks, *(1,) * (images.ndim - 1))
 
     @torch.no_grad()
     def plain() -> None:

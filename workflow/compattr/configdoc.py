@@ -42,6 +42,8 @@ def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
 def _type(node: dict[str, Any]) -> str:
     if "enum" in node:
         return "one of " + ", ".join(json.dumps(v) for v in node["enum"])
+    if "const" in node:
+        return json.dumps(node["const"])
     if "oneOf" in node:
         return " or ".join(_type(option) for option in node["oneOf"])
     kind = node.get("type", "any")

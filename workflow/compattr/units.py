@@ -92,7 +92,7 @@ def make_evaluator(
     units: Units,
     images: Tensor,
     labels: Tensor | None,
-    batch_size: int = 4096,
+    batch_size: int | str = "auto",
     *,
     output: Output = margins,
     **forward: Any,
@@ -100,11 +100,13 @@ def make_evaluator(
     """Outputs per test input under masks over ``units``: ablated or masked forward passes, or trained models.
 
     ``forward`` (precision, channels_last, compile) applies to forward passes; a data
-    study's evaluator trains models on the model's device, ``batch_size`` models at a time.
+    study's evaluator trains models on the model's device, ``batch_size`` models at a time
+    ("auto": :class:`~compattr.datamodels.DataMarginEvaluator`'s default).
     """
     if isinstance(units, TrainingExamples):
         device = next(model.parameters()).device
-        return DataMarginEvaluator(units, images, labels, batch_size, output=output, device=device)
+        models = {} if batch_size == "auto" else {"batch_size": batch_size}
+        return DataMarginEvaluator(units, images, labels, output=output, device=device, **models)
     return ComponentMarginEvaluator(model, units, images, labels, batch_size, output=output, **forward)
 
 
