@@ -14,8 +14,9 @@ from compattr.baselines import (
     relu_patching,
 )
 from compattr.components import conv_components
+from compattr.masks import shard_masks
 from compattr.models import build_model, margins
-from compattr.sampling import ComponentMarginEvaluator, shard_masks
+from compattr.sampling import ComponentMarginEvaluator
 
 
 def _linear_margin_model():

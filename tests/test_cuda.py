@@ -15,7 +15,8 @@ from conftest import planted_problem
 
 from compattr.baselines import attribution_patching
 from compattr.estimators import ESTIMATORS, make_estimator
-from compattr.sampling import ComponentMarginEvaluator, shard_masks
+from compattr.masks import shard_masks
+from compattr.sampling import ComponentMarginEvaluator
 from compattr.scores import lds_scores
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -28,8 +28,9 @@ from compattr.editing import (
     top_k_ablation,
     top_k_masks,
 )
+from compattr.masks import shard_masks
 from compattr.plots import plot_fixing
-from compattr.sampling import ComponentMarginEvaluator, shard_masks
+from compattr.sampling import ComponentMarginEvaluator
 
 
 def _linear_margin_evaluator(n_inputs=6):

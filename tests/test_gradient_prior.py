@@ -10,7 +10,8 @@ from compattr.baselines import attribution_patching
 from compattr.components import conv_components
 from compattr.estimators import GradientPriorRegressor, Moments, PriorReluCollapseRegressor, RidgeCVRegressor
 from compattr.estimators._prior import prior_lasso_path, prior_ridge_path
-from compattr.sampling import ComponentMarginEvaluator, shard_masks
+from compattr.masks import shard_masks
+from compattr.sampling import ComponentMarginEvaluator
 from compattr.scores import lds_scores
 
 

@@ -49,6 +49,14 @@ def test_the_workflow_plans_its_jobs_without_importing_torch():
     assert done.stdout.strip() == "False"
 
 
+def test_jobs_that_read_and_score_stores_start_without_torch():
+    """Scoring, store checks and summaries import these alone: torch and scikit-learn would double their time."""
+    modules = "compattr.stores, compattr.masks, compattr.fitting, compattr.analysis, compattr.scores"
+    code = f"import sys, {modules}; print(sorted({{'torch', 'sklearn'}} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_the_registry_names_what_the_classes_and_benchmarks_do():
     from compattr.bench import REFERENCES
     from compattr.estimators import ESTIMATORS, ReluCollapseRegressor

@@ -4,8 +4,9 @@ import torch
 import zarr
 
 from compattr import sampling
+from compattr.masks import shard_masks
 from compattr.models import margins
-from compattr.sampling import ComponentMarginEvaluator, DistinctMasks, run_shard, shard_masks
+from compattr.sampling import ComponentMarginEvaluator, DistinctMasks, run_shard
 from compattr.stores import (
     NonFiniteMarginError,
     check_mask_store,

@@ -5,7 +5,8 @@ import pytest
 import zarr
 
 from compattr.estimators import RidgeCVRegressor
-from compattr.sampling import expected_shard_masks, resampling_damaged_shards, run_shard
+from compattr.masks import expected_shard_masks, resampling_damaged_shards
+from compattr.sampling import run_shard
 from compattr.stores import (
     DamagedShardsError,
     StoreIntegrityError,

@@ -19,8 +19,8 @@ from compattr.datamodels import (
 )
 from compattr.estimators import make_estimator
 from compattr.features import PatchSet, blur
+from compattr.masks import bernoulli_masks
 from compattr.models import load_checkpoint, margins, save_checkpoint
-from compattr.sampling import bernoulli_masks
 from compattr.units import example_units, spec_of, unit_prior, unit_rows
 
 

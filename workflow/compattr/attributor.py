@@ -27,8 +27,9 @@ from compattr.datamodels import TrainingExamples
 from compattr.estimators import ESTIMATORS, make_estimator
 from compattr.features import PatchSet
 from compattr.fitting import top_components
+from compattr.masks import bernoulli_masks
 from compattr.models import margins
-from compattr.sampling import BATCHES_PER_CALL, bernoulli_masks
+from compattr.sampling import BATCHES_PER_CALL
 from compattr.scores import lds_scores
 from compattr.units import make_evaluator, unit_prior
 

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from compattr.components import AblatableNetwork, ComponentSet
+from compattr.masks import bernoulli_masks
 from compattr.models import margins
-from compattr.sampling import bernoulli_masks
 
 __all__ = [
     "attribution_patching",

@@ -1,6 +1,7 @@
 """Fit component models on rows of a mask store (every train size and disjoint draw), and score them.
 
-Fit stores are written and read by :mod:`compattr.stores`.
+Fit stores are written and read by :mod:`compattr.stores`. Scoring a fit needs no torch: the
+estimators (and torch) are imported by the first fit.
 """
 
 from __future__ import annotations
@@ -8,16 +9,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import zarr
 from tqdm import tqdm
 
-from compattr.estimators import make_estimator
 from compattr.scores import lds_scores
 from compattr.stores import SavedFit, iter_rows
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["fit_on_store", "fit_draws", "replicate_starts", "score_fit", "predicts_constant", "top_components"]
 
@@ -51,6 +53,8 @@ def fit_on_store(
     masks as the coordinates of their rare value, and the margins. The last
     rows of the range are the estimator's validation split, if it has one.
     """
+    from compattr.estimators import make_estimator
+
     model = make_estimator(estimator, params, device=str(device))
     if model.uses_prior and prior is None:
         raise ValueError(f"estimator {estimator!r} needs a prior attribution (input x component); none was given")

@@ -1,16 +1,15 @@
-"""Ablation sampling: random masks and ablated forward passes, written shard by shard to a mask store.
+"""Ablation sampling: ablated forward passes of random masks, written shard by shard to a mask store.
 
-The stores themselves are :mod:`compattr.stores`. The masks of a shard depend
-only on the store's ``(seed, shard)`` and ablation rate, so any order or split
-of the work gives the same arrays.
+The stores themselves are :mod:`compattr.stores`, the masks :mod:`compattr.masks`. The masks
+of a shard depend only on the store's ``(seed, shard)`` and ablation rate, so any order or
+split of the work gives the same arrays.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,42 +20,19 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from compattr.components import ComponentSet
+from compattr.masks import expected_shard_masks
 from compattr.models import margins
-from compattr.stores import (
-    NonFiniteMarginError,
-    StoreIntegrityError,
-    check_mask_store,
-    mask_store_settings,
-    shard_rows,
-    write_shard,
-)
+from compattr.stores import NonFiniteMarginError, shard_rows, write_shard
 
 __all__ = [
-    "bernoulli_masks",
-    "shard_masks",
-    "expected_shard_masks",
     "ComponentMarginEvaluator",
     "DistinctMasks",
     "run_shard",
-    "resampling_damaged_shards",
     "BATCHES_PER_CALL",
     "AUTO_BATCH_SIZE",
 ]
 
 Evaluator = Callable[[np.ndarray], np.ndarray]
-
-
-def bernoulli_masks(n_masks: int, n_units: int, ablation_rate: float, rng: np.random.Generator) -> np.ndarray:
-    """``(n_masks, n_units)`` bool masks, each unit ablated (True) independently with probability ``ablation_rate``."""
-    if not 0.0 <= ablation_rate <= 1.0:
-        raise ValueError(f"ablation_rate must lie in [0, 1], got {ablation_rate}")
-    return rng.random((n_masks, n_units)) < ablation_rate
-
-
-def shard_masks(seed: int, shard: int, n_masks: int, n_units: int, ablation_rate: float) -> np.ndarray:
-    """The masks of one shard, drawn from a generator keyed by ``(seed, shard)`` alone."""
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(shard,)))
-    return bernoulli_masks(n_masks, n_units, ablation_rate, rng)
 
 
 class ComponentMarginEvaluator:
@@ -259,14 +235,6 @@ class DistinctMasks:
         return np.stack([self._outputs[key] for key in keys])
 
 
-def expected_shard_masks(path: str | Path, shard: int) -> np.ndarray:
-    """The masks shard ``shard`` of a store holds: drawn from the store's own seed and ablation rate."""
-    settings = mask_store_settings(path)
-    masks_arr = zarr.open_group(str(path), mode="r")["masks"]
-    start, stop = shard_rows(masks_arr, shard)
-    return shard_masks(settings["seed"], shard, stop - start, masks_arr.shape[1], settings["ablation_rate"])
-
-
 def run_shard(path: str | Path, shard: int, evaluator: Evaluator) -> dict[str, Any]:
     """Draw the masks of ``shard``, evaluate them and write both arrays' rows of that shard, then its manifest.
 
@@ -295,32 +263,3 @@ def run_shard(path: str | Path, shard: int, evaluator: Evaluator) -> dict[str, A
             path,
         )
     return write_shard(path, shard, masks, values)
-
-
-@contextlib.contextmanager
-def resampling_damaged_shards() -> Iterator[None]:
-    """Within: a damaged mask store that is read marks its faulty shards for sampling again, then raises.
-
-    A :class:`~compattr.stores.StoreIntegrityError` or :class:`~compattr.stores.NonFiniteMarginError`
-    raised by a mask store's reader leads to :func:`compattr.stores.check_mask_store` with
-    ``repair=True`` on that store: every faulty shard (not only the first one read) loses its
-    manifest, so the workflow's next run samples exactly those shards again. Errors of other stores
-    (fits) pass through unchanged.
-    """
-    try:
-        yield
-    except (StoreIntegrityError, NonFiniteMarginError) as error:
-        store = error.store
-        if store is None or not _is_mask_store(store):
-            raise
-        check_mask_store(store, partial(expected_shard_masks, store), repair=True)
-        raise  # the check found nothing to mark: report the reader's own error
-
-
-def _is_mask_store(path: str | Path) -> bool:
-    """Whether ``path`` is a mask store (a group with ``masks`` and ``margins`` that records its seed)."""
-    try:
-        group = zarr.open_group(str(path), mode="r")
-        return "seed" in group.attrs and all(name in group for name in ("masks", "margins"))
-    except (FileNotFoundError, ValueError, KeyError):
-        return False

@@ -34,8 +34,6 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from compattr.estimators import predict_network
-
 __all__ = [
     "NonFiniteMarginError",
     "StoreIntegrityError",
@@ -271,7 +269,7 @@ def check_mask_store(
 
     A shard's rows must match the digests of its manifest and, when ``expected_masks(shard)``
     is given, hold the masks it returns (masks are a pure function of the store's seed and
-    shard: :func:`compattr.sampling.expected_shard_masks`). Every shard is looked at;
+    shard: :func:`compattr.masks.expected_shard_masks`). Every shard is looked at;
     :class:`DamagedShardsError` names each faulty one and what is wrong. With ``repair``,
     the manifests of those shards and the store's summary (:func:`check_summary_path`)
     are deleted first: sampling them again (their jobs rerun) gives the store it should
@@ -436,6 +434,8 @@ class SavedFit:
     def predict(self, masks: np.ndarray) -> np.ndarray:
         """Predicted outputs (n_masks, n_inputs) for bool or 0/1 masks (n_masks, n_components)."""
         if self.network is not None:
+            from compattr.estimators import predict_network  # torch: only for fits that are networks
+
             return predict_network(self.network, masks)
         return np.asarray(masks, dtype=np.float32) @ self.coef.T + self.intercept
 

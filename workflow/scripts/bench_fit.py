@@ -4,7 +4,7 @@ import torch
 
 from compattr.bench import fit_speed
 from compattr.io import resolve_device, start_log, write_json
-from compattr.sampling import resampling_damaged_shards
+from compattr.masks import resampling_damaged_shards
 from compattr.stores import load_priors, read_rows
 
 log = start_log(snakemake.log[0])

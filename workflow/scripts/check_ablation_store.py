@@ -6,7 +6,7 @@ Faulty shards lose their manifests (this job's inputs), so the next run samples 
 from functools import partial
 
 from compattr.io import start_log, write_json
-from compattr.sampling import expected_shard_masks
+from compattr.masks import expected_shard_masks
 from compattr.stores import check_mask_store
 
 log = start_log(snakemake.log[0])

@@ -6,7 +6,7 @@ import torch
 
 from compattr.fitting import fit_draws
 from compattr.io import provenance, resolve_device, start_log
-from compattr.sampling import resampling_damaged_shards
+from compattr.masks import resampling_damaged_shards
 from compattr.stores import load_priors, mask_store_settings, read_coordinates, save_fit
 
 log = start_log(snakemake.log[0])

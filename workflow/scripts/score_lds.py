@@ -5,7 +5,7 @@ import numpy as np
 from compattr.analysis import write_fit_csv, write_lds_csv
 from compattr.fitting import predicts_constant, score_fit
 from compattr.io import start_log
-from compattr.sampling import resampling_damaged_shards
+from compattr.masks import resampling_damaged_shards
 from compattr.stores import fit_stores, load_fit, mask_store_settings, read_rows
 
 log = start_log(snakemake.log[0])
