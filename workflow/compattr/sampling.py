@@ -191,7 +191,7 @@ class ComponentMarginEvaluator:
 
 
 #: ``batch_size="auto"`` of :class:`ComponentMarginEvaluator` per device type. A CPU runs a batch
-#: that stays in its caches faster: 1,024 (mask, input) samples per pass took 1.3-2.1x less time
+#: that stays in its caches faster: 1,024 (mask, input) samples per pass took 1.2-2.1x less time
 #: than 8,192 on one CPU core for the project's ResNet, ViT and language model, with identical outputs.
 AUTO_BATCH_SIZE = {"cuda": 8192, "cpu": 1024}
 #: Largest size of the inputs that ``inputs_on_device="auto"`` keeps on the device (1 GiB).
