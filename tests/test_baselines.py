@@ -15,7 +15,8 @@ from compattr.baselines import (
 )
 from compattr.components import conv_components
 from compattr.masks import shard_masks
-from compattr.models import build_model, margins
+from compattr.models import build_model
+from compattr.outputs import margins
 from compattr.sampling import ComponentMarginEvaluator
 
 

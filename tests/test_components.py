@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from compattr.components import conv_components, zero_filters
-from compattr.models import CifarResNet, margins
+from compattr.models import CifarResNet
+from compattr.outputs import margins
 
 
 def test_component_names_and_counts():

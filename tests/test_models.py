@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from compattr.data import load_dataset, select_test_inputs
-from compattr.models import build_model, margins, train_classifier
+from compattr.models import build_model, train_classifier
+from compattr.outputs import margins
 
 ARCH = {"name": "cifar_resnet", "widths": [4, 8], "blocks": [1, 1]}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import torch
 from PIL import Image
 
 from compattr.components import conv_components
-from compattr.data import DataMissingError, dataset_download, load_dataset, save_test_inputs, select_test_inputs
+from compattr.data import DataMissingError, load_dataset, save_test_inputs, select_test_inputs
+from compattr.downloads import dataset_download, weights_download
 from compattr.models import (
     WeightsMissingError,
     build_model,
@@ -18,7 +20,6 @@ from compattr.models import (
     random_crop_flip,
     sha256sum,
     torchvision_weights,
-    weights_download,
 )
 
 
@@ -111,7 +112,7 @@ def test_checkpoint_is_loaded_only_with_its_sha256(tmp_path):
 
 
 def test_torchvision_weights_come_from_the_cache_and_are_hash_checked(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
     def offline(url, dst, hash_prefix=None, progress=True):
         raise OSError("network is unreachable")
@@ -141,3 +142,34 @@ def test_random_crop_flip_shifts_and_mirrors_within_the_padding():
     for k in range(2):
         values = set(out[k].flatten().tolist()) - {0.0}  # padding is zero
         assert values <= set(images[k].flatten().tolist()) and len(values) >= 16  # at least a 4x4 window
+
+
+def test_download_facts_known_without_torch_are_torchvisions(tmp_path, monkeypatch):
+    """The addresses, sizes and cache folder the workflow announces before any job match torchvision's and torch's."""
+    from torchvision.datasets import CIFAR10 as TorchvisionCifar10
+    from torchvision.models import get_weight
+
+    from compattr.downloads import CIFAR10, TORCHVISION_WEIGHTS, WEIGHT_FILES, torch_hub_dir
+
+    assert (CIFAR10.url, CIFAR10.filename, CIFAR10.archive_md5, CIFAR10.base_folder) == (
+        TorchvisionCifar10.url,
+        TorchvisionCifar10.filename,
+        TorchvisionCifar10.tgz_md5,
+        TorchvisionCifar10.base_folder,
+    )
+    assert [list(batch) for batch in CIFAR10.batches] == TorchvisionCifar10.train_list + TorchvisionCifar10.test_list
+    import torchvision.models as tvm
+
+    listed = {f"{enum}.{w.name}" for enum in TORCHVISION_WEIGHTS.values() for w in getattr(tvm, enum)}
+    assert set(WEIGHT_FILES) == listed
+    for name, (url, mebibytes) in WEIGHT_FILES.items():
+        entry = get_weight(name)
+        assert (url, mebibytes) == (entry.url, entry.meta["_file_size"])
+    for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {}):
+        monkeypatch.delenv("TORCH_HOME", raising=False)
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert torch_hub_dir() == Path(torch.hub.get_dir())
+    with pytest.raises(ValueError, match=r"'IMAGENET9K' is not one of torchvision_resnet50's weights"):
+        weights_download("torchvision_resnet50", "IMAGENET9K")

@@ -5,7 +5,7 @@ import zarr
 
 from compattr import sampling
 from compattr.masks import shard_masks
-from compattr.models import margins
+from compattr.outputs import margins
 from compattr.sampling import ComponentMarginEvaluator, DistinctMasks, run_shard
 from compattr.stores import (
     NonFiniteMarginError,

@@ -168,7 +168,8 @@ def test_the_front_door_attributes_a_vision_transformer_to_its_heads_and_neurons
 
 
 def test_a_small_vit_on_one_channel_images_saves_and_loads_with_its_heads_and_neurons(tmp_path):
-    from compattr.models import build_model, load_checkpoint, save_checkpoint, study_components
+    from compattr.checkpoints import load_checkpoint, save_checkpoint
+    from compattr.models import build_model, study_components
 
     arch = {"name": "vit", "image_size": 8, "patch_size": 2, "layers": 3, "heads": 4, "hidden": 32, "mlp": 64}
     model = build_model(arch, num_classes=10, in_channels=1, seed=0).eval()
@@ -185,7 +186,8 @@ def test_a_small_vit_on_one_channel_images_saves_and_loads_with_its_heads_and_ne
 
 
 def test_checkpoints_from_before_component_kinds_load_their_conv_filters(tmp_path):
-    from compattr.models import build_model, load_checkpoint
+    from compattr.checkpoints import load_checkpoint
+    from compattr.models import build_model
 
     arch = {"name": "cifar_resnet", "widths": [4, 8], "blocks": [1, 1]}
     model = build_model(arch, num_classes=10, in_channels=1, seed=0)

@@ -8,6 +8,7 @@ from torch import nn
 
 from compattr import ComponentAttributor, lds
 from compattr.baselines import leave_one_out
+from compattr.checkpoints import load_checkpoint, save_checkpoint, spec_of
 from compattr.datamodels import (
     DataMarginEvaluator,
     Recipe,
@@ -20,8 +21,8 @@ from compattr.datamodels import (
 from compattr.estimators import make_estimator
 from compattr.features import PatchSet, blur
 from compattr.masks import bernoulli_masks
-from compattr.models import load_checkpoint, margins, save_checkpoint
-from compattr.units import example_units, spec_of, unit_prior, unit_rows
+from compattr.outputs import margins
+from compattr.units import example_units, unit_prior, unit_rows
 
 
 def _linear_model(seed=0, channels=1, side=4, classes=3):

@@ -16,7 +16,7 @@ import pytest
 import yaml
 import zarr
 
-from compattr.models import load_checkpoint
+from compattr.checkpoints import load_checkpoint
 from compattr.stores import load_fit, read_coordinates, read_rows
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,8 @@ estimators, linear datamodeling scores (LDS), summaries and figures.
 
 from typing import Any
 
-__version__ = "0.5.0"
+from compattr._version import __version__
+
 __all__ = ["ComponentAttributor", "Attribution", "Samples", "lds", "__version__"]
 
 

@@ -11,13 +11,12 @@ ids; :func:`lds` scores them on held-out masks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -28,28 +27,13 @@ from compattr.estimators import ESTIMATORS, make_estimator
 from compattr.features import PatchSet
 from compattr.fitting import top_components
 from compattr.masks import bernoulli_masks
-from compattr.models import margins
+from compattr.outputs import OUTPUTS, Output, resolve_output
 from compattr.sampling import BATCHES_PER_CALL
 from compattr.scores import lds_scores
 from compattr.units import make_evaluator, unit_prior
 
 __all__ = ["ComponentAttributor", "Attribution", "Samples", "lds", "OUTPUTS", "PRIORS"]
 
-Output = Callable[[Tensor, Tensor | None], Tensor]
-
-
-def target_logit(logits: Tensor, targets: Tensor) -> Tensor:
-    """The target class's logit, per row."""
-    return logits.gather(1, targets[:, None]).squeeze(1)
-
-
-def target_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """The cross-entropy loss of the target class, per row."""
-    return F.cross_entropy(logits, targets, reduction="none")
-
-
-#: Named outputs; each takes the model's logits and the inputs' target classes.
-OUTPUTS: dict[str, Output] = {"margin": margins, "logit": target_logit, "loss": target_loss}
 #: Sampling-free attributions by name: first-order priors (keyword arguments of
 #: :func:`compattr.baselines.first_order_prior`), and ``"loo"`` (leave-one-out).
 PRIORS: dict[str, dict[str, Any]] = {
@@ -198,13 +182,9 @@ class ComponentAttributor:
         self.model = model
         self.components = _component_set(model, components)
         self.inputs, self.targets = _collect(inputs, targets)
-        if isinstance(output, str):
-            if output not in OUTPUTS:
-                raise ValueError(f"output must be one of {sorted(OUTPUTS)} or a callable, got {output!r}")
-            if self.targets is None:
-                raise ValueError(f"output {output!r} needs targets: pass targets, or a DataLoader of (input, target)")
-            output = OUTPUTS[output]
-        self.output = output
+        if isinstance(output, str) and output in OUTPUTS and self.targets is None:
+            raise ValueError(f"output {output!r} needs targets: pass targets, or a DataLoader of (input, target)")
+        self.output = resolve_output(output)
         self.input_ids = tuple(range(len(self.inputs))) if input_ids is None else tuple(input_ids)
         if len(self.input_ids) != len(self.inputs):
             raise ValueError(f"{len(self.input_ids)} input_ids for {len(self.inputs)} inputs")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ from torch import Tensor, fx, nn
 
 from compattr.components import AblatableNetwork, ComponentSet
 from compattr.masks import bernoulli_masks
-from compattr.models import margins
+from compattr.outputs import Output, margins
 
 __all__ = [
     "attribution_patching",
@@ -133,9 +132,6 @@ def leave_one_out(evaluator, n_units: int, chunk: int = 256) -> tuple[np.ndarray
     eye = np.eye(n_units, dtype=bool)
     single = np.concatenate([evaluator(eye[i : i + chunk]) for i in range(0, n_units, chunk)]).astype(np.float64)
     return (single - base).T, base
-
-
-Output = Callable[[Tensor, Tensor | None], Tensor]
 
 
 def _batches(images: Tensor, labels: Tensor | None, batch_size: int, device: torch.device):

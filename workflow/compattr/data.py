@@ -17,19 +17,17 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from compattr.io import Download
+from compattr.downloads import CIFAR10
 
 __all__ = [
     "DataMissingError",
     "ImageSplit",
     "ImageFolderSplit",
     "load_dataset",
-    "dataset_download",
     "select_test_inputs",
     "save_test_inputs",
     "save_inputs",
@@ -142,40 +140,24 @@ class ImageFolderSplit:
             yield self.subset(np.arange(start, min(start + batch_size, len(self))))
 
 
-#: Size of torchvision's CIFAR-10 archive (``cifar-10-python.tar.gz``), in bytes.
-CIFAR10_ARCHIVE_BYTES = 170_498_071
-
-
-def dataset_download(name: str, root: str | Path | None = None, **_: Any) -> Download | None:
-    """What loading dataset ``name`` under ``root`` may download (CIFAR-10), or None (digits, ImageNet)."""
-    if name != "cifar10" or root is None:
-        return None
-    from torchvision.datasets import CIFAR10
-
-    folder = Path(root) / CIFAR10.base_folder
-    present = all((folder / batch).is_file() for batch, _ in CIFAR10.train_list + CIFAR10.test_list)
-    return Download("CIFAR-10 (python batches)", CIFAR10.url, CIFAR10_ARCHIVE_BYTES, Path(root), present)
-
-
 def _load_cifar10(root: str | Path, download: bool) -> tuple[ImageSplit, ImageSplit]:
-    from torchvision.datasets import CIFAR10
     from torchvision.datasets.utils import download_and_extract_archive
 
     folder = Path(root) / CIFAR10.base_folder
-    names = [name for name, _ in CIFAR10.train_list + CIFAR10.test_list]
+    names = [name for name, _ in CIFAR10.batches]
     if download and not all((folder / name).is_file() for name in names):
         try:
-            download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+            download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.archive_md5)
         except (OSError, RuntimeError) as err:
             raise DataMissingError(
                 f"CIFAR-10 is not in {folder} and could not be downloaded from {CIFAR10.url} ({err}): download "
-                f"that archive (md5 {CIFAR10.tgz_md5}) and extract it into {root}"
+                f"that archive (md5 {CIFAR10.archive_md5}) and extract it into {root}"
             ) from err
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
         raise DataMissingError(
             f"CIFAR-10 python batches {missing} missing in {folder}: set data.download: true, or download "
-            f"{CIFAR10.url} (md5 {CIFAR10.tgz_md5}) and extract it into {root}"
+            f"{CIFAR10.url} (md5 {CIFAR10.archive_md5}) and extract it into {root}"
         )
 
     def read(batch_names: list[str]) -> ImageSplit:
@@ -189,7 +171,7 @@ def _load_cifar10(root: str | Path, download: bool) -> tuple[ImageSplit, ImageSp
         mean, std = torch.tensor(CIFAR10_MEAN)[:, None, None], torch.tensor(CIFAR10_STD)[:, None, None]
         return ImageSplit((x - mean) / std, torch.from_numpy(np.concatenate(labels)))
 
-    return read([name for name, _ in CIFAR10.train_list]), read([name for name, _ in CIFAR10.test_list])
+    return read(names[:-1]), read(names[-1:])  # five training batches, then the test batch
 
 
 def _load_digits(test_fraction: float, seed: int, image_size: int) -> tuple[ImageSplit, ImageSplit]:

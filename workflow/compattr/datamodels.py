@@ -22,7 +22,6 @@ model per left-out unit (:func:`compattr.baselines.leave_one_out` on the evaluat
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,20 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compattr.models import margins
+from compattr.models import mlp
+from compattr.outputs import Output, margins
 
 __all__ = [
     "Recipe",
     "TrainingExamples",
-    "mlp",
     "train_models",
     "train_alone",
     "stacked_logits",
     "DataMarginEvaluator",
     "influence_prior",
 ]
-
-Output = Callable[[Tensor, Tensor | None], Tensor]
 
 
 @dataclass(frozen=True)
@@ -73,16 +70,6 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.hidden < 0 or self.steps < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"a recipe needs hidden >= 0, steps >= 1, lr > 0 and weight_decay >= 0, got {self}")
-
-
-def mlp(in_features: int, num_classes: int, hidden: int, seed: int | None = None) -> nn.Sequential:
-    """``Flatten, Linear, ReLU, Linear`` (``Flatten, Linear`` for ``hidden=0``), its initial weights from ``seed``."""
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        if hidden == 0:
-            return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))
-        return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
 
 def stacked_logits(params: list[Tensor], x: Tensor) -> Tensor:

@@ -9,32 +9,16 @@ import logging
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compattr import __version__
+from compattr._version import __version__
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["start_log", "resolve_device", "code_commit", "provenance", "write_json", "source_hash", "Download"]
-
-
-@dataclass(frozen=True)
-class Download:
-    """A file a study needs from the internet: what, where from, how large, where to, and whether it is there."""
-
-    what: str
-    url: str
-    size_bytes: int
-    destination: Path
-    present: bool
-
-    def describe(self) -> str:
-        """One line: what, how large, from where, to where."""
-        return f"{self.what}: {self.size_bytes / 2**20:.1f} MiB from {self.url} into {self.destination}"
+__all__ = ["start_log", "resolve_device", "code_commit", "provenance", "write_json", "source_hash"]
 
 
 def start_log(path: str | Path) -> logging.Logger:
@@ -109,6 +93,7 @@ def _library_imports(source: str) -> set[str]:
         else:
             continue
         found.update(name.split(".")[1] for name in names if name.startswith("compattr."))
+    found.discard("_version")  # the version alone changes no job's output
     return found
 
 
@@ -117,7 +102,7 @@ def source_hash(script: str | Path, package: str | Path | None = None) -> str:
 
     The workflow passes it as a rule parameter, so Snakemake reruns a rule when
     library code its script depends on changes (the script itself Snakemake
-    tracks already). The package's ``__init__`` (its version) is left out.
+    tracks already). The package's ``__init__`` and its version are left out.
     ``package`` is the folder of the modules (default: this library's).
     """
     package = Path(__file__).resolve().parent if package is None else Path(package)

@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 from compattr.components import ComponentSet, conv_components, transformer_components
 from compattr.data import ImageFolderSplit, ImageSplit
-from compattr.io import Download
+from compattr.downloads import weights_download
 
 __all__ = [
     "WeightsMissingError",
     "BasicBlock",
+    "mlp",
     "CifarResNet",
     "ARCHITECTURES",
     "TextTransformer",
@@ -33,13 +34,9 @@ __all__ = [
     "sha256sum",
     "load_state_dict_file",
     "torchvision_weights",
-    "weights_download",
     "random_crop_flip",
     "train_classifier",
     "accuracy",
-    "margins",
-    "save_checkpoint",
-    "load_checkpoint",
 ]
 
 
@@ -132,6 +129,19 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+def mlp(in_features: int, num_classes: int, hidden: int, seed: int | None = None) -> nn.Sequential:
+    """``Flatten, Linear, ReLU, Linear`` (``Flatten, Linear`` for ``hidden=0``), its initial weights from ``seed``.
+
+    The model of data attribution (:mod:`compattr.datamodels`): one is trained per mask.
+    """
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        if hidden == 0:
+            return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
 class WeightsMissingError(FileNotFoundError):
     """Model weights are missing, cannot be downloaded, or fail their checksum; the message says what to do."""
 
@@ -152,7 +162,7 @@ def build_model(arch: dict, num_classes: int, in_channels: int, seed: int | None
     ResNet-50 (ImageNet stem) or ViT-B/16, randomly initialised (load weights with
     :func:`torchvision_weights`);
     ``{"name": "mlp", "hidden", "in_features"}``: the MLP of data attribution
-    (:func:`compattr.datamodels.mlp`; ``hidden`` 0 is softmax regression).
+    (:func:`mlp`; ``hidden`` 0 is softmax regression).
     With ``seed``, the initial weights depend on it alone (the global RNG is left as it was).
     """
     name = arch["name"]
@@ -174,8 +184,6 @@ def build_model(arch: dict, num_classes: int, in_channels: int, seed: int | None
         if name == "vit":
             return _small_vit(arch, num_classes, in_channels)
         if name == "mlp":
-            from compattr.datamodels import mlp
-
             if "in_features" not in arch:
                 raise ValueError("model.arch mlp needs in_features (the inputs' size), which its checkpoint records")
             return mlp(arch["in_features"], num_classes, arch["hidden"])
@@ -295,21 +303,6 @@ def load_state_dict_file(path: str | Path, sha256: str | None = None) -> dict[st
     return state.get("state_dict", state)
 
 
-TORCHVISION_WEIGHTS = {"torchvision_resnet50": "ResNet50_Weights", "torchvision_vit_b_16": "ViT_B_16_Weights"}
-
-
-def weights_download(arch: str, weights: str) -> Download:
-    """Torchvision's pretrained ``weights`` of ``arch`` as a download into torch's cache (``$TORCH_HOME``)."""
-    from torchvision.models import get_weight
-
-    if arch not in TORCHVISION_WEIGHTS:
-        raise ValueError(f"architecture {arch!r} has no torchvision weights; known: {sorted(TORCHVISION_WEIGHTS)}")
-    entry = get_weight(f"{TORCHVISION_WEIGHTS[arch]}.{weights}")
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
-    size = round(entry.meta.get("_file_size", 0) * 2**20)  # torchvision records MiB
-    return Download(f"{TORCHVISION_WEIGHTS[arch]}.{weights}", entry.url, size, cached, cached.is_file())
-
-
 def torchvision_weights(arch: str, weights: str, download: bool = False) -> dict[str, Tensor]:
     """Torchvision's pretrained ``weights`` (e.g. ``IMAGENET1K_V1``) of ``arch``, from torch's cache.
 
@@ -409,62 +402,3 @@ def accuracy(model: nn.Module, split: ImageSplit | ImageFolderSplit, batch_size:
     for batch in split.batches(batch_size):
         correct += int((model(batch.images.to(device)).argmax(1).cpu() == batch.labels).sum())
     return correct / len(split)
-
-
-def margins(logits: Tensor, labels: Tensor) -> Tensor:
-    """Correct-class margin: the correct logit minus the largest other logit, per row."""
-    correct = logits.gather(1, labels[:, None]).squeeze(1)
-    others = logits.scatter(1, labels[:, None], float("-inf"))
-    return correct - others.max(1).values
-
-
-def save_checkpoint(
-    path: str,
-    model: nn.Module,
-    arch: dict,
-    *,
-    num_classes: int,
-    in_channels: int,
-    components: dict,
-    means: dict[str, Tensor] | None = None,
-    units: dict | None = None,
-) -> None:
-    """Save a model with what :func:`load_checkpoint` needs to rebuild it and its units.
-
-    ``components`` is their config entry (``kind`` ``features`` or ``data``: the spec of
-    :func:`compattr.units.spec_of`); ``means``, for mean ablation, the units' mean outputs
-    (:func:`compattr.components.component_means`); ``units``, the tensors that features and
-    data units carry (a mean image; the training examples).
-    """
-    torch.save(
-        {
-            "arch": arch,
-            "num_classes": num_classes,
-            "in_channels": in_channels,
-            "components": components,
-            "means": means,
-            "units": units,
-            "state_dict": model.state_dict(),
-        },
-        path,
-    )
-
-
-def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, ComponentSet]:
-    """Rebuild a model saved by :func:`save_checkpoint` (in eval mode on ``device``) and its units.
-
-    The units are its components, or for a features or data study its patches
-    (:class:`compattr.features.PatchSet`) or training examples
-    (:class:`compattr.datamodels.TrainingExamples`).
-    """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(checkpoint["arch"], checkpoint["num_classes"], checkpoint["in_channels"])
-    model.load_state_dict(checkpoint["state_dict"])
-    model.to(device).eval()
-    # checkpoints before component kinds record include_shortcuts alone
-    spec = checkpoint.get("components", {"include_shortcuts": checkpoint.get("include_shortcuts", True)})
-    if spec.get("kind") in ("features", "data"):
-        from compattr.units import units_from_spec
-
-        return model, units_from_spec(spec, checkpoint["units"])
-    return model, study_components(model, spec).with_means(checkpoint.get("means"))

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from compattr.components import ComponentSet
 from compattr.masks import expected_shard_masks
-from compattr.models import margins
+from compattr.outputs import Output, margins
 from compattr.stores import NonFiniteMarginError, shard_rows, write_shard
 
 __all__ = [
@@ -64,7 +64,7 @@ class ComponentMarginEvaluator:
         ``torch.compile``; "reduce-overhead" also replays it as a CUDA graph,
         which removes the host's per-batch work (kernel launches) on CUDA;
         "auto": "reduce-overhead" on CUDA, not compiled elsewhere.
-    output : callable, default=:func:`compattr.models.margins`
+    output : callable, default=:func:`compattr.outputs.margins`
         ``output(model_outputs, targets)``: one float per sample, from the
         model's outputs of a batch and the batch's targets (None without labels).
     inputs_on_device : bool or "auto", default="auto"
@@ -85,7 +85,7 @@ class ComponentMarginEvaluator:
         precision: str = "auto",
         channels_last: bool | str = "auto",
         compile: bool | str = "auto",
-        output: Callable[[Tensor, Tensor | None], Tensor] = margins,
+        output: Output = margins,
         inputs_on_device: bool | str = "auto",
     ) -> None:
         self.device = next(model.parameters()).device

@@ -12,7 +12,6 @@ LDS, summaries, figures) takes any of them unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,22 +22,19 @@ from compattr.baselines import first_order_prior, prior_passes
 from compattr.components import ComponentSet
 from compattr.datamodels import DataMarginEvaluator, Recipe, TrainingExamples, influence_prior
 from compattr.features import PatchSet
-from compattr.models import margins
+from compattr.outputs import Output, margins
 from compattr.sampling import ComponentMarginEvaluator
 
 __all__ = [
     "Units",
     "patch_units",
     "example_units",
-    "spec_of",
-    "units_from_spec",
     "make_evaluator",
     "unit_prior",
     "unit_rows",
 ]
 
 Units = ComponentSet | PatchSet | TrainingExamples
-Output = Callable[[Tensor, Tensor | None], Tensor]
 
 
 def patch_units(spec: dict, image_shape: tuple[int, ...], train_images: Tensor | None = None) -> PatchSet:
@@ -64,27 +60,6 @@ def example_units(
     ids = np.sort(np.random.default_rng(seed).choice(len(train_labels), size=n, replace=False))
     index = torch.from_numpy(ids)
     return TrainingExamples(train_images[index], train_labels[index], ids, recipe, num_classes)
-
-
-def spec_of(units: PatchSet | TrainingExamples) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """What a checkpoint records of features or data units: a spec, and their tensors."""
-    if isinstance(units, PatchSet):
-        spec = {"kind": "features", "image_shape": list(units.image_shape), "patch_size": units.patch_size}
-        return {**spec, "baseline": units.baseline}, {"mean_image": units.mean_image}
-    recipe = {key: getattr(units.recipe, key) for key in ("hidden", "steps", "lr", "weight_decay", "seed")}
-    spec = {"kind": "data", "recipe": recipe, "num_classes": units.num_classes}
-    return spec, {"images": units.images, "labels": units.labels, "ids": torch.from_numpy(np.asarray(units.ids))}
-
-
-def units_from_spec(spec: dict[str, Any], tensors: dict[str, Tensor]) -> PatchSet | TrainingExamples:
-    """The units :func:`spec_of` recorded."""
-    if spec["kind"] == "features":
-        return PatchSet(tuple(spec["image_shape"]), spec["patch_size"], spec["baseline"], tensors["mean_image"])
-    if spec["kind"] == "data":
-        recipe = Recipe(**spec["recipe"])
-        ids = tensors["ids"].numpy()
-        return TrainingExamples(tensors["images"], tensors["labels"], ids, recipe, spec["num_classes"])
-    raise ValueError(f"unit kind must be 'features' or 'data', got {spec['kind']!r}")
 
 
 def make_evaluator(

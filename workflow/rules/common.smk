@@ -248,8 +248,7 @@ _check_config()
 
 def _announce_downloads():
     """Say, before any job, what the study will download (and how large it is), or what it needs and lacks."""
-    from compattr.data import dataset_download
-    from compattr.models import weights_download
+    from compattr.downloads import dataset_download, weights_download
 
     data, model = config["data"], config["model"]
     planned = [(dataset_download(**data), "data.download", data.get("download", False))]

@@ -3,9 +3,9 @@
 import torch
 
 from compattr.bench import forward_throughput
+from compattr.checkpoints import load_checkpoint
 from compattr.data import load_test_inputs
 from compattr.io import provenance, resolve_device, start_log, write_json
-from compattr.models import load_checkpoint
 
 log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
+from compattr.checkpoints import load_checkpoint
 from compattr.data import load_test_inputs
 from compattr.editing import TOP_K_COLUMNS, random_orders, top_k_ablation, top_k_rows, write_rows
 from compattr.io import resolve_device, start_log
-from compattr.models import load_checkpoint
 from compattr.sampling import ComponentMarginEvaluator
 from compattr.stores import fit_stores, load_fit
 

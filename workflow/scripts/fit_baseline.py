@@ -3,9 +3,9 @@
 import torch
 
 from compattr.baselines import leave_one_out
+from compattr.checkpoints import load_checkpoint
 from compattr.data import load_test_ids, load_test_inputs
 from compattr.io import provenance, resolve_device, start_log
-from compattr.models import load_checkpoint
 from compattr.stores import save_linear_fit
 from compattr.units import make_evaluator, unit_prior
 

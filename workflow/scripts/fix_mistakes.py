@@ -7,6 +7,7 @@ so its own job runs alongside the fits, and the methods' job appends its rows.
 import numpy as np
 import torch
 
+from compattr.checkpoints import load_checkpoint
 from compattr.data import load_dataset, load_test_ids, load_test_inputs
 from compattr.editing import (
     FIX_COLUMNS,
@@ -20,7 +21,6 @@ from compattr.editing import (
     write_rows,
 )
 from compattr.io import resolve_device, start_log
-from compattr.models import load_checkpoint
 from compattr.sampling import ComponentMarginEvaluator, DistinctMasks
 from compattr.stores import fit_stores, load_fit
 

@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
+from compattr.checkpoints import load_checkpoint
 from compattr.data import load_dataset, load_test_ids, load_test_inputs
 from compattr.editing import FORGET_COLUMNS, class_accuracy, class_forgetting_masks, scoring_images, write_rows
 from compattr.io import resolve_device, start_log
-from compattr.models import load_checkpoint
 from compattr.sampling import ComponentMarginEvaluator, DistinctMasks
 from compattr.stores import load_fit
 

@@ -1,8 +1,8 @@
 """Create an empty ablation store whose shards the sampling jobs fill."""
 
+from compattr.checkpoints import load_checkpoint
 from compattr.data import load_test_ids, load_test_inputs
 from compattr.io import provenance, start_log
-from compattr.models import load_checkpoint
 from compattr.stores import create_mask_store, shard_count, write_coordinates
 
 log = start_log(snakemake.log[0])

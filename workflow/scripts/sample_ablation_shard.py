@@ -2,9 +2,9 @@
 
 import torch
 
+from compattr.checkpoints import load_checkpoint
 from compattr.data import load_test_inputs
 from compattr.io import resolve_device, start_log
-from compattr.models import load_checkpoint
 from compattr.sampling import run_shard
 from compattr.units import make_evaluator
 

@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
+from compattr.checkpoints import load_checkpoint
 from compattr.data import load_dataset, load_test_ids, save_inputs, with_noise
 from compattr.editing import choose_mistakes, scoring_images
 from compattr.io import resolve_device, start_log
-from compattr.models import load_checkpoint
 from compattr.sampling import ComponentMarginEvaluator
 
 log = start_log(snakemake.log[0])

@@ -4,6 +4,7 @@ A data study's model is the recipe's model trained on every unit (training examp
 
 import torch
 
+from compattr.checkpoints import save_checkpoint, spec_of
 from compattr.components import component_means
 from compattr.data import load_dataset, select_test_inputs
 from compattr.datamodels import Recipe
@@ -12,12 +13,11 @@ from compattr.models import (
     accuracy,
     build_model,
     load_state_dict_file,
-    save_checkpoint,
     study_components,
     torchvision_weights,
     train_classifier,
 )
-from compattr.units import example_units, patch_units, spec_of, unit_rows
+from compattr.units import example_units, patch_units, unit_rows
 
 MEAN_IMAGES = 2000  # training inputs the mean-ablation values are averaged over (at most)
 
