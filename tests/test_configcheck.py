@@ -1,12 +1,16 @@
-"""Config files are read with errors that say where: YAML line and column, a missing file, a refused key."""
+"""Configs are checked in one place (the workflow calls it too): every fault named by its key, files read with
+errors that say where (YAML line and column, a missing file)."""
 
+import copy
 from pathlib import Path
 
 import pytest
+import yaml
 
-from compattr.configcheck import ConfigFileError, check_config_file, load_config, main
+from compattr.configcheck import ConfigFileError, check_config, check_config_file, load_config, main, resolve_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
+TINY = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/tiny.yaml").read_text())
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -39,3 +43,67 @@ def test_a_list_is_not_a_config(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigFileError, match="a mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["sampling"].update(colour="red"), "colour"),
+        (lambda c: c["sampling"].update(ablation_rate="high"), "ablation_rate"),
+        (lambda c: c["sampling"].update(alpha=0.05), "sampling.alpha is now sampling.ablation_rate"),
+        (lambda c: c["fit"]["estimators"].update(lasso_xl={}), "lasso_xl"),
+        (lambda c: c["fit"].update(train_sizes=[40, 5000]), "exceed sampling.train.n_masks"),
+        (lambda c: c["sweep"].update(estimator="coar_xl"), "sweep.estimator"),
+        (
+            lambda c: c["sampling"]["heldout"].update(seed=c["sampling"]["train"]["seed"]),
+            "sampling.train.seed and sampling.heldout.seed",
+        ),
+        (lambda c: c["fit"]["estimators"]["gradient_prior"].update(prior="atp_xl"), "gradient_prior.prior 'atp_xl'"),
+        (lambda c: c["fit"]["estimators"]["relu_collapse_raw"].update(prior="atp"), "relu_collapse_raw.prior"),
+        (lambda c: c["fit"]["priors"].update(atp_odd={"point": "median"}), "median"),
+        (lambda c: c["fit"]["priors"].update(atp_odd={"point": "mean", "relu": "exact"}), "atp_odd.relu"),
+        (lambda c: c["sampling"].update(ablation_rate=0), "ablation_rate"),
+        (lambda c: c["sampling"].update(ablation_rate=1), "ablation_rate"),
+        (lambda c: c["sampling"]["ood"].update(ablation_rates=[0.1, 1.0]), "ablation_rates"),
+        (lambda c: c["sampling"]["heldout"].update(n_masks=2), "sampling.heldout.n_masks is 2"),
+        (lambda c: c["analysis"].update(references=["coarr"]), "analysis.references names ['coarr']"),
+        (lambda c: c["sweep"]["settings"].update(odd={"hiden": 8}), "sweep.settings.odd"),
+        (lambda c: c["sweep"]["settings"].update(odd={"lr": -1}), "sweep.settings.odd: lr"),
+    ],
+)
+def test_each_bad_value_is_a_fault_naming_its_key(edit, message):
+    config = copy.deepcopy(TINY)
+    edit(config)
+    faults = check_config(config).faults
+    assert any(message in fault for fault in faults), faults
+    with pytest.raises(ConfigFileError, match="config"):
+        resolve_config(config)
+
+
+def test_every_fault_is_reported_at_once_and_the_given_config_is_left_as_it_was():
+    config = copy.deepcopy(TINY)
+    config["sampling"]["heldout"]["n_masks"] = 2
+    config["sweep"]["estimator"] = "coar_xl"
+    config["fit"]["priors"]["atp_odd"] = {"point": "mean", "relu": "exact"}
+    before = copy.deepcopy(config)
+    faults = check_config(config).faults
+    assert len(faults) == 3 and config == before
+
+
+def test_the_checked_config_has_the_schemas_defaults_and_the_analysis_lists_of_its_methods():
+    config = copy.deepcopy(TINY)
+    found = resolve_config(config)
+    assert "sampling" in config and "editing" in found.config and "enabled" not in config["editing"]
+    assert found.config["editing"]["enabled"] is True and found.config["kind"] == "components"
+    methods = {*config["fit"]["estimators"], *config["fit"]["priors"], *config["fit"]["baselines"]}
+    assert set(found.config["analysis"]["references"]) <= methods and found.config["analysis"]["references"]
+    assert any("sampling.heldout.n_masks is 120" in warning for warning in found.warnings)
+
+
+def test_the_command_line_refuses_what_the_workflow_refuses(tmp_path, capsys):
+    config = copy.deepcopy(TINY)
+    config["sampling"]["heldout"]["n_masks"] = 2
+    path = tmp_path / "few.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main([str(path)]) == 2
+    assert f"{path}: config sampling.heldout.n_masks is 2" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from compattr.features import PatchSet
 from compattr.fitting import top_components
 from compattr.masks import bernoulli_masks
 from compattr.outputs import OUTPUTS, Output, resolve_output
+from compattr.registry import DEFAULT_PRIOR
 from compattr.sampling import BATCHES_PER_CALL
 from compattr.scores import lds_scores
 from compattr.units import make_evaluator, unit_prior
@@ -262,7 +263,7 @@ class ComponentAttributor:
             passes = len(samples)
             fit_params = {}
             if estimator.uses_prior:
-                names = params.get("prior", "atp")
+                names = params.get("prior", DEFAULT_PRIOR)
                 names = [names] if isinstance(names, str) else list(names)
                 priors = [self._prior(name) for name in names]
                 fit_params["prior"] = priors[0][0] if len(priors) == 1 else np.stack([p[0] for p in priors])

@@ -1,20 +1,18 @@
 from snakemake.logging import logger
-from snakemake.utils import validate
 
 from pathlib import Path
 
+from compattr.configcheck import estimator_priors as _estimator_priors, resolve_config, top_method
 from compattr.io import source_hash
 from compattr.registry import BENCHMARKED, PRIOR_ESTIMATORS, TWO_LAYER_ESTIMATORS
 
-# Keys renamed since 0.4.0: the ablation rate was "alpha", the name of the penalty of ridge and lasso.
-_RENAMED = {("sampling", "alpha"): "sampling.ablation_rate", ("ood", "alphas"): "sampling.ood.ablation_rates"}
-for (section, key), new_key in _RENAMED.items():
-    holder = config.get("sampling", {}) if section == "sampling" else config.get("sampling", {}).get("ood", {})
-    if key in holder:
-        raise ValueError(f"config sampling.{'ood.' if section == 'ood' else ''}{key} is now {new_key}: rename it")
-# Analysis lists the config sets itself (checked against the study's methods); defaults are filtered to them.
-_EXPLICIT_ANALYSIS = {key for key in ("references", "linear_baselines") if key in config.get("analysis", {})}
-validate(config, schema="../schemas/config.schema.yaml")
+# Every fault of the config at once (compattr.configcheck, as `python -m compattr.configcheck` reports them),
+# before any job; the workflow then runs the checked config, the schema's defaults filled in.
+_checked = resolve_config(config)
+for _warning in _checked.warnings:
+    logger.warning(_warning)
+config.clear()
+config.update(_checked.config)
 
 STUDY = config["study"]
 # What the outputs are attributed to: components, features (input patches) or data (training examples).
@@ -39,14 +37,12 @@ BASELINES = list(config["fit"].get("baselines", []))
 # Methods without ablation sampling, each scored alone at its cost: the priors, then leave-one-out.
 SAMPLING_FREE = [*PRIORS, *BASELINES]
 METHODS = ESTIMATORS + SAMPLING_FREE
-# PRIOR_ESTIMATORS (from the library's registry): estimators whose fit takes a first-order prior;
-# each names its prior (default atp).
-DEFAULT_PRIOR = "atp"
+# PRIOR_ESTIMATORS (from the library's registry): estimators whose fit takes a first-order prior.
 BASELINE_FITS = SAMPLING_FREE
 # The fit whose largest effects per input are listed by name (m<k>/top_components.csv): leave-one-out
 # when the study computes it, else the first estimator at its largest train size.
 TOP = {"k": 10, **config["analysis"].get("top_components", {})}
-TOP_METHOD = TOP.get("method", "loo" if "loo" in BASELINES else ESTIMATORS[0])
+TOP_METHOD = top_method(config)
 TRAIN_SIZES = sorted(config["fit"]["train_sizes"])
 ENV = "../../envs/study.yaml"
 # GPUs each GPU-able job holds: `--resources gpu=1` caps them locally; the SLURM profile asks for one.
@@ -62,188 +58,12 @@ def library(script):
 
 def estimator_priors(estimator):
     """The names of the priors an estimator that takes one starts from (several: it chooses on validation)."""
-    names = config["fit"]["estimators"][estimator].get("prior", DEFAULT_PRIOR)
-    return [names] if isinstance(names, str) else list(names)
+    return _estimator_priors(config, estimator)
 
 
 def estimator_params(estimator):
     """An estimator's constructor parameters: its config entry less the workflow's prior setting."""
     return {k: v for k, v in config["fit"]["estimators"][estimator].items() if k != "prior"}
-
-
-def _check_config():
-    """Cross-field checks that a JSON schema cannot express; fail before any job runs."""
-    n_train = config["sampling"]["train"]["n_masks"]
-    sizes = TRAIN_SIZES + config.get("sweep", {}).get("train_sizes", [])
-    too_big = sorted({n for n in sizes if n > n_train})
-    if too_big:
-        raise ValueError(
-            f"config fit.train_sizes (or sweep.train_sizes) {too_big} exceed sampling.train.n_masks ({n_train}): "
-            "sample more masks or drop those sizes"
-        )
-    methods = [*ESTIMATORS, *BASELINES]
-    for name, prior in PRIORS.items():
-        if name in methods:
-            raise ValueError(f"config fit.priors.{name} has the name of an estimator or baseline: rename it")
-        if prior.get("relu", "linear") == "exact" and prior["point"] != "unablated":
-            raise ValueError(
-                f"config fit.priors.{name}.relu: exact propagation starts from point unablated, not {prior['point']!r}"
-            )
-    for name, params in config["fit"]["estimators"].items():
-        if "prior" in params and name not in PRIOR_ESTIMATORS:
-            raise ValueError(f"config fit.estimators.{name}.prior: {name} takes no prior (only {PRIOR_ESTIMATORS} do)")
-        if name not in PRIOR_ESTIMATORS:
-            continue
-        for prior in estimator_priors(name):
-            if prior not in PRIORS:
-                raise ValueError(
-                    f"config fit.estimators.{name}.prior {prior!r} is not one of fit.priors "
-                    f"({sorted(PRIORS) or 'none defined'})"
-                )
-        if len(estimator_priors(name)) > 1 and name == "relu_collapse_prior":
-            raise ValueError(f"config fit.estimators.{name}.prior: {name} starts from one prior, not a list")
-    if TOP_METHOD not in METHODS:
-        raise ValueError(
-            f"config analysis.top_components.method {TOP_METHOD!r} is not one of fit.estimators, fit.priors "
-            f"or fit.baselines ({METHODS})"
-        )
-    sweep = config.get("sweep")
-    if sweep and sweep["estimator"] not in config["fit"]["estimators"]:
-        raise ValueError(
-            f"config sweep.estimator {sweep['estimator']!r} is not one of fit.estimators"
-        )
-    if sweep:
-        _check_sweep_settings(sweep)
-    analysis = config["analysis"]
-    for key in ("references", "linear_baselines"):
-        unknown = [name for name in analysis.get(key, []) if name not in METHODS]
-        if unknown and key in _EXPLICIT_ANALYSIS:
-            raise ValueError(f"config analysis.{key} names {unknown}, which the study does not fit ({METHODS})")
-        analysis[key] = [name for name in analysis.get(key, []) if name in METHODS]  # defaults: those fitted
-    sampling = config["sampling"]
-    if sampling["heldout"]["n_masks"] < MIN_HELDOUT:
-        raise ValueError(
-            f"config sampling.heldout.n_masks is {sampling['heldout']['n_masks']}: the LDS is a rank correlation "
-            f"over the held-out masks and needs at least {MIN_HELDOUT}"
-        )
-    if sampling["heldout"]["n_masks"] < 200:
-        logger.warning(
-            f"config sampling.heldout.n_masks is {sampling['heldout']['n_masks']}: LDS differences below about "
-            "0.05 are within the resolution of fewer than 200 held-out masks"
-        )
-    seeds = {"sampling.train.seed": sampling["train"]["seed"], "sampling.heldout.seed": sampling["heldout"]["seed"]}
-    ood = sampling.get("ood", {})
-    # OOD split k uses seed sampling.ood.seed + k (split_settings).
-    seeds |= {f"sampling.ood.seed (+{k})": ood["seed"] + k for k in range(len(ood.get("ablation_rates", [])))}
-    names = list(seeds)
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            if seeds[a] == seeds[b]:
-                raise ValueError(
-                    f"config {a} and {b} are both {seeds[a]}: held-out masks would repeat training masks "
-                    "(or each other); give every split its own seed"
-                )
-    model = config["model"]
-    if len(MODELS) > 1 and "train" not in model:
-        raise ValueError(
-            "config replicates.models > 1 needs model.train (models trained from seeds); "
-            "pretrained weights or a checkpoint give one model"
-        )
-    arch = model["arch"]
-    if arch["name"] == "cifar_resnet" and len(arch["widths"]) != len(arch["blocks"]):
-        raise ValueError(
-            "config model.arch.widths and model.arch.blocks must have the same length"
-        )
-    if arch["name"] in ("vit", "text_transformer") and arch["hidden"] % arch["heads"]:
-        raise ValueError(f"config model.arch.hidden {arch['hidden']} is not a multiple of model.arch.heads {arch['heads']}")
-    if (arch["name"] == "text_transformer") != (config["data"]["name"] == "text"):
-        raise ValueError(
-            f"config model.arch.name {arch['name']} on data.name {config['data']['name']}: "
-            "the text data go with the text_transformer, and it with them"
-        )
-    if arch["name"] == "text_transformer" and arch["context"] != config["data"]["context"]:
-        raise ValueError(f"config model.arch.context {arch['context']} differs from data.context {config['data']['context']}")
-    if arch["name"] == "vit" and arch["image_size"] != config["data"].get("image_size", arch["image_size"]):
-        raise ValueError(
-            f"config model.arch.image_size {arch['image_size']} differs from data.image_size {config['data']['image_size']}"
-        )
-    _check_kind(arch)
-    transformer = arch["name"] in ("vit", "text_transformer", "torchvision_vit_b_16")
-    kind = config["components"]["kind"] if KIND == "components" else "features"
-    if KIND == "components" and kind == "transformer" and not transformer:
-        raise ValueError(
-            "config components.kind transformer needs a transformer (model.arch.name vit, text_transformer or "
-            f"torchvision_vit_b_16), not {arch['name']}"
-        )
-    if KIND == "components" and kind == "conv" and transformer:
-        raise ValueError(
-            f"config components.kind is conv on a {arch['name']}: set components.kind: transformer (heads and neurons)"
-        )
-    exact = [name for name, prior in PRIORS.items() if prior.get("relu") == "exact"]
-    if exact and (KIND != "components" or kind != "conv"):
-        raise ValueError(
-            f"config fit.priors {exact}: relu exact follows conv filters to their ReLU; leave it out for {kind} components"
-        )
-    if config["components"]["ablation"] == "mean" and config["data"]["name"] == "imagenet":
-        raise ValueError(
-            "config components.ablation mean averages each unit over training inputs, and data.name imagenet "
-            "has no train split here: use zero"
-        )
-    sources = [key for key in ("train", "weights", "checkpoint") if key in model]
-    if len(sources) != 1:
-        raise ValueError(
-            "config model needs exactly one of model.train (train the model), model.weights "
-            f"(torchvision's pretrained weights) or model.checkpoint (your file); got {sources or 'none'}"
-        )
-    if config["data"]["name"] == "imagenet" and "train" in model:
-        raise ValueError(
-            "config data.name imagenet has no train split: use model.weights or model.checkpoint"
-        )
-
-
-def _check_kind(arch):
-    """Checks of the study's kind (components, features or data) against its model, data and stages."""
-    if (KIND == "data") != (arch["name"] == "mlp"):
-        raise ValueError(
-            f"config kind {KIND} with model.arch.name {arch['name']}: a data study trains an mlp per mask, "
-            "and the mlp serves data studies only"
-        )
-    if KIND == "data" and "train" not in config["model"]:
-        raise ValueError("config kind data needs model.train: the recipe every mask's model is trained by")
-    if KIND != "components" and config["data"]["name"] in ("text", "imagenet"):
-        raise ValueError(
-            f"config kind {KIND} on data.name {config['data']['name']}: features and data studies take image "
-            "datasets with a train split (digits, cifar10)"
-        )
-    if KIND == "data" and config["editing"]["enabled"]:
-        raise ValueError("config editing.enabled: a data study has no editing stage (edits ablate parts of one model); set it to false")
-    if KIND == "data":
-        for name, prior in PRIORS.items():
-            if prior["point"] != "unablated":
-                raise ValueError(
-                    f"config fit.priors.{name}.point: a data study's prior (the influence function) is taken at the "
-                    f"model trained on every example: unablated, not {prior['point']!r}"
-                )
-
-
-def _check_sweep_settings(sweep):
-    """Validate every sweep setting, merged into its estimator's parameters, against that estimator's schema."""
-    import jsonschema
-    import yaml
-
-    schema = yaml.safe_load((Path(workflow.current_basedir) / ".." / "schemas" / "config.schema.yaml").read_text())
-    estimators = {"definitions": schema["definitions"], **schema["properties"]["fit"]["properties"]["estimators"]}
-    validator = jsonschema.Draft7Validator(estimators)
-    name = sweep["estimator"]
-    for setting, overrides in sweep["settings"].items():
-        for error in validator.iter_errors({name: {**estimator_params(name), **overrides}}):
-            where = ".".join(str(part) for part in list(error.path)[1:]) or "(the setting)"
-            raise ValueError(f"config sweep.settings.{setting}: {where}: {error.message}")
-
-
-# Held-out masks below which the LDS (a rank correlation over them) is refused.
-MIN_HELDOUT = 30
-_check_config()
 
 
 def _announce_downloads():
