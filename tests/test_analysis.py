@@ -8,19 +8,16 @@ from compattr.analysis import (
     bootstrap_curves,
     ceiling_targets,
     curve_dips,
-    fit_quality_markdown,
     fit_quality_rows,
-    grouped_gain_markdown,
-    markdown_table,
     read_lds_csv,
     read_ood_csv,
     resampled_sources,
     select_by_validation,
-    summary_markdown,
     summary_rows,
     write_fit_csv,
     write_lds_csv,
 )
+from compattr.reports import fit_quality_markdown, grouped_gain_markdown, markdown_table, summary_markdown
 
 
 def test_ablations_needed_interpolates_in_log_size():
@@ -100,6 +97,9 @@ def test_best_linear_reference_is_the_cheapest_linear_estimator(tmp_path):
     assert math.isnan(by["new"]["reduction_vs_absent"])
     text = summary_markdown(summary, "s", 100, 400, references=["coar", "lasso"])
     assert "| method | passes needed | vs coar | vs lasso | vs best tuned linear |" in text
+    assert "brackets are 95% percentile bootstrap intervals" in text
+    # the intervals' coverage is the config's (analysis.ci), not a fixed 95%
+    assert "brackets are 90% percentile bootstrap intervals" in summary_markdown(summary, "s", 100, 400, ci=0.9)
 
 
 def test_ood_table_round_trip(tmp_path):

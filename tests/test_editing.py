@@ -24,12 +24,12 @@ from compattr.editing import (
     random_fix_rows,
     random_orders,
     scoring_images,
-    summary_section,
     top_k_ablation,
     top_k_masks,
 )
 from compattr.masks import shard_masks
 from compattr.plots import plot_fixing
+from compattr.reports import summary_section
 from compattr.sampling import ComponentMarginEvaluator
 
 

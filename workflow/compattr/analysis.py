@@ -23,20 +23,14 @@ __all__ = [
     "write_lds_csv",
     "write_fit_csv",
     "fit_quality_rows",
-    "fit_quality_markdown",
     "curve_dips",
     "ceiling_targets",
     "ablations_needed",
     "bootstrap_curves",
     "summary_rows",
     "coefficient_agreement",
-    "grouped_markdown",
-    "grouped_gain_markdown",
     "error_by_module",
-    "cheapest_markdown",
     "select_by_validation",
-    "markdown_table",
-    "summary_markdown",
 ]
 
 LDS_COLUMNS = ("estimator", "model", "replicate", "n_train", "passes", "input", "spearman", "pearson")
@@ -182,24 +176,6 @@ def fit_quality_rows(paths: Sequence[str | Path]) -> list[dict[str, object]]:
             }
         )
     return out
-
-
-def fit_quality_markdown(rows: Sequence[dict[str, object]]) -> str:
-    """Markdown notes on failed fits, constant predictions and sign-flipping calibrations (or that there were none)."""
-    lines = []
-    for key, what in (
-        ("failed", "fits that returned their initial state (scored 0)"),
-        ("constant", "constant predictions on the held-out masks (scored 0)"),
-        ("sign_flipped", "calibrated collapses whose least-squares factor is negative (sign flipped)"),
-    ):
-        hits = [r for r in rows if isinstance(r[key], float) and r[key] > 0]
-        if not hits:
-            measured = any(not np.isnan(float(r[key])) for r in rows)  # type: ignore[arg-type]
-            lines.append(f"- Fraction of inputs with {what}: none" + ("." if measured else " (not recorded)."))
-            continue
-        cells = ", ".join(f"{r['estimator']} n={r['n_train']}: {float(r[key]):.0%}" for r in hits)  # type: ignore[arg-type]
-        lines.append(f"- Fraction of inputs with {what}: {cells}; 0 for every other estimator and size.")
-    return "\n".join(lines) + "\n"
 
 
 def curve_dips(table: LdsTable, n_components: int) -> list[str]:
@@ -437,55 +413,6 @@ def coefficient_agreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return columnwise_pearson(np.asarray(a).T, np.asarray(b).T)
 
 
-def grouped_markdown(
-    columns: dict[str, np.ndarray], covariate: np.ndarray, label: str, n_groups: int = 3, signed: bool = False
-) -> str:
-    """Means of per-input values, inputs grouped by quantiles of ``covariate``, as a Markdown table.
-
-    ``columns`` maps a column heading to one value per input; a row per group of
-    inputs (``n_groups`` quantile groups of ``covariate``, e.g. the unablated
-    margin) gives the covariate's range, the number of inputs and each column's
-    mean over them (with a sign when ``signed``).
-    """
-    covariate = np.asarray(covariate, dtype=np.float64)
-    edges = np.quantile(covariate, np.linspace(0, 1, n_groups + 1)[1:-1])
-    group = np.digitize(covariate, edges)
-    header = [label, "inputs", *columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    fmt = "{:+.3f}" if signed else "{:.3f}"
-    for k in range(n_groups):
-        chosen = group == k
-        if not chosen.any():
-            continue
-        span = f"{covariate[chosen].min():.2f} to {covariate[chosen].max():.2f}"
-        cells = [fmt.format(float(np.mean(np.asarray(v)[chosen]))) for v in columns.values()]
-        lines.append(f"| {span} | {int(chosen.sum())} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def grouped_gain_markdown(
-    table: LdsTable,
-    estimator: str,
-    reference: str,
-    covariate: np.ndarray,
-    label: str,
-    n_groups: int = 3,
-    offset: int = 0,
-) -> str:
-    """Mean LDS gain of ``estimator`` over ``reference`` per train size, inputs grouped by ``covariate``.
-
-    Sizes are the numbers of masks both estimators were fitted on: ``estimator``'s
-    passes less ``offset`` (its prior's cost) that ``reference`` has too; see
-    :func:`grouped_markdown`.
-    """
-    own = [int(n) - offset for n in table.sizes[estimator]]
-    sizes = [n for n in own if n in set(table.sizes[reference])]
-    rows_e = [own.index(n) for n in sizes]
-    rows_r = [list(table.sizes[reference]).index(n) for n in sizes]
-    gain = table.per_input(estimator)[rows_e] - table.per_input(reference)[rows_r]  # (sizes, inputs)
-    return grouped_markdown({f"n={n}": g for n, g in zip(sizes, gain, strict=True)}, covariate, label, n_groups, True)
-
-
 def error_by_module(
     estimates: dict[str, np.ndarray], exact: np.ndarray, modules: Sequence[str]
 ) -> list[dict[str, object]]:
@@ -508,30 +435,6 @@ def error_by_module(
     return rows
 
 
-def cheapest_markdown(rows: Sequence[dict[str, object]], reference: str = "coar") -> str:
-    """Per LDS target, the methods that need the fewest passes, and their cost against ``reference``'s.
-
-    ``rows`` are :func:`summary_rows`. A Markdown table: target, the cheapest
-    methods (all that tie) and their passes, the reference's passes and the
-    ratio of the two.
-    """
-    header = ["target", "cheapest method", "passes", f"{reference} passes", f"{reference} / cheapest"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for target in dict.fromkeys(r["target_lds"] for r in rows):
-        at = [r for r in rows if r["target_lds"] == target and not np.isnan(float(r["ablations_needed"]))]  # type: ignore[arg-type]
-        if not at:
-            lines.append(f"| {target} | none reaches it | | | |")
-            continue
-        cost = min(float(r["ablations_needed"]) for r in at)  # type: ignore[arg-type]
-        cheapest = ", ".join(str(r["estimator"]) for r in at if float(r["ablations_needed"]) == cost)  # type: ignore[arg-type]
-        ref = next((float(r["ablations_needed"]) for r in at if r["estimator"] == reference), float("nan"))  # type: ignore[arg-type]
-        # a cost of 0: a first-order prior of a data study, which trains no model beyond the one
-        ratio = "" if np.isnan(ref) else ("prior alone" if cost == 0 else f"{ref / cost:.1f}x")
-        ref_cell = "not reached" if np.isnan(ref) else f"{ref:.0f}"
-        lines.append(f"| {target} | {cheapest} | {cost:.0f} | {ref_cell} | {ratio} |")
-    return "\n".join(lines) + "\n"
-
-
 def _reduction(needed: np.ndarray | float, reference: np.ndarray | float) -> np.ndarray | float:
     with np.errstate(invalid="ignore", divide="ignore"):
         return 1.0 - np.asarray(needed, dtype=np.float64) / np.asarray(reference, dtype=np.float64)
@@ -551,79 +454,3 @@ def _quantile(values: np.ndarray, q: float, unreached_as_inf: bool) -> float:
     kept = np.where(missing, np.inf, values) if unreached_as_inf else values[~missing]
     out = float(np.quantile(kept, q))
     return out if np.isfinite(out) else float("nan")
-
-
-def markdown_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> str:
-    """A GitHub-flavoured Markdown table; NaN cells are left empty."""
-
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            if np.isnan(value):
-                return ""
-            return f"{value:.0f}" if abs(value) >= 10 else f"{value:.2f}"
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def summary_markdown(
-    rows: Sequence[dict[str, object]],
-    study: str,
-    smallest: int,
-    largest: int,
-    notes: Sequence[str] = (),
-    references: Sequence[str] = ("coar",),
-    headings: dict[float, str] | None = None,
-    sources: str = "test inputs",
-    passes: str = "forward-equivalent passes",
-) -> str:
-    """The generated ``summary.md``: per LDS target, passes needed and reductions with their intervals.
-
-    ``references`` name the ``reduction_vs_<reference>`` columns of ``rows`` to show;
-    ``headings`` replace the heading of some targets (e.g. a fraction of the ceiling);
-    ``sources`` says what the bootstrap intervals resample; ``passes`` what the cost counts
-    (a data study's: trained models).
-    """
-
-    def interval(row: dict[str, object], key: str, percent: bool) -> str:
-        value, low, high = (float(row[k]) for k in (key, f"{key}_low", f"{key}_high"))  # type: ignore[arg-type]
-        if np.isnan(value):
-            return "not reached"
-        fmt = (lambda v: f"{v:+.0%}") if percent else (lambda v: f"{v:.0f}")
-        bounds = "" if np.isnan(low) or np.isnan(high) else f" [{fmt(low)}, {fmt(high)}]"
-        return fmt(value) + bounds
-
-    lines = [f"# {study}: {passes} needed per LDS target", ""]
-    for target in dict.fromkeys(r["target_lds"] for r in rows):
-        header = ["method", "passes needed", *(f"vs {name}" for name in references), "vs best tuned linear"]
-        heading = (headings or {}).get(target, f"LDS {target}")  # type: ignore[call-overload]
-        lines += [f"## {heading}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for r in (r for r in rows if r["target_lds"] == target):
-            ablations = interval(
-                {**r, "ablations_needed_low": r["ablations_low"], "ablations_needed_high": r["ablations_high"]},
-                "ablations_needed",
-                False,
-            )
-            cells = [interval(r, f"reduction_vs_{name}", True) for name in (*references, "best_linear")]
-            lines.append(f"| {r['estimator']} | {ablations} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += [
-        "Costs are forward-equivalent passes per input batch: one per ablated mask (an ablated forward pass over "
-        "every input), three per point of a first-order prior (a forward and a backward pass, the backward counting "
-        "as two) and one more for a prior's unablated margin when it is taken away from the unablated point. "
-        "Passes needed are read off the mean LDS curve (interpolated in log passes) and count every training "
-        "mask, the estimator's validation split included (an estimator that chooses a setting on validation is "
-        f"refitted on all the masks); brackets are 95% percentile bootstrap intervals, each resample drawing "
-        f"{sources} with replacement. Reductions are 1 - passes(estimator) / passes(other): positive means fewer "
-        "passes. 'Best tuned linear' is, per target and per bootstrap resample, whichever of "
-        "the tuned linear estimators needs fewest. A need equal to a method's first point (the smallest train "
-        f"size, {smallest} masks, or a prior's cost) means the target was already reached there; 'not reached': "
-        f"not with {largest} masks. Priors and leave-one-out are single points at their cost (leave-one-out: one "
-        "pass per component). Estimators with a prior (gradient_prior*, relu_collapse_prior) start from it: their "
-        "curve begins at the prior alone, and every later point adds the prior's cost to the masks.",
-        "",
-        *notes,
-    ]
-    return "\n".join(lines).rstrip() + "\n"

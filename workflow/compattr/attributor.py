@@ -191,7 +191,7 @@ class ComponentAttributor:
             raise ValueError(f"{len(self.input_ids)} input_ids for {len(self.inputs)} inputs")
         self.seed, self.batch_size = seed, batch_size
         self._evaluator = make_evaluator(
-            model, self.components, self.inputs, self.targets, batch_size, output=output, **forward
+            model, self.components, self.inputs, self.targets, batch_size, output=self.output, **forward
         )
         self._draws = 0
         self._priors: dict[tuple[str, float | None], tuple[np.ndarray, np.ndarray, int]] = {}

@@ -31,8 +31,6 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from compattr.analysis import markdown_table
-
 __all__ = [
     "predicted_order",
     "top_k_masks",
@@ -56,7 +54,6 @@ __all__ = [
     "editing_summary",
     "forgetting_summary",
     "fixing_summary",
-    "summary_section",
 ]
 
 #: Columns of the top-k table: one row per method, model, fit, input and k.
@@ -436,101 +433,3 @@ def fixing_summary(
     }
     rows = _per_fit_means(fix, k, values, lds)
     return (rows, *_lds_correlation(rows, "fixed"))
-
-
-def summary_section(
-    top_k: Sequence[dict[str, str]],
-    forget: Sequence[dict[str, str]],
-    fix: Sequence[dict[str, str]],
-    lds: dict[tuple[str, int], float],
-    k: int,
-) -> str:
-    """The editing section of a study's ``summary.md``: each method at its largest train size, at ``k``.
-
-    Per method: its LDS, the true and predicted margin drop of its top ``k`` components and the
-    fraction of predictions flipped; the fraction of mistakes its top ``k`` fix and the edited
-    model's accuracy on other images; the forgotten class's and the other classes' accuracy. Then
-    the Spearman correlations across methods and train sizes between LDS and each editing success.
-    """
-    drops, rho_drop, n_drop = editing_summary(top_k, lds, k)
-    fixes, rho_fix, n_fix = fixing_summary(fix, lds, k)
-    forgetting = {row["method"]: row for row in forgetting_summary(forget, k)}
-    fixed_by_fit = {(r["method"], r["n_train"]): r for r in fixes}
-    largest: dict[str, dict[str, object]] = {}
-    for row in drops:  # sorted by method, then size: the last row of a method is its largest size
-        largest[row["method"]] = row
-    rows = []
-    for method, row in largest.items():
-        fixing = fixed_by_fit.get((method, row["n_train"]), {})
-        forgot = forgetting.get(method, {})
-        rows.append(
-            {
-                **row,
-                "fixed": fixing.get("fixed", np.nan),
-                "fix_others": fixing.get("other_accuracy", np.nan),
-                "forget_class": forgot.get("class_after", np.nan),
-                "forget_others": forgot.get("others_after", np.nan),
-            }
-        )
-    unedited = [float(r["other_accuracy"]) for r in fix if r["estimator"] == "random" and int(r["k"]) == 0]
-    n_mistakes = len({(r["model"], r["input"]) for r in fix})
-    forget_before = next(iter(forgetting.values()), {})  # the unedited model's accuracies, the same for all
-    columns = ["method", "passes", "lds", "true_drop", "predicted_drop", "flipped", "fixed", "fix_others"]
-    return "\n".join(
-        [
-            "## Editing with attributions",
-            "",
-            f"Each method at its largest train size, k = {k} components ablated. Top-k: mean over test inputs of the",
-            "true and predicted margin drop when each input's top k are ablated, and the fraction of predictions",
-            f"flipped. Fixing: the fraction of {n_mistakes} misclassified images (a separate, seeded set) that",
-            "their own top k (by predicted rise) fix, and the edited model's accuracy on other test images"
-            + (f" (unedited: {np.mean(unedited):.3f})." if unedited else "."),
-            "Forgetting: accuracy on the forgotten class and on the others (mean over classes)"
-            + (
-                f"; unedited {forget_before['class_before']:.3f} and {forget_before['others_before']:.3f}."
-                if forget_before
-                else "."
-            ),
-            "",
-            markdown_table(rows, [*columns, "forget_class", "forget_others"]),
-            f"Spearman correlation across methods and train sizes between mean LDS and the true drop at k = {k}: "
-            f"{rho_drop:+.3f} ({n_drop} pairs); between mean LDS and the fraction of mistakes fixed: {rho_fix:+.3f} "
-            f"({n_fix} pairs). Tables and figures: `editing/`.",
-            "",
-            "The same correlations at every k (the LDS is the attributed inputs', the fixes are other images'):",
-            "",
-            markdown_table(
-                [
-                    {
-                        "k": str(kk),
-                        "LDS ~ true drop": editing_summary(top_k, lds, kk)[1],
-                        "LDS ~ fraction fixed": fixing_summary(fix, lds, kk)[1],
-                    }
-                    for kk in sorted({int(r["k"]) for r in top_k} | {int(r["k"]) for r in fix if int(r["k"]) > 0})
-                ],
-                ["k", "LDS ~ true drop", "LDS ~ fraction fixed"],
-            ),
-            "Fixing against k, each method at its largest train size: the fraction of mistakes fixed, and in",
-            "brackets the edited model's accuracy on other test images.",
-            "",
-            _fixing_by_k_markdown(fix),
-        ]
-    )
-
-
-def _fixing_by_k_markdown(fix: Sequence[dict[str, str]]) -> str:
-    """A table of the fraction fixed (accuracy elsewhere) per method at its largest size, one column per k."""
-    largest: dict[str, int] = {}
-    for row in fix:
-        largest[row["estimator"]] = max(largest.get(row["estimator"], 0), int(row["n_train"]))
-    cells: dict[str, dict[int, list[tuple[float, float]]]] = {}
-    for row in fix:
-        if int(row["k"]) > 0 and int(row["n_train"]) == largest[row["estimator"]]:
-            cell = (float(row["fixed"]), float(row["other_accuracy"]))
-            cells.setdefault(row["estimator"], {}).setdefault(int(row["k"]), []).append(cell)
-    ks = sorted({k for by_k in cells.values() for k in by_k})
-    rows = []
-    for method, by_k in sorted(cells.items()):
-        means = {k: np.nanmean(np.array(by_k[k]), axis=0) for k in ks if k in by_k}
-        rows.append({"method": method, **{f"k = {k}": f"{f:.2f} ({o:.2f})" for k, (f, o) in means.items()}})
-    return markdown_table(rows, ["method", *(f"k = {k}" for k in ks)])

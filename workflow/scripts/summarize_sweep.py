@@ -8,9 +8,10 @@ import csv  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from compattr.analysis import concat_csv, markdown_table, read_lds_csv, select_by_validation  # noqa: E402
+from compattr.analysis import concat_csv, read_lds_csv, select_by_validation  # noqa: E402
 from compattr.io import start_log  # noqa: E402
 from compattr.plots import plot_sweep  # noqa: E402
+from compattr.reports import markdown_table  # noqa: E402
 from compattr.stores import fit_stores, load_fit  # noqa: E402
 
 log = start_log(snakemake.log[0])
