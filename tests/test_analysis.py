@@ -230,3 +230,13 @@ def test_evaluations_put_priors_at_zero_and_leave_one_out_at_its_units_and_one_f
         "perturbed evaluations (trained models)",
     ]
     assert [t.get_text() for t in fig.legends[0].get_texts()][-1] == "leave-one-out"
+
+
+def test_tables_round_trip_and_a_wrong_header_is_named(tmp_path):
+    from compattr.analysis import read_table, write_table
+
+    write_table(tmp_path / "t.csv", ("method", "value", "flag"), [("a", 0.123456789, True), ("b", float("nan"), False)])
+    rows = read_table(tmp_path / "t.csv", ("method", "value", "flag"))
+    assert rows == [{"method": "a", "value": "0.123457", "flag": "1"}, {"method": "b", "value": "nan", "flag": "0"}]
+    with pytest.raises(ValueError, match=r"t.csv: expected columns \('method', 'cost'\)"):
+        read_table(tmp_path / "t.csv", ("method", "cost"))

@@ -176,3 +176,25 @@ def test_every_array_is_checksummed(tmp_path):
         for name, array in zarr.open_group(str(store), mode="r").arrays():
             codecs = [type(codec).__name__ for codec in array.metadata.codecs]
             assert "Crc32cCodec" in codecs, (store, name, codecs)
+
+
+def test_a_store_opened_once_serves_every_reader_and_the_config_overrides_nothing(tmp_path):
+    from compattr.stores import MaskStore, SettingsMismatchError, fit_store_name, fit_stores
+
+    path = _store(tmp_path / "s.zarr")
+    store = MaskStore.open(path)
+    assert MaskStore.open(store) is store and (store.n_masks, store.shard_size, store.n_shards) == (30, 10, 3)
+    for a, b in zip(read_rows(store), read_rows(path), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _check(store)["n_masks"] == 30 and read_coordinates(store)["components"][0] == "c0"
+    assert store.check_settings(ablation_rate=0.2, seed=4)["shard_size"] == 10
+    # an edited attribute never silently changes what is sampled: the run names both values
+    zarr.open_group(str(path), mode="r+").attrs["ablation_rate"] = 0.4
+    with pytest.raises(SettingsMismatchError, match=r"ablation_rate 0.4 where the config says 0.2"):
+        run_shard(path, 0, _evaluate, ablation_rate=0.2, seed=4)
+    with pytest.raises(SettingsMismatchError, match=r"seed 4 where the config says 5"):
+        MaskStore.open(path).check_settings(seed=5)
+    fits = tmp_path / "fits"
+    for n, r in ((20, 1), (5, 0), (20, 0)):
+        save_fit(fits / fit_store_name(n, r), RidgeCVRegressor().fit(*read_rows(store, 10)), {})
+    assert [p.name for p in fit_stores(fits)] == ["n5.r0.zarr", "n20.r0.zarr", "n20.r1.zarr"]

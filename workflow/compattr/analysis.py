@@ -20,6 +20,8 @@ __all__ = [
     "read_lds_csv",
     "read_ood_csv",
     "concat_csv",
+    "write_table",
+    "read_table",
     "write_lds_csv",
     "write_fit_csv",
     "fit_quality_rows",
@@ -160,7 +162,7 @@ def fit_quality_rows(paths: Sequence[str | Path]) -> list[dict[str, object]]:
     """
     groups: dict[tuple[str, int], list[dict[str, str]]] = defaultdict(list)
     for path in paths:
-        for row in _read_rows(path, FIT_COLUMNS):
+        for row in read_table(path, FIT_COLUMNS):
             groups[(row["estimator"], int(row["n_train"]))].append(row)
     out = []
     for (estimator, n), rows in groups.items():
@@ -212,7 +214,7 @@ def read_lds_csv(paths: str | Path | Sequence[str | Path], *, by: str = "passes"
         paths = [paths]
     rows = []
     for path in paths:
-        rows += _read_rows(path, LDS_COLUMNS)
+        rows += read_table(path, LDS_COLUMNS)
     if by == "evaluations":
         rows = [{**r, "passes": r["passes"] if r["estimator"] == "loo" else r["n_train"]} for r in rows]
     return _table(rows)
@@ -221,7 +223,7 @@ def read_lds_csv(paths: str | Path | Sequence[str | Path], *, by: str = "passes"
 def read_ood_csv(path: str | Path) -> dict[float, LdsTable]:
     """Read an out-of-distribution LDS table into one :class:`LdsTable` per ablation rate."""
     by_rate: dict[float, list[dict[str, str]]] = defaultdict(list)
-    for row in _read_rows(path, OOD_COLUMNS):
+    for row in read_table(path, OOD_COLUMNS):
         by_rate[float(row["ablation_rate"])].append(row)
     return {rate: _table(rows) for rate, rows in sorted(by_rate.items())}
 
@@ -241,11 +243,30 @@ def concat_csv(paths: Sequence[str | Path], out: str | Path) -> None:
                 dest.writelines(fh)
 
 
-def _read_rows(path: str | Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+def write_table(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Write a tidy table with a header (floats with 6 significant digits; booleans and NaN as numbers)."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(
+                [
+                    f"{v:.6g}"
+                    if isinstance(v, float | np.floating)
+                    else int(v)
+                    if isinstance(v, bool | np.bool_)
+                    else v
+                    for v in row
+                ]
+            )
+
+
+def read_table(path: str | Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a CSV table as dicts, after checking that its header is ``columns``."""
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        if tuple(reader.fieldnames or ()) != columns:
-            raise ValueError(f"{path}: expected columns {columns}, got {reader.fieldnames}")
+        if tuple(reader.fieldnames or ()) != tuple(columns):
+            raise ValueError(f"{path}: expected columns {tuple(columns)}, got {reader.fieldnames}")
         return list(reader)
 
 

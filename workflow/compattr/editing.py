@@ -23,9 +23,7 @@ sampling (:meth:`compattr.sampling.ComponentMarginEvaluator.paired` for per-inpu
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -49,8 +47,6 @@ __all__ = [
     "FIX_COLUMNS",
     "top_k_rows",
     "fix_rows",
-    "write_rows",
-    "read_rows",
     "editing_summary",
     "forgetting_summary",
     "fixing_summary",
@@ -302,33 +298,6 @@ def fix_rows(
             cells = (result["predicted_change"][j, i], result["true_change"][j, i], result["fixed"][j, i])
             rows.append((*labels, i, k, *cells, other[j, i]))
     return rows
-
-
-def write_rows(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
-    """Write a tidy editing table (floats with 6 significant digits; booleans and NaN as numbers)."""
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(
-                [
-                    f"{v:.6g}"
-                    if isinstance(v, float | np.floating)
-                    else int(v)
-                    if isinstance(v, bool | np.bool_)
-                    else v
-                    for v in row
-                ]
-            )
-
-
-def read_rows(path: str | Path, columns: Sequence[str]) -> list[dict[str, str]]:
-    """The rows of an editing table, checking its header."""
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if tuple(reader.fieldnames or ()) != tuple(columns):
-            raise ValueError(f"{path}: expected columns {tuple(columns)}, got {reader.fieldnames}")
-        return list(reader)
 
 
 def editing_summary(

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
 from tqdm import tqdm
 
 from compattr.scores import lds_scores
-from compattr.stores import SavedFit, iter_rows
+from compattr.stores import MaskStore, SavedFit, iter_rows
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +35,7 @@ def replicate_starts(n_train: int, n_masks: int, replicates: int) -> list[int]:
 
 
 def fit_on_store(
-    store: str | Path,
+    store: str | Path | MaskStore,
     n_train: int,
     estimator: str,
     params: dict[str, Any],
@@ -69,7 +68,7 @@ def fit_on_store(
 
 
 def fit_draws(
-    store: str | Path,
+    store: str | Path | MaskStore,
     sizes: Sequence[int],
     replicates: int,
     estimator: str,
@@ -83,8 +82,8 @@ def fit_draws(
     on stderr. One process serves every fit: most fits take less time than
     starting a process.
     """
-    n_masks = zarr.open_group(str(store), mode="r")["masks"].shape[0]
-    draws = [(n, r, start) for n in sizes for r, start in enumerate(replicate_starts(n, n_masks, replicates))]
+    store = MaskStore.open(store)
+    draws = [(n, r, start) for n in sizes for r, start in enumerate(replicate_starts(n, store.n_masks, replicates))]
     for n, r, start in tqdm(draws, desc=f"fitting {estimator}", unit="fit"):
         model, seconds = fit_on_store(store, n, estimator, params, device, prior=prior, start=start)
         yield n, r, model, seconds

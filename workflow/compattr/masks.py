@@ -12,15 +12,8 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import zarr
 
-from compattr.stores import (
-    NonFiniteMarginError,
-    StoreIntegrityError,
-    check_mask_store,
-    mask_store_settings,
-    shard_rows,
-)
+from compattr.stores import MaskStore, NonFiniteMarginError, StoreIntegrityError, check_mask_store
 
 __all__ = ["bernoulli_masks", "shard_masks", "expected_shard_masks", "resampling_damaged_shards"]
 
@@ -38,12 +31,12 @@ def shard_masks(seed: int, shard: int, n_masks: int, n_units: int, ablation_rate
     return bernoulli_masks(n_masks, n_units, ablation_rate, rng)
 
 
-def expected_shard_masks(path: str | Path, shard: int) -> np.ndarray:
-    """The masks shard ``shard`` of a store holds: drawn from the store's own seed and ablation rate."""
-    settings = mask_store_settings(path)
-    masks_arr = zarr.open_group(str(path), mode="r")["masks"]
-    start, stop = shard_rows(masks_arr, shard)
-    return shard_masks(settings["seed"], shard, stop - start, masks_arr.shape[1], settings["ablation_rate"])
+def expected_shard_masks(store: str | Path | MaskStore, shard: int) -> np.ndarray:
+    """The masks shard ``shard`` of a mask store holds: drawn from the store's own seed and ablation rate."""
+    store = MaskStore.open(store)
+    settings = store.settings()
+    start, stop = store.shard_rows(shard)
+    return shard_masks(settings["seed"], shard, stop - start, store.masks.shape[1], settings["ablation_rate"])
 
 
 @contextlib.contextmanager
@@ -59,17 +52,17 @@ def resampling_damaged_shards() -> Iterator[None]:
     try:
         yield
     except (StoreIntegrityError, NonFiniteMarginError) as error:
-        store = error.store
-        if store is None or not _is_mask_store(store):
+        store = None if error.store is None else _mask_store(error.store)
+        if store is None:
             raise
         check_mask_store(store, partial(expected_shard_masks, store), repair=True)
         raise  # the check found nothing to mark: report the reader's own error
 
 
-def _is_mask_store(path: str | Path) -> bool:
-    """Whether ``path`` is a mask store (a group with ``masks`` and ``margins`` that records its seed)."""
+def _mask_store(path: str | Path) -> MaskStore | None:
+    """The mask store at ``path`` (a group with ``masks`` and ``margins`` that records its seed), else None."""
     try:
-        group = zarr.open_group(str(path), mode="r")
-        return "seed" in group.attrs and all(name in group for name in ("masks", "margins"))
+        store = MaskStore.open(path)
     except (FileNotFoundError, ValueError, KeyError):
-        return False
+        return None
+    return store if "seed" in store.group.attrs else None

@@ -15,14 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import zarr
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from compattr.components import ComponentSet
 from compattr.masks import expected_shard_masks
 from compattr.outputs import Output, margins
-from compattr.stores import NonFiniteMarginError, shard_rows, write_shard
+from compattr.stores import MaskStore, NonFiniteMarginError, write_shard
 
 __all__ = [
     "ComponentMarginEvaluator",
@@ -235,16 +234,19 @@ class DistinctMasks:
         return np.stack([self._outputs[key] for key in keys])
 
 
-def run_shard(path: str | Path, shard: int, evaluator: Evaluator) -> dict[str, Any]:
+def run_shard(path: str | Path | MaskStore, shard: int, evaluator: Evaluator, **expected: Any) -> dict[str, Any]:
     """Draw the masks of ``shard``, evaluate them and write both arrays' rows of that shard, then its manifest.
 
-    The ablation rate and seed are the store's own (:func:`compattr.stores.mask_store_settings`).
+    The masks come from the store's ablation rate and seed, which must equal ``expected`` (the
+    config's ``ablation_rate`` and ``seed``, when given: :meth:`compattr.stores.MaskStore.check_settings`).
     Nothing is written when an output is not finite: :class:`~compattr.stores.NonFiniteMarginError`
     names the shard. Returns the shard's manifest (:func:`compattr.stores.write_shard`).
     """
-    margins_arr = zarr.open_group(str(path), mode="r")["margins"]
-    masks = expected_shard_masks(path, shard)
-    start, stop = shard_rows(margins_arr, shard)
+    store = MaskStore.open(path, mode="r+")
+    store.check_settings(**expected)
+    margins_arr = store.margins
+    masks = expected_shard_masks(store, shard)
+    start, stop = store.shard_rows(shard)
     # calls of BATCHES_PER_CALL forward passes: progress is shown per call, and on CUDA a call's passes
     # run back to back (the evaluator copies margins to the host once per call)
     # (an evaluator that trains models, compattr.datamodels.DataMarginEvaluator, says its own masks per call)
@@ -262,4 +264,4 @@ def run_shard(path: str | Path, shard: int, evaluator: Evaluator) -> dict[str, A
             f"(first at mask {start + rows[0]}, input {cols[0]}); nothing was written",
             path,
         )
-    return write_shard(path, shard, masks, values)
+    return write_shard(store, shard, masks, values)

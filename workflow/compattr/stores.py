@@ -21,6 +21,7 @@ dimension names, so ``xarray.open_zarr`` gives labelled arrays.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -37,6 +38,8 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 __all__ = [
     "NonFiniteMarginError",
     "StoreIntegrityError",
+    "SettingsMismatchError",
+    "MaskStore",
     "DamagedShardsError",
     "CHECKSUMMED",
     "MASK_STORE_SETTINGS",
@@ -61,6 +64,7 @@ __all__ = [
     "read_array",
     "load_priors",
     "fit_stores",
+    "fit_store_name",
 ]
 
 
@@ -100,6 +104,93 @@ class DamagedShardsError(StoreIntegrityError):
 def shard_count(n_masks: int, shard_size: int) -> int:
     """Number of shards that cover ``n_masks`` rows."""
     return math.ceil(n_masks / shard_size)
+
+
+class SettingsMismatchError(ValueError):
+    """Raised when a mask store records other settings (ablation rate, seed) than the config asks for."""
+
+
+class MaskStore:
+    """A mask store opened once: its group, its ``masks`` and ``margins`` arrays, and its own settings.
+
+    Every function of this module that takes a mask store takes a path or a handle
+    (:meth:`open` returns a handle as it is), so a job opens its store once and passes
+    the handle down. ``mode`` "r" reads, "r+" also writes shards.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "r") -> None:
+        self.path = Path(path)
+        self.group = zarr.open_group(str(path), mode=mode)
+
+    @functools.cached_property
+    def masks(self) -> zarr.Array:
+        """The ``masks`` array (mask x unit, bool)."""
+        return self.group["masks"]
+
+    @functools.cached_property
+    def margins(self) -> zarr.Array:
+        """The ``margins`` array (mask x input, float32)."""
+        return self.group["margins"]
+
+    @classmethod
+    def open(cls, store: str | Path | MaskStore, mode: str = "r") -> MaskStore:
+        """``store`` itself when it is a handle (opened for writing when ``mode`` asks), else the store at that path."""
+        if isinstance(store, MaskStore):
+            return store if mode == "r" or store.group.store.read_only is False else cls(store.path, mode)
+        return cls(store, mode)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def n_masks(self) -> int:
+        """Number of mask rows."""
+        return self.masks.shape[0]
+
+    @property
+    def shard_size(self) -> int:
+        """Rows per shard (one chunk of each array)."""
+        return self.masks.chunks[0]
+
+    @property
+    def n_shards(self) -> int:
+        """Number of shards."""
+        return shard_count(self.n_masks, self.shard_size)
+
+    def settings(self) -> dict[str, Any]:
+        """The ablation rate, seed and shard size the store was created with (its attributes)."""
+        attrs = dict(self.group.attrs)
+        missing = [key for key in MASK_STORE_SETTINGS if key not in attrs]
+        if missing:
+            raise ValueError(
+                f"the mask store at {self.path} does not record {', '.join(missing)}: it predates self-describing "
+                "stores; create it again (Snakemake reruns init_ablation_store when its parameters change)"
+            )
+        return {key: attrs[key] for key in MASK_STORE_SETTINGS}
+
+    def check_settings(self, **expected: Any) -> dict[str, Any]:
+        """The store's settings, after checking each of ``expected`` (e.g. the config's ablation rate) against them.
+
+        The config is the source of truth: a store that records another value is an error naming both.
+        """
+        settings = self.settings()
+        wrong = {key: value for key, value in expected.items() if settings.get(key) != value}
+        if wrong:
+            listed = "; ".join(
+                f"{key} {settings.get(key)!r} where the config says {value!r}" for key, value in wrong.items()
+            )
+            raise SettingsMismatchError(
+                f"the mask store at {self.path} records {listed}: delete the store (and its .shards folder) "
+                "to sample it again at the config's settings"
+            )
+        return settings
+
+    def shard_rows(self, shard: int) -> tuple[int, int]:
+        """The first and past-the-last rows of ``shard``; an error names a shard out of range."""
+        return shard_rows(self.masks, shard)
 
 
 def create_mask_store(
@@ -153,28 +244,21 @@ def create_mask_store(
 MASK_STORE_SETTINGS = ("ablation_rate", "seed", "shard_size")
 
 
-def mask_store_settings(path: str | Path) -> dict[str, Any]:
+def mask_store_settings(store: str | Path | MaskStore) -> dict[str, Any]:
     """The ablation rate, seed and shard size a mask store was created with (its attributes)."""
-    attrs = dict(zarr.open_group(str(path), mode="r").attrs)
-    missing = [key for key in MASK_STORE_SETTINGS if key not in attrs]
-    if missing:
-        raise ValueError(
-            f"the mask store at {path} does not record {', '.join(missing)}: it predates self-describing "
-            "stores; create it again (Snakemake reruns init_ablation_store when its parameters change)"
-        )
-    return {key: attrs[key] for key in MASK_STORE_SETTINGS}
+    return MaskStore.open(store).settings()
 
 
-def write_shard(path: str | Path, shard: int, masks: np.ndarray, values: np.ndarray) -> dict[str, Any]:
+def write_shard(store: str | Path | MaskStore, shard: int, masks: np.ndarray, values: np.ndarray) -> dict[str, Any]:
     """Write the rows of ``shard``: its masks (n, C) and outputs (n, T), one chunk of each array; then its manifest.
 
     The manifest (:func:`shard_manifest_path`) is written last, atomically: it is
     there only when both arrays' rows are. Returns it: the shard, its rows, the
     SHA-256 digests of its masks and margins, and the margins' mean and std.
     """
-    group = zarr.open_group(str(path), mode="r+")
-    masks_arr, margins_arr = group["masks"], group["margins"]
-    start, stop = shard_rows(masks_arr, shard)
+    store = MaskStore.open(store, mode="r+")
+    path, masks_arr, margins_arr = store.path, store.masks, store.margins
+    start, stop = store.shard_rows(shard)
     if masks.shape != (stop - start, masks_arr.shape[1]) or values.shape != (stop - start, margins_arr.shape[1]):
         raise ValueError(
             f"shard {shard} of {path} holds {stop - start} rows of {masks_arr.shape[1]} components and "
@@ -247,9 +331,9 @@ def write_coordinates(group: zarr.Group, *, components: Sequence[str], inputs: n
         group.create_array(name, data=data, dimension_names=(dim,), overwrite=True, **CHECKSUMMED)
 
 
-def read_coordinates(path: str | Path) -> dict[str, np.ndarray] | None:
-    """The coordinates a store holds (``component``, ``input``, ``label``), or None if it has none."""
-    group = zarr.open_group(str(path), mode="r")
+def read_coordinates(path: str | Path | MaskStore) -> dict[str, np.ndarray] | None:
+    """The coordinates a store (a mask or fit store) holds (``component``, ``input``, ``label``), or None."""
+    group = path.group if isinstance(path, MaskStore) else zarr.open_group(str(path), mode="r")
     try:  # looked up by name: listing the group would warn about files Snakemake keeps in output folders
         component, inputs, labels = (group[name] for name in ("component", "input", "label"))
     except KeyError:
@@ -263,7 +347,7 @@ def read_coordinates(path: str | Path) -> dict[str, np.ndarray] | None:
 
 
 def check_mask_store(
-    path: str | Path, expected_masks: Callable[[int], np.ndarray] | None = None, *, repair: bool = False
+    store: str | Path | MaskStore, expected_masks: Callable[[int], np.ndarray] | None = None, *, repair: bool = False
 ) -> dict[str, Any]:
     """Verify every shard of a mask store: finished (a manifest), readable (checksums), finite, its own rows.
 
@@ -275,14 +359,13 @@ def check_mask_store(
     are deleted first: sampling them again (their jobs rerun) gives the store it should
     be, bit for bit. Returns the store's shape and margin statistics.
     """
-    group = zarr.open_group(str(path), mode="r")
-    masks_arr, margins_arr = group["masks"], group["margins"]
-    n_shards = shard_count(margins_arr.shape[0], margins_arr.chunks[0])
+    store = MaskStore.open(store)
+    path, masks_arr, margins_arr, n_shards = store.path, store.masks, store.margins, store.n_shards
     total, total_sq, count = 0.0, 0.0, 0
     faults = {}
     for shard in range(n_shards):
         expected = None if expected_masks is None else expected_masks(shard)
-        masks, block, fault = _read_shard(path, group, shard, expected)
+        masks, block, fault = _read_shard(store, shard, expected)
         if fault is not None:
             faults[shard] = str(fault)
             continue
@@ -303,15 +386,15 @@ def check_mask_store(
 
 
 def _read_shard(
-    path: str | Path, group: zarr.Group, shard: int, expected_masks: np.ndarray | None = None
+    store: MaskStore, shard: int, expected_masks: np.ndarray | None = None
 ) -> tuple[np.ndarray | None, np.ndarray | None, StoreIntegrityError | NonFiniteMarginError | None]:
     """The masks and margins of a finished, intact shard, or an error that says what is wrong with it.
 
     In order: a manifest (the shard was finished), chunks that decode (checksums),
     finite margins, the ``expected_masks`` when given, rows matching the manifest's digests.
     """
-    masks_arr, margins_arr = group["masks"], group["margins"]
-    start, stop = shard_rows(margins_arr, shard)
+    path, masks_arr, margins_arr = store.path, store.masks, store.margins
+    start, stop = store.shard_rows(shard)
     where = f"shard {shard} of {path} (rows {start}:{stop})"
     manifest = read_manifest(path, shard)
     if manifest is None:
@@ -359,20 +442,20 @@ def _damaged(path: str | Path, faults: dict[int, str], repair: bool) -> DamagedS
     return DamagedShardsError(f"{len(faults)} shard(s) of {path} are not usable: {listed}; {action}", path, faults)
 
 
-def read_rows(path: str | Path, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``stop`` rows (all when None) of a store: masks (bool) and margins (float32), verified."""
-    group = zarr.open_group(str(path), mode="r")
-    n = group["masks"].shape[0]
+def read_rows(store: str | Path | MaskStore, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``stop`` rows (all when None) of a mask store: masks (bool) and margins (float32), verified."""
+    store = MaskStore.open(store)
+    n = store.n_masks
     if stop is not None and stop > n:
-        raise ValueError(f"asked for {stop} masks but the store at {path} holds {n}")
-    blocks = list(iter_rows(path, 0, n if stop is None else stop))
+        raise ValueError(f"asked for {stop} masks but the store at {store.path} holds {n}")
+    blocks = list(iter_rows(store, 0, n if stop is None else stop))
     if not blocks:
-        return group["masks"][:0], group["margins"][:0]
+        return store.masks[:0], store.margins[:0]
     masks, margins = zip(*blocks, strict=True)
     return np.concatenate(masks), np.concatenate(margins)
 
 
-def iter_rows(path: str | Path, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_rows(store: str | Path | MaskStore, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Rows ``start:stop`` of a store, as (masks, margins) blocks of at most one shard each.
 
     Every shard is verified as it is read (:func:`check_mask_store` does the same for all
@@ -381,12 +464,12 @@ def iter_rows(path: str | Path, start: int, stop: int) -> Iterator[tuple[np.ndar
     :class:`NonFiniteMarginError`, naming the store, shard and rows and the manifest to
     delete so that the shard is sampled again.
     """
-    group = zarr.open_group(str(path), mode="r")
-    n_masks, step = group["masks"].shape[0], group["masks"].chunks[0]
+    store = MaskStore.open(store)
+    path, n_masks, step = store.path, store.n_masks, store.shard_size
     if not 0 <= start <= stop <= n_masks:
         raise ValueError(f"rows {start}:{stop} are outside the store at {path} ({n_masks} masks)")
     for shard in range(start // step, -(-stop // step) if stop > start else 0):
-        masks, margins, fault = _read_shard(path, group, shard)
+        masks, margins, fault = _read_shard(store, shard)
         if fault is not None:
             action = f"delete {shard_manifest_path(path, shard)} if it is there and rerun, which samples it again"
             raise type(fault)(f"{fault}: {action}", path) from fault.__cause__
@@ -459,13 +542,18 @@ def load_priors(paths: str | Path | Sequence[str | Path] | None) -> tuple[np.nda
     return np.stack([fit.coef for fit in fits]), passes
 
 
+def fit_store_name(n_train: int, replicate: int) -> str:
+    """The file name of an estimator's fit on ``n_train`` masks of draw ``replicate``: ``n<N>.r<R>.zarr``."""
+    return f"n{n_train}.r{replicate}.zarr"
+
+
 def fit_stores(path: str | Path) -> list[Path]:
-    """The fit stores at ``path``: itself if it is one, else its ``n<N>.r<R>.zarr`` stores by size and draw."""
+    """The fit stores at ``path``: itself if it is one, else its :func:`fit_store_name` stores by size and draw."""
     path = Path(path)
     if (path / "zarr.json").exists():
         return [path]
     stores = []
-    for store in path.glob("n*.r*.zarr"):
+    for store in path.glob(fit_store_name("*", "*")):  # type: ignore[arg-type]
         n, r = store.name.removesuffix(".zarr").removeprefix("n").split(".r")
         stores.append((int(n), int(r), store))
     if not stores:

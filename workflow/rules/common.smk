@@ -5,6 +5,7 @@ from pathlib import Path
 from compattr.configcheck import estimator_priors as _estimator_priors, resolve_config, top_method
 from compattr.io import source_hash
 from compattr.registry import BENCHMARKED, PRIOR_ESTIMATORS, TWO_LAYER_ESTIMATORS
+from compattr.stores import fit_store_name
 
 # Every fault of the config at once (compattr.configcheck, as `python -m compattr.configcheck` reports them),
 # before any job; the workflow then runs the checked config, the schema's defaults filled in.
@@ -211,7 +212,7 @@ def top_components_store(model):
     """The fit store behind a model's top-components table."""
     if TOP_METHOD in SAMPLING_FREE:
         return f"{RESULTS}/m{model}/baselines/{TOP_METHOD}.zarr"
-    return f"{RESULTS}/m{model}/fits/{TOP_METHOD}/n{TRAIN_SIZES[-1]}.r0.zarr"
+    return f"{RESULTS}/m{model}/fits/{TOP_METHOD}/{fit_store_name(TRAIN_SIZES[-1], 0)}"
 
 
 def top_components_fit(wildcards):
@@ -272,7 +273,7 @@ def forgetting_fit(model, method):
     """The fit store whose attributions choose the components to forget: a method's largest train size."""
     if method in SAMPLING_FREE:
         return f"{model_dir(model)}/baselines/{method}.zarr"
-    return f"{model_dir(model)}/fits/{method}/n{TRAIN_SIZES[-1]}.r0.zarr"
+    return f"{model_dir(model)}/fits/{method}/{fit_store_name(TRAIN_SIZES[-1], 0)}"
 
 
 def final_targets():

@@ -41,6 +41,9 @@ rule sample_ablation_shard:
     params:
         library=library("sample_ablation_shard.py"),
         store=lambda wc: store_path(wc.model, wc.split),
+        # the config's settings, which the store must record (a store that disagrees is an error)
+        ablation_rate=lambda wc: split_settings(wc.split)["ablation_rate"],
+        seed=lambda wc: split_settings(wc.split)["seed"],
         batch_size=config["sampling"]["batch_size"],
         forward=FORWARD,
         device=config["device"],
@@ -61,5 +64,7 @@ rule check_ablation_store:
     params:
         library=library("check_ablation_store.py"),
         store=lambda wc: store_path(wc.model, wc.split),
+        ablation_rate=lambda wc: split_settings(wc.split)["ablation_rate"],
+        seed=lambda wc: split_settings(wc.split)["seed"],
     script:
         "../scripts/check_ablation_store.py"

@@ -7,10 +7,12 @@ from functools import partial
 
 from compattr.io import start_log, write_json
 from compattr.masks import expected_shard_masks
-from compattr.stores import check_mask_store
+from compattr.stores import MaskStore, check_mask_store
 
 log = start_log(snakemake.log[0])
-store = snakemake.params.store
+p = snakemake.params
+store = MaskStore.open(p.store)
+store.check_settings(ablation_rate=p.ablation_rate, seed=p.seed)  # the config is the source of truth
 summary = check_mask_store(store, partial(expected_shard_masks, store), repair=True)
 log.info("%s: %s", store, summary)
 write_json(snakemake.output[0], summary)

@@ -3,9 +3,10 @@
 import numpy as np
 import torch
 
+from compattr.analysis import write_table
 from compattr.checkpoints import load_checkpoint
 from compattr.data import load_test_inputs
-from compattr.editing import TOP_K_COLUMNS, random_orders, top_k_ablation, top_k_rows, write_rows
+from compattr.editing import TOP_K_COLUMNS, random_orders, top_k_ablation, top_k_rows
 from compattr.io import resolve_device, start_log
 from compattr.sampling import ComponentMarginEvaluator
 from compattr.stores import fit_stores, load_fit
@@ -42,4 +43,4 @@ draws = [
 result = {key: np.mean([draw[key] for draw in draws], axis=0) for key in ("true_change", "flipped")}
 result["predicted_change"] = np.full_like(result["true_change"], np.nan)
 rows += top_k_rows(("random", p.model, 0, 0, 0), ks, result)
-write_rows(snakemake.output[0], TOP_K_COLUMNS, rows)
+write_table(snakemake.output[0], TOP_K_COLUMNS, rows)

@@ -7,7 +7,7 @@ import torch
 from compattr.fitting import fit_draws
 from compattr.io import provenance, resolve_device, start_log
 from compattr.masks import resampling_damaged_shards
-from compattr.stores import load_priors, mask_store_settings, read_coordinates, save_fit
+from compattr.stores import MaskStore, fit_store_name, load_priors, read_coordinates, save_fit
 
 log = start_log(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -17,13 +17,14 @@ prior_paths = list(snakemake.input.get("prior", []))  # first-order priors' fits
 prior, prior_passes = load_priors(prior_paths)  # their cost is added to every fit's masks
 out = Path(snakemake.output[0])
 out.mkdir(parents=True, exist_ok=True)
-coords = read_coordinates(p.store)  # component names, input ids and labels, copied into every fit
-draws = fit_draws(p.store, p.sizes, p.replicates, p.estimator, p.estimator_params, device, prior=prior)
+store = MaskStore.open(p.store)
+coords = read_coordinates(store)  # component names, input ids and labels, copied into every fit
+draws = fit_draws(store, p.sizes, p.replicates, p.estimator, p.estimator_params, device, prior=prior)
 with resampling_damaged_shards():  # a damaged store's faulty shards are sampled again on the next run
     for n, replicate, model, seconds in draws:
         log.info("fitted %s on %d masks (draw %d) in %.2f s", p.estimator, n, replicate, seconds)
         save_fit(
-            out / f"n{n}.r{replicate}.zarr",
+            out / fit_store_name(n, replicate),
             model,
             {
                 "estimator": p.get("label", p.estimator),
@@ -35,7 +36,7 @@ with resampling_damaged_shards():  # a damaged store's faulty shards are sampled
                 "fit_seconds": seconds,
                 "device": str(device),
                 "store": p.store,
-                "ablation_rate": mask_store_settings(p.store)["ablation_rate"],
+                "ablation_rate": store.settings()["ablation_rate"],
                 "prior": prior_paths,
                 "provenance": provenance(),
             },

@@ -7,6 +7,7 @@ so its own job runs alongside the fits, and the methods' job appends its rows.
 import numpy as np
 import torch
 
+from compattr.analysis import read_table, write_table
 from compattr.checkpoints import load_checkpoint
 from compattr.data import load_dataset, load_test_ids, load_test_inputs
 from compattr.editing import (
@@ -16,9 +17,7 @@ from compattr.editing import (
     fix_rows,
     fixing_order,
     random_fix_rows,
-    read_rows,
     scoring_images,
-    write_rows,
 )
 from compattr.io import resolve_device, start_log
 from compattr.sampling import ComponentMarginEvaluator, DistinctMasks
@@ -56,5 +55,5 @@ else:
             other = accuracy_elsewhere(elsewhere, fixing_order(fit.coef), ks) if n == largest else None
             log.info("%s n=%d: fixed at k=%d: %.2f", method, n, ks[-1], result["fixed"][-1].mean())
             rows += fix_rows((method, p.model, n, passes), ks, result, other)
-    rows += [tuple(row[c] for c in FIX_COLUMNS) for row in read_rows(snakemake.input.random, FIX_COLUMNS)]
-write_rows(snakemake.output[0], FIX_COLUMNS, rows)
+    rows += [tuple(row[c] for c in FIX_COLUMNS) for row in read_table(snakemake.input.random, FIX_COLUMNS)]
+write_table(snakemake.output[0], FIX_COLUMNS, rows)

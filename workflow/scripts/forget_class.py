@@ -3,9 +3,10 @@
 import numpy as np
 import torch
 
+from compattr.analysis import write_table
 from compattr.checkpoints import load_checkpoint
 from compattr.data import load_dataset, load_test_ids, load_test_inputs
-from compattr.editing import FORGET_COLUMNS, class_accuracy, class_forgetting_masks, scoring_images, write_rows
+from compattr.editing import FORGET_COLUMNS, class_accuracy, class_forgetting_masks, scoring_images
 from compattr.io import resolve_device, start_log
 from compattr.sampling import ComponentMarginEvaluator, DistinctMasks
 from compattr.stores import load_fit
@@ -44,4 +45,4 @@ for method, path in p.fits.items():
             others[-1],
         )
         rows += [(method, p.model, n, passes, target, k, a, b) for k, a, b in zip([0, *ks], own, others, strict=True)]
-write_rows(snakemake.output[0], FORGET_COLUMNS, rows)
+write_table(snakemake.output[0], FORGET_COLUMNS, rows)

@@ -9,9 +9,8 @@ log = start_log(snakemake.log[0])
 _, components = load_checkpoint(snakemake.input.model)
 inputs = load_test_inputs(snakemake.input.inputs)
 n_inputs = len(inputs)
-store = snakemake.params.store
 group = create_mask_store(
-    store,
+    snakemake.params.store,
     n_masks=snakemake.params.n_masks,
     n_units=len(components),
     n_inputs=n_inputs,
@@ -25,7 +24,7 @@ write_coordinates(
 )
 log.info(
     "created %s: %d masks x %d components, %d inputs, %d shards",
-    store,
+    snakemake.params.store,
     snakemake.params.n_masks,
     len(components),
     n_inputs,

@@ -30,6 +30,7 @@ else:
     log.info("a model trained per mask on %s, %d at a time: %s", device, evaluator.batch_size, components.recipe)
 shard = int(snakemake.wildcards.shard)
 p = snakemake.params
-# the store's own ablation rate and seed; the manifest, written last, is this job's output
-manifest = run_shard(p.store, shard, evaluator)
+# masks from the store's ablation rate and seed, checked against the config's; the manifest, written last,
+# is this job's output
+manifest = run_shard(p.store, shard, evaluator, ablation_rate=p.ablation_rate, seed=p.seed)
 log.info("shard %d done: %s", shard, manifest)

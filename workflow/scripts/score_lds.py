@@ -6,13 +6,14 @@ from compattr.analysis import write_fit_csv, write_lds_csv
 from compattr.fitting import predicts_constant, score_fit
 from compattr.io import start_log
 from compattr.masks import resampling_damaged_shards
-from compattr.stores import fit_stores, load_fit, mask_store_settings, read_rows
+from compattr.stores import MaskStore, fit_stores, load_fit, read_rows
 
 log = start_log(snakemake.log[0])
 with resampling_damaged_shards():  # a damaged store's faulty shards are sampled again on the next run
     heldout_masks = read_rows(snakemake.params.heldout)
     # each out-of-distribution split by the ablation rate its store records
-    ood_masks = {mask_store_settings(store)["ablation_rate"]: read_rows(store) for store in snakemake.params.ood}
+    ood_stores = [MaskStore.open(path) for path in snakemake.params.ood]
+    ood_masks = {store.settings()["ablation_rate"]: read_rows(store) for store in ood_stores}
 heldout, ood, diagnostics = [], [], []
 name = snakemake.params.label  # a prior's fit is labelled as its estimator's point at 0 masks
 model = snakemake.params.model

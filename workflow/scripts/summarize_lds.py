@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compattr.analysis import ceiling_targets, concat_csv, read_lds_csv, resampled_sources, summary_rows
-from compattr.editing import FIX_COLUMNS, FORGET_COLUMNS, TOP_K_COLUMNS, read_rows
+from compattr.analysis import ceiling_targets, concat_csv, read_lds_csv, read_table, resampled_sources, summary_rows
+from compattr.editing import FIX_COLUMNS, FORGET_COLUMNS, TOP_K_COLUMNS
 from compattr.io import start_log
 from compattr.reports import study_notes, summary_markdown
 from compattr.stores import load_fit
@@ -38,7 +38,7 @@ modules = [line.split("\t")[2] for line in Path(snakemake.input.components).read
 editing = None
 if snakemake.input.get("top_k"):  # the editing stage's tables, when the study edits
     editing = {
-        name: [row for path in snakemake.input[name] for row in read_rows(path, columns)]
+        name: [row for path in snakemake.input[name] for row in read_table(path, columns)]
         for name, columns in (("top_k", TOP_K_COLUMNS), ("fix", FIX_COLUMNS), ("forget", FORGET_COLUMNS))
     }
 notes = study_notes(
