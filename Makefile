@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 CONFIG ?=
 
-.PHONY: study test lint bench config-docs clean-results unified
+.PHONY: study test test-fast lint bench config-docs clean-results unified
 
 $(BIN)/snakemake: envs/requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ unified: $(BIN)/snakemake
 
 test: $(BIN)/snakemake
 	$(BIN)/pytest -q
+
+# The unit tests alone (about 2 minutes on 2 cores): everything but the Snakemake runs.
+test-fast: $(BIN)/snakemake
+	$(BIN)/pytest -q -m "not workflow"
 
 lint: $(BIN)/snakemake
 	$(BIN)/ruff check .

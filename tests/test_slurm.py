@@ -11,6 +11,8 @@ import pytest
 import yaml
 from test_workflow import REPO, STUDY, copy_repo, read_csv, snakemake
 
+pytestmark = pytest.mark.workflow  # the slow tier: `make test-fast` leaves it out
+
 FAKE_SLURM = REPO / "tests/fake_slurm"
 GPU_RULES = {"train_model", "sample_ablation_shard", "fit_estimator", "fit_baseline"}
 

@@ -19,6 +19,8 @@ import zarr
 from compattr.checkpoints import load_checkpoint
 from compattr.stores import load_fit, read_coordinates, read_rows
 
+pytestmark = pytest.mark.workflow  # the slow tier: `make test-fast` leaves it out
+
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "results/tiny"
 
