@@ -233,3 +233,30 @@ def test_patch_units_checkpoint_round_trip(tmp_path):
     torch.testing.assert_close(
         back.ablatable(model)(x, torch.zeros(1, 4)), model(patches.mean_image.expand(3, -1, -1, -1))
     )
+
+
+def test_a_model_job_starts_with_its_log_threads_device_and_units(tmp_path):
+    import logging
+    import sys
+
+    from compattr.checkpoints import start_model_job
+
+    model = _linear_model(side=8)
+    patches = PatchSet((1, 8, 8), 4, "zero", torch.zeros(1, 8, 8))
+    spec, tensors = spec_of(patches)
+    arch = {"name": "mlp", "hidden": 0, "in_features": 64}
+    save_checkpoint(str(tmp_path / "m.pt"), model, arch, num_classes=3, in_channels=1, components=spec, units=tensors)
+    threads, stderr = torch.get_num_threads(), sys.stderr
+    try:
+        log, device, loaded, units = start_model_job(
+            tmp_path / "logs/job.log", tmp_path / "m.pt", threads=1, device="cpu"
+        )
+        log.info("started")
+        assert torch.get_num_threads() == 1 and device == torch.device("cpu") and units == patches
+        assert not loaded.training and "started" in (tmp_path / "logs/job.log").read_text()
+    finally:
+        torch.set_num_threads(threads)
+        sys.stderr.close()
+        sys.stderr = stderr
+        for handler in logging.root.handlers[:]:  # the job's log file, not this session's
+            logging.root.removeHandler(handler)

@@ -9,6 +9,8 @@ plain values are stored, so reading one unpickles no code (``weights_only``).
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,9 +20,10 @@ from torch import Tensor, nn
 from compattr.components import ComponentSet
 from compattr.datamodels import Recipe, TrainingExamples
 from compattr.features import PatchSet
+from compattr.io import resolve_device, start_log
 from compattr.models import build_model, study_components
 
-__all__ = ["save_checkpoint", "load_checkpoint", "spec_of", "units_from_spec"]
+__all__ = ["save_checkpoint", "load_checkpoint", "spec_of", "units_from_spec", "start_model_job"]
 
 
 def spec_of(units: PatchSet | TrainingExamples) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -92,3 +95,18 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[nn.M
     if spec.get("kind") in ("features", "data"):
         return model, units_from_spec(spec, checkpoint["units"])
     return model, study_components(model, spec).with_means(checkpoint.get("means"))
+
+
+def start_model_job(
+    log: str | Path, checkpoint: str | Path, *, threads: int, device: str
+) -> tuple[logging.Logger, torch.device, nn.Module, Any]:
+    """The set-up every workflow job that runs a model shares: ``(logger, device, model, units)``.
+
+    Its log (stderr and logging go to ``log``), its threads, its device (``"auto"``, ``"cpu"`` or
+    ``"cuda"``: :func:`compattr.io.resolve_device`), and the checkpoint's model and units on it.
+    """
+    logger = start_log(log)
+    torch.set_num_threads(threads)
+    where = resolve_device(device)
+    model, units = load_checkpoint(checkpoint, device=where)
+    return logger, where, model, units

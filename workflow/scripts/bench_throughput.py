@@ -3,14 +3,13 @@
 import torch
 
 from compattr.bench import forward_throughput
-from compattr.checkpoints import load_checkpoint
+from compattr.checkpoints import start_model_job
 from compattr.data import load_test_inputs
-from compattr.io import provenance, resolve_device, start_log, write_json
+from compattr.io import provenance, write_json
 
-log = start_log(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
-device = resolve_device(snakemake.params.device)
-model, components = load_checkpoint(snakemake.input.model, device=device)
+log, device, model, components = start_model_job(
+    snakemake.log[0], snakemake.input.model, threads=snakemake.threads, device=snakemake.params.device
+)
 inputs = load_test_inputs(snakemake.input.inputs)
 result = forward_throughput(
     model,

@@ -1,21 +1,18 @@
 """Top-k ablation: per input, ablate the k components each method's fits rank first; compare with the prediction."""
 
 import numpy as np
-import torch
 
 from compattr.analysis import write_table
-from compattr.checkpoints import load_checkpoint
+from compattr.checkpoints import start_model_job
 from compattr.data import load_test_inputs
 from compattr.editing import TOP_K_COLUMNS, random_orders, top_k_ablation, top_k_rows
-from compattr.io import resolve_device, start_log
 from compattr.sampling import ComponentMarginEvaluator
 from compattr.stores import fit_stores, load_fit
 
-log = start_log(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
 p = snakemake.params
-device = resolve_device(p.device)
-model, components = load_checkpoint(snakemake.input.model, device=device)
+log, device, model, components = start_model_job(
+    snakemake.log[0], snakemake.input.model, threads=snakemake.threads, device=snakemake.params.device
+)
 inputs = load_test_inputs(snakemake.input.inputs)
 evaluator = ComponentMarginEvaluator(
     model, components, inputs.images, inputs.labels, batch_size=p.batch_size, **p.forward

@@ -1,18 +1,15 @@
 """Compute a sampling-free method for every test input: a first-order prior, or leave-one-out."""
 
-import torch
-
 from compattr.baselines import leave_one_out
-from compattr.checkpoints import load_checkpoint
+from compattr.checkpoints import start_model_job
 from compattr.data import load_test_ids, load_test_inputs
-from compattr.io import provenance, resolve_device, start_log
+from compattr.io import provenance
 from compattr.stores import save_linear_fit
 from compattr.units import make_evaluator, unit_prior
 
-log = start_log(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
-device = resolve_device(snakemake.params.device)
-model, components = load_checkpoint(snakemake.input.model, device=device)
+log, device, model, components = start_model_job(
+    snakemake.log[0], snakemake.input.model, threads=snakemake.threads, device=snakemake.params.device
+)
 inputs = load_test_inputs(snakemake.input.inputs)
 images, labels = inputs.images, inputs.labels
 baseline, prior = snakemake.params.baseline, snakemake.params.prior

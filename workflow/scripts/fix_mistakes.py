@@ -5,10 +5,9 @@ so its own job runs alongside the fits, and the methods' job appends its rows.
 """
 
 import numpy as np
-import torch
 
 from compattr.analysis import read_table, write_table
-from compattr.checkpoints import load_checkpoint
+from compattr.checkpoints import start_model_job
 from compattr.data import load_dataset, load_test_ids, load_test_inputs
 from compattr.editing import (
     FIX_COLUMNS,
@@ -19,15 +18,13 @@ from compattr.editing import (
     random_fix_rows,
     scoring_images,
 )
-from compattr.io import resolve_device, start_log
 from compattr.sampling import ComponentMarginEvaluator, DistinctMasks
 from compattr.stores import fit_stores, load_fit
 
-log = start_log(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
 p = snakemake.params
-device = resolve_device(p.device)
-model, components = load_checkpoint(snakemake.input.model, device=device)
+log, device, model, components = start_model_job(
+    snakemake.log[0], snakemake.input.model, threads=snakemake.threads, device=snakemake.params.device
+)
 mistakes = load_test_inputs(snakemake.input.mistakes)
 _, test = load_dataset(**p.data)
 # the edit must be local: the edited model is scored on test images that are neither attributed nor mistakes

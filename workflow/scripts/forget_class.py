@@ -1,21 +1,18 @@
 """Forgetting each class: ablate the top-k components of its inputs' mean attribution, per method; score elsewhere."""
 
 import numpy as np
-import torch
 
 from compattr.analysis import write_table
-from compattr.checkpoints import load_checkpoint
+from compattr.checkpoints import start_model_job
 from compattr.data import load_dataset, load_test_ids, load_test_inputs
 from compattr.editing import FORGET_COLUMNS, class_accuracy, class_forgetting_masks, scoring_images
-from compattr.io import resolve_device, start_log
 from compattr.sampling import ComponentMarginEvaluator, DistinctMasks
 from compattr.stores import load_fit
 
-log = start_log(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
 p = snakemake.params
-device = resolve_device(p.device)
-model, components = load_checkpoint(snakemake.input.model, device=device)
+log, device, model, components = start_model_job(
+    snakemake.log[0], snakemake.input.model, threads=snakemake.threads, device=snakemake.params.device
+)
 attributed = load_test_inputs(snakemake.input.inputs)
 _, test = load_dataset(**p.data)
 # scored on test images that are not among the attributed inputs: those choose the components

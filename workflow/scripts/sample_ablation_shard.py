@@ -1,17 +1,13 @@
 """Fill one shard of an ablation store: draw its masks, run the ablated model, write both arrays and its manifest."""
 
-import torch
-
-from compattr.checkpoints import load_checkpoint
+from compattr.checkpoints import start_model_job
 from compattr.data import load_test_inputs
-from compattr.io import resolve_device, start_log
 from compattr.sampling import run_shard
 from compattr.units import make_evaluator
 
-log = start_log(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
-device = resolve_device(snakemake.params.device)
-model, components = load_checkpoint(snakemake.input.model, device=device)
+log, device, model, components = start_model_job(
+    snakemake.log[0], snakemake.input.model, threads=snakemake.threads, device=snakemake.params.device
+)
 inputs = load_test_inputs(snakemake.input.inputs)
 evaluator = make_evaluator(
     model, components, inputs.images, inputs.labels, batch_size=snakemake.params.batch_size, **snakemake.params.forward

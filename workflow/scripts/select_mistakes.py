@@ -1,20 +1,17 @@
 """Choose the seeded set of misclassified test images whose mistakes the fixing experiment edits away."""
 
 import numpy as np
-import torch
 
-from compattr.checkpoints import load_checkpoint
+from compattr.checkpoints import start_model_job
 from compattr.data import load_dataset, load_test_ids, save_inputs, with_noise
 from compattr.editing import choose_mistakes, scoring_images
-from compattr.io import resolve_device, start_log
 from compattr.sampling import ComponentMarginEvaluator
 
-log = start_log(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
 p = snakemake.params
 cfg = p.mistakes
-device = resolve_device(p.device)
-model, components = load_checkpoint(snakemake.input.model, device=device)
+log, device, model, components = start_model_job(
+    snakemake.log[0], snakemake.input.model, threads=snakemake.threads, device=snakemake.params.device
+)
 _, test = load_dataset(**p.data)
 # candidates: test images that are not attributed inputs, with the harder split's noise when it has any
 pool = scoring_images(len(test), load_test_ids(snakemake.input.inputs), cfg["pool"], cfg["seed"])
