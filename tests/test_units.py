@@ -22,7 +22,7 @@ from compattr.estimators import make_estimator
 from compattr.features import PatchSet, blur
 from compattr.masks import bernoulli_masks
 from compattr.outputs import margins
-from compattr.units import example_units, unit_prior, unit_rows
+from compattr.units import example_units, make_evaluator, unit_prior, unit_rows
 
 
 def _linear_model(seed=0, channels=1, side=4, classes=3):
@@ -260,3 +260,18 @@ def test_a_model_job_starts_with_its_log_threads_device_and_units(tmp_path):
         sys.stderr = stderr
         for handler in logging.root.handlers[:]:  # the job's log file, not this session's
             logging.root.removeHandler(handler)
+
+
+def test_both_kinds_of_evaluator_share_one_interface(trained_model, digits):
+    from compattr.sampling import BATCHES_PER_CALL, Evaluator
+
+    model, components = trained_model
+    _, test = digits
+    forward = make_evaluator(model, components, test.images[:10], test.labels[:10], batch_size=100)
+    assert isinstance(forward, Evaluator) and forward.masks_per_call == BATCHES_PER_CALL * 10
+    assert forward.describe().startswith("forward passes on cpu in torch.float32")
+    units = _examples(digits, n=30, steps=20)
+    trained = make_evaluator(units.full_model(), units, test.images[:5], test.labels[:5], batch_size=16)
+    assert isinstance(trained, Evaluator) and trained.masks_per_call == 16
+    assert "a model trained per mask" in trained.describe()
+    assert not isinstance(lambda masks: masks, Evaluator)  # a plain function of the masks is not one

@@ -29,7 +29,6 @@ from compattr.fitting import top_components
 from compattr.masks import bernoulli_masks
 from compattr.outputs import OUTPUTS, Output, resolve_output
 from compattr.registry import DEFAULT_PRIOR
-from compattr.sampling import BATCHES_PER_CALL
 from compattr.scores import lds_scores
 from compattr.units import make_evaluator, unit_prior
 
@@ -203,9 +202,7 @@ class ComponentAttributor:
         masks = np.asarray(masks, dtype=bool)
         if masks.ndim != 2 or masks.shape[1] != len(self.components):
             raise ValueError(f"masks must be (n_masks, {len(self.components)}), got {masks.shape}")
-        step = getattr(self._evaluator, "masks_per_call", None) or max(
-            1, BATCHES_PER_CALL * self.batch_size // len(self.inputs)
-        )
+        step = self._evaluator.masks_per_call  # a progress step: the outputs do not depend on it
         chunks = range(0, len(masks), step)
         bar = tqdm(chunks, desc="perturbed evaluations", unit="call", disable=not progress or len(chunks) < 2)
         return (

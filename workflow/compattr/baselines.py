@@ -42,10 +42,8 @@ __all__ = [
     "relu_patching",
     "leave_one_out",
     "prior_passes",
-    "BASELINES",
 ]
 
-BASELINES = ("attribution_patching", "loo")
 #: Points a first-order prior is taken at (see :func:`first_order_prior`).
 PRIOR_POINTS = ("unablated", "mean", "path", "masks")
 

@@ -234,6 +234,10 @@ class DataMarginEvaluator:
         self.labels = None if labels is None else labels.to(self.device)
         self.masks_per_call = batch_size
 
+    def describe(self) -> str:
+        """One line: the device, how many models train at once, and their recipe."""
+        return f"a model trained per mask on {self.device}, {self.batch_size} at a time: {self.units.recipe}"
+
     def __call__(self, ablated: np.ndarray) -> np.ndarray:
         """Outputs ``(n_masks, n_inputs)`` of the models trained under the masks ``ablated`` ``(n_masks, n_units)``."""
         ablated = np.asarray(ablated, dtype=bool)

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BASELINES", "PatchSet", "PatchAblatable", "blur"]
+__all__ = ["PATCH_BASELINES", "PatchSet", "PatchAblatable", "blur"]
 
 #: What an ablated patch is replaced by.
-BASELINES = ("zero", "mean", "blur")
+PATCH_BASELINES = ("zero", "mean", "blur")
 #: Standard deviation (pixels) and kernel size of the ``blur`` baseline's Gaussian.
 BLUR_SIGMA = 2.0
 BLUR_KERNEL = 7
@@ -72,8 +72,8 @@ class PatchSet:
         _, h, w = self.image_shape
         if self.patch_size < 1 or h % self.patch_size or w % self.patch_size:
             raise ValueError(f"patch_size {self.patch_size} does not divide images of {h}x{w} pixels")
-        if self.baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if self.baseline not in PATCH_BASELINES:
+            raise ValueError(f"baseline must be one of {PATCH_BASELINES}, got {self.baseline!r}")
         if self.baseline == "mean" and (self.mean_image is None or tuple(self.mean_image.shape) != self.image_shape):
             raise ValueError(f"baseline 'mean' needs mean_image of shape {self.image_shape}")
 

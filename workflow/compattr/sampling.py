@@ -11,7 +11,7 @@ import contextlib
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from compattr.outputs import Output, margins
 from compattr.stores import MaskStore, NonFiniteMarginError, write_shard
 
 __all__ = [
+    "Evaluator",
     "ComponentMarginEvaluator",
     "DistinctMasks",
     "run_shard",
@@ -31,7 +32,26 @@ __all__ = [
     "AUTO_BATCH_SIZE",
 ]
 
-Evaluator = Callable[[np.ndarray], np.ndarray]
+#: Any function of bool masks ``(n_masks, n_units)`` giving outputs ``(n_masks, n_inputs)``.
+MaskFunction = Callable[[np.ndarray], np.ndarray]
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """What sampling, leave-one-out and editing evaluate masks with: outputs per input under each mask.
+
+    ``evaluator(ablated)`` takes bool masks ``(n_masks, n_units)`` (True: ablated) and returns
+    ``(n_masks, n_inputs)`` float32 outputs; ``masks_per_call`` is how many masks one call should
+    take (a progress step), and :meth:`describe` says in a line how the outputs are computed.
+    :class:`ComponentMarginEvaluator` (ablated forward passes) and
+    :class:`compattr.datamodels.DataMarginEvaluator` (a model trained per mask) are the two.
+    """
+
+    masks_per_call: int
+
+    def __call__(self, ablated: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> str: ...
 
 
 class ComponentMarginEvaluator:
@@ -122,6 +142,18 @@ class ComponentMarginEvaluator:
         elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         self.batch_size = batch_size
+
+    @property
+    def masks_per_call(self) -> int:
+        """Masks per call of :func:`run_shard`: :data:`BATCHES_PER_CALL` forward passes of ``batch_size`` samples."""
+        return BATCHES_PER_CALL * max(1, self.batch_size // len(self.images))
+
+    def describe(self) -> str:
+        """One line: device, precision, memory format, compilation, and the units masked inside a BatchNorm."""
+        return (
+            f"forward passes on {self.device} in {self.dtype}, channels-last {self.channels_last}, compiled "
+            f"{self.compiled}; {self.network.n_folded} units masked inside a BatchNorm"
+        )
 
     @property
     def compiled(self) -> bool:
@@ -215,7 +247,7 @@ class DistinctMasks:
     scores every method's top-k sets, and methods often choose the same ones.
     """
 
-    def __init__(self, evaluator: Evaluator) -> None:
+    def __init__(self, evaluator: MaskFunction) -> None:
         self.evaluator = evaluator
         self._outputs: dict[bytes, np.ndarray] = {}
 
@@ -234,7 +266,9 @@ class DistinctMasks:
         return np.stack([self._outputs[key] for key in keys])
 
 
-def run_shard(path: str | Path | MaskStore, shard: int, evaluator: Evaluator, **expected: Any) -> dict[str, Any]:
+def run_shard(
+    path: str | Path | MaskStore, shard: int, evaluator: Evaluator | MaskFunction, **expected: Any
+) -> dict[str, Any]:
     """Draw the masks of ``shard``, evaluate them and write both arrays' rows of that shard, then its manifest.
 
     The masks come from the store's ablation rate and seed, which must equal ``expected`` (the
@@ -247,12 +281,9 @@ def run_shard(path: str | Path | MaskStore, shard: int, evaluator: Evaluator, **
     margins_arr = store.margins
     masks = expected_shard_masks(store, shard)
     start, stop = store.shard_rows(shard)
-    # calls of BATCHES_PER_CALL forward passes: progress is shown per call, and on CUDA a call's passes
-    # run back to back (the evaluator copies margins to the host once per call)
-    # (an evaluator that trains models, compattr.datamodels.DataMarginEvaluator, says its own masks per call)
-    step = getattr(evaluator, "masks_per_call", None) or BATCHES_PER_CALL * max(
-        1, getattr(evaluator, "batch_size", 4096) // margins_arr.shape[1]
-    )
+    # progress is shown per call, and on CUDA a call's passes run back to back (the evaluator copies
+    # margins to the host once per call); a plain function of the masks gets a shard at a time
+    step = evaluator.masks_per_call if isinstance(evaluator, Evaluator) else max(stop - start, 1)
     values = np.empty((stop - start, margins_arr.shape[1]), dtype=np.float32)
     for i in tqdm(range(0, len(masks), step), desc=f"shard {shard}", unit="call", mininterval=5):
         values[i : i + step] = evaluator(masks[i : i + step])

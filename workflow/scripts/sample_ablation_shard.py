@@ -12,18 +12,7 @@ inputs = load_test_inputs(snakemake.input.inputs)
 evaluator = make_evaluator(
     model, components, inputs.images, inputs.labels, batch_size=snakemake.params.batch_size, **snakemake.params.forward
 )
-if hasattr(evaluator, "network"):
-    log.info(
-        "forward passes on %s in %s, channels-last %s, compiled %s; %d of %d units masked inside a BatchNorm",
-        device,
-        evaluator.dtype,
-        evaluator.channels_last,
-        evaluator.compiled,
-        evaluator.network.n_folded,
-        len(components),
-    )
-else:
-    log.info("a model trained per mask on %s, %d at a time: %s", device, evaluator.batch_size, components.recipe)
+log.info("%s (%d units)", evaluator.describe(), len(components))
 shard = int(snakemake.wildcards.shard)
 p = snakemake.params
 # masks from the store's ablation rate and seed, checked against the config's; the manifest, written last,
