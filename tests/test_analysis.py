@@ -240,3 +240,30 @@ def test_tables_round_trip_and_a_wrong_header_is_named(tmp_path):
     assert rows == [{"method": "a", "value": "0.123457", "flag": "1"}, {"method": "b", "value": "nan", "flag": "0"}]
     with pytest.raises(ValueError, match=r"t.csv: expected columns \('method', 'cost'\)"):
         read_table(tmp_path / "t.csv", ("method", "cost"))
+
+
+def test_the_headline_figure_shows_the_seeds_comparison_and_the_best_prior(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from compattr.plots import headline_methods, plot_headline
+
+    rows = []
+    for i in range(4):
+        rows += [
+            (name, 0, 0, n, n, i, 0.1 * i + n / 1000, 0.0) for name in ("coar", "ridge", "relu_net") for n in (50, 100)
+        ]
+        rows += [
+            ("atp", 0, 0, 3, 3, i, 0.2, 0.0),
+            ("atp_mean", 0, 0, 3, 3, i, 0.4, 0.0),
+            ("loo", 0, 0, 9, 9, i, 0.9, 0.0),
+        ]
+    table = _table_from(rows)
+    # the study's own methods in the seed's comparison, the better of its two priors, then leave-one-out
+    assert headline_methods(table, ["atp", "atp_mean"]) == ["coar", "ridge", "atp_mean", "loo"]
+    fig = plot_headline(table, priors=["atp", "atp_mean"], targets=[0.3], n_bootstrap=20)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert len(labels) == 4 and labels[0].startswith("COAR") and "leave-one-out" in labels[-1]
+    assert "\n" in fig.axes[0].get_xlabel()  # wrapped, not cut at the figure's edge
+    fig.savefig(tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 10_000

@@ -130,6 +130,7 @@ def test_study_writes_sane_tables_and_figures(study):
     for ext in ("png", "pdf"):
         figure = study / STUDY / f"figures/lds_vs_ablations.{ext}"
         assert figure.stat().st_size > 10_000
+    assert (study / STUDY / "figures/lds_headline.png").stat().st_size > 10_000
     seeds = []
     for m in range(n_models):  # independently trained models
         metrics = yaml.safe_load((study / STUDY / f"m{m}/model/metrics.json").read_text())

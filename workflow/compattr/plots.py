@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -11,7 +12,16 @@ from matplotlib.figure import Figure
 
 from compattr.analysis import LdsTable, bootstrap_curves
 
-__all__ = ["plot_lds_vs_ablations", "plot_unified", "plot_sweep", "plot_top_k", "plot_fixing", "plot_forgetting"]
+__all__ = [
+    "plot_lds_vs_ablations",
+    "plot_headline",
+    "headline_methods",
+    "plot_unified",
+    "plot_sweep",
+    "plot_top_k",
+    "plot_fixing",
+    "plot_forgetting",
+]
 
 LABELS = {
     "coar": "COAR (min-norm least squares, as its code runs)",
@@ -61,9 +71,9 @@ def _panel(
     ax.set_xscale("log")
     if per_component:
         ax.axvline(1.0, color="0.3", linewidth=0.8)
-        ax.set_xlabel(f"forward-equivalent passes / components ({per_component} components)")
+        ax.set_xlabel(textwrap.fill(f"forward-equivalent passes / components ({per_component} components)", 48))
     else:
-        ax.set_xlabel(cost)
+        ax.set_xlabel(textwrap.fill(cost, 48))  # wrapped: a long label is cut at the figure's edge
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -155,6 +165,52 @@ def plot_lds_vs_ablations(
         fig.legend(*handles, loc="outside lower center", ncols=3, fontsize=9, **legend)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+#: The seed's comparison, in the headline figure's order: COAR as run, ReLU-collapse and the seed's
+#: literal variant, the tuned linear estimators; then the best prior and leave-one-out.
+HEADLINE = ("coar", "relu_collapse", "relu_collapse_raw", "ridge", "lasso")
+
+
+def headline_methods(table: LdsTable, priors: Sequence[str]) -> list[str]:
+    """The headline figure's methods the study has: :data:`HEADLINE`, the prior with the best mean LDS, ``loo``."""
+    methods = [name for name in HEADLINE if name in table.estimators]
+    scored = [name for name in priors if name in table.estimators]
+    if scored:
+        methods.append(max(scored, key=lambda name: float(np.mean(table.spearman[name]))))
+    return methods + (["loo"] if "loo" in table.estimators else [])
+
+
+def plot_headline(
+    table: LdsTable,
+    *,
+    priors: Sequence[str] = (),
+    targets: Sequence[float] = (),
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    title: str = "",
+    cost: str = "forward-equivalent passes (one per ablated mask; 3 per gradient point)",
+) -> Figure:
+    """The seed's comparison alone: held-out LDS against passes for :func:`headline_methods`, one panel.
+
+    The same curves, intervals and markers as :func:`plot_lds_vs_ablations` (priors and
+    leave-one-out as points at their cost), for the few methods a reader compares first.
+    """
+    methods = headline_methods(table, priors)
+    points = [name for name in methods if name in priors or name == "loo"]
+    palette = plt.get_cmap("tab10").colors
+    colors = {name: palette[k % len(palette)] for k, name in enumerate(methods)}
+    fig, ax = plt.subplots(figsize=(8, 5.2), layout="constrained")
+    scores = {name: table.spearman[name] for name in methods}
+    _panel(ax, scores, {name: table.sizes[name] for name in methods}, colors, points, n_bootstrap, ci, seed, None, cost)
+    for target in targets:
+        ax.axhline(target, color="0.5", linestyle=":", linewidth=1)
+    ax.set_ylabel("mean LDS (Spearman) over inputs, held-out masks")
+    ax.legend(fontsize=8, loc="lower right", title=f"{ci:.0%} bootstrap CI", title_fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
     return fig
 
 

@@ -287,5 +287,6 @@ def final_targets():
         f"{RESULTS}/summary.md",
         f"{RESULTS}/figures/lds_vs_ablations.png",
         f"{RESULTS}/figures/lds_vs_ablations.pdf",
+        f"{RESULTS}/figures/lds_headline.png",
         *([f"{RESULTS}/editing/{name}.png" for name in ("top_k", "fix", "forget")] if EDITING["enabled"] else []),
     ]

@@ -76,6 +76,11 @@ rule plot_lds:
             category="Figures",
         ),
         pdf=f"{RESULTS}/figures/lds_vs_ablations.pdf",
+        headline=report(
+            f"{RESULTS}/figures/lds_headline.png",
+            caption="../report/lds_headline.rst",
+            category="Figures",
+        ),
     log:
         f"{LOGS}/plot_lds.log",
     conda:
