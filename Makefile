@@ -32,7 +32,7 @@ unified: $(BIN)/snakemake
 test: $(BIN)/snakemake
 	$(BIN)/pytest -q
 
-# The unit tests alone (about 2 minutes on 2 cores): everything but the Snakemake runs.
+# The unit tests alone (about 1.5 minutes on 2 cores): everything but the Snakemake runs.
 test-fast: $(BIN)/snakemake
 	$(BIN)/pytest -q -m "not workflow"
 

@@ -221,13 +221,18 @@ def test_data_units_front_door_and_checkpoint(tmp_path, digits):
     torch.testing.assert_close(loaded(test.images[:5]), model(test.images[:5]))
 
 
+def _patch_checkpoint(path, model, patches):
+    """``model`` (an 8x8 linear model of 3 classes) saved at ``path`` with ``patches`` as its units."""
+    spec, tensors = spec_of(patches)
+    arch = {"name": "mlp", "hidden": 0, "in_features": 64}
+    save_checkpoint(str(path), model, arch, num_classes=3, in_channels=1, components=spec, units=tensors)
+    return path
+
+
 def test_patch_units_checkpoint_round_trip(tmp_path):
     model = _linear_model(side=8)
     patches = PatchSet((1, 8, 8), 4, "mean", torch.randn(1, 8, 8))
-    spec, tensors = spec_of(patches)
-    arch = {"name": "mlp", "hidden": 0, "in_features": 64}
-    save_checkpoint(str(tmp_path / "m.pt"), model, arch, num_classes=3, in_channels=1, components=spec, units=tensors)
-    _, back = load_checkpoint(str(tmp_path / "m.pt"))
+    _, back = load_checkpoint(str(_patch_checkpoint(tmp_path / "m.pt", model, patches)))
     assert back == patches and torch.equal(back.mean_image, patches.mean_image)
     x = torch.randn(3, 1, 8, 8)
     torch.testing.assert_close(
@@ -241,11 +246,8 @@ def test_a_model_job_starts_with_its_log_threads_device_and_units(tmp_path):
 
     from compattr.checkpoints import start_model_job
 
-    model = _linear_model(side=8)
     patches = PatchSet((1, 8, 8), 4, "zero", torch.zeros(1, 8, 8))
-    spec, tensors = spec_of(patches)
-    arch = {"name": "mlp", "hidden": 0, "in_features": 64}
-    save_checkpoint(str(tmp_path / "m.pt"), model, arch, num_classes=3, in_channels=1, components=spec, units=tensors)
+    _patch_checkpoint(tmp_path / "m.pt", _linear_model(side=8), patches)
     threads, stderr = torch.get_num_threads(), sys.stderr
     try:
         log, device, loaded, units = start_model_job(

@@ -10,7 +10,7 @@ from compattr.sampling import ComponentMarginEvaluator, DistinctMasks
 from compattr.stores import load_fit
 
 p = snakemake.params
-log, device, model, components = start_model_job(
+log, _, model, components = start_model_job(
     snakemake.log[0], snakemake.input.model, threads=snakemake.threads, device=snakemake.params.device
 )
 attributed = load_test_inputs(snakemake.input.inputs)

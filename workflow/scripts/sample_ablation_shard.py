@@ -5,7 +5,7 @@ from compattr.data import load_test_inputs
 from compattr.sampling import run_shard
 from compattr.units import make_evaluator
 
-log, device, model, components = start_model_job(
+log, _, model, components = start_model_job(
     snakemake.log[0], snakemake.input.model, threads=snakemake.threads, device=snakemake.params.device
 )
 inputs = load_test_inputs(snakemake.input.inputs)

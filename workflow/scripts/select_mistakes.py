@@ -9,7 +9,7 @@ from compattr.sampling import ComponentMarginEvaluator
 
 p = snakemake.params
 cfg = p.mistakes
-log, device, model, components = start_model_job(
+log, _, model, components = start_model_job(
     snakemake.log[0], snakemake.input.model, threads=snakemake.threads, device=snakemake.params.device
 )
 _, test = load_dataset(**p.data)
