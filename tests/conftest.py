@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from compattr.components import conv_components
 from compattr.data import load_dataset
+from compattr.discovery import conv_components
 from compattr.models import build_model, train_classifier
 
 torch.set_num_threads(2)

@@ -163,7 +163,7 @@ def test_priors_are_computed_once_per_point(monkeypatch):
         (lambda m, x, y: compattr.ComponentAttributor(m, ["9"], x, y), "no module '9'"),
         (lambda m, x, y: compattr.ComponentAttributor(m, ["1"], x, y), "'1' is a ReLU"),
         (lambda m, x, y: compattr.ComponentAttributor(m, "filters", x, y), "components must be"),
-        (lambda m, x, y: compattr.ComponentAttributor(m, "heads", x, y), "no MultiheadAttention modules"),
+        (lambda m, x, y: compattr.ComponentAttributor(m, "heads", x, y), "structure gives no heads"),
         (lambda m, x, y: compattr.ComponentAttributor(m, ["0"], x), "needs targets"),
         (lambda m, x, y: compattr.ComponentAttributor(m, ["0"], x, y, output="prob"), "output must be one of"),
         (lambda m, x, y: compattr.ComponentAttributor(m, ["0"], x, y[:2]), "inputs but 2 targets"),

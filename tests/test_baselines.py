@@ -13,7 +13,7 @@ from compattr.baselines import (
     prior_points,
     relu_patching,
 )
-from compattr.components import conv_components
+from compattr.discovery import conv_components
 from compattr.masks import shard_masks
 from compattr.models import build_model
 from compattr.outputs import margins

@@ -17,7 +17,7 @@ def test_forward_throughput_reports_both_rates(trained_model, digits):
 
 
 def test_forward_throughput_serves_token_inputs():
-    from compattr.components import transformer_components
+    from compattr.discovery import transformer_components
     from compattr.models import build_model
 
     arch = {"name": "text_transformer", "context": 8, "layers": 2, "heads": 2, "hidden": 8, "mlp": 12}

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from compattr.components import conv_components, zero_filters
+from compattr.components import zero_filters
+from compattr.discovery import conv_components
 from compattr.models import CifarResNet
 from compattr.outputs import margins
 

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from compattr.baselines import leave_one_out
-from compattr.components import conv_components
 from compattr.data import ImageSplit, with_noise
+from compattr.discovery import conv_components
 from compattr.editing import (
     FIX_COLUMNS,
     accuracy_elsewhere,

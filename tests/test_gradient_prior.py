@@ -7,7 +7,7 @@ from conftest import planted_problem
 from test_baselines import _linear_margin_model
 
 from compattr.baselines import attribution_patching
-from compattr.components import conv_components
+from compattr.discovery import conv_components
 from compattr.estimators import GradientPriorRegressor, Moments, PriorReluCollapseRegressor, RidgeCVRegressor
 from compattr.estimators._prior import prior_lasso_path, prior_ridge_path
 from compattr.masks import shard_masks

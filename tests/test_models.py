@@ -56,7 +56,8 @@ def test_test_inputs_round_trip(digits, tmp_path):
 @pytest.mark.parametrize("residual", [True, False])
 def test_plain_network_has_no_path_around_a_block(residual):
     """Without residual connections, zeroing a block's second conv cuts the input off from the logits."""
-    from compattr.components import conv_components, zero_filters
+    from compattr.components import zero_filters
+    from compattr.discovery import conv_components
 
     model = build_model({**ARCH, "residual": residual}, 10, 1, seed=0).eval()
     components = conv_components(model)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from compattr.components import conv_components
 from compattr.data import DataMissingError, load_dataset, save_test_inputs, select_test_inputs
+from compattr.discovery import conv_components
 from compattr.downloads import dataset_download, weights_download
 from compattr.models import (
     WeightsMissingError,

@@ -7,7 +7,8 @@ from torch import nn
 from torchvision.models import VisionTransformer, vit_b_16
 
 from compattr.baselines import attribution_patching, first_order_prior, leave_one_out
-from compattr.components import ComponentSet, module_components, transformer_components
+from compattr.components import ComponentSet
+from compattr.discovery import module_components, transformer_components
 from compattr.sampling import ComponentMarginEvaluator
 
 
@@ -66,19 +67,18 @@ def test_ablating_a_head_is_zeroing_its_slice_of_the_output_projection_input_in_
     assert components.kinds == ("heads", "neurons", "heads", "neurons")
     assert len(components) == 2 * (2 + 32)
     attention = "encoder.layers.encoder_layer_1.self_attention"
-    assert f"{attention}:head1" in components.names and "encoder.layers.encoder_layer_0.mlp.0:31" in components.names
+    assert f"{attention}:head1" in components.names and "encoder.layers.encoder_layer_0.mlp.3:in31" in components.names
     x = torch.randn(4, 3, 8, 8)
     network = components.ablatable(model)
     with torch.no_grad():
         torch.testing.assert_close(network(x, torch.ones(1, len(components))), model(x), rtol=1e-4, atol=1e-5)
         head = components.names.index(f"{attention}:head1")
-        neuron = components.names.index("encoder.layers.encoder_layer_0.mlp.0:7")
+        neuron = components.names.index("encoder.layers.encoder_layer_0.mlp.3:in7")
         keep = torch.ones(1, len(components))
         keep[0, [head, neuron]] = 0
         edited = _small_vit()
         edited.get_submodule(attention).out_proj.weight[:, 8:16] = 0  # head 1 of 2, head size 8
-        mlp = edited.get_submodule("encoder.layers.encoder_layer_0.mlp.0")
-        mlp.weight[7], mlp.bias[7] = 0, 0
+        edited.get_submodule("encoder.layers.encoder_layer_0.mlp.3").weight[:, 7] = 0  # hidden neuron 7's column
         torch.testing.assert_close(network(x, keep), edited(x), rtol=1e-4, atol=1e-5)
 
 
@@ -147,7 +147,7 @@ def test_vit_b16_has_144_heads_and_36864_mlp_neurons():
     assert components.sizes.count(12) == 12 and components.sizes.count(3072) == 12
     assert len(components) == 144 + 36_864
     assert components.names[0] == "encoder.layers.encoder_layer_0.self_attention:head0"
-    assert components.names[-1] == "encoder.layers.encoder_layer_11.mlp.0:3071"
+    assert components.names[-1] == "encoder.layers.encoder_layer_11.mlp.3:in3071"
     assert len(transformer_components(model, neurons=False)) == 144
 
 
@@ -210,20 +210,20 @@ def test_the_text_corpus_gives_next_character_windows_and_a_causal_model_ablates
     arch = {"name": "text_transformer", "context": 16, "layers": 2, "heads": 2, "hidden": 16, "mlp": 24}
     model = build_model(arch, num_classes=40, in_channels=16, seed=0).eval()
     components = transformer_components(model)
-    assert components.module_names == ("blocks.0.attn", "blocks.0.mlp.0", "blocks.1.attn", "blocks.1.mlp.0")
+    assert components.module_names == ("blocks.0.attn", "blocks.0.mlp.2", "blocks.1.attn", "blocks.1.mlp.2")
     tokens = test.images[:5]
     network = components.ablatable(model)
     keep = torch.ones(1, len(components))
     keep[0, components.names.index("blocks.1.attn:head0")] = 0
     edited = build_model(arch, num_classes=40, in_channels=16, seed=0).eval()
     edited.load_state_dict(model.state_dict())
-    keep[0, components.names.index("blocks.0.mlp.0:3")] = 0
-    keep[0, components.names.index("blocks.1.mlp.0:5")] = 0
+    keep[0, components.names.index("blocks.0.mlp.2:in3")] = 0
+    keep[0, components.names.index("blocks.1.mlp.2:in5")] = 0
     with torch.no_grad():
         torch.testing.assert_close(network(tokens, torch.ones(1, len(components))), model(tokens), rtol=1e-4, atol=1e-5)
         edited.blocks[1].attn.out_proj.weight[:, :8] = 0
         for block, neuron in ((0, 3), (1, 5)):
-            edited.blocks[block].mlp[0].weight[neuron], edited.blocks[block].mlp[0].bias[neuron] = 0, 0
+            edited.blocks[block].mlp[2].weight[:, neuron] = 0  # the hidden neuron's column of the down projection
         torch.testing.assert_close(network(tokens, keep), edited(tokens), rtol=1e-4, atol=1e-5)
 
 
@@ -289,7 +289,8 @@ def test_masked_heads_equal_zeroed_projection_slices_for_every_kind_of_attention
 
 
 def test_mean_ablation_replaces_each_unit_by_its_mean_output():
-    from compattr.components import component_means, conv_components
+    from compattr.components import component_means
+    from compattr.discovery import conv_components
 
     torch.manual_seed(0)
     # neurons: the mean over inputs and tokens; ablated, a neuron outputs it (weight row 0, bias = mean)

@@ -11,7 +11,8 @@ ids; :func:`lds` scores them on held-out masks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +21,12 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+import compattr.batches as batches
 from compattr.baselines import leave_one_out
-from compattr.components import ComponentSet, conv_components, module_components, transformer_components
+from compattr.batches import Batch
+from compattr.components import ComponentSet
 from compattr.datamodels import TrainingExamples
+from compattr.discovery import conv_components, module_components, transformer_components
 from compattr.estimators import ESTIMATORS, make_estimator
 from compattr.features import PatchSet
 from compattr.fitting import top_components
@@ -125,27 +129,34 @@ class ComponentAttributor:
         The network; it is not changed (the attributor runs an ablatable copy in eval mode).
     components : "conv", "transformer", "heads", "neurons", sequence of str, ComponentSet, PatchSet or TrainingExamples
         What a mask ablates: ``"conv"``, every filter of every ``nn.Conv2d``;
-        ``"transformer"``, every attention head and MLP neuron (``"heads"`` or
-        ``"neurons"`` alone; :func:`~compattr.components.transformer_components`);
-        a list of module names, the filters of those ``Conv2d``, the neurons of
-        those ``Linear`` and the heads of those ``MultiheadAttention`` modules;
+        ``"transformer"``, every attention head and MLP neuron, found from the
+        model's structure (``"heads"`` or ``"neurons"`` alone;
+        :func:`~compattr.discovery.transformer_components`: torchvision and
+        Hugging Face transformers, GPT-2, LLaMA-style, BERT-style, ViT); a list of
+        module names or specs (:func:`~compattr.discovery.module_components`);
         or a :class:`~compattr.components.ComponentSet`. The same engine
         attributes to input patches (a :class:`~compattr.features.PatchSet`: a
         mask replaces them by a baseline) and to training examples (a
         :class:`~compattr.datamodels.TrainingExamples`: a mask leaves them out of
         a model trained per mask; ``model`` is then the one trained on all of them).
-    inputs : Tensor or iterable of batches
-        The inputs (n_inputs, ...), or a DataLoader (batches of inputs, or of
-        ``(inputs, targets)`` pairs). They are gathered on the CPU and moved to
-        the model's device once, or block by block when they are large
-        (``inputs_on_device`` of the evaluator).
+    inputs : Tensor, mapping of Tensor, or iterable of batches
+        The inputs (n_inputs, ...); a mapping of such tensors (a tokenizer's
+        ``BatchEncoding``: ``input_ids``, ``attention_mask``), passed to the
+        model as keyword arguments; or a DataLoader (batches of either, of
+        ``(inputs, targets)`` pairs, or mappings with a ``labels`` entry). They
+        are gathered on the CPU and moved to the model's device once, or block
+        by block when they are large (``inputs_on_device`` of the evaluator).
     targets : Tensor, optional
-        Target classes (n_inputs,), needed by the named outputs (a DataLoader
-        of pairs gives them).
+        Target classes (n_inputs,), or for a language model the next tokens
+        (n_inputs,) or ``(position, token)`` rows (n_inputs, 2); needed by the
+        named outputs (a DataLoader of pairs gives them).
     output : "margin", "logit", "loss" or callable, default="margin"
         What is attributed, per input: the correct-class margin (correct logit
-        minus the largest other), the target logit, the cross-entropy loss, or
-        ``output(model_outputs, targets) -> (batch,)``.
+        minus the largest other), the target logit, the cross-entropy loss (of
+        the logits in whatever the model returns; a language model's at the
+        last position, or at the targets' positions), or
+        ``output(model_outputs, targets) -> (batch,)``, given what the model
+        returns unchanged (a tensor, a tuple, a ``ModelOutput``).
     input_ids : sequence, optional
         Labels of the inputs (default 0 .. n_inputs - 1).
     seed : int, default=0
@@ -185,9 +196,10 @@ class ComponentAttributor:
         if isinstance(output, str) and output in OUTPUTS and self.targets is None:
             raise ValueError(f"output {output!r} needs targets: pass targets, or a DataLoader of (input, target)")
         self.output = resolve_output(output)
-        self.input_ids = tuple(range(len(self.inputs))) if input_ids is None else tuple(input_ids)
-        if len(self.input_ids) != len(self.inputs):
-            raise ValueError(f"{len(self.input_ids)} input_ids for {len(self.inputs)} inputs")
+        n_inputs = batches.batch_len(self.inputs)
+        self.input_ids = tuple(range(n_inputs)) if input_ids is None else tuple(input_ids)
+        if len(self.input_ids) != n_inputs:
+            raise ValueError(f"{len(self.input_ids)} input_ids for {n_inputs} inputs")
         self.seed, self.batch_size = seed, batch_size
         self._evaluator = make_evaluator(
             model, self.components, self.inputs, self.targets, batch_size, output=self.output, **forward
@@ -205,11 +217,17 @@ class ComponentAttributor:
         step = self._evaluator.masks_per_call  # a progress step: the outputs do not depend on it
         chunks = range(0, len(masks), step)
         bar = tqdm(chunks, desc="perturbed evaluations", unit="call", disable=not progress or len(chunks) < 2)
-        return (
-            np.concatenate([self._evaluator(masks[i : i + step]) for i in bar])
-            if len(masks)
-            else np.zeros((0, len(self.inputs)), np.float32)
-        )
+        if not len(masks):
+            return np.zeros((0, len(self.input_ids)), np.float32)
+        outputs = np.concatenate([self._evaluator(masks[i : i + step]) for i in bar])
+        bad = ~np.isfinite(outputs).all(axis=0)
+        if bad.any():
+            ids = [self.input_ids[i] for i in np.flatnonzero(bad)[:10]]
+            raise FloatingPointError(
+                f"output {getattr(self.output, '__name__', self.output)!r} is NaN or infinite on {int(bad.sum())} "
+                f"inputs under some masks (input ids {ids}): check the output function on those inputs"
+            )
+        return outputs
 
     def sample(self, n_masks: int, ablation_rate: float = 0.05, *, keep: bool = True) -> Samples:
         """Draw ``n_masks`` random masks (each component ablated with probability ``ablation_rate``) and run them.
@@ -231,6 +249,14 @@ class ComponentAttributor:
         self._draws += 1
         masks = bernoulli_masks(n_masks, len(self.components), ablation_rate, rng)
         samples = Samples(masks, self.evaluate(masks))
+        constant = np.ptp(samples.outputs, axis=0) == 0 if n_masks > 1 else np.zeros(0, bool)
+        if constant.any():
+            ids = [self.input_ids[i] for i in np.flatnonzero(constant)[:10]]
+            warnings.warn(
+                f"{int(constant.sum())} inputs' outputs never change under {n_masks} masks (input ids {ids}): no "
+                "component moves them (e.g. a zero-initialised classifier), and their LDS is undefined",
+                stacklevel=2,
+            )
         if keep:
             self.samples_ = samples if self.samples_ is None else self.samples_ + samples
             self.ablation_rate_ = ablation_rate
@@ -250,7 +276,8 @@ class ComponentAttributor:
         if method in PRIORS:
             coef, intercept, passes = self._prior(method)
         elif method == "loo":
-            coef, intercept = leave_one_out(lambda m: self.evaluate(m, progress=False), len(self.components))
+            evaluate = lambda m: self.evaluate(m, progress=False)  # noqa: E731 (the bar is leave_one_out's)
+            coef, intercept = leave_one_out(evaluate, len(self.components))
             passes = len(self.components)
         elif method in ESTIMATORS:
             samples = samples if samples is not None else self.samples_
@@ -332,25 +359,32 @@ def _component_set(
     return module_components(model, list(components))
 
 
-def _collect(inputs: Tensor | Iterable, targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Inputs and targets as CPU tensors, from tensors or an iterable of batches (a DataLoader)."""
-    if not isinstance(inputs, Tensor):
+def _collect(inputs: Batch | Iterable, targets: Tensor | None) -> tuple[Batch, Tensor | None]:
+    """Inputs and targets on the CPU, from a batch or an iterable of batches (a DataLoader).
+
+    A batch is a tensor or a mapping of tensors (:mod:`compattr.batches`); a DataLoader's
+    batches may be ``(inputs, targets)`` pairs, or mappings whose ``labels`` entry holds the targets.
+    """
+    if not isinstance(inputs, (Tensor, Mapping)):
         xs, ys = [], []
         for batch in inputs:
             if isinstance(batch, (tuple, list)):
                 xs.append(batch[0])
                 ys.append(batch[1])
+            elif isinstance(batch, Mapping) and "labels" in batch:
+                xs.append({key: value for key, value in batch.items() if key != "labels"})
+                ys.append(batch["labels"])
             else:
                 xs.append(batch)
-        if not xs:
-            raise ValueError("inputs gave no batches")
-        inputs = torch.cat([x.cpu() for x in xs])
+        inputs = batches.concat(xs)
         if ys and targets is None:
             targets = torch.cat([torch.as_tensor(y).cpu() for y in ys])
-    if len(inputs) == 0:
+    inputs = batches.to_device(batches.check_batch(inputs), "cpu")
+    n = batches.batch_len(inputs)
+    if n == 0:
         raise ValueError("no inputs given")
     if targets is not None:
         targets = torch.as_tensor(targets).cpu()
-        if len(targets) != len(inputs):
-            raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
-    return inputs.cpu(), targets
+        if len(targets) != n:
+            raise ValueError(f"{n} inputs but {len(targets)} targets")
+    return inputs, targets

@@ -29,10 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from tqdm import tqdm
 
+from compattr.batches import Batch, batch_len, take, to_device
 from compattr.components import AblatableNetwork, ComponentSet
 from compattr.masks import bernoulli_masks
-from compattr.outputs import Output, margins
+from compattr.outputs import Output, check_outputs, margins
 
 __all__ = [
     "attribution_patching",
@@ -66,9 +68,9 @@ def attribution_patching(
     """
     if components.means is not None:
         raise ValueError("attribution_patching ablates to zero; for mean ablation use first_order_prior")
-    if "heads" in components.kinds:
+    if "heads" in components.kinds or "input" in components.sites:
         raise ValueError(
-            "attribution_patching hooks module outputs, and a head's output is inside its attention module: "
+            "attribution_patching hooks module outputs, and heads and input neurons are not a module's output: "
             "use first_order_prior(point='unablated'), the same first-order effects from the keep factors"
         )
     model = copy.deepcopy(model).eval()  # the caller's model keeps its mode and gradients
@@ -120,23 +122,29 @@ def _per_component(values: Tensor, kind: str) -> Tensor:
     return values.reshape(len(values), -1, values.shape[-1]).sum(1)
 
 
-def leave_one_out(evaluator, n_units: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def leave_one_out(evaluator, n_units: int, chunk: int = 256, *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Exact single-unit ablation effects: ``coef[i, c] = f_i(ablate c) - f_i(nothing ablated)``.
 
     ``evaluator`` maps bool masks (n_masks, n_units) to outputs (n_masks, n_inputs),
-    like :class:`compattr.sampling.ComponentMarginEvaluator`.
+    like :class:`compattr.sampling.ComponentMarginEvaluator`; ``chunk`` units go in one call,
+    with a progress bar over the units (``progress``).
     """
     base = np.asarray(evaluator(np.zeros((1, n_units), dtype=bool)), dtype=np.float64)[0]
-    eye = np.eye(n_units, dtype=bool)
-    single = np.concatenate([evaluator(eye[i : i + chunk]) for i in range(0, n_units, chunk)]).astype(np.float64)
+    single = np.empty((n_units, len(base)), dtype=np.float64)
+    with tqdm(total=n_units, desc="leave-one-out", unit="unit", disable=not progress, mininterval=5) as bar:
+        for i in range(0, n_units, chunk):
+            masks = np.zeros((min(chunk, n_units - i), n_units), dtype=bool)
+            masks[np.arange(len(masks)), np.arange(i, i + len(masks))] = True
+            single[i : i + len(masks)] = evaluator(masks)
+            bar.update(len(masks))
     return (single - base).T, base
 
 
-def _batches(images: Tensor, labels: Tensor | None, batch_size: int, device: torch.device):
+def _batches(images: Batch, labels: Tensor | None, batch_size: int, device: torch.device):
     """``(inputs, targets)`` batches on ``device`` (targets None without labels)."""
-    for start in range(0, len(images), batch_size):
+    for start in range(0, batch_len(images), batch_size):
         y = None if labels is None else labels[start : start + batch_size].to(device)
-        yield images[start : start + batch_size].to(device), y
+        yield to_device(take(images, slice(start, start + batch_size)), device), y
 
 
 def keep_gradients(
@@ -158,9 +166,9 @@ def keep_gradients(
     device = next(network.parameters()).device
     coefs, values = [], []
     for x, y in _batches(images, labels, batch_size, device):
-        k = keep.to(device=device, dtype=torch.float32).expand(len(x), -1).clone().requires_grad_(True)
+        k = keep.to(device=device, dtype=torch.float32).expand(batch_len(x), -1).clone().requires_grad_(True)
         with torch.enable_grad():
-            f = output(network(x, k), y)
+            f = check_outputs(output(network(x, k), y), batch_len(x), output)
             (grad,) = torch.autograd.grad(f.sum(), k)  # one keep row per input: row i holds df_i/dkeep
         coefs.append(-grad.detach().cpu().double())
         values.append(f.detach().cpu().double())
@@ -174,7 +182,10 @@ def _outputs_at(
     """Outputs (n_inputs,) float64 on the CPU at keep factors ``keep`` (n_components,)."""
     device = next(network.parameters()).device
     keep = keep.to(device=device, dtype=torch.float32)[None]
-    out = [output(network(x, keep), y) for x, y in _batches(images, labels, batch_size, device)]
+    out = [
+        check_outputs(output(network(x, keep), y), batch_len(x), output)
+        for x, y in _batches(images, labels, batch_size, device)
+    ]
     return torch.cat(out).cpu().double()
 
 

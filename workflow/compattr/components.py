@@ -1,26 +1,32 @@
 """Ablatable components of a network, and copies of it whose forward pass ablates them per sample.
 
-A *component* is one unit of a module's output, of one of three kinds:
+A *component* is a slice of one module's output or input (its *site*) along one axis, of one of
+three kinds:
 
 - ``channels``: an output channel (axis 1) of a convolution, a filter; named ``module.path:channel``.
-- ``neurons``: an output feature (the last axis) of a ``Linear`` layer, on ``(batch, features)`` or
-  ``(batch, tokens, features)`` activations; named ``module.path:neuron``.
-- ``heads``: one attention head of an ``nn.MultiheadAttention``, its contribution to the attention
-  output removed before the output projection; named ``module.path:head<h>``.
+- ``neurons``: a feature on the last axis of ``(batch, features)`` or ``(batch, tokens, features)``
+  activations. On a module's output (a ``Linear`` layer's output feature), named
+  ``module.path:neuron``; on its input (an MLP's hidden neuron, one input feature of its down
+  projection), named ``module.path:in<neuron>``.
+- ``heads``: one attention head. Of an ``nn.MultiheadAttention``, its contribution removed before
+  the output projection; on the input of any attention output projection (a ``Linear``, Hugging
+  Face's ``Conv1D``), ``group`` (the head size) consecutive input features. Named
+  ``module.path:head<h>``.
 
-Components are numbered in module order. Ablating one multiplies its output by zero for the samples
-whose mask asks so: for a bias-free convolution followed by BatchNorm this equals zeroing the filter's
-weights (the reference ablation of COAR, Shah et al. 2024); for a neuron, zeroing its row of the weight
-and its bias; for a head, zeroing its slice of the output projection's input. Each masked module checks
-on every forward pass that its output's component axis has the size the set gives it, and names the
-module when it does not.
+Components are numbered in module order. Ablating one replaces its slice by zero (or by its mean,
+:func:`component_means`) for the samples whose mask asks so: for a bias-free convolution followed by
+BatchNorm this equals zeroing the filter's weights (the reference ablation of COAR, Shah et al. 2024);
+for an output neuron, zeroing its row of the weight and its bias; for a head or an input neuron,
+zeroing its columns of the projection's weight. Input sites are masked by a forward pre-hook on the
+module of a copy of the model; the user's model is never changed. Each masked module checks on
+every forward pass that its component axis has the size the set gives it, and names the module
+when it does not.
 """
 
 from __future__ import annotations
 
 import copy
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,19 +34,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from compattr.batches import Batch, batch_len, call, take, to_device
+
 __all__ = [
     "KINDS",
     "ComponentSet",
     "AblatableNetwork",
-    "conv_components",
-    "module_components",
-    "transformer_components",
     "component_means",
     "zero_filters",
 ]
 
 #: Component kinds: what a module's components are, and the axis of its output they live on.
 KINDS = ("channels", "neurons", "heads")
+#: Where on a module its components live: its output, or its (first) input.
+SITES = ("output", "input")
 
 
 @dataclass(frozen=True)
@@ -55,9 +62,14 @@ class ComponentSet:
         Number of components of each module.
     kinds : tuple of str, optional
         Each module's kind (:data:`KINDS`); default ``channels`` for every module.
+    sites : tuple of str, optional
+        Each module's site (:data:`SITES`): its output (default) or its input.
+    groups : tuple of int, optional
+        Each module's features per unit on the unit axis (default 1; a head's size for heads
+        on an output projection's input).
     means : dict of str to Tensor, optional
-        Mean ablation: per module, the value an ablated unit takes instead of zero (its mean
-        output, :func:`component_means`): ``(size,)`` for channels and neurons, ``(heads,
+        Mean ablation: per module, the value an ablated unit takes instead of zero (its mean,
+        :func:`component_means`): ``(size,)`` for channels and neurons, ``(heads,
         head_dim)`` for heads. Default: zero ablation.
     """
 
@@ -65,18 +77,35 @@ class ComponentSet:
     sizes: tuple[int, ...]
     kinds: tuple[str, ...] | None = None
     means: dict[str, Tensor] | None = field(default=None, compare=False, repr=False)
+    sites: tuple[str, ...] | None = None
+    groups: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        kinds = tuple(self.kinds) if self.kinds is not None else ("channels",) * len(self.module_names)
+        n = len(self.module_names)
+        kinds = tuple(self.kinds) if self.kinds is not None else ("channels",) * n
+        sites = tuple(self.sites) if self.sites is not None else ("output",) * n
+        groups = tuple(int(g) for g in self.groups) if self.groups is not None else (1,) * n
         object.__setattr__(self, "kinds", kinds)
-        if not len(self.module_names) == len(self.sizes) == len(kinds):
+        object.__setattr__(self, "sites", sites)
+        object.__setattr__(self, "groups", groups)
+        if not n == len(self.sizes) == len(kinds) == len(sites) == len(groups):
             raise ValueError(
-                f"{len(self.module_names)} module names, {len(self.sizes)} sizes and {len(kinds)} kinds: "
-                "give one of each per module"
+                f"{n} module names, {len(self.sizes)} sizes, {len(kinds)} kinds, {len(sites)} sites and "
+                f"{len(groups)} groups: give one of each per module"
             )
         unknown = sorted(set(kinds) - set(KINDS))
         if unknown:
             raise ValueError(f"unknown component kinds {unknown}; known: {list(KINDS)}")
+        unknown = sorted(set(sites) - set(SITES))
+        if unknown:
+            raise ValueError(f"unknown component sites {unknown}; known: {list(SITES)}")
+        for name, kind, site, group in zip(self.module_names, kinds, sites, groups, strict=True):
+            if group < 1 or (group > 1 and (kind, site) != ("heads", "input")):
+                raise ValueError(
+                    f"module {name!r}: a group of {group} features per unit is for heads on a projection's input only"
+                )
+            if site == "input" and kind == "channels":
+                raise ValueError(f"module {name!r}: channels live on a convolution's output, not on an input")
         if self.means is not None and set(self.means) != set(self.module_names):
             raise ValueError(f"means are given for {sorted(self.means)}, not for every module of {self.module_names}")
 
@@ -95,9 +124,10 @@ class ComponentSet:
     @property
     def names(self) -> list[str]:
         """Stable component names: ``module.path:channel``, ``module.path:neuron``, ``module.path:head<h>``."""
+        prefix = {"heads": "head", "neurons": "", "channels": ""}
         return [
-            f"{m}:head{c}" if kind == "heads" else f"{m}:{c}"
-            for m, n, kind in zip(self.module_names, self.sizes, self.kinds, strict=True)
+            f"{m}:{'in' if kind == 'neurons' and site == 'input' else prefix[kind]}{c}"
+            for m, n, kind, site in zip(self.module_names, self.sizes, self.kinds, self.sites, strict=True)
             for c in range(n)
         ]
 
@@ -123,6 +153,8 @@ class _KeepSlot:
     """
 
     keep: Tensor | None = None
+    #: Offsets of the input gates that ran in the forward pass under way (see ``AblatableNetwork.forward``).
+    called: set[int] = set()
 
 
 class _Gate(nn.Module):
@@ -187,6 +219,57 @@ class _MaskedOutput(_Gate):
         mean = self.mean.to(output.dtype)
         mean = mean.reshape(self.size, *ones) if self.kind == "channels" else mean
         return (mean + (grouped - mean) * factor).flatten(0, 1)
+
+
+class _MaskedInput(_Gate):
+    """Masks a module's (first) input on its last axis, ``group`` features per unit, by a forward pre-hook.
+
+    The module stays where it is in the copy: a head is ``group`` consecutive input features
+    of an attention output projection, an MLP neuron one input feature of its down projection.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        slot: _KeepSlot,
+        offset: int,
+        size: int,
+        name: str,
+        kind: str,
+        group: int,
+        mean: Tensor | None,
+    ) -> None:
+        device = next(module.parameters(), torch.empty(0)).device
+        super().__init__(slot, offset, size, None if mean is None else mean.reshape(size * group).to(device))
+        self.name, self.kind, self.group = name, kind, group
+        self.handle = module.register_forward_pre_hook(self._mask)
+
+    def _mask(self, module: nn.Module, args: tuple) -> tuple:
+        if not args or not isinstance(args[0], Tensor):
+            raise ValueError(
+                f"component module {self.name!r} ({type(module).__name__}) was called without a tensor as its "
+                "first positional argument: its input cannot be masked"
+            )
+        x, width = args[0], self.size * self.group
+        if x.ndim < 2 or x.shape[-1] != width:
+            per_unit = f" of {self.group} features" if self.group > 1 else ""
+            raise ValueError(
+                f"component module {self.name!r}: the component set gives its input {self.size} {self.kind}"
+                f"{per_unit} on the last axis ({width} features), but its input has shape {tuple(x.shape)}"
+            )
+        self.slot.called.add(self.offset)
+        if self.recording:
+            units = x.reshape(-1, self.size, self.group) if self.kind == "heads" else x.reshape(-1, self.size)
+            self._record(units)
+        grouped, keep = self._grouped(x)
+        factor = keep.repeat_interleave(self.group, dim=1) if self.group > 1 else keep
+        factor = factor.reshape(len(keep), 1, *(1,) * (x.ndim - 2), width).to(x.dtype)
+        if self.mean is None:
+            masked = grouped * factor
+        else:
+            mean = self.mean.to(x.dtype)
+            masked = mean + (grouped - mean) * factor
+        return (masked.flatten(0, 1), *args[1:])
 
 
 class _MaskedAttention(_Gate):
@@ -374,17 +457,25 @@ class AblatableNetwork(nn.Module):
         self.network = copy.deepcopy(model).eval()
         self.slot = _KeepSlot()
         self.n_folded = 0
-        sites = zip(components.module_names, components.offsets, components.sizes, components.kinds, strict=True)
+        self._reached = False
+        sites = (components.module_names, components.offsets, components.sizes, components.kinds)
         self.gates: list[_Gate] = []  # in component order (not registered twice: they sit in the network)
+        self.input_gates = nn.ModuleList()  # gates that hook a module in place (registered here: their buffers)
         means = components.means or {}
-        for name, offset, size, kind in sites:
+        for name, offset, size, kind, site, group in zip(*sites, components.sites, components.groups, strict=True):
             module = self.network.get_submodule(name)
             target, mean = name, means.get(name)
+            if site == "input":
+                gate = _MaskedInput(module, self.slot, offset, size, name, kind, group, mean)
+                self.input_gates.append(gate)
+                self.gates.append(gate)
+                continue
             if kind == "heads":
                 if not isinstance(module, nn.MultiheadAttention):
                     raise ValueError(
-                        f"component module {name!r} is a {type(module).__name__}: heads are those of an "
-                        "nn.MultiheadAttention"
+                        f"component module {name!r} is a {type(module).__name__}: heads on a module's output are "
+                        "those of an nn.MultiheadAttention; other heads live on their output projection's input "
+                        "(site 'input', group the head size)"
                     )
                 gate = _MaskedAttention(module, self.slot, offset, size, name, mean)
             elif kind == "channels" and name in pairs:
@@ -397,35 +488,51 @@ class AblatableNetwork(nn.Module):
             setattr(self.network.get_submodule(parent), child, gate)
             self.gates.append(gate)
 
-    def forward(self, x: Tensor, keep: Tensor) -> Tensor:
-        """Outputs of the network on ``x`` (batch, ...) ablated by ``keep`` (batch or fewer rows, n_components)."""
-        if keep.ndim != 2 or keep.shape[1] != self.n_components or not 0 < len(keep) <= len(x) or len(x) % len(keep):
+    def forward(self, x: Batch, keep: Tensor) -> Any:
+        """What the network returns on ``x`` (a batch: :mod:`compattr.batches`) ablated by ``keep``.
+
+        ``keep`` has ``n_components`` columns and one row per sample, or per group of samples.
+        The first pass checks that every masked input was reached: a projection whose weight
+        the model uses through a function, never calling the module, cannot be masked.
+        """
+        n = batch_len(x)
+        if keep.ndim != 2 or keep.shape[1] != self.n_components or not 0 < len(keep) <= n or n % len(keep):
             raise ValueError(
-                f"keep must be (rows, {self.n_components}) with rows dividing the batch of {len(x)}, "
-                f"got {tuple(keep.shape)}"
+                f"keep must be (rows, {self.n_components}) with rows dividing the batch of {n}, got {tuple(keep.shape)}"
             )
-        self.slot.keep = keep
-        out = self.network(x)
-        self.slot.keep = None
+        self.slot.keep, self.slot.called = keep, set()
+        try:
+            out = call(self.network, x)
+        finally:
+            self.slot.keep = None
+        if not torch.compiler.is_compiling() and not self._reached:  # once, outside compiled code
+            missing = [gate.name for gate in self.input_gates if gate.offset not in self.slot.called]
+            if missing:
+                raise ValueError(
+                    f"component modules {missing} were never called in the forward pass, so their inputs cannot be "
+                    "masked (a model that uses a module's weight through a function): name another module"
+                )
+            self._reached = True
         return out
 
 
 @torch.no_grad()
 def component_means(
-    model: nn.Module, components: ComponentSet, inputs: Tensor, batch_size: int = 256
+    model: nn.Module, components: ComponentSet, inputs: Batch, batch_size: int = 256
 ) -> dict[str, Tensor]:
-    """Each module's mean unit output over ``inputs`` (and positions): the values of mean ablation.
+    """Each module's mean unit value over ``inputs`` (and positions): the values of mean ablation.
 
     ``(size,)`` per channel or neuron module, ``(heads, head_dim)`` per attention module (each
     head's output before the output projection). Pass them to :meth:`ComponentSet.with_means`.
+    Every position counts, padding included: give inputs without padding for exact means.
     """
     network = AblatableNetwork(model, components.with_means(None))
     device = next(network.parameters()).device
     for gate in network.gates:
         gate.recording = True
     keep = torch.ones(1, len(components), device=device)
-    for start in range(0, len(inputs), batch_size):
-        network(inputs[start : start + batch_size].to(device), keep)
+    for start in range(0, batch_len(inputs), batch_size):
+        network(to_device(take(inputs, slice(start, start + batch_size)), device), keep)
     return {
         name: (gate.total / gate.count).float().cpu()
         for name, gate in zip(components.module_names, network.gates, strict=True)
@@ -455,82 +562,6 @@ def _batchnorm_consumers(model: nn.Module, names: tuple[str, ...]) -> dict[str, 
         if isinstance(norm, nn.BatchNorm2d) and norm.running_var is not None:
             pairs[node.target] = user.target
     return pairs
-
-
-def conv_components(model: nn.Module, *, include_shortcuts: bool = True) -> ComponentSet:
-    """Every output channel of every ``nn.Conv2d`` of ``model``, in module order.
-
-    Parameters
-    ----------
-    include_shortcuts : bool, default=True
-        Whether to count the 1x1 projection convolutions of residual shortcuts
-        (modules under a ``downsample`` path). COAR's ResNet-50 count (22,720)
-        leaves them out.
-    """
-    names, sizes = [], []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            if not include_shortcuts and "downsample" in name.split("."):
-                continue
-            names.append(name)
-            sizes.append(module.out_channels)
-    if not names:
-        raise ValueError("the model has no Conv2d modules to ablate")
-    return ComponentSet(tuple(names), tuple(sizes))
-
-
-def module_components(model: nn.Module, names: Sequence[str]) -> ComponentSet:
-    """The components of the named modules: a convolution's filters, a linear layer's neurons, attention heads.
-
-    ``names`` are dotted module paths (as ``model.named_modules()`` gives them), kept in the
-    order given. ``Conv2d``: its output channels; ``Linear``: its output features (the last
-    axis of its output, with or without a token axis); ``nn.MultiheadAttention``: its heads.
-    """
-    modules = dict(model.named_modules())
-    sizes, kinds = [], []
-    for name in names:
-        if name not in modules:
-            raise ValueError(f"the model has no module {name!r}; its modules: {[n for n in modules if n][:20]}")
-        module = modules[name]
-        if isinstance(module, nn.Conv2d):
-            sizes.append(module.out_channels)
-            kinds.append("channels")
-        elif isinstance(module, nn.Linear):
-            sizes.append(module.out_features)
-            kinds.append("neurons")
-        elif isinstance(module, nn.MultiheadAttention):
-            sizes.append(module.num_heads)
-            kinds.append("heads")
-        else:
-            raise ValueError(
-                f"module {name!r} is a {type(module).__name__}: components are the output channels of Conv2d, "
-                "the neurons of Linear and the heads of MultiheadAttention modules"
-            )
-    if len(set(names)) != len(names):
-        raise ValueError(f"module names repeat: {list(names)}")
-    if not names:
-        raise ValueError("no modules named: give at least one")
-    return ComponentSet(tuple(names), tuple(sizes), tuple(kinds))
-
-
-def transformer_components(model: nn.Module, *, heads: bool = True, neurons: bool = True) -> ComponentSet:
-    """Every attention head and every hidden MLP neuron of a transformer, block by block.
-
-    Heads are those of each ``nn.MultiheadAttention``; MLP neurons are the outputs of the first
-    ``Linear`` of each block's MLP (a module whose path ends in ``mlp`` holding Linear layers, as
-    in torchvision's ``VisionTransformer`` and the project's own transformers).
-    """
-    names = []
-    for name, module in model.named_modules():
-        if heads and isinstance(module, nn.MultiheadAttention):
-            names.append(name)
-        elif neurons and name.rpartition(".")[2] == "mlp":
-            first = next((n for n, m in module.named_children() if isinstance(m, nn.Linear)), None)
-            if first is not None:
-                names.append(f"{name}.{first}")
-    if not names:
-        raise ValueError("the model has no MultiheadAttention modules and no blocks with an `mlp` of Linear layers")
-    return module_components(model, names)
 
 
 def zero_filters(model: nn.Module, components: ComponentSet, ablated: Tensor) -> None:

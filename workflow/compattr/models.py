@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from compattr.components import ComponentSet, conv_components, transformer_components
+from compattr.components import ComponentSet
 from compattr.data import ImageFolderSplit, ImageSplit
+from compattr.discovery import conv_components, transformer_components
 from compattr.downloads import weights_download
 
 __all__ = [

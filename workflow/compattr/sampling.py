@@ -18,9 +18,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+import compattr.batches as batches
+from compattr.batches import Batch
 from compattr.components import ComponentSet
 from compattr.masks import expected_shard_masks
-from compattr.outputs import Output, margins
+from compattr.outputs import Output, check_outputs, margins
 from compattr.stores import MaskStore, NonFiniteMarginError, write_shard
 
 __all__ = [
@@ -67,9 +69,12 @@ class ComponentMarginEvaluator:
         The network.
     components : ComponentSet
         The units that a mask's columns ablate.
-    images, labels : Tensor
-        Test inputs ``(n_inputs, ...)`` and their targets ``(n_inputs,)`` (None
-        when ``output`` takes none).
+    images : Tensor or mapping of Tensor
+        Test inputs ``(n_inputs, ...)``, or a mapping of such tensors (e.g. a
+        tokenizer's ``input_ids`` and ``attention_mask``), passed to the model
+        as keyword arguments (:mod:`compattr.batches`).
+    labels : Tensor
+        Their targets ``(n_inputs,)`` (None when ``output`` takes none).
     batch_size : int or "auto", default="auto"
         Largest number of (mask, input) samples in one forward pass; "auto":
         :data:`AUTO_BATCH_SIZE` of the model's device type.
@@ -84,8 +89,9 @@ class ComponentMarginEvaluator:
         which removes the host's per-batch work (kernel launches) on CUDA;
         "auto": "reduce-overhead" on CUDA, not compiled elsewhere.
     output : callable, default=:func:`compattr.outputs.margins`
-        ``output(model_outputs, targets)``: one float per sample, from the
-        model's outputs of a batch and the batch's targets (None without labels).
+        ``output(model_outputs, targets)``: one float per sample, from what the
+        model returns for a batch (a tensor, tuple or ``ModelOutput``, unchanged)
+        and the batch's targets (None without labels).
     inputs_on_device : bool or "auto", default="auto"
         Keep every input on the model's device (moved once), or keep them on
         the host and move one block of inputs at a time (pinned memory on
@@ -97,7 +103,7 @@ class ComponentMarginEvaluator:
         self,
         model: nn.Module,
         components: ComponentSet,
-        images: Tensor,
+        images: Batch,
         labels: Tensor | None,
         batch_size: int | str = "auto",
         *,
@@ -116,10 +122,13 @@ class ComponentMarginEvaluator:
         if compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {compile!r}")
         self.dtype = PRECISIONS[precision]
-        if labels is not None and len(labels) != len(images):
-            raise ValueError(f"{len(images)} inputs but {len(labels)} targets")
+        images = batches.check_batch(images)
+        n_inputs = batches.batch_len(images)
+        if labels is not None and len(labels) != n_inputs:
+            raise ValueError(f"{n_inputs} inputs but {len(labels)} targets")
         # Channels-last applies to image batches (n, c, h, w) only.
-        self.channels_last = images.ndim == 4 and (on_cuda if channels_last == "auto" else bool(channels_last))
+        is_image = isinstance(images, Tensor) and images.ndim == 4
+        self.channels_last = is_image and (on_cuda if channels_last == "auto" else bool(channels_last))
         self.compile_mode = COMPILE_MODES[compile][on_cuda]
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = copy.deepcopy(model).eval().to(memory_format=memory_format)
@@ -127,14 +136,17 @@ class ComponentMarginEvaluator:
         self.output = output
         self._batch = self.compile(self._margins)
         if inputs_on_device == "auto":
-            inputs_on_device = images.element_size() * images.numel() <= INPUTS_ON_DEVICE_BYTES
+            inputs_on_device = batches.nbytes(images) <= INPUTS_ON_DEVICE_BYTES
         elif not isinstance(inputs_on_device, bool):
             raise ValueError(f"inputs_on_device must be True, False or 'auto', got {inputs_on_device!r}")
         home = self.device if inputs_on_device else torch.device("cpu")
-        self.images = images.to(home).contiguous(memory_format=memory_format)
+        self.images = batches.to_device(images, home)
+        if is_image:
+            self.images = self.images.contiguous(memory_format=memory_format)
+        self.n_inputs = n_inputs
         self.labels = None if labels is None else labels.to(home)
         if not inputs_on_device and on_cuda:  # host memory the copies to the device can read asynchronously
-            self.images = self.images.pin_memory()
+            self.images = batches.pin_memory(self.images)
             self.labels = None if self.labels is None else self.labels.pin_memory()
         self.inputs_on_device = inputs_on_device
         if batch_size == "auto":
@@ -146,7 +158,7 @@ class ComponentMarginEvaluator:
     @property
     def masks_per_call(self) -> int:
         """Masks per call of :func:`run_shard`: :data:`BATCHES_PER_CALL` forward passes of ``batch_size`` samples."""
-        return BATCHES_PER_CALL * max(1, self.batch_size // len(self.images))
+        return BATCHES_PER_CALL * max(1, self.batch_size // self.n_inputs)
 
     def describe(self) -> str:
         """One line: device, precision, memory format, compilation, and the units masked inside a BatchNorm."""
@@ -164,13 +176,14 @@ class ComponentMarginEvaluator:
         """``fn`` compiled as the evaluator compiles its batches (unchanged when it does not)."""
         return fn if self.compile_mode is None else torch.compile(fn, mode=self.compile_mode)
 
-    def _margins(self, images: Tensor, ablated: Tensor, labels: Tensor | None) -> Tensor:
+    def _margins(self, images: Batch, ablated: Tensor, labels: Tensor | None) -> Tensor:
         """Outputs (masks, inputs) of ``images`` under each row of the bool masks ``ablated`` (masks, components)."""
-        x = images.repeat(len(ablated), *(1,) * (images.ndim - 1))
+        x = batches.repeat(images, len(ablated))
         with self.autocast():
-            logits = self.network(x, (~ablated).float())
-        targets = None if labels is None else labels.repeat(len(ablated))
-        return self.output(logits.float(), targets).reshape(len(ablated), len(images))
+            returned = self.network(x, (~ablated).float())
+        targets = None if labels is None else labels.repeat(len(ablated), *(1,) * (labels.ndim - 1))
+        n = batches.batch_len(images)
+        return check_outputs(self.output(returned, targets), n * len(ablated), self.output).reshape(len(ablated), n)
 
     @torch.no_grad()
     def __call__(self, ablated: np.ndarray) -> np.ndarray:
@@ -179,14 +192,16 @@ class ComponentMarginEvaluator:
         The masks go to the device once per call and the margins come back once,
         so on CUDA the host queues the next batch while the GPU runs the last one.
         """
-        n_inputs = len(self.images)
+        n_inputs = self.n_inputs
         ablated = torch.from_numpy(np.asarray(ablated, dtype=bool)).to(self.device)
         out = torch.empty(len(ablated), n_inputs, dtype=torch.float32, device=self.device)
         in_step = min(n_inputs, self.batch_size)
         mask_step = max(1, self.batch_size // in_step)
         # inputs block by block (each moved to the device once per call when they live on the host), masks within
         for i0 in range(0, n_inputs, in_step):
-            images = self.images[i0 : i0 + in_step].to(self.device, non_blocking=True)
+            images = batches.to_device(
+                batches.take(self.images, slice(i0, i0 + in_step)), self.device, non_blocking=True
+            )
             labels = None if self.labels is None else self.labels[i0 : i0 + in_step].to(self.device, non_blocking=True)
             for m0 in range(0, len(ablated), mask_step):
                 out[m0 : m0 + mask_step, i0 : i0 + in_step] = self._batch(images, ablated[m0 : m0 + mask_step], labels)
@@ -206,12 +221,14 @@ class ComponentMarginEvaluator:
         out = np.empty(len(inputs), dtype=np.float32)
         for r0 in range(0, len(inputs), self.batch_size):
             index = torch.from_numpy(inputs[r0 : r0 + self.batch_size])
-            images = self.images[index].to(self.device, non_blocking=True)
+            images = batches.to_device(batches.take(self.images, index), self.device, non_blocking=True)
             labels = None if self.labels is None else self.labels[index].to(self.device, non_blocking=True)
             keep = torch.from_numpy(~ablated[r0 : r0 + self.batch_size]).to(self.device).float()
             with self.autocast():
-                logits = self.network(images, keep)
-            out[r0 : r0 + len(index)] = self.output(logits.float(), labels).cpu().numpy()
+                returned = self.network(images, keep)
+            out[r0 : r0 + len(index)] = (
+                check_outputs(self.output(returned, labels), len(index), self.output).cpu().numpy()
+            )
         return out
 
     def autocast(self) -> contextlib.AbstractContextManager:
