@@ -195,7 +195,7 @@ def test_prior_points_and_their_errors():
         prior_points("mean", 4, ablation_rate=0.1, n_points=2)
 
 
-def _conv_bn_relu_logit_model():
+def _conv_bn_relu_logit_model(activation: nn.Module | None = None) -> nn.Sequential:
     """Conv (no bias) -> eval BatchNorm -> ReLU -> linear head with one live logit (the other is 0).
 
     The ReLU is the only nonlinearity after the convolution, so propagating a
@@ -212,11 +212,16 @@ def _conv_bn_relu_logit_model():
     with torch.no_grad():
         head.weight[0] = 0.0
         head.bias[0] = 0.0
-    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1, bias=False), norm, nn.ReLU(inplace=True), nn.Flatten(), head)
+    activation = nn.ReLU(inplace=True) if activation is None else activation
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1, bias=False), norm, activation, nn.Flatten(), head)
 
 
-def test_relu_patching_is_the_exact_ablation_effect_when_the_relu_is_the_only_nonlinearity():
-    model = _conv_bn_relu_logit_model().eval()
+@pytest.mark.parametrize(
+    "activation", [nn.ReLU(inplace=True), nn.GELU(), nn.SiLU(), nn.Hardswish(inplace=True), nn.Tanh()], ids=repr
+)
+def test_relu_patching_is_the_exact_ablation_effect_when_the_relu_is_the_only_nonlinearity(activation):
+    """The same for every elementwise nonlinearity: the effect goes through it exactly, and linearly after."""
+    model = _conv_bn_relu_logit_model(activation).eval()
     components = conv_components(model)
     images, labels = torch.randn(7, 1, 5, 5), torch.randint(0, 2, (7,))
     coef, intercept = relu_patching(model, components, images, labels, batch_size=3)
@@ -268,10 +273,12 @@ def test_relu_patching_follows_component_order_in_a_resnet_with_shortcuts():
 def test_relu_patching_names_the_component_without_a_relu_path():
     pooled = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2))
     images, labels = torch.randn(2, 1, 4, 4), torch.tensor([0, 1])
-    with pytest.raises(ValueError, match=r"no ReLU follows component module '0'.*module '1' \(MaxPool2d\)"):
+    with pytest.raises(
+        ValueError, match=r"no elementwise nonlinearity .* follows component module '0'.*module '1' \(MaxPool2d\)"
+    ):
         relu_patching(pooled.eval(), conv_components(pooled), images, labels)
     forked = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.Flatten(), nn.Linear(8, 2))
-    with pytest.raises(ValueError, match="no ReLU follows component module '0'"):
+    with pytest.raises(ValueError, match="nonlinearity .* follows component module '0'"):
         relu_patching(forked.eval(), conv_components(forked), images, labels)
 
     class Branching(nn.Module):

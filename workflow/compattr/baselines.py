@@ -11,7 +11,7 @@ fitted estimators:
   keep factors, or averaged over random masks (one forward and one backward
   pass per point and input batch).
 - :func:`relu_patching`: attribution patching whose effect is propagated
-  exactly through the first ReLU after each component (the same forward and
+  exactly through the first nonlinearity after each component (the same forward and
   backward pass).
 - :func:`leave_one_out`: the exact effect of ablating each component alone
   (one ablated forward pass per component).
@@ -250,7 +250,7 @@ def first_order_prior(
       ``seed``), each applied to every input.
 
     ``relu="exact"`` (at ``"unablated"`` only) propagates each zeroed channel
-    exactly through the first ReLU after it (:func:`relu_patching`); the default
+    exactly through the first elementwise nonlinearity after it (:func:`relu_patching`); the default
     ``"linear"`` differentiates through it.
 
     Returns
@@ -279,15 +279,57 @@ def first_order_prior(
 
 
 _ADDS = (operator.add, operator.iadd, torch.add)
-_RELU_FUNCTIONS = (torch.relu, F.relu)
+#: Elementwise nonlinearities an effect is propagated through exactly: modules, functions, tensor methods.
+ACTIVATION_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+)
+_ACTIVATION_FUNCTIONS = {
+    torch.relu: torch.relu,
+    F.relu: torch.relu,
+    F.relu6: F.relu6,
+    F.gelu: F.gelu,
+    F.silu: F.silu,
+    F.hardswish: F.hardswish,
+    F.hardsigmoid: F.hardsigmoid,
+    torch.sigmoid: torch.sigmoid,
+    torch.tanh: torch.tanh,
+}
+_ACTIVATION_METHODS = {"relu": torch.relu, "relu_": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
 
 
-def _is_relu(graph: fx.GraphModule, node: fx.Node) -> bool:
+def _activation(graph: fx.GraphModule, node: fx.Node):
+    """The elementwise nonlinearity ``node`` applies, as an out-of-place function of its input; else None.
+
+    Functions called with settings beyond their input (``F.gelu(x, approximate=...)``) are taken
+    with those settings.
+    """
     if node.op == "call_module":
-        return isinstance(graph.get_submodule(node.target), nn.ReLU)
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS
-    return node.op == "call_method" and node.target in ("relu", "relu_")
+        module = graph.get_submodule(node.target)
+        if not isinstance(module, ACTIVATION_MODULES):
+            return None
+        if getattr(module, "inplace", False):
+            module = copy.copy(module)
+            module.inplace = False
+        return module
+    if node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS:
+        function, kwargs = _ACTIVATION_FUNCTIONS[node.target], dict(node.kwargs)
+        kwargs.pop("inplace", None)
+        if len(node.args) > 1:
+            return None
+        return lambda x: function(x, **kwargs)
+    if node.op == "call_method" and node.target in _ACTIVATION_METHODS and len(node.args) == 1:
+        return _ACTIVATION_METHODS[node.target]
+    return None
 
 
 def _describe(graph: fx.GraphModule, node: fx.Node) -> str:
@@ -300,11 +342,11 @@ def _describe(graph: fx.GraphModule, node: fx.Node) -> str:
 
 
 def _relu_paths(graph: fx.GraphModule, components: ComponentSet) -> dict[str, tuple[fx.Node, fx.Node, Tensor]]:
-    """Each component module's node, the first ReLU after it, and the per-channel slope between them.
+    """Each component module's node, the first elementwise nonlinearity after it, and the per-channel slope between.
 
     The path may pass eval-mode BatchNorms (a slope each) and additions of
     terms that do not depend on the component (slope 1); anything else, or a
-    fork before the ReLU, is an error naming the module.
+    fork before the nonlinearity, is an error naming the module.
     """
     calls = {}
     for node in graph.graph.nodes:
@@ -321,11 +363,11 @@ def _relu_paths(graph: fx.GraphModule, components: ComponentSet) -> dict[str, tu
             users = list(node.users)
             if len(users) != 1:
                 raise ValueError(
-                    f"component module {name!r}: {node.name} feeds {len(users)} operations before any ReLU "
-                    "(atp_relu needs one path of BatchNorms and additions to the first ReLU)"
+                    f"component module {name!r}: {node.name} feeds {len(users)} operations before any nonlinearity "
+                    "(atp_relu needs one path of BatchNorms and additions to the first elementwise nonlinearity)"
                 )
             (user,) = users
-            if _is_relu(graph, user):
+            if _activation(graph, user) is not None:
                 break
             module = graph.get_submodule(user.target) if user.op == "call_module" else None
             if isinstance(module, nn.BatchNorm2d) and not module.training and module.running_var is not None:
@@ -333,7 +375,8 @@ def _relu_paths(graph: fx.GraphModule, components: ComponentSet) -> dict[str, tu
                 slope = slope * (scale if module.weight is None else scale * module.weight).detach().cpu()
             elif not (user.op == "call_function" and user.target in _ADDS and user.args.count(node) == 1):
                 raise ValueError(
-                    f"no ReLU follows component module {name!r} through eval-mode BatchNorms and additions: "
+                    f"no elementwise nonlinearity ({', '.join(m.__name__ for m in ACTIVATION_MODULES)}, or their "
+                    f"functions) follows component module {name!r} through eval-mode BatchNorms and additions: "
                     f"its path reaches {_describe(graph, user)}"
                 )
             node = user
@@ -342,12 +385,13 @@ def _relu_paths(graph: fx.GraphModule, components: ComponentSet) -> dict[str, tu
 
 
 class _Recorder(fx.Interpreter):
-    """Runs a traced model, keeping the outputs of some nodes and the inputs and outputs of some ReLUs.
+    """Runs a traced model, keeping the outputs of some nodes and the inputs and outputs of some nonlinearities.
 
-    The ReLUs run out of place, so a pre-activation is never overwritten.
+    ``relus`` maps those nodes to their functions (:func:`_activation`), run out of place, so a
+    pre-activation is never overwritten.
     """
 
-    def __init__(self, graph: fx.GraphModule, kept: set[fx.Node], relus: set[fx.Node]) -> None:
+    def __init__(self, graph: fx.GraphModule, kept: set[fx.Node], relus: dict) -> None:
         super().__init__(graph)
         self.kept, self.relus = kept, relus
         self.values: dict[fx.Node, Tensor] = {}
@@ -359,7 +403,7 @@ class _Recorder(fx.Interpreter):
             with self._set_current_node(n):
                 args, _ = self.fetch_args_kwargs_from_env(n)
             self.pre[n] = args[0].detach().clone()
-            self.post[n] = torch.relu(args[0])
+            self.post[n] = self.relus[n](args[0])
             return self.post[n]
         out = super().run_node(n)
         if n in self.kept:
@@ -377,18 +421,19 @@ def relu_patching(
     batch_size: int = 256,
     output: Output = margins,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Attribution patching with each effect propagated exactly through the first ReLU after the component.
+    """Attribution patching with each effect propagated exactly through the first nonlinearity after the component.
 
     Zeroing channel ``c`` (output ``z_c``) of a component module changes the
-    pre-activation ``a`` of the first ReLU after it by ``delta = -s_c z_c``
+    pre-activation ``a`` of the first elementwise nonlinearity ``act`` after it (a
+    ReLU, GELU, SiLU, Hardswish, ...: :data:`ACTIVATION_MODULES`) by ``delta = -s_c z_c``
     exactly, where ``s_c`` is the channel's slope through the eval-mode
     BatchNorms and additions in between (the path is found by tracing the model
     with ``torch.fx``). The effect on margin ``f_i`` is then
-    ``coef[i, c] = sum over positions of g * (relu(a + delta) - relu(a))``, with
-    ``g`` the output's (margin's, by default) gradient at the ReLU's output: the same forward and
-    backward pass as :func:`attribution_patching`, exact up to that ReLU and
-    first order after it. ``linearise=True`` replaces ``relu(a + delta) - relu(a)``
-    by ``relu'(a) delta``, which gives attribution patching back.
+    ``coef[i, c] = sum over positions of g * (act(a + delta) - act(a))``, with
+    ``g`` the output's (margin's, by default) gradient at the nonlinearity's output: the same
+    forward and backward pass as :func:`attribution_patching`, exact up to that nonlinearity and
+    first order after it. ``linearise=True`` replaces ``act(a + delta) - act(a)``
+    by ``act'(a) delta``, which gives attribution patching back.
 
     Returns
     -------
@@ -398,8 +443,8 @@ def relu_patching(
     """
     if set(components.kinds) != {"channels"} or components.means is not None:
         raise ValueError(
-            "relu_patching follows zero-ablated conv filters (kind 'channels') to their ReLU; for neurons, heads "
-            "and mean ablation use first_order_prior"
+            "relu_patching follows zero-ablated conv filters (kind 'channels') to their first nonlinearity; for "
+            "neurons, heads and mean ablation use first_order_prior"
         )
     model = copy.deepcopy(model).eval()  # the caller's model keeps its mode
     try:
@@ -407,7 +452,7 @@ def relu_patching(
     except Exception as error:  # any untraceable model
         raise ValueError(f"relu_patching traces the model with torch.fx, which failed: {error}") from error
     paths = _relu_paths(graph, components)
-    relus = {relu for _, relu, _ in paths.values()}
+    relus = {relu: _activation(graph, relu) for _, relu, _ in paths.values()}
     device = next(model.parameters()).device
     coefs, intercepts = [], []
     for x, y in _batches(images, labels, batch_size, device):
@@ -421,10 +466,11 @@ def relu_patching(
             z, pre, grad = recorder.values[node], recorder.pre[relu], grads[relu]
             if z.shape != pre.shape:
                 raise ValueError(
-                    f"component module {name!r} outputs {tuple(z.shape)} but its ReLU takes {tuple(pre.shape)}"
+                    f"component module {name!r} outputs {tuple(z.shape)} but its nonlinearity takes {tuple(pre.shape)}"
                 )
             delta = -slope.to(z).reshape(1, -1, *(1,) * (z.ndim - 2)) * z
-            change = (pre > 0) * delta if linearise else torch.relu(pre + delta) - torch.relu(pre)
+            act = relus[relu]
+            change = torch.func.jvp(act, (pre,), (delta,))[1] if linearise else act(pre + delta) - act(pre)
             effects.append((grad * change).flatten(2).sum(-1))
         coefs.append(torch.cat(effects, dim=1).detach().cpu())
         intercepts.append(f.detach().cpu())
