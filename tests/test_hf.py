@@ -228,31 +228,44 @@ def test_a_dataloader_of_tokenizer_batches_with_labels():
     )
 
 
-def test_torchvision_swin_neurons_and_convnext_neurons_equal_editing_the_weights():
-    import torchvision
+def _swin() -> nn.Module:
+    """torchvision's Swin at toy size: two stages of one block, 16- and 32-wide tokens."""
+    from torchvision.models.swin_transformer import SwinTransformer
 
-    for build, n_units in ((torchvision.models.swin_t, 2 * 384), (torchvision.models.convnext_tiny, 3 * 384)):
-        torch.manual_seed(0)
-        model = build(num_classes=4).eval()
+    torch.manual_seed(0)
+    return SwinTransformer([4, 4], 16, [1, 1], [1, 2], [2, 2], num_classes=4).eval()
+
+
+def _convnext() -> nn.Module:
+    """torchvision's ConvNeXt at toy size: two stages of one block, 16 and 32 channels."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    torch.manual_seed(0)
+    return ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=4).eval()
+
+
+def test_torchvision_swin_neurons_and_convnext_neurons_equal_editing_the_weights():
+    for build in (_swin, _convnext):
+        model = build()
         neurons = transformer_components(model, heads=False)
         first = neurons.module_names[0]
-        assert sum(neurons.sizes[: 3 if "convnext" in str(build) else 2]) == n_units
-        images, labels = torch.randn(2, 3, 64, 64), torch.tensor([1, 3])
+        assert neurons.sizes == (4 * 16, 4 * 32)  # an MLP of 4x the width per block
+        images, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
         units = module_components(model, [{"module": first, "kind": "neurons", "site": "input"}])
-        loo = compattr.ComponentAttributor(model, units, images, labels).attribute("loo")
-        for unit in (0, 77):
+        single = np.zeros((2, len(units)), dtype=bool)
+        single[0, 0] = single[1, 37] = True  # two single-unit ablations
+        ablated = compattr.ComponentAttributor(model, units, images, labels).evaluate(single)
+        for row, unit in enumerate((0, 37)):
             edited = copy.deepcopy(model)
             with torch.no_grad():
                 edited.get_submodule(first).weight[:, unit] = 0
-                expected = margins(edited(images), labels) - margins(model(images), labels)
-            np.testing.assert_allclose(loo.coef[:, unit], expected.numpy(), rtol=1e-4, atol=1e-4)
+                expected = margins(edited(images), labels)
+            np.testing.assert_allclose(ablated[row], expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_what_the_structure_does_not_settle_is_an_error_naming_the_module():
-    import torchvision
-
     with pytest.raises(ValueError, match="structure gives no heads.*module_components"):
-        transformer_components(torchvision.models.convnext_tiny())
+        transformer_components(_convnext())
     model = _gpt2()
     with pytest.raises(ValueError, match=r"'transformer.h.0.attn.c_proj'.*8 features; head_dim 3"):
         module_components(model, [{"module": "transformer.h.0.attn.c_proj", "kind": "heads", "head_dim": 3}])
@@ -261,7 +274,7 @@ def test_what_the_structure_does_not_settle_is_an_error_naming_the_module():
     with pytest.raises(ValueError, match=r"'transformer.h.0.ln_1' is a LayerNorm"):
         module_components(model, ["transformer.h.0.ln_1"])
     # torchvision's Swin calls its projections as functions: a head there cannot be masked, and says so
-    swin = torchvision.models.swin_t(num_classes=2).eval()
+    swin = _swin()
     heads = transformer_components(swin, neurons=False)
     with pytest.raises(ValueError, match=r"'features.1.0.attn.proj'.*never called"):
         compattr.ComponentAttributor(swin, heads, torch.randn(1, 3, 32, 32), torch.tensor([0])).attribute("loo")
@@ -303,3 +316,26 @@ def test_the_readme_language_model_example_runs():
     result = namespace["result"]
     assert result.components[0] == "transformer.h.0.attn.c_proj:head0" and result.coef.shape[0] == 4
     assert -1 <= namespace["score"] <= 1
+
+
+def test_the_workflow_trains_saves_and_loads_a_hugging_face_gpt2_on_the_text(tmp_path):
+    """config/text_gpt2.yaml's model path: build, train on next characters, save, load, find its units."""
+    from compattr.checkpoints import load_checkpoint, save_checkpoint
+    from compattr.data import load_dataset
+    from compattr.models import accuracy, build_model, train_classifier
+
+    train, test = load_dataset("text", test_fraction=0.1, context=8, stride=256, num_classes=20)
+    arch = {"name": "hf_gpt2", "context": 8, "layers": 1, "heads": 2, "hidden": 8, "mlp": 16}
+    model = build_model(arch, num_classes=20, in_channels=8, seed=0)
+    again = build_model(arch, num_classes=20, in_channels=8, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+    losses = train_classifier(model, train, epochs=2, batch_size=64, lr=0.05, weight_decay=0.0, seed=0)
+    assert losses[1] < losses[0] and 0 <= accuracy(model, test) <= 1
+    save_checkpoint(
+        tmp_path / "gpt2.pt", model, arch, num_classes=20, in_channels=8, components={"kind": "transformer"}
+    )
+    loaded, components = load_checkpoint(tmp_path / "gpt2.pt")
+    assert components.names[:2] == ["transformer.h.0.attn.c_proj:head0", "transformer.h.0.attn.c_proj:head1"]
+    assert len(components) == 2 + 16
+    tokens = test.images[:3]
+    torch.testing.assert_close(loaded(tokens).logits, model(tokens).logits)

@@ -48,7 +48,9 @@ _RENAMED = {
     ("sampling", "ood", "alphas"): "sampling.ood.ablation_rates",
 }
 # Architectures whose components are heads and neurons (components.kind transformer).
-_TRANSFORMERS = ("vit", "text_transformer", "torchvision_vit_b_16")
+_TRANSFORMERS = ("vit", "text_transformer", "hf_gpt2", "torchvision_vit_b_16")
+#: Language models over the text data.
+_LANGUAGE_MODELS = ("text_transformer", "hf_gpt2")
 
 
 class ConfigFileError(ValueError):
@@ -267,14 +269,14 @@ def _check_model(config: dict[str, Any], found: ConfigCheck) -> None:
         )
     if arch["name"] == "cifar_resnet" and len(arch["widths"]) != len(arch["blocks"]):
         fault("config model.arch.widths and model.arch.blocks must have the same length")
-    if arch["name"] in ("vit", "text_transformer") and arch["hidden"] % arch["heads"]:
+    if arch["name"] in ("vit", *_LANGUAGE_MODELS) and arch["hidden"] % arch["heads"]:
         fault(f"config model.arch.hidden {arch['hidden']} is not a multiple of model.arch.heads {arch['heads']}")
-    if (arch["name"] == "text_transformer") != (data["name"] == "text"):
+    if (arch["name"] in _LANGUAGE_MODELS) != (data["name"] == "text"):
         fault(
             f"config model.arch.name {arch['name']} on data.name {data['name']}: "
-            "the text data go with the text_transformer, and it with them"
+            "the text data go with a language model (text_transformer, hf_gpt2), and they with them"
         )
-    elif arch["name"] == "text_transformer" and arch["context"] != data["context"]:
+    elif arch["name"] in _LANGUAGE_MODELS and arch["context"] != data["context"]:
         fault(f"config model.arch.context {arch['context']} differs from data.context {data['context']}")
     if arch["name"] == "vit" and arch["image_size"] != data.get("image_size", arch["image_size"]):
         fault(f"config model.arch.image_size {arch['image_size']} differs from data.image_size {data['image_size']}")
@@ -326,8 +328,8 @@ def _check_kind(config: dict[str, Any], found: ConfigCheck) -> None:
     unit_kind = config["components"]["kind"] if kind == "components" else "features"
     if kind == "components" and unit_kind == "transformer" and not transformer:
         fault(
-            "config components.kind transformer needs a transformer (model.arch.name vit, text_transformer or "
-            f"torchvision_vit_b_16), not {arch['name']}"
+            "config components.kind transformer needs a transformer (model.arch.name vit, text_transformer, "
+            f"hf_gpt2 or torchvision_vit_b_16), not {arch['name']}"
         )
     if kind == "components" and unit_kind == "conv" and transformer:
         fault(

@@ -22,6 +22,7 @@ from compattr.components import ComponentSet
 from compattr.data import ImageFolderSplit, ImageSplit
 from compattr.discovery import conv_components, transformer_components
 from compattr.downloads import weights_download
+from compattr.outputs import class_logits
 
 __all__ = [
     "WeightsMissingError",
@@ -147,7 +148,15 @@ class WeightsMissingError(FileNotFoundError):
     """Model weights are missing, cannot be downloaded, or fail their checksum; the message says what to do."""
 
 
-ARCHITECTURES = ("cifar_resnet", "vit", "text_transformer", "torchvision_resnet50", "torchvision_vit_b_16", "mlp")
+ARCHITECTURES = (
+    "cifar_resnet",
+    "vit",
+    "text_transformer",
+    "hf_gpt2",
+    "torchvision_resnet50",
+    "torchvision_vit_b_16",
+    "mlp",
+)
 
 
 def build_model(arch: dict, num_classes: int, in_channels: int, seed: int | None = None) -> nn.Module:
@@ -159,6 +168,8 @@ def build_model(arch: dict, num_classes: int, in_channels: int, seed: int | None
     torchvision ``VisionTransformer`` (its patch embedding takes ``in_channels``);
     ``{"name": "text_transformer", "context", "layers", "heads", "hidden", "mlp"}``: a
     :class:`TextTransformer` over ``num_classes`` tokens;
+    ``{"name": "hf_gpt2", ...}`` (the same keys): Hugging Face's ``GPT2LMHeadModel`` of that size,
+    without dropout (needs the ``hf`` extra), used as it is: its return is a ``ModelOutput``;
     ``{"name": "torchvision_resnet50"}`` or ``{"name": "torchvision_vit_b_16"}``: torchvision's
     ResNet-50 (ImageNet stem) or ViT-B/16, randomly initialised (load weights with
     :func:`torchvision_weights`);
@@ -191,7 +202,31 @@ def build_model(arch: dict, num_classes: int, in_channels: int, seed: int | None
         if name == "text_transformer":
             sizes = (arch[key] for key in ("context", "layers", "heads", "hidden", "mlp"))
             return TextTransformer(num_classes, *sizes)
+        if name == "hf_gpt2":
+            return _hf_gpt2(arch, num_classes)
         return CifarResNet(arch["widths"], arch["blocks"], num_classes, in_channels, arch.get("residual", True))
+
+
+def _hf_gpt2(arch: dict, vocab: int) -> nn.Module:
+    """Hugging Face's ``GPT2LMHeadModel`` over ``vocab`` tokens, of the config's size, without dropout."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError as error:
+        raise ImportError("model.arch hf_gpt2 needs Hugging Face transformers: pip install -e '.[hf]'") from error
+    config = GPT2Config(
+        vocab_size=vocab,
+        n_positions=arch["context"],
+        n_embd=arch["hidden"],
+        n_layer=arch["layers"],
+        n_head=arch["heads"],
+        n_inner=arch["mlp"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    return GPT2LMHeadModel(config)
 
 
 def _small_vit(arch: dict, num_classes: int, in_channels: int) -> nn.Module:
@@ -383,7 +418,7 @@ def train_classifier(
             x, y = train.images[idx].to(device), train.labels[idx].to(device)
             if augment:
                 x = random_crop_flip(x, 4, generator)
-            loss = nn.functional.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+            loss = nn.functional.cross_entropy(class_logits(model(x)), y, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -401,5 +436,5 @@ def accuracy(model: nn.Module, split: ImageSplit | ImageFolderSplit, batch_size:
     device = next(model.parameters()).device
     correct = 0
     for batch in split.batches(batch_size):
-        correct += int((model(batch.images.to(device)).argmax(1).cpu() == batch.labels).sum())
+        correct += int((class_logits(model(batch.images.to(device))).argmax(1).cpu() == batch.labels).sum())
     return correct / len(split)

@@ -26,6 +26,7 @@ __all__ = [
     "Output",
     "OUTPUTS",
     "logits_of",
+    "class_logits",
     "margins",
     "target_logit",
     "target_loss",
@@ -50,6 +51,12 @@ def logits_of(model_outputs: Any) -> Tensor:
         f"the model returned a {type(model_outputs).__name__} without logits (a tensor, a .logits attribute or "
         "a tuple's first entry): pass output=a function that reads what it returns"
     )
+
+
+def class_logits(model_outputs: Any) -> Tensor:
+    """A classifier's logits ``(batch, classes)``; a language model's ``(batch, positions, vocab)`` at the last one."""
+    logits = logits_of(model_outputs)
+    return logits[:, -1] if logits.ndim == 3 else logits
 
 
 def _scores(model_outputs: Any, targets: Tensor) -> tuple[Tensor, Tensor]:
