@@ -242,7 +242,7 @@ class _MaskedInput(_Gate):
         device = next(module.parameters(), torch.empty(0)).device
         super().__init__(slot, offset, size, None if mean is None else mean.reshape(size * group).to(device))
         self.name, self.kind, self.group = name, kind, group
-        self.handle = module.register_forward_pre_hook(self._mask)
+        module.register_forward_pre_hook(self._mask)
 
     def _mask(self, module: nn.Module, args: tuple) -> tuple:
         if not args or not isinstance(args[0], Tensor):
@@ -458,11 +458,19 @@ class AblatableNetwork(nn.Module):
         self.slot = _KeepSlot()
         self.n_folded = 0
         self._reached = False
-        sites = (components.module_names, components.offsets, components.sizes, components.kinds)
         self.gates: list[_Gate] = []  # in component order (not registered twice: they sit in the network)
         self.input_gates = nn.ModuleList()  # gates that hook a module in place (registered here: their buffers)
         means = components.means or {}
-        for name, offset, size, kind, site, group in zip(*sites, components.sites, components.groups, strict=True):
+        sites = zip(
+            components.module_names,
+            components.offsets,
+            components.sizes,
+            components.kinds,
+            components.sites,
+            components.groups,
+            strict=True,
+        )
+        for name, offset, size, kind, site, group in sites:
             module = self.network.get_submodule(name)
             target, mean = name, means.get(name)
             if site == "input":

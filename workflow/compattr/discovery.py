@@ -85,7 +85,7 @@ def _int_attribute(module: Any, names: Sequence[str]) -> int | None:
     return None
 
 
-def _heads_spec(name: str, width: int, head_dim: int) -> str:
+def _heads_spec(name: str, head_dim: int) -> str:
     return f"module_components(model, [{{'module': {name!r}, 'kind': 'heads', 'head_dim': {head_dim}}}])"
 
 
@@ -125,7 +125,7 @@ def _output_projection(model: nn.Module, name: str, module: nn.Module) -> tuple[
     raise ValueError(
         f"attention module {name!r} ({type(module).__name__}) has heads, but no output projection was found among "
         f"its children or its siblings' children in the roles {list(OUTPUT_PROJECTIONS)}: name its output "
-        f"projection by hand, e.g. {_heads_spec(f'{name}.<projection>', 0, 64)}"
+        f"projection by hand, e.g. {_heads_spec(f'{name}.<projection>', 64)}"
     )
 
 
@@ -140,7 +140,7 @@ def _head_geometry(model: nn.Module, name: str, module: nn.Module, width: int) -
         raise ValueError(
             f"attention module {name!r} ({type(module).__name__}): {count} heads of size {size} do not make the "
             f"{width} input features of its output projection: name its heads by hand, "
-            f"e.g. {_heads_spec(name + '.<projection>', width, size or 64)}"
+            f"e.g. {_heads_spec(name + '.<projection>', size or 64)}"
         )
     return width // size, size
 

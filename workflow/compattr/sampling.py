@@ -227,7 +227,7 @@ class ComponentMarginEvaluator:
             with self.autocast():
                 returned = self.network(images, keep)
             out[r0 : r0 + len(index)] = (
-                check_outputs(self.output(returned, labels), len(index), self.output).cpu().numpy()
+                check_outputs(self.output(returned, labels), len(index), self.output).float().cpu().numpy()
             )
         return out
 
