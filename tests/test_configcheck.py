@@ -25,6 +25,13 @@ def test_a_yaml_error_names_file_line_and_column(tmp_path):
         load_config(path)
 
 
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("study: x\nsampling:\n  ablation_rate: 0.05\n  seed: 1\n  ablation_rate: 0.2\n")
+    with pytest.raises(ConfigFileError, match=r"twice.yaml:5:3: key 'ablation_rate' appears twice \(first on line 3\)"):
+        load_config(path)
+
+
 def test_a_missing_file_is_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "nowhere.yaml")]) == 2
     assert capsys.readouterr().err == f"{tmp_path / 'nowhere.yaml'}: no such config file\n"
@@ -69,6 +76,9 @@ def test_a_list_is_not_a_config(tmp_path):
         (lambda c: c["analysis"].update(references=["coarr"]), "analysis.references names ['coarr']"),
         (lambda c: c["sweep"]["settings"].update(odd={"hiden": 8}), "sweep.settings.odd"),
         (lambda c: c["sweep"]["settings"].update(odd={"lr": -1}), "sweep.settings.odd: lr"),
+        (lambda c: c.update(study=".."), "config study: '..' does not match"),
+        (lambda c: c.update(study="."), "config study: '.' does not match"),
+        (lambda c: c["analysis"].update(lds_targets=[0.3, 0]), "analysis.lds_targets.1: 0 is less than or equal"),
     ],
 )
 def test_each_bad_value_is_a_fault_naming_its_key(edit, message):
