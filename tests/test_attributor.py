@@ -171,11 +171,36 @@ def test_priors_are_computed_once_per_point(monkeypatch):
         (lambda m, x, y: compattr.ComponentAttributor(m, ["0"], x, y).attribute("shapley"), "unknown method"),
         (lambda m, x, y: compattr.ComponentAttributor(m, ["0"], x, y).attribute("atp_mean"), "call sample"),
         (lambda m, x, y: compattr.ComponentAttributor(m, ["0"], x, y).sample(5, 1.5), "ablation_rate"),
+        (lambda m, x, y: compattr.ComponentAttributor(m, ["0"], x, y, input_ids="abca"), r"\['a'\] appear more"),
+        (lambda m, x, y: compattr.ComponentAttributor(m, ["0"], x, y + 3).sample(2), "targets out of range"),
+        (lambda m, x, y: compattr.ComponentAttributor(m, ["0"], x, y).evaluate(np.full((2, 12), 0.5)), "boolean"),
     ],
 )
 def test_bad_inputs_are_named(build, message):
     with pytest.raises(ValueError, match=message):
         build(_mlp(), torch.randn(4, 5), torch.randint(0, 3, (4,)))
+
+
+def test_samples_name_their_components_and_inputs_and_every_use_checks_them():
+    x, y = torch.randn(4, 5), torch.randint(0, 3, (4,))
+    first = compattr.ComponentAttributor(_mlp(), ["0"], x, y)
+    other = compattr.ComponentAttributor(_mlp(), [{"module": "2", "site": "input"}], x, y)
+    assert len(first.components) == len(other.components) == 12  # the same width, other units
+    heldout = other.sample(40, 0.1, keep=False)
+    assert heldout.components == tuple(other.components.names) and heldout.ablation_rate == 0.1
+    assert heldout.inputs == (0, 1, 2, 3)
+    first.sample(40, 0.1)
+    fitted = first.attribute("ridge")
+    with pytest.raises(ValueError, match="drawn over other components than the attribution's: column 0 is '2:in0'"):
+        compattr.lds(fitted, heldout)
+    with pytest.raises(ValueError, match="drawn over other components than this attributor's"):
+        first.attribute("ridge", samples=heldout)
+    narrow = Samples(np.zeros((3, 5), bool), np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match="the samples have 5 components \\(columns\\) where this attributor"):
+        first.attribute("ridge", samples=narrow)
+    with pytest.raises(ValueError, match="other inputs"):
+        compattr.lds(fitted, Samples(heldout.masks, heldout.outputs, None, ("a", "b", "c", "d")))
+    assert -1 <= compattr.lds(fitted, first.sample(40, 0.1, keep=False)) <= 1  # its own units: scored
 
 
 def test_one_rate_per_kept_samples():

@@ -36,7 +36,7 @@ from compattr.registry import DEFAULT_PRIOR
 from compattr.scores import lds_scores
 from compattr.units import make_evaluator, unit_prior
 
-__all__ = ["ComponentAttributor", "Attribution", "Samples", "lds", "OUTPUTS", "PRIORS"]
+__all__ = ["ComponentAttributor", "Attribution", "Samples", "as_masks", "lds", "OUTPUTS", "PRIORS"]
 
 #: Sampling-free attributions by name: first-order priors (keyword arguments of
 #: :func:`compattr.baselines.first_order_prior`), and ``"loo"`` (leave-one-out).
@@ -49,7 +49,7 @@ PRIORS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Samples:
-    """Ablation masks and the outputs they give.
+    """Ablation masks and the outputs they give, labelled with what they were drawn over.
 
     Attributes
     ----------
@@ -57,16 +57,83 @@ class Samples:
         True where a component is ablated.
     outputs : ndarray of float32, shape (n_masks, n_inputs)
         Each input's output under each mask.
+    components : tuple of str, optional
+        The components the masks' columns name (:meth:`ComponentAttributor.sample` records them);
+        every use of the samples checks them against the attributor's or the attribution's.
+    inputs : tuple, optional
+        The input ids the outputs' columns name.
+    ablation_rate : float, optional
+        The rate the masks were drawn at.
     """
 
     masks: np.ndarray
     outputs: np.ndarray
+    components: tuple[str, ...] | None = None
+    inputs: tuple | None = None
+    ablation_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "masks", as_masks(self.masks))
+        if self.outputs.ndim != 2 or len(self.outputs) != len(self.masks):
+            raise ValueError(
+                f"outputs must be (n_masks, n_inputs) for {len(self.masks)} masks, got {self.outputs.shape}"
+            )
+        for name, labels, size in (
+            ("components", self.components, self.masks.shape[1]),
+            ("inputs", self.inputs, self.outputs.shape[1]),
+        ):
+            if labels is not None and len(labels) != size:
+                raise ValueError(f"{len(labels)} {name} named for {size} columns")
 
     def __len__(self) -> int:
         return len(self.masks)
 
     def __add__(self, other: Samples) -> Samples:
-        return Samples(np.concatenate([self.masks, other.masks]), np.concatenate([self.outputs, other.outputs]))
+        other.check(self.components, self.inputs, "these samples")
+        rate = self.ablation_rate if self.ablation_rate == other.ablation_rate else None
+        return Samples(
+            np.concatenate([self.masks, other.masks]),
+            np.concatenate([self.outputs, other.outputs]),
+            self.components,
+            self.inputs,
+            rate,
+        )
+
+    def check(self, components: Sequence[str] | None, inputs: Sequence | None, against: str) -> None:
+        """An error unless the samples' components and inputs (where both sides name them) are ``against``'s."""
+        for what, mine, theirs, size in (
+            ("components", self.components, components, self.masks.shape[1]),
+            ("inputs", self.inputs, inputs, self.outputs.shape[1]),
+        ):
+            if theirs is None:
+                continue
+            if size != len(theirs):
+                raise ValueError(f"the samples have {size} {what} (columns) where {against} have {len(theirs)}")
+            if mine is not None and tuple(mine) != tuple(theirs):
+                first = next(i for i, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b)
+                raise ValueError(
+                    f"the samples were drawn over other {what} than {against}'s: column {first} is {mine[first]!r} "
+                    f"there and {theirs[first]!r} here"
+                )
+
+
+def as_masks(masks: Any) -> np.ndarray:
+    """Masks as a 2-D bool array; numbers other than 0 and 1 are an error, never cast to True."""
+    masks = np.asarray(masks)
+    if masks.ndim != 2:
+        raise ValueError(f"masks must be 2-D (n_masks, n_components), got shape {masks.shape}")
+    if masks.dtype != bool:
+        if masks.dtype.kind not in "iuf" or not np.isin(masks, (0, 1)).all():
+            raise ValueError(
+                f"masks must be boolean (True = ablated), or numbers 0 and 1; got dtype {masks.dtype}"
+                + (
+                    ""
+                    if masks.dtype.kind not in "iuf"
+                    else f" with values such as {masks[~np.isin(masks, (0, 1))][:3]}"
+                )
+            )
+        masks = masks.astype(bool)
+    return masks
 
 
 @dataclass(frozen=True)
@@ -100,8 +167,8 @@ class Attribution:
 
     def predict(self, masks: np.ndarray) -> np.ndarray:
         """Predicted outputs (n_masks, n_inputs) under bool masks (n_masks, n_components)."""
-        masks = np.asarray(masks)
-        if masks.ndim != 2 or masks.shape[1] != len(self.components):
+        masks = as_masks(masks)
+        if masks.shape[1] != len(self.components):
             raise ValueError(f"masks must be (n_masks, {len(self.components)}), got {masks.shape}")
         return masks.astype(np.float64) @ self.coef.T + self.intercept
 
@@ -114,8 +181,10 @@ def lds(attribution: Attribution, samples: Samples, *, per_input: bool = False) 
     """Linear datamodeling score: Spearman correlation, per input, of predicted and true outputs on ``samples``.
 
     Returns the mean over inputs, or the per-input scores with ``per_input=True``.
-    Score on masks the attribution was not fitted on.
+    Score on masks the attribution was not fitted on. Samples that name their components
+    and inputs must name the attribution's.
     """
+    samples.check(attribution.components, attribution.inputs, "the attribution")
     spearman, _ = lds_scores(attribution.predict(samples.masks), samples.outputs)
     return spearman if per_input else float(spearman.mean())
 
@@ -200,6 +269,9 @@ class ComponentAttributor:
         self.input_ids = tuple(range(n_inputs)) if input_ids is None else tuple(input_ids)
         if len(self.input_ids) != n_inputs:
             raise ValueError(f"{len(self.input_ids)} input_ids for {n_inputs} inputs")
+        repeated = sorted({i for i in self.input_ids if self.input_ids.count(i) > 1}, key=str)
+        if repeated:
+            raise ValueError(f"input_ids must be unique; {repeated[:10]} appear more than once")
         self.seed, self.batch_size = seed, batch_size
         self._evaluator = make_evaluator(
             model, self.components, self.inputs, self.targets, batch_size, output=self.output, **forward
@@ -211,8 +283,8 @@ class ComponentAttributor:
 
     def evaluate(self, masks: np.ndarray, *, progress: bool = True) -> np.ndarray:
         """Outputs (n_masks, n_inputs), float32, of the model ablated by bool masks (n_masks, n_components)."""
-        masks = np.asarray(masks, dtype=bool)
-        if masks.ndim != 2 or masks.shape[1] != len(self.components):
+        masks = as_masks(masks)
+        if masks.shape[1] != len(self.components):
             raise ValueError(f"masks must be (n_masks, {len(self.components)}), got {masks.shape}")
         step = self._evaluator.masks_per_call  # a progress step: the outputs do not depend on it
         chunks = range(0, len(masks), step)
@@ -248,7 +320,7 @@ class ComponentAttributor:
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self._draws,)))
         self._draws += 1
         masks = bernoulli_masks(n_masks, len(self.components), ablation_rate, rng)
-        samples = Samples(masks, self.evaluate(masks))
+        samples = Samples(masks, self.evaluate(masks), tuple(self.components.names), self.input_ids, ablation_rate)
         constant = np.ptp(samples.outputs, axis=0) == 0 if n_masks > 1 else np.zeros(0, bool)
         if constant.any():
             ids = [self.input_ids[i] for i in np.flatnonzero(constant)[:10]]
@@ -283,6 +355,7 @@ class ComponentAttributor:
             samples = samples if samples is not None else self.samples_
             if samples is None:
                 raise ValueError(f"{method!r} fits on ablation samples: call sample() first, or pass samples=")
+            samples.check(tuple(self.components.names), self.input_ids, "this attributor")
             estimator = make_estimator(method, {k: v for k, v in params.items() if k != "prior"})
             passes = len(samples)
             fit_params = {}

@@ -64,6 +64,8 @@ def _scores(model_outputs: Any, targets: Tensor) -> tuple[Tensor, Tensor]:
     logits = logits_of(model_outputs)
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
+    if _concrete(targets):
+        _check_targets(tuple(logits.shape), targets)
     if logits.ndim == 3:
         if targets.ndim == 2:  # (position, token) per input
             positions, targets = targets[:, 0], targets[:, 1]
@@ -76,6 +78,39 @@ def _scores(model_outputs: Any, targets: Tensor) -> tuple[Tensor, Tensor]:
             f"{tuple(logits.shape)}: pass output=a function of what the model returns"
         )
     return logits, targets
+
+
+def _concrete(targets: Tensor) -> bool:
+    """Whether targets can be checked here without cost: on the CPU (on a GPU it would wait for the pass),
+    not compiled, and not inside a function transform such as ``vmap`` (whose values are not concrete)."""
+    return (
+        targets.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not torch._C._functorch.is_functorch_wrapped_tensor(targets)
+    )
+
+
+def _check_targets(shape: tuple[int, ...], targets: Tensor) -> None:
+    """Targets are class (token) indices below the logits' last size, and positions below a sequence's length."""
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be integer class (or token) indices, got dtype {targets.dtype}")
+    if targets.ndim == 2 and len(shape) == 3 and targets.shape[1] == 2:
+        checks = [("positions", targets[:, 0], shape[1]), ("targets", targets[:, 1], shape[2])]
+    elif targets.ndim == 1:
+        checks = [("targets", targets, shape[-1])]
+    else:
+        raise ValueError(
+            f"targets of shape {tuple(targets.shape)} do not fit logits {shape}: give (batch,) class indices, or "
+            "(batch, 2) rows of (position, token) for a sequence's logits"
+        )
+    for what, values, size in checks:
+        bad = (values < 0) | (values >= size)
+        if bad.any():
+            rows = torch.nonzero(bad).flatten()[:10].tolist()
+            raise ValueError(
+                f"{what} out of range: {int(bad.sum())} lie outside [0, {size}) (the logits are {shape}), at batch "
+                f"rows {rows} with values {values[bad][:10].tolist()}"
+            )
 
 
 def margins(model_outputs: Any, labels: Tensor) -> Tensor:
