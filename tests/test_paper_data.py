@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import compattr.data
 from compattr.data import DataMissingError, load_dataset, save_test_inputs, select_test_inputs
 from compattr.discovery import conv_components
 from compattr.downloads import dataset_download, weights_download
@@ -23,8 +26,11 @@ from compattr.models import (
 )
 
 
-def write_fake_cifar10(root, n_per_batch=6, seed=0):
-    """CIFAR-10's python layout: pickled dicts with b"data" (n, 3072) uint8 rows and b"labels"."""
+def write_fake_cifar10(root, monkeypatch, n_per_batch=6, seed=0):
+    """CIFAR-10's python layout: pickled dicts with b"data" (n, 3072) uint8 rows and b"labels".
+
+    Their digests stand in for the published ones (``compattr.data.CIFAR10``) while the test runs.
+    """
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
@@ -36,11 +42,13 @@ def write_fake_cifar10(root, n_per_batch=6, seed=0):
         with open(folder / name, "wb") as fh:
             pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels}, fh)
         batches[name] = (data, labels)
+    digests = tuple((name, hashlib.md5((folder / name).read_bytes()).hexdigest()) for name in batches)
+    monkeypatch.setattr(compattr.data, "CIFAR10", dataclasses.replace(compattr.data.CIFAR10, batches=digests))
     return batches
 
 
-def test_cifar10_python_batches_are_read_in_order_and_normalised(tmp_path):
-    batches = write_fake_cifar10(tmp_path)
+def test_cifar10_python_batches_are_read_in_order_and_normalised(tmp_path, monkeypatch):
+    batches = write_fake_cifar10(tmp_path, monkeypatch)
     train, test = load_dataset("cifar10", root=tmp_path)
     assert train.images.shape == (30, 3, 32, 32) and test.images.shape == (6, 3, 32, 32)
     assert train.labels.tolist() == sum((batches[f"data_batch_{i}"][1] for i in range(1, 6)), [])
@@ -51,6 +59,14 @@ def test_cifar10_python_batches_are_read_in_order_and_normalised(tmp_path):
     assert train.num_classes == 10
 
 
+def test_a_cifar10_batch_that_is_not_the_published_one_is_refused_before_it_is_unpickled(tmp_path, monkeypatch):
+    write_fake_cifar10(tmp_path, monkeypatch)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(b"not a pickle: reading it would fail in pickle, not here")
+    with pytest.raises(DataMissingError, match=r"data_batch_3 differs from the published one \(md5 [0-9a-f]{32}\)"):
+        load_dataset("cifar10", root=tmp_path)
+
+
 def test_missing_cifar10_fails_naming_the_folder_and_the_fix(tmp_path):
     with pytest.raises(DataMissingError, match=r"cifar-10-batches-py.*data.download: true"):
         load_dataset("cifar10", root=tmp_path)
@@ -58,11 +74,11 @@ def test_missing_cifar10_fails_naming_the_folder_and_the_fix(tmp_path):
         load_dataset("cifar10")
 
 
-def test_the_cifar10_download_is_planned_until_the_batches_are_there(tmp_path):
+def test_the_cifar10_download_is_planned_until_the_batches_are_there(tmp_path, monkeypatch):
     plan = dataset_download("cifar10", root=tmp_path, download=True)
     assert not plan.present and plan.url.endswith("cifar-10-python.tar.gz") and plan.destination == tmp_path
     assert "162.6 MiB" in plan.describe()
-    write_fake_cifar10(tmp_path)
+    write_fake_cifar10(tmp_path, monkeypatch)
     assert dataset_download("cifar10", root=tmp_path).present
     assert dataset_download("digits") is None and dataset_download("imagenet", root=tmp_path) is None
 

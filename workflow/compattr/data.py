@@ -141,7 +141,7 @@ class ImageFolderSplit:
 
 
 def _load_cifar10(root: str | Path, download: bool) -> tuple[ImageSplit, ImageSplit]:
-    from torchvision.datasets.utils import download_and_extract_archive
+    from torchvision.datasets.utils import check_md5, download_and_extract_archive
 
     folder = Path(root) / CIFAR10.base_folder
     names = [name for name, _ in CIFAR10.batches]
@@ -159,6 +159,15 @@ def _load_cifar10(root: str | Path, download: bool) -> tuple[ImageSplit, ImageSp
             f"CIFAR-10 python batches {missing} missing in {folder}: set data.download: true, or download "
             f"{CIFAR10.url} (md5 {CIFAR10.archive_md5}) and extract it into {root}"
         )
+
+    # unpickling runs code a crafted file holds: each batch is checked against its published digest first
+    digests = dict(CIFAR10.batches)
+    for name in names:
+        if not check_md5(str(folder / name), digests[name]):
+            raise DataMissingError(
+                f"CIFAR-10 batch {folder / name} differs from the published one (md5 {digests[name]}): it is damaged "
+                f"or not CIFAR-10's; delete {folder} and set data.download: true, or extract {CIFAR10.url} again"
+            )
 
     def read(batch_names: list[str]) -> ImageSplit:
         images, labels = [], []
