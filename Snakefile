@@ -36,6 +36,7 @@ include: "workflow/rules/sweep.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/editing.smk"
 include: "workflow/rules/unified.smk"
+include: "workflow/rules/verify.smk"
 
 
 # Jobs that only create, collect or name files run in the main process (on a cluster: the head node).
@@ -47,6 +48,7 @@ localrules:
     init_ablation_store,
     init_mistakes_store,
     top_components,
+    verify,
 
 
 rule all:

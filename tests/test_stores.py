@@ -1,11 +1,14 @@
 """Store integrity: every chunk is checksummed, damage is named where it is read, and a resampled shard repairs it."""
 
+import sys
+
 import numpy as np
 import pytest
 import zarr
 
 from compattr.estimators import RidgeCVRegressor
-from compattr.masks import expected_shard_masks, resampling_damaged_shards
+from compattr.masks import expected_shard_masks
+from compattr.repair import damaged_output, findings, rebuild_on_damage, repair_log_path, repair_logs
 from compattr.sampling import run_shard
 from compattr.stores import (
     DamagedShardsError,
@@ -88,7 +91,7 @@ def test_repair_marks_exactly_the_damaged_shards_and_resampling_them_gives_the_s
         _check(path, repair=True)
     assert sorted(found.value.faults) == [0, 2]
     assert [read_manifest(path, shard) is None for shard in range(3)] == [True, False, True]
-    assert not check_summary_path(path).exists()  # so that the workflow checks the store again
+    assert check_summary_path(path).exists()  # its job reruns by its repair log (compattr.repair), not by absence
     for shard in (0, 2):  # what the workflow's next run does: the jobs of the shards without a manifest
         run_shard(path, shard, _evaluate)
     assert _files(path) == intact
@@ -114,25 +117,50 @@ def test_a_shard_whose_margins_are_not_finite_gets_no_manifest(tmp_path):
     assert shard_manifest_path(path, 0).is_file()
 
 
-def test_a_reader_that_meets_damage_marks_every_faulty_shard_for_resampling(tmp_path):
+def _uncaught(error, inputs, monkeypatch):
+    """What a workflow job does with ``error`` uncaught after :func:`rebuild_on_damage` (``inputs``)."""
+    monkeypatch.setattr(sys, "excepthook", lambda *args: None)  # the interpreter's own printing, left out
+    rebuild_on_damage(inputs)
+    sys.excepthook(type(error), error, error.__traceback__)
+
+
+def test_a_reader_that_meets_damage_marks_every_faulty_shard_and_logs_the_store_for_rebuilding(tmp_path, monkeypatch):
     path = _store(tmp_path / "train.zarr")
     _chunk(path, "masks", "2/0").unlink()  # found by the check, not by the reader's checksums
     _flip_a_byte(_chunk(path, "margins", "0/0"))
-    with pytest.raises(DamagedShardsError) as found, resampling_damaged_shards():
+    with pytest.raises(StoreIntegrityError) as found:
         read_rows(path)
-    assert sorted(found.value.faults) == [0, 2]
+    summary = check_summary_path(path)
+    assert findings(summary) == [] and repair_logs([summary]) == []
+    _uncaught(found.value, [str(summary)], monkeypatch)
     assert [shard_manifest_path(path, shard).exists() for shard in range(3)] == [False, True, False]
+    assert [finding["store"] for finding in findings(summary)] == [str(path)]
+    assert repair_logs([summary, tmp_path / "elsewhere"]) == [str(repair_log_path(summary))]
+    _uncaught(found.value, [str(summary)], monkeypatch)  # a second finding: a second line
+    assert len(findings(summary)) == 2
 
 
-def test_damage_to_a_fit_store_passes_through_unmarked(tmp_path):
+def test_damage_to_a_fit_store_logs_the_job_output_that_holds_it(tmp_path, monkeypatch):
     masks, margins = read_rows(_store(tmp_path / "s.zarr"))
-    fit = tmp_path / "fit.zarr"
-    save_fit(fit, RidgeCVRegressor().fit(masks, margins), {"estimator": "ridge"})
-    _flip_a_byte(_chunk(fit, "coef", "0/0"))
-    with pytest.raises(StoreIntegrityError, match="fit.zarr") as found, resampling_damaged_shards():
-        load_fit(fit)
-    assert not isinstance(found.value, DamagedShardsError)
+    fits = tmp_path / "fits" / "ridge"
+    save_fit(fits / "n30.r0.zarr", RidgeCVRegressor().fit(masks, margins), {"estimator": "ridge"})
+    _flip_a_byte(_chunk(fits / "n30.r0.zarr", "coef", "0/0"))
+    with pytest.raises(StoreIntegrityError, match="n30.r0.zarr") as found:
+        load_fit(fits / "n30.r0.zarr")
+    assert damaged_output(found.value, [str(tmp_path / "other"), str(fits)]) == fits
+    assert damaged_output(found.value, [str(tmp_path / "other")]) is None  # not this job's input: nothing marked
+    _uncaught(found.value, [str(fits)], monkeypatch)
+    assert len(findings(fits)) == 1
     assert all(shard_manifest_path(tmp_path / "s.zarr", shard).exists() for shard in range(3))
+
+
+def test_a_mask_store_that_lost_its_metadata_is_named_and_rebuilt_whole(tmp_path, monkeypatch):
+    path = _store(tmp_path / "train.zarr")
+    (path / "zarr.json").unlink()
+    with pytest.raises(StoreIntegrityError, match=r"train.zarr has lost its metadata \(zarr.json\)") as found:
+        read_rows(path)
+    _uncaught(found.value, [], monkeypatch)
+    assert len(findings(check_summary_path(path))) == 1
 
 
 @pytest.mark.parametrize("array", ["masks", "margins"])
@@ -165,6 +193,35 @@ def test_damaged_fit_coefficients_are_refused_not_read_as_zeros(tmp_path, damage
     chunk = _chunk(fit, "coef", "0/0")
     chunk.unlink() if damage == "delete" else _flip_a_byte(chunk)
     with pytest.raises(StoreIntegrityError, match="fit.zarr"):
+        load_fit(fit)
+
+
+class _Diagnosed:
+    """A fitted model with diagnostics and a network, as the 2-layer estimators leave them."""
+
+    coef_, intercept_ = np.ones((3, 5)), np.zeros(3)
+    failed_ = np.array([True, False, True])
+    alpha_ = np.array([0.1, 1.0, 10.0])
+    network_ = {"W1": np.ones((4, 5)), "b2": np.zeros(3)}
+
+
+@pytest.mark.parametrize(
+    "array, damage",
+    [("failed", "delete"), ("alpha", "edit"), ("coef", "edit"), ("network/W1", "delete"), ("component", "edit")],
+)
+def test_every_array_of_a_fit_store_is_sealed_so_a_deleted_or_forged_chunk_is_refused(tmp_path, array, damage):
+    fit = tmp_path / "fit.zarr"
+    coords = {"components": [f"c{k}" for k in range(5)], "inputs": np.arange(3), "labels": np.arange(3)}
+    save_fit(fit, _Diagnosed(), {"estimator": "x"}, coords)
+    saved = load_fit(fit)
+    np.testing.assert_array_equal(saved.failed, [True, False, True])
+    assert saved.network is not None and saved.network["W1"].shape == (4, 5)
+    if damage == "delete":
+        _chunk(fit, array, "0/0" if array == "network/W1" else "0").unlink()
+    else:  # written through Zarr: the chunk's own checksum is valid, only the seal tells
+        member = zarr.open_group(str(fit), mode="r+")[array]
+        member[0] = "forged" if array == "component" else 7.0
+    with pytest.raises(StoreIntegrityError, match=f"array '{array}' differs from the digest it was sealed with"):
         load_fit(fit)
 
 

@@ -174,9 +174,7 @@ def test_stores_carry_coordinates_and_the_top_components_are_named(study):
 def test_second_run_has_nothing_to_do_and_figures_regenerate_alone(study):
     assert "Nothing to be done" in snakemake(study, "--cores", "2").stdout
     shutil.rmtree(study / STUDY / "figures")
-    dry = snakemake(study, "-n", "--quiet", "rules")
-    jobs = {line.split()[0] for line in dry.stdout.splitlines() if line.strip() and line.split()[-1].isdigit()}
-    assert jobs - {"job", "total"} == {"plot_lds", "all"}
+    assert _planned(study) == {"plot_lds", "all"}
     snakemake(study, "--cores", "2")
     assert (study / STUDY / "figures/lds_vs_ablations.png").exists()
 
@@ -310,28 +308,56 @@ def test_interrupted_serial_sampling_resumes_to_the_parallel_arrays(study, tmp_p
             np.testing.assert_array_equal(a, b)
 
 
-def test_a_damaged_store_found_by_a_fit_is_repaired_by_the_next_run_to_the_same_bytes(study, tmp_path):
+def test_damage_found_by_a_reader_or_by_verify_is_repaired_by_the_next_plain_run_to_the_same_bytes(study, tmp_path):
     workdir = copy_repo(tmp_path / "repair")
     shutil.copytree(study / STUDY / "m0/model", workdir / STUDY / "m0/model")
     train = workdir / STUDY / "m0/ablations/train.zarr"
-    snakemake(workdir, "--cores", "1", f"{STUDY}/m0/ablations/train.summary.json")
+    fits = [f"{STUDY}/m0/fits/ridge", f"{STUDY}/m0/fits/coar"]
+    snakemake(workdir, "--cores", "1", *fits)
 
     def files() -> dict[str, bytes]:
         found = train.parent.rglob("train.*/**/*")  # the store and its manifests
         return {str(f.relative_to(train.parent)): f.read_bytes() for f in found if f.is_file()}
 
-    intact = files()
+    def coar() -> list[np.ndarray]:
+        return [load_fit(store).coef for store in sorted((workdir / fits[1]).glob("*.zarr"))]
+
+    intact, intact_coar = files(), coar()
     others = {p: p.stat().st_mtime_ns for p in train.with_suffix(".shards").glob("*.json") if p.stem != "1"}
     (train / "masks/c/1/0").unlink()  # read back as nothing ablated: only the recomputed masks show it
-    found = snakemake(workdir, "--cores", "1", f"{STUDY}/m0/fits/ridge", check=False)
+    found = snakemake(workdir, "--cores", "1", fits[0], "--forcerun", fits[0], check=False)
     assert found.returncode != 0
     error = (workdir / "logs/tiny/m0/fit_estimator/ridge.log").read_text()
-    assert "1 shard(s) of" in error and "holds masks its seed does not give" in error
-    assert "manifests are deleted" in error
+    assert "shard 1 of" in error and "differs from the digests of its manifest" in error
+    assert "marked" in error and "train.summary.json to be rebuilt" in error
     assert not (workdir / STUDY / "m0/ablations/train.shards/1.json").exists()
-    snakemake(workdir, "--cores", "1", f"{STUDY}/m0/fits/ridge")
+    # A plain run resamples shard 1 and refits what used it: ridge (its failed fit) and coar (up to date before).
+    snakemake(workdir, "--cores", "1", *fits)
     assert files() == intact
     assert others and {p: p.stat().st_mtime_ns for p in others} == others  # only shard 1 was sampled again
+    assert all(np.array_equal(a, b) for a, b in zip(coar(), intact_coar, strict=True))
+    # verify reads every finished store and rebuilds nothing intact
+    snakemake(workdir, "--cores", "1", "verify")
+    assert "verified: all intact" in _log(workdir, "verify")
+    assert _planned(workdir, *fits) == set()
+    # a fit's diagnostics chunk deleted (it would read back as its fill value): verify names it, the next run refits
+    (workdir / fits[0] / "n40.r0.zarr/alpha/c/0").unlink()
+    assert snakemake(workdir, "--cores", "1", "verify", check=False).returncode != 0
+    assert "array 'alpha' differs from the digest" in _log(workdir, "verify")
+    assert _planned(workdir, *fits) == {"fit_estimator"}
+    snakemake(workdir, "--cores", "1", *fits)
+    load_fit(workdir / fits[0] / "n40.r0.zarr")
+
+
+def _planned(workdir: Path, *targets: str) -> set[str]:
+    """The rules a dry run of ``targets`` (the default target when none) would run jobs of."""
+    dry = snakemake(workdir, *targets, "-n", "--quiet", "rules")  # targets first: --quiet takes several
+    jobs = {line.split()[0] for line in dry.stdout.splitlines() if line.strip() and line.split()[-1].isdigit()}
+    return jobs - {"job", "total"}
+
+
+def _log(workdir: Path, job: str) -> str:
+    return (workdir / "logs/tiny" / f"{job}.log").read_text()
 
 
 def test_a_bad_config_fails_before_any_job_with_every_fault_named(tmp_path):

@@ -120,17 +120,17 @@ class MaskStore:
 
     def __init__(self, path: str | Path, mode: str = "r") -> None:
         self.path = Path(path)
-        self.group = zarr.open_group(str(path), mode=mode)
+        self.group = open_store(path, mode)
 
     @functools.cached_property
     def masks(self) -> zarr.Array:
         """The ``masks`` array (mask x unit, bool)."""
-        return self.group["masks"]
+        return store_member(self.group, "masks", self.path)
 
     @functools.cached_property
     def margins(self) -> zarr.Array:
         """The ``margins`` array (mask x input, float32)."""
-        return self.group["margins"]
+        return store_member(self.group, "margins", self.path)
 
     @classmethod
     def open(cls, store: str | Path | MaskStore, mode: str = "r") -> MaskStore:
@@ -191,6 +191,22 @@ class MaskStore:
     def shard_rows(self, shard: int) -> tuple[int, int]:
         """The first and past-the-last rows of ``shard``; an error names a shard out of range."""
         return shard_rows(self.masks, shard)
+
+
+def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
+    """The Zarr group of a store; a folder without its ``zarr.json`` is a :class:`StoreIntegrityError` naming it."""
+    if mode in ("r", "r+") and Path(path).is_dir() and not (Path(path) / "zarr.json").is_file():
+        raise StoreIntegrityError(f"{path} has lost its metadata (zarr.json): rebuild the store", path)
+    return zarr.open_group(str(path), mode=mode)
+
+
+def store_member(group: zarr.Group, name: str, path: str | Path) -> Any:
+    """``group[name]``; a member a store must hold but lacks is a :class:`StoreIntegrityError` naming both."""
+    try:
+        return group[name]
+    except KeyError:
+        message = f"{path} has lost its array {name!r} (or its metadata): rebuild the store"
+        raise StoreIntegrityError(message, path) from None
 
 
 def create_mask_store(
@@ -295,7 +311,7 @@ def shard_manifest_path(path: str | Path, shard: int) -> Path:
 
 
 def check_summary_path(path: str | Path) -> Path:
-    """Where the summary of a verified store is written (``<store>.summary.json``): deleted when a shard is marked."""
+    """Where the summary of a verified store is written (``<store>.summary.json``): the job output standing for it."""
     return Path(path).with_suffix(".summary.json")
 
 
@@ -333,7 +349,7 @@ def write_coordinates(group: zarr.Group, *, components: Sequence[str], inputs: n
 
 def read_coordinates(path: str | Path | MaskStore) -> dict[str, np.ndarray] | None:
     """The coordinates a store (a mask or fit store) holds (``component``, ``input``, ``label``), or None."""
-    group = path.group if isinstance(path, MaskStore) else zarr.open_group(str(path), mode="r")
+    group = path.group if isinstance(path, MaskStore) else open_store(path)
     try:  # looked up by name: listing the group would warn about files Snakemake keeps in output folders
         component, inputs, labels = (group[name] for name in ("component", "input", "label"))
     except KeyError:
@@ -355,9 +371,9 @@ def check_mask_store(
     is given, hold the masks it returns (masks are a pure function of the store's seed and
     shard: :func:`compattr.masks.expected_shard_masks`). Every shard is looked at;
     :class:`DamagedShardsError` names each faulty one and what is wrong. With ``repair``,
-    the manifests of those shards and the store's summary (:func:`check_summary_path`)
-    are deleted first: sampling them again (their jobs rerun) gives the store it should
-    be, bit for bit. Returns the store's shape and margin statistics.
+    the manifests of those shards are deleted first: sampling them again (their jobs rerun,
+    :mod:`compattr.repair`) gives the store it should be, bit for bit. Returns the store's
+    shape and margin statistics.
     """
     store = MaskStore.open(store)
     path, masks_arr, margins_arr, n_shards = store.path, store.masks, store.margins, store.n_shards
@@ -433,7 +449,7 @@ def _damaged(path: str | Path, faults: dict[int, str], repair: bool) -> DamagedS
     """The error for a store's faulty shards; with ``repair``, their manifests are deleted (marked for sampling)."""
     manifests = [shard_manifest_path(path, shard) for shard in faults]
     if repair:
-        for manifest in [*manifests, check_summary_path(path)]:
+        for manifest in manifests:
             manifest.unlink(missing_ok=True)
         action = "their manifests are deleted: run the workflow again, which samples exactly these shards again"
     else:
@@ -477,8 +493,6 @@ def iter_rows(store: str | Path | MaskStore, start: int, stop: int) -> Iterator[
         yield masks[rows], margins[rows]
 
 
-#: The arrays of a saved network (:func:`compattr.estimators.predict_network`).
-NETWORK_ARRAYS = ("W1", "b1", "W2", "b2", "x_mean", "x_std", "y_mean", "y_std")
 #: Per-input diagnostics a fit store keeps when its estimator has them: the chosen penalty, the kept
 #: step, the validation scores at the choice, the chosen prior among several, the prior's fitted scale,
 #: whether the fit failed (kept its initial state), and the least-squares factor of a calibrated collapse.
@@ -571,16 +585,28 @@ def save_linear_fit(
     """Write a linear component model: ``coef`` (input x component) and ``intercept`` (input).
 
     ``coords`` (``components``, ``inputs``, ``labels``, as
-    :func:`read_coordinates` gives them) label the axes.
+    :func:`read_coordinates` gives them) label the axes. The store is sealed: the SHA-256 digest
+    of every array it holds is its ``sha256`` attribute, which :func:`load_fit` checks.
     """
+    group, written = _write_linear_fit(path, coef, intercept, attributes, coords)
+    _seal(group, written)
+    return group
+
+
+def _write_linear_fit(
+    path: str | Path,
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    attributes: dict[str, Any],
+    coords: dict[str, Any] | None,
+) -> tuple[zarr.Group, dict[str, np.ndarray]]:
+    """The arrays of :func:`save_linear_fit`, written unsealed; returns the group and what each array holds."""
     group = zarr.open_group(str(path), mode="w", attributes=attributes)
     coef = np.atleast_2d(coef)
+    written = {"coef": coef.astype(np.float32), "intercept": np.atleast_1d(intercept).astype(np.float32)}
     # NaN fill: a missing chunk reads as NaN, which load_fit refuses, never as zero effects
-    for name, data, dims in (
-        ("coef", coef.astype(np.float32), ("input", "component")),
-        ("intercept", np.atleast_1d(intercept).astype(np.float32), ("input",)),
-    ):
-        group.create_array(name, data=data, dimension_names=dims, fill_value=np.nan, **CHECKSUMMED)
+    for name, dims in (("coef", ("input", "component")), ("intercept", ("input",))):
+        group.create_array(name, data=written[name], dimension_names=dims, fill_value=np.nan, **CHECKSUMMED)
     if coords is not None:
         if (len(coords["inputs"]), len(coords["components"])) != coef.shape:
             raise ValueError(
@@ -588,7 +614,25 @@ def save_linear_fit(
                 f"but coef is {coef.shape[0]} x {coef.shape[1]}"
             )
         write_coordinates(group, **coords)
-    return group
+        written.update(component=np.asarray(coords["components"]), input=coords["inputs"], label=coords["labels"])
+    return group, written
+
+
+def _array_digest(data: np.ndarray) -> str:
+    """SHA-256 of an array's values, shape and dtype kind (strings by their text, numbers little-endian)."""
+    data = np.asarray(data)
+    digest = hashlib.sha256(f"{data.shape}".encode())
+    if data.dtype.kind in "OTU":
+        digest.update("\x00".join(map(str, data.ravel().tolist())).encode())
+    else:
+        digest.update(data.dtype.kind.encode())
+        digest.update(np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<")).tobytes())
+    return digest.hexdigest()
+
+
+def _seal(group: zarr.Group, written: dict[str, np.ndarray]) -> None:
+    """Record the digest of every array written (``network/W1`` for a member of a subgroup), last."""
+    group.attrs["sha256"] = {name: _array_digest(data) for name, data in sorted(written.items())}
 
 
 def save_fit(path: str | Path, model: Any, attributes: dict[str, Any], coords: dict[str, Any] | None = None) -> None:
@@ -596,40 +640,48 @@ def save_fit(path: str | Path, model: Any, attributes: dict[str, Any], coords: d
 
     Per-input diagnostics the estimator exposes (:data:`DIAGNOSTICS`, with a
     trailing underscore) are kept as arrays over inputs; ``coords`` as for
-    :func:`save_linear_fit`.
+    :func:`save_linear_fit`. Every array is sealed by its digest, diagnostics included.
     """
-    group = save_linear_fit(path, model.coef_, model.intercept_, attributes, coords)
+    group, written = _write_linear_fit(path, model.coef_, model.intercept_, attributes, coords)
     for name in (f"{key}_" for key in DIAGNOSTICS):
         if hasattr(model, name):
-            data = np.atleast_1d(getattr(model, name))
+            data = written[name.rstrip("_")] = np.atleast_1d(getattr(model, name))
             group.create_array(name.rstrip("_"), data=data, dimension_names=("input",), **CHECKSUMMED)
     if hasattr(model, "network_"):
         net = group.create_group("network")
         for key, value in model.network_.items():
-            net.create_array(key, data=np.asarray(value, dtype=np.float32), fill_value=np.nan, **CHECKSUMMED)
+            data = written[f"network/{key}"] = np.asarray(value, dtype=np.float32)
+            net.create_array(key, data=data, fill_value=np.nan, **CHECKSUMMED)
+    _seal(group, written)
 
 
 def load_fit(path: str | Path) -> SavedFit:
-    """Read a fit written by :func:`save_fit` or :func:`save_linear_fit`, verifying what it reads.
+    """Read a fit written by :func:`save_fit` or :func:`save_linear_fit`, verifying every array it holds.
 
-    A chunk that fails its checksum raises :class:`StoreIntegrityError`, and a
-    missing or non-finite coefficient (a deleted chunk reads as NaN) too, naming the store.
+    A chunk that fails its checksum, an array that differs from the digest it was sealed with
+    (a deleted chunk reads back as its fill value; an edited value), a missing array or
+    non-finite coefficients raise :class:`StoreIntegrityError` naming the store and the array.
     """
-    group = zarr.open_group(str(path), mode="r")
-
-    def optional(name: str, parent: zarr.Group = group) -> Any:
-        try:  # looked up by name: listing the group would warn about files Snakemake keeps in output folders
-            return parent[name]
-        except KeyError:
-            return None
-
-    coef, intercept = (read_array(group[name], path) for name in ("coef", "intercept"))
+    group = open_store(path)
+    attrs = dict(group.attrs)
+    digests = attrs.pop("sha256", None)
+    if digests is None:
+        raise StoreIntegrityError(f"the fit store at {path} records no digests (unsealed or older): fit it again", path)
+    arrays = {}
+    for name, expected in digests.items():
+        parent, _, key = name.rpartition("/")
+        member = store_member(store_member(group, parent, path) if parent else group, key, path)
+        arrays[name] = data = read_array(member, path)
+        if _array_digest(data) != expected:
+            reason = f"array {name!r} differs from the digest it was sealed with (a deleted, damaged or edited chunk)"
+            raise StoreIntegrityError(f"the fit store at {path}: {reason}: fit it again", path, reason)
+    coef, intercept = arrays["coef"], arrays["intercept"]
     if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
-        raise StoreIntegrityError(f"the fit store at {path} holds missing or non-finite coefficients: fit it again")
-    net = optional("network")
-    network = None if net is None else {key: read_array(net[key], path) for key in NETWORK_ARRAYS}
-    diagnostics = {name: read_array(array, path) for name in DIAGNOSTICS if (array := optional(name)) is not None}
-    return SavedFit(coef, intercept, dict(group.attrs), network, diagnostics)
+        message = f"the fit store at {path} holds missing or non-finite coefficients: fit it again"
+        raise StoreIntegrityError(message, path)
+    network = {name.removeprefix("network/"): data for name, data in arrays.items() if name.startswith("network/")}
+    diagnostics = {name: arrays[name] for name in DIAGNOSTICS if name in arrays}
+    return SavedFit(coef, intercept, attrs, network or None, diagnostics)
 
 
 def read_array(array: zarr.Array, path: str | Path, rows: slice = slice(None)) -> np.ndarray:

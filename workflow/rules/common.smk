@@ -2,13 +2,17 @@ from snakemake.logging import logger
 
 from pathlib import Path
 
-from compattr.configcheck import estimator_priors as _estimator_priors, resolve_config, top_method
+from compattr.configcheck import estimator_priors as _estimator_priors, load_config, resolve_config, top_method
 from compattr.io import source_hash
+from compattr.repair import repair_logs as _repair_logs
 from compattr.registry import BENCHMARKED, PRIOR_ESTIMATORS, TWO_LAYER_ESTIMATORS
 from compattr.stores import fit_store_name
 
 # Every fault of the config at once (compattr.configcheck, as `python -m compattr.configcheck` reports them),
 # before any job; the workflow then runs the checked config, the schema's defaults filled in.
+# Each config file is read again as configcheck reads it: a key given twice is an error, not the last one kept.
+for _path in workflow.configfiles:
+    load_config(_path)
 _checked = resolve_config(config)
 for _warning in _checked.warnings:
     logger.warning(_warning)
@@ -55,6 +59,15 @@ FORWARD = {key: config["sampling"][key] for key in ("precision", "channels_last"
 def library(script):
     """A hash of the library code a workflow script runs: as a parameter, a change to that code reruns the job."""
     return source_hash(Path(workflow.basedir) / "workflow" / "scripts" / script)
+
+
+def repair_logs(output):
+    """An input function: the repair log of the job output ``output`` (a pattern) once damage was logged in it.
+
+    A reader that finds a store damaged logs it against the output holding the store (compattr.repair):
+    the log is then newer than that output, so the next run rebuilds it and everything built from it.
+    """
+    return lambda wildcards: _repair_logs(expand(output, **dict(wildcards.items())))
 
 
 def estimator_priors(estimator):
@@ -240,6 +253,26 @@ MISTAKES_DIR = f"{MODEL_DIR}/mistakes"
 def mistakes_dir(model):
     """Directory of one model's misclassified images, with their ablation store and fits."""
     return f"{model_dir(model)}/mistakes"
+
+
+def verify_summaries(wildcards):
+    """Every finished mask store's check summary, on every model (the misclassified images' too, when editing).
+
+    Only those there: verifying builds nothing.
+    """
+    splits = {model_dir(m): ["train", "heldout", *OOD_SPLITS] for m in MODELS}
+    if EDITING["enabled"]:
+        splits |= {mistakes_dir(m): ["train"] for m in MODELS}
+    found = [f"{root}/ablations/{split}.summary.json" for root, names in splits.items() for split in names]
+    return [path for path in found if Path(path).exists()]
+
+
+def verify_fits(wildcards):
+    """Every finished fit of every method on every model (the misclassified images' too, when editing)."""
+    fits = [fit for m in MODELS for method in METHODS for fit in fits_of(m, method)]
+    if EDITING["enabled"]:
+        fits += [fit for m in MODELS for method in METHODS for fit in fits_of(m, method, mistakes_dir(m))]
+    return [path for path in dict.fromkeys(fits) if Path(path).exists()]
 
 
 def mistakes_fits(wildcards):

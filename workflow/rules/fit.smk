@@ -4,6 +4,7 @@ rule fit_estimator:
     input:
         unpack(prior_input),
         summary=f"{MODEL_DIR}/ablations/train.summary.json",
+        repairs=repair_logs(f"{MODEL_DIR}/fits/{{estimator}}"),
     output:
         directory(f"{MODEL_DIR}/fits/{{estimator}}"),
     benchmark:
@@ -38,6 +39,7 @@ rule fit_baseline:
     input:
         model=rules.train_model.output.model,
         inputs=rules.select_test_inputs.output[0],
+        repairs=repair_logs(f"{MODEL_DIR}/baselines/{{baseline}}.zarr"),
     output:
         directory(f"{MODEL_DIR}/baselines/{{baseline}}.zarr"),
     benchmark:

@@ -55,6 +55,7 @@ rule check_ablation_store:
     input:
         shards=shard_flags,
         store=rules.init_ablation_store.output.group,
+        repairs=repair_logs(f"{MODEL_DIR}/ablations/{{split}}.summary.json"),
     output:
         f"{MODEL_DIR}/ablations/{{split}}.summary.json",
     log:

@@ -3,6 +3,7 @@ rule fit_sweep:
     input:
         unpack(prior_input),
         summary=f"{RESULTS}/m0/ablations/train.summary.json",
+        repairs=repair_logs(f"{RESULTS}/m0/sweep/fits/{{setting}}"),
     output:
         directory(f"{RESULTS}/m0/sweep/fits/{{setting}}"),
     benchmark:

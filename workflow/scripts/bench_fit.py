@@ -4,15 +4,15 @@ import torch
 
 from compattr.bench import fit_speed
 from compattr.io import resolve_device, start_log, write_json
-from compattr.masks import resampling_damaged_shards
+from compattr.repair import rebuild_on_damage
 from compattr.stores import load_priors, read_rows
 
 log = start_log(snakemake.log[0])
+rebuild_on_damage(snakemake.input)  # a damaged store this job reads is rebuilt by the next run
 torch.set_num_threads(snakemake.threads)
 device = str(resolve_device(snakemake.params.device))
-with resampling_damaged_shards():  # a damaged store's faulty shards are sampled again on the next run
-    X, Y = read_rows(snakemake.params.train, snakemake.params.n_train)
-    X_test, Y_test = read_rows(snakemake.params.heldout)
+X, Y = read_rows(snakemake.params.train, snakemake.params.n_train)
+X_test, Y_test = read_rows(snakemake.params.heldout)
 prior, _ = load_priors(list(snakemake.input.get("prior", [])))
 results = []
 for estimator, params in snakemake.params.estimators.items():

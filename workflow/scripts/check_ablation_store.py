@@ -7,9 +7,11 @@ from functools import partial
 
 from compattr.io import start_log, write_json
 from compattr.masks import expected_shard_masks
+from compattr.repair import rebuild_on_damage
 from compattr.stores import MaskStore, check_mask_store
 
 log = start_log(snakemake.log[0])
+rebuild_on_damage(snakemake.input)  # a damaged store this job reads is rebuilt by the next run
 p = snakemake.params
 store = MaskStore.open(p.store)
 store.check_settings(ablation_rate=p.ablation_rate, seed=p.seed)  # the config is the source of truth

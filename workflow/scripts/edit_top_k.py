@@ -6,6 +6,7 @@ from compattr.analysis import write_table
 from compattr.checkpoints import start_model_job
 from compattr.data import load_test_inputs
 from compattr.editing import TOP_K_COLUMNS, random_orders, top_k_ablation, top_k_rows
+from compattr.repair import rebuild_on_damage
 from compattr.sampling import ComponentMarginEvaluator
 from compattr.stores import fit_stores, load_fit
 
@@ -13,6 +14,7 @@ p = snakemake.params
 log, _, model, components = start_model_job(
     snakemake.log[0], snakemake.input.model, threads=snakemake.threads, device=snakemake.params.device
 )
+rebuild_on_damage(snakemake.input)  # a damaged store this job reads is rebuilt by the next run
 inputs = load_test_inputs(snakemake.input.inputs)
 evaluator = ComponentMarginEvaluator(
     model, components, inputs.images, inputs.labels, batch_size=p.batch_size, **p.forward

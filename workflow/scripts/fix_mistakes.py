@@ -18,6 +18,7 @@ from compattr.editing import (
     random_fix_rows,
     scoring_images,
 )
+from compattr.repair import rebuild_on_damage
 from compattr.sampling import ComponentMarginEvaluator, DistinctMasks
 from compattr.stores import fit_stores, load_fit
 
@@ -25,6 +26,7 @@ p = snakemake.params
 log, _, model, components = start_model_job(
     snakemake.log[0], snakemake.input.model, threads=snakemake.threads, device=snakemake.params.device
 )
+rebuild_on_damage(snakemake.input)  # a damaged store this job reads is rebuilt by the next run
 mistakes = load_test_inputs(snakemake.input.mistakes)
 _, test = load_dataset(**p.data)
 # the edit must be local: the edited model is scored on test images that are neither attributed nor mistakes

@@ -6,6 +6,7 @@ from compattr.analysis import write_table
 from compattr.checkpoints import start_model_job
 from compattr.data import load_dataset, load_test_ids, load_test_inputs
 from compattr.editing import FORGET_COLUMNS, class_accuracy, class_forgetting_masks, scoring_images
+from compattr.repair import rebuild_on_damage
 from compattr.sampling import ComponentMarginEvaluator, DistinctMasks
 from compattr.stores import load_fit
 
@@ -13,6 +14,7 @@ p = snakemake.params
 log, _, model, components = start_model_job(
     snakemake.log[0], snakemake.input.model, threads=snakemake.threads, device=snakemake.params.device
 )
+rebuild_on_damage(snakemake.input)  # a damaged store this job reads is rebuilt by the next run
 attributed = load_test_inputs(snakemake.input.inputs)
 _, test = load_dataset(**p.data)
 # scored on test images that are not among the attributed inputs: those choose the components

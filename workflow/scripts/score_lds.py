@@ -5,15 +5,15 @@ import numpy as np
 from compattr.analysis import write_fit_csv, write_lds_csv
 from compattr.fitting import predicts_constant, score_fit
 from compattr.io import start_log
-from compattr.masks import resampling_damaged_shards
+from compattr.repair import rebuild_on_damage
 from compattr.stores import MaskStore, fit_stores, load_fit, read_rows
 
 log = start_log(snakemake.log[0])
-with resampling_damaged_shards():  # a damaged store's faulty shards are sampled again on the next run
-    heldout_masks = read_rows(snakemake.params.heldout)
-    # each out-of-distribution split by the ablation rate its store records
-    ood_stores = [MaskStore.open(path) for path in snakemake.params.ood]
-    ood_masks = {store.settings()["ablation_rate"]: read_rows(store) for store in ood_stores}
+rebuild_on_damage(snakemake.input)  # a damaged store this job reads is rebuilt by the next run
+heldout_masks = read_rows(snakemake.params.heldout)
+# each out-of-distribution split by the ablation rate its store records
+ood_stores = [MaskStore.open(path) for path in snakemake.params.ood]
+ood_masks = {store.settings()["ablation_rate"]: read_rows(store) for store in ood_stores}
 heldout, ood, diagnostics = [], [], []
 name = snakemake.params.label  # a prior's fit is labelled as its estimator's point at 0 masks
 model = snakemake.params.model

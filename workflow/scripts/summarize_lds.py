@@ -8,10 +8,12 @@ import numpy as np
 from compattr.analysis import ceiling_targets, concat_csv, read_lds_csv, read_table, resampled_sources, summary_rows
 from compattr.editing import FIX_COLUMNS, FORGET_COLUMNS, TOP_K_COLUMNS
 from compattr.io import start_log
+from compattr.repair import rebuild_on_damage
 from compattr.reports import study_notes, summary_markdown
 from compattr.stores import load_fit
 
 log = start_log(snakemake.log[0])
+rebuild_on_damage(snakemake.input)  # a damaged store this job reads is rebuilt by the next run
 cfg = snakemake.params.analysis
 concat_csv(snakemake.input.heldout, snakemake.output.lds)
 concat_csv(snakemake.input.ood, snakemake.output.ood)

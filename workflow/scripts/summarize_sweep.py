@@ -11,10 +11,12 @@ import numpy as np  # noqa: E402
 from compattr.analysis import concat_csv, read_lds_csv, select_by_validation  # noqa: E402
 from compattr.io import start_log  # noqa: E402
 from compattr.plots import plot_sweep  # noqa: E402
+from compattr.repair import rebuild_on_damage
 from compattr.reports import markdown_table  # noqa: E402
 from compattr.stores import fit_stores, load_fit  # noqa: E402
 
 log = start_log(snakemake.log[0])
+rebuild_on_damage(snakemake.input)  # a damaged store this job reads is rebuilt by the next run
 concat_csv(snakemake.input.lds, snakemake.output.lds)
 table = read_lds_csv(snakemake.output.lds)
 settings = snakemake.params.settings

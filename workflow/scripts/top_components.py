@@ -4,9 +4,11 @@ import csv
 
 from compattr.fitting import top_components
 from compattr.io import start_log
+from compattr.repair import rebuild_on_damage
 from compattr.stores import load_fit, read_coordinates
 
 log = start_log(snakemake.log[0])
+rebuild_on_damage(snakemake.input)  # a damaged store this job reads is rebuilt by the next run
 p = snakemake.params
 fit = load_fit(p.fit)
 coords = read_coordinates(p.fit)
