@@ -92,11 +92,13 @@ def _standardized(X):
     return (X - mean) / std, mean, std
 
 
+@pytest.mark.parametrize("dual", ["auto", True, False])
 @pytest.mark.parametrize("n", [40, 61, 200], ids=["n<C", "n=C+1", "n>C"])
-def test_coar_is_minimum_norm_least_squares_on_standardised_masks(n):
-    """COAR as its code runs: SAGA at lambda 0 from zero converges to lstsq's minimum-norm solution."""
+def test_coar_is_minimum_norm_least_squares_on_standardised_masks(n, dual):
+    """COAR as its code runs: SAGA at lambda 0 from zero converges to lstsq's minimum-norm solution, in either form."""
     X, Y, _, _ = planted_problem(n, n_units=60, noise=0.5, alpha=0.2)
-    model = CoarRegressor().fit(X, Y)
+    model = CoarRegressor(dual=dual).fit(X, Y)
+    assert model.dual_ == (dual is True or (dual == "auto" and n < X.shape[1]))
     A, mean, std = _standardized(X)
     solution = np.linalg.lstsq(np.c_[A, np.ones(n)], Y, rcond=None)[0]  # the intercept in the least squares too
     coef = (solution[:-1] / std[:, None]).T
@@ -107,10 +109,23 @@ def test_coar_is_minimum_norm_least_squares_on_standardised_masks(n):
     assert model.n_validation(n) == 0  # every mask is fitted
 
 
-def test_coar_gives_never_ablated_components_zero_effect():
+@pytest.mark.parametrize("dual", [True, False])
+def test_coar_gives_never_ablated_components_zero_effect(dual):
     X, Y, _, _ = planted_problem(50, n_units=60, alpha=0.1)
     X[:, 7] = 0.0
-    assert CoarRegressor().fit(X, Y).coef_[:, 7] == pytest.approx(0.0)
+    assert CoarRegressor(dual=dual).fit(X, Y).coef_[:, 7] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("n_blocks", [1, 3])
+def test_coar_streamed_as_bool_blocks_switches_form_when_masks_outnumber_components(n_blocks):
+    """Bool blocks are held as they come while fewer than the components, then summed: the same fit either way."""
+    X, Y, _, _ = planted_problem(30 * n_blocks, n_units=60, noise=0.5, alpha=0.2)
+    masks = X.astype(bool)
+    blocks = [(masks[i : i + 30], Y[i : i + 30]) for i in range(0, len(X), 30)]
+    streamed = CoarRegressor().fit_blocks(blocks)
+    assert streamed.dual_ == (n_blocks == 1)
+    whole = CoarRegressor(dual=False).fit(X, Y)
+    np.testing.assert_allclose(streamed.coef_, whole.coef_, atol=1e-8 * np.abs(whole.coef_).max())
 
 
 @pytest.mark.parametrize("lr", [1.0, 1.9])

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from numbers import Integral, Real
 from typing import Any
 
 import torch
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from torch import Tensor
 
 from compattr.estimators._base import (
     VALIDATION_FRACTION,
+    Block,
     MomentModel,
     Moments,
     centred_intercept,
+    check_block,
     moment_std,
     standardized_gram,
+    sum_moments,
 )
+
+#: Float64 elements of the column slice of standardised masks a dual fit holds at once (128 MB).
+DUAL_SLICE = 2**24
 
 
 class CoarRegressor(MomentModel):
@@ -38,8 +45,18 @@ class CoarRegressor(MomentModel):
     ``C * eps`` times the largest (rounding), are treated as zero. Nothing is
     held out: there is no setting to choose.
 
+    With fewer masks than components the same solution is ``A' pinv(A A') (y - mean y)``
+    (the dual form): memory grows with masks x components in the masks' own
+    type (bool for a store's masks) plus masks x masks, never components x
+    components, and the eigenvalues are those of ``A A'``, which has the same
+    nonzero ones; both forms keep the same ones, so they agree up to rounding.
+
     Parameters
     ----------
+    dual : {"auto", True, False}, default="auto"
+        Solve in the masks x masks form (True), the components x components form
+        (False), or the smaller of the two (``"auto"``: dual while the fit has
+        fewer masks than components).
     device : str, default="cpu"
 
     Attributes
@@ -48,27 +65,90 @@ class CoarRegressor(MomentModel):
     intercept_ : ndarray of shape (n_inputs,) or float
     rank_ : int
         Rank of the standardised centred masks (eigenvalues kept).
+    dual_ : bool
+        Whether the fit was solved in the masks x masks form.
     """
 
     _validates = False  # no validation split: every mask is fitted
-    _parameter_constraints: dict[str, list[Any]] = {**MomentModel._parameter_constraints}
+    _parameter_constraints: dict[str, list[Any]] = {
+        **MomentModel._parameter_constraints,
+        "dual": [StrOptions({"auto"}), "boolean"],
+    }
 
-    def __init__(self, *, device: str = "cpu") -> None:
+    def __init__(self, *, dual: str | bool = "auto", device: str = "cpu") -> None:
+        self.dual = dual
         self.device = device
+
+    def _fit_blocks(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], **fit_params: Any) -> None:
+        # Rows are held (as given: bool masks stay bool) while the dual form may still be the smaller one.
+        held: list[tuple[Tensor, Tensor]] = []
+        moments, shape, n = None, None, 0
+        for masks, outputs in fit_blocks:
+            x, y = check_block(masks, outputs, shape)
+            shape = (x.shape[1], y.shape[1])
+            n += len(x)
+            if moments is not None:
+                moments = moments + Moments.of(x.to(self.device), y.to(self.device))
+                continue
+            held.append((x, y))
+            if self.dual is False or (self.dual == "auto" and n >= shape[0]):
+                moments, held = sum_moments(held, self.device), []
+        val = sum_moments(validation_blocks, self.device)
+        self._check_rows(n, 0 if val is None else val.n, 0 if shape is None else shape[0])
+        self.dual_ = moments is None
+        if moments is None:
+            self._fit_dual(torch.cat([x for x, _ in held]), torch.cat([y for _, y in held]))
+        else:
+            self._fit_moments(moments, None)
 
     def _fit_moments(self, total: Moments, val: None) -> None:
         x_std, gram, q = standardized_gram(total)
         e, V = torch.linalg.eigh(gram)  # ascending
-        rank = min(total.n - 1, len(e))
-        kept = torch.zeros_like(e, dtype=torch.bool)
-        if rank > 0:
-            kept[len(e) - rank :] = True
-        kept &= e > len(e) * torch.finfo(e.dtype).eps * e.max().clamp_min(1e-300)
+        kept = _kept(e, min(total.n - 1, len(e)), len(e))
         inverse = torch.where(kept, 1 / e.clamp_min(1e-300), 0.0)
         theta = V @ (inverse[:, None] * (V.T @ q))  # (C, T) on standardised masks, raw outputs
         coef = theta / x_std[:, None]
         self.rank_ = int(kept.sum())
         self._set_linear(coef.T, centred_intercept(coef, total))
+
+    def _fit_dual(self, X: Tensor, Y: Tensor) -> None:
+        """Minimum-norm least squares from ``A A'`` (n, n), ``A`` the standardised centred masks, by column slices."""
+        n, C = X.shape
+        Y = Y.to(self.device, torch.float64)
+        step = max(1, DUAL_SLICE // n)
+        slices = [slice(lo, min(lo + step, C)) for lo in range(0, C, step)]
+        x_mean = torch.empty(C, dtype=torch.float64, device=self.device)
+        x_std = torch.empty_like(x_mean)
+        K = torch.zeros(n, n, dtype=torch.float64, device=self.device)
+        for cols in slices:
+            a = X[:, cols].to(self.device, torch.float64)
+            total = a.sum(0)
+            # As standardized_gram computes them: variance from sums, constant columns scaled by 1.
+            x_mean[cols], x_std[cols] = total / n, moment_std(((a * a).sum(0) - total**2 / n) / n)
+            a = (a - x_mean[cols]) / x_std[cols]
+            K += a @ a.T
+        e, U = torch.linalg.eigh(K)  # ascending; A A' has the nonzero eigenvalues of A'A
+        kept = _kept(e, min(n - 1, C), C)
+        inverse = torch.where(kept, 1 / e.clamp_min(1e-300), 0.0)
+        v = U @ (inverse[:, None] * (U.T @ (Y - Y.mean(0))))  # (n, T): theta = A' v
+        coef = torch.empty(C, Y.shape[1], dtype=torch.float64, device=self.device)
+        for cols in slices:
+            a = (X[:, cols].to(self.device, torch.float64) - x_mean[cols]) / x_std[cols]
+            coef[cols] = (a.T @ v) / x_std[cols, None]
+        self.rank_ = int(kept.sum())
+        self._set_linear(coef.T, Y.mean(0) - coef.T @ x_mean)
+
+
+def _kept(e: Tensor, rank: int, n_components: int) -> Tensor:
+    """Which of the ascending eigenvalues ``e`` a minimum-norm fit keeps: the top ``rank``, above rounding.
+
+    Rounding: ``n_components * eps`` times the largest, in either form (the primal's matrix is
+    components x components), so that both keep the same eigenvalues.
+    """
+    kept = torch.zeros_like(e, dtype=torch.bool)
+    if rank > 0:
+        kept[len(e) - rank :] = True
+    return kept & (e > n_components * torch.finfo(e.dtype).eps * e.max().clamp_min(1e-300))
 
 
 class EarlyStoppedLeastSquaresRegressor(MomentModel):
