@@ -438,3 +438,18 @@ def test_components_never_ablated_get_no_effect_not_their_initial_weights(name):
     np.testing.assert_allclose(model.predict(ablated), model.predict(X[:5]), rtol=1e-5, atol=1e-6)
     ridge = RidgeCVRegressor().fit(X, Y).coef_
     np.testing.assert_allclose(ridge[:, [0, 7, 9]], 0, atol=1e-9 * np.abs(ridge).max())  # zero up to rounding
+
+
+@pytest.mark.parametrize("estimator", [CoarRegressor, RidgeCVRegressor])
+@pytest.mark.parametrize("n", [40, 150], ids=["n<C", "n>C"])
+def test_masks_by_masks_and_components_by_components_forms_give_the_same_fit(estimator, n):
+    """The dual form (the masks' kernel) and the primal form (their Gram matrix) solve one problem."""
+    X, Y, _, _ = planted_problem(n, n_units=120, noise=0.5, alpha=0.1)
+    dual, primal = estimator(dual=True).fit(X, Y), estimator(dual=False).fit(X, Y)
+    assert dual.dual_ and not primal.dual_
+    assert estimator().fit(X, Y).dual_ == (n < 120)
+    np.testing.assert_allclose(dual.coef_, primal.coef_, atol=1e-8 * np.abs(primal.coef_).max())
+    np.testing.assert_allclose(dual.intercept_, primal.intercept_, atol=1e-8 * np.abs(primal.coef_).max())
+    if estimator is RidgeCVRegressor:
+        np.testing.assert_array_equal(dual.alpha_, primal.alpha_)
+

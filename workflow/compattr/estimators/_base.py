@@ -21,6 +21,8 @@ Block = tuple[Any, Any]
 VALIDATION_FRACTION: list[Any] = [Interval(Real, 0, 1, closed="neither")]
 #: Rows per block when masks given as one array are cut into blocks (bounds the temporary copies).
 BLOCK_ROWS = 4096
+#: Float64 elements of the column slice of masks a masks x masks (dual) fit converts at once (128 MB).
+DUAL_SLICE = 2**24
 
 
 class Standardizer:
@@ -259,6 +261,56 @@ def sum_moments(blocks: Iterable[Block], device: str | torch.device, like: Momen
         block = Moments.of(x.to(device), y.to(device))
         total = block if total is None else total + block
     return total
+
+
+@dataclass
+class Rows:
+    """Rows of blocks: held as given (bool masks stay bool) while the masks x masks form may serve, else summed.
+
+    ``X`` (n, C) and ``Y`` (n, T) while held, ``moments`` once summed (then ``X`` and ``Y`` are None).
+    """
+
+    n: int
+    shape: tuple[int, int] | None
+    X: Tensor | None = None
+    Y: Tensor | None = None
+    moments: Moments | None = None
+
+    def summed(self, device: str | torch.device) -> Moments | None:
+        """The rows' :class:`Moments` (None for no rows)."""
+        if self.moments is None and self.X is not None:
+            self.moments, self.X, self.Y = Moments.of(self.X.to(device), self.Y.to(device)), None, None
+        return self.moments
+
+
+def gather_rows(
+    blocks: Iterable[Block],
+    device: str | torch.device,
+    dual: str | bool,
+    like: tuple[int, int] | None = None,
+    before: int = 0,
+) -> Rows:
+    """The rows of ``blocks``, held while the dual form may serve, else reduced to :class:`Moments` as they come.
+
+    ``dual``: True holds every row, False sums every block, ``"auto"`` holds rows while they (and
+    ``before`` rows held elsewhere, e.g. the fit rows of a validation split) are fewer than the
+    components. ``like`` is the (C, T) the blocks must match.
+    """
+    held: list[tuple[Tensor, Tensor]] = []
+    moments, shape, n = None, like, 0
+    for masks, outputs in blocks:
+        x, y = check_block(masks, outputs, shape)
+        shape = (x.shape[1], y.shape[1])
+        n += len(x)
+        if moments is not None:
+            moments = moments + Moments.of(x.to(device), y.to(device))
+            continue
+        held.append((x, y))
+        if dual is False or (dual == "auto" and before + n >= shape[0]):
+            moments, held = sum_moments(held, device), []
+    if moments is not None or not held:
+        return Rows(n, shape, moments=moments)
+    return Rows(n, shape, torch.cat([x for x, _ in held]), torch.cat([y for _, y in held]))
 
 
 def standardized_gram(moments: Moments) -> tuple[Tensor, Tensor, Tensor]:

@@ -11,19 +11,17 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch import Tensor
 
 from compattr.estimators._base import (
+    DUAL_SLICE,
     VALIDATION_FRACTION,
     Block,
     MomentModel,
     Moments,
     centred_intercept,
-    check_block,
+    gather_rows,
     moment_std,
     standardized_gram,
     sum_moments,
 )
-
-#: Float64 elements of the column slice of standardised masks a dual fit holds at once (128 MB).
-DUAL_SLICE = 2**24
 
 
 class CoarRegressor(MomentModel):
@@ -80,26 +78,14 @@ class CoarRegressor(MomentModel):
         self.device = device
 
     def _fit_blocks(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], **fit_params: Any) -> None:
-        # Rows are held (as given: bool masks stay bool) while the dual form may still be the smaller one.
-        held: list[tuple[Tensor, Tensor]] = []
-        moments, shape, n = None, None, 0
-        for masks, outputs in fit_blocks:
-            x, y = check_block(masks, outputs, shape)
-            shape = (x.shape[1], y.shape[1])
-            n += len(x)
-            if moments is not None:
-                moments = moments + Moments.of(x.to(self.device), y.to(self.device))
-                continue
-            held.append((x, y))
-            if self.dual is False or (self.dual == "auto" and n >= shape[0]):
-                moments, held = sum_moments(held, self.device), []
+        rows = gather_rows(fit_blocks, self.device, self.dual)
         val = sum_moments(validation_blocks, self.device)
-        self._check_rows(n, 0 if val is None else val.n, 0 if shape is None else shape[0])
-        self.dual_ = moments is None
-        if moments is None:
-            self._fit_dual(torch.cat([x for x, _ in held]), torch.cat([y for _, y in held]))
+        self._check_rows(rows.n, 0 if val is None else val.n, 0 if rows.shape is None else rows.shape[0])
+        self.dual_ = rows.moments is None
+        if self.dual_:
+            self._fit_dual(rows.X, rows.Y)
         else:
-            self._fit_moments(moments, None)
+            self._fit_moments(rows.moments, None)
 
     def _fit_moments(self, total: Moments, val: None) -> None:
         x_std, gram, q = standardized_gram(total)
