@@ -452,4 +452,3 @@ def test_masks_by_masks_and_components_by_components_forms_give_the_same_fit(est
     np.testing.assert_allclose(dual.intercept_, primal.intercept_, atol=1e-8 * np.abs(primal.coef_).max())
     if estimator is RidgeCVRegressor:
         np.testing.assert_array_equal(dual.alpha_, primal.alpha_)
-
