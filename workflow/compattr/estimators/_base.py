@@ -313,6 +313,12 @@ def gather_rows(
     return Rows(n, shape, torch.cat([x for x, _ in held]), torch.cat([y for _, y in held]))
 
 
+def column_slices(X: Tensor) -> list[slice]:
+    """Column slices of masks ``X`` (n, C) of at most :data:`DUAL_SLICE` elements each: the dual forms' unit of work."""
+    step = max(1, DUAL_SLICE // max(len(X), 1))
+    return [slice(lo, min(lo + step, X.shape[1])) for lo in range(0, X.shape[1], step)]
+
+
 def standardized_gram(moments: Moments) -> tuple[Tensor, Tensor, Tensor]:
     """The masks' column scales and, on masks standardised by them, ``A'A / n`` and ``A'(y - mean y) / n``.
 

@@ -11,12 +11,12 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch import Tensor
 
 from compattr.estimators._base import (
-    DUAL_SLICE,
     VALIDATION_FRACTION,
     Block,
     MomentModel,
     Moments,
     centred_intercept,
+    column_slices,
     gather_rows,
     moment_std,
     standardized_gram,
@@ -101,8 +101,7 @@ class CoarRegressor(MomentModel):
         """Minimum-norm least squares from ``A A'`` (n, n), ``A`` the standardised centred masks, by column slices."""
         n, C = X.shape
         Y = Y.to(self.device, torch.float64)
-        step = max(1, DUAL_SLICE // n)
-        slices = [slice(lo, min(lo + step, C)) for lo in range(0, C, step)]
+        slices = column_slices(X)
         x_mean = torch.empty(C, dtype=torch.float64, device=self.device)
         x_std = torch.empty_like(x_mean)
         K = torch.zeros(n, n, dtype=torch.float64, device=self.device)

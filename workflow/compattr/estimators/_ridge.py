@@ -11,12 +11,12 @@ from sklearn.utils._param_validation import StrOptions
 from torch import Tensor
 
 from compattr.estimators._base import (
-    DUAL_SLICE,
     VALIDATION_FRACTION,
     Block,
     MomentModel,
     Moments,
     centred_intercept,
+    column_slices,
     gather_rows,
 )
 
@@ -142,7 +142,7 @@ class RidgeCVRegressor(MomentModel):
             cols = choice == k
             weights[:, cols] = U @ (proj_y[:, cols] / (s + alphas[k] * scale)[:, None])
         coef = torch.empty(n_components, Y.shape[1], dtype=torch.float64, device=self.device)
-        for cols in _slices(X):
+        for cols in column_slices(X):
             coef[cols] = (X[:, cols].to(self.device, torch.float64) - mean[cols]).T @ weights
         self.alpha_ = alphas[choice].cpu().numpy()
         self._set_linear(coef.T, y_mean - coef.T @ mean)
@@ -150,7 +150,7 @@ class RidgeCVRegressor(MomentModel):
     def _kernels(self, X: Tensor, X_val: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """Column means of ``X``, ``Xc Xc'`` and ``(X_val - mean) Xc'`` (Xc: ``X`` centred), by column slices."""
         n = len(X)
-        slices = _slices(X)
+        slices = column_slices(X)
         mean = torch.cat([X[:, cols].to(self.device, torch.float64).sum(0) for cols in slices]) / n
         K = torch.zeros(n, n, dtype=torch.float64, device=self.device)
         K_val = None if X_val is None else torch.zeros(len(X_val), n, dtype=torch.float64, device=self.device)
@@ -160,9 +160,3 @@ class RidgeCVRegressor(MomentModel):
             if X_val is not None:
                 K_val += (X_val[:, cols].to(self.device, torch.float64) - mean[cols]) @ a.T
         return mean, K, K_val
-
-
-def _slices(X: Tensor) -> list[slice]:
-    """Column slices of ``X`` of at most :data:`DUAL_SLICE` elements each."""
-    step = max(1, DUAL_SLICE // max(len(X), 1))
-    return [slice(lo, min(lo + step, X.shape[1])) for lo in range(0, X.shape[1], step)]
