@@ -122,18 +122,15 @@ def as_masks(masks: Any) -> np.ndarray:
     masks = np.asarray(masks)
     if masks.ndim != 2:
         raise ValueError(f"masks must be 2-D (n_masks, n_components), got shape {masks.shape}")
-    if masks.dtype != bool:
-        if masks.dtype.kind not in "iuf" or not np.isin(masks, (0, 1)).all():
-            raise ValueError(
-                f"masks must be boolean (True = ablated), or numbers 0 and 1; got dtype {masks.dtype}"
-                + (
-                    ""
-                    if masks.dtype.kind not in "iuf"
-                    else f" with values such as {masks[~np.isin(masks, (0, 1))][:3]}"
-                )
-            )
-        masks = masks.astype(bool)
-    return masks
+    if masks.dtype == bool:
+        return masks
+    expected = f"masks must be boolean (True = ablated), or numbers 0 and 1; got dtype {masks.dtype}"
+    if masks.dtype.kind not in "iuf":
+        raise ValueError(expected)
+    other = ~np.isin(masks, (0, 1))
+    if other.any():
+        raise ValueError(f"{expected} with values such as {masks[other][:3]}")
+    return masks.astype(bool)
 
 
 @dataclass(frozen=True)

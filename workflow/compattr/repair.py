@@ -77,6 +77,12 @@ def _is_mask_store(path: Path) -> bool:
     return path.with_suffix(".shards").is_dir() or (path / "masks").is_dir()
 
 
+def _mark_faulty_shards(store: Path) -> None:
+    """Check a mask store against its seed, deleting the manifests of its faulty shards (then raising)."""
+    handle = MaskStore.open(store)
+    check_mask_store(handle, partial(expected_shard_masks, handle), repair=True)
+
+
 def damaged_output(error: StoreIntegrityError | NonFiniteMarginError, inputs: Iterable[str | Path]) -> Path | None:
     """The job output to rebuild for ``error``, after marking a mask store's faulty shards; None if unknown.
 
@@ -90,8 +96,7 @@ def damaged_output(error: StoreIntegrityError | NonFiniteMarginError, inputs: It
     if _is_mask_store(store):
         if not isinstance(error, DamagedShardsError):
             try:
-                handle = MaskStore.open(store)
-                check_mask_store(handle, partial(expected_shard_masks, handle), repair=True)
+                _mark_faulty_shards(store)
             except DamagedShardsError:
                 pass  # marked: exactly these shards are sampled again
             except (StoreIntegrityError, FileNotFoundError, KeyError, ValueError):
@@ -137,8 +142,7 @@ def verify_outputs(summaries: Iterable[str | Path], fits: Iterable[str | Path]) 
     for summary in map(Path, summaries):
         store = summary.with_name(summary.name.removesuffix(".summary.json") + ".zarr")
         try:
-            handle = MaskStore.open(store)
-            check_mask_store(handle, partial(expected_shard_masks, handle), repair=True)
+            _mark_faulty_shards(store)
         except (StoreIntegrityError, NonFiniteMarginError) as error:
             mark_for_rebuild(summary, store, error.reason if isinstance(error, StoreIntegrityError) else str(error))
             found.append(str(error))
