@@ -19,6 +19,7 @@ from compattr.estimators import (
     collapse_relu_network,
     make_estimator,
 )
+from compattr.estimators._problem import DENSE_EIGENVALUES, RowForm
 from compattr.scores import lds_scores
 
 FAST = {
@@ -452,3 +453,34 @@ def test_masks_by_masks_and_components_by_components_forms_give_the_same_fit(est
     np.testing.assert_allclose(dual.intercept_, primal.intercept_, atol=1e-8 * np.abs(primal.coef_).max())
     if estimator is RidgeCVRegressor:
         np.testing.assert_array_equal(dual.alpha_, primal.alpha_)
+
+
+@pytest.mark.parametrize("name", ["lasso", "gradient_prior", "gradient_prior_lasso"])
+@pytest.mark.parametrize("n", [40, 150], ids=["n<C", "n>C"])
+def test_lasso_and_prior_fits_through_the_masks_or_the_gram_matrix_agree(name, n):
+    """Steps by products with the masks, or the ridge prior's masks x masks eigenbasis, solve the primal's problem.
+
+    With fewer masks than components a lasso's fitted values are unique but its coefficients need
+    not be, and FISTA stops on the step size: the fitted values are compared there.
+    """
+    X, Y, theta, _ = planted_problem(n, n_units=120, noise=0.5, alpha=0.1)
+    prior = {"prior": theta + np.random.default_rng(5).normal(size=theta.shape)} if name != "lasso" else {}
+    precise = {"tol": 1e-7, "max_iter": 20_000, "n_alphas": 6} if name != "gradient_prior" else {}
+    dual = make_estimator(name, {**precise, "dual": True}).fit(X, Y, **prior)
+    primal = make_estimator(name, {**precise, "dual": False}).fit(X, Y, **prior)
+    assert dual.dual_ and not primal.dual_
+    assert make_estimator(name).fit(X, Y, **prior).dual_ == (n < 120)
+    np.testing.assert_allclose(dual.alpha_, primal.alpha_, rtol=1e-12)
+    if n > 120 or name == "gradient_prior":
+        np.testing.assert_allclose(dual.coef_, primal.coef_, atol=1e-6 * np.abs(primal.coef_).max())
+    fitted = primal.predict(X)
+    np.testing.assert_allclose(dual.predict(X), fitted, atol=1e-4 * np.abs(fitted).max())
+
+
+def test_the_largest_eigenvalue_by_lanczos_is_the_dense_one():
+    """Past DENSE_EIGENVALUES masks the row form's step size comes from Lanczos on the masks x masks matrix."""
+    X = np.random.default_rng(0).random((DENSE_EIGENVALUES + 100, 300)) < 0.05
+    problem = RowForm(torch.as_tensor(X), torch.zeros(len(X), 1), "cpu")
+    Xc = X - X.mean(0)
+    exact = np.linalg.eigvalsh(Xc.T @ Xc / len(X)).max()
+    assert exact <= problem.lipschitz(torch.float64) <= exact * (1 + 1e-5)

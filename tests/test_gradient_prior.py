@@ -10,6 +10,7 @@ from compattr.baselines import attribution_patching
 from compattr.discovery import conv_components
 from compattr.estimators import GradientPriorRegressor, Moments, PriorReluCollapseRegressor, RidgeCVRegressor
 from compattr.estimators._prior import prior_lasso_path, prior_ridge_path
+from compattr.estimators._problem import MomentForm
 from compattr.masks import shard_masks
 from compattr.sampling import ComponentMarginEvaluator
 from compattr.scores import lds_scores
@@ -50,7 +51,8 @@ def test_ridge_correction_matches_a_direct_solve_at_each_penalty():
     X, Y, theta, _ = planted_problem(200, noise=1.0)
     prior = theta + np.random.default_rng(3).normal(size=theta.shape)
     grid = [0.01, 1.0, 100.0, np.inf]
-    fits = prior_ridge_path(Moments.of(torch.as_tensor(X), torch.as_tensor(Y)), torch.as_tensor(prior.T), grid)
+    problem = MomentForm(Moments.of(torch.as_tensor(X), torch.as_tensor(Y)))
+    fits = prior_ridge_path(problem, torch.as_tensor(prior.T), grid)
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
     scale = np.linalg.eigvalsh(Xc.T @ Xc).clip(0).mean()
     C = X.shape[1]
@@ -115,7 +117,9 @@ def test_lasso_refit_solves_each_input_at_its_own_ratio():
     for ratio in np.unique(model.alpha_):
         cols = np.flatnonzero(model.alpha_ == ratio)
         a = torch.as_tensor(prior[cols].T)
-        ((W, s, _),) = prior_lasso_path(total.outputs(torch.as_tensor(cols)), a, [ratio], max_iter=1000, tol=1e-7)
+        ((W, s, _),) = prior_lasso_path(
+            MomentForm(total.outputs(torch.as_tensor(cols))), a, [ratio], max_iter=1000, tol=1e-7
+        )
         theta_cold = (s / a.norm(dim=0)) * a + W  # the rescaled prior plus the correction
         np.testing.assert_allclose(model.coef_[cols], theta_cold.T.numpy(), atol=1e-4 * np.abs(theta).max())
 

@@ -41,7 +41,7 @@ from compattr.estimators._collapse import (
     collapse_relu_network,
     predict_network,
 )
-from compattr.estimators._lasso import LassoCVRegressor, lasso_fista
+from compattr.estimators._lasso import LassoCVRegressor
 from compattr.estimators._prior import GradientPriorRegressor
 from compattr.estimators._ridge import RidgeCVRegressor
 
@@ -55,7 +55,6 @@ __all__ = [
     "EarlyStoppedLeastSquaresRegressor",
     "RidgeCVRegressor",
     "LassoCVRegressor",
-    "lasso_fista",
     "ReluCollapseRegressor",
     "LinearCollapseRegressor",
     "ReluNetRegressor",

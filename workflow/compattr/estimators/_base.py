@@ -106,8 +106,11 @@ class Moments:
         return quadratic + 2 * linear + self.n * intercept**2 - 2 * intercept * self.y + self.yy
 
 
-def centred_intercept(coef: Tensor, moments: Moments) -> Tensor:
-    """Intercepts (T,) that centre the linear models ``coef`` (C, T) on ``moments``' means."""
+def centred_intercept(coef: Tensor, moments: Any) -> Tensor:
+    """Intercepts (T,) that centre the linear models ``coef`` (C, T) on the means of ``moments``.
+
+    ``moments``: :class:`Moments` or a least-squares problem (anything with ``x_mean`` and ``y_mean``).
+    """
     return moments.y_mean - coef.T @ moments.x_mean
 
 
@@ -311,6 +314,18 @@ def gather_rows(
     if moments is not None or not held:
         return Rows(n, shape, moments=moments)
     return Rows(n, shape, torch.cat([x for x, _ in held]), torch.cat([y for _, y in held]))
+
+
+def gather_split(
+    fit_blocks: Iterable[Block], validation_blocks: Iterable[Block], device: str | torch.device, dual: str | bool
+) -> tuple[Rows, Rows]:
+    """Fit and validation rows (:func:`gather_rows`), both held for the masks x masks form or both summed."""
+    fit = gather_rows(fit_blocks, device, dual)
+    val = gather_rows(validation_blocks, device, dual if fit.moments is None else False, like=fit.shape, before=fit.n)
+    if fit.moments is not None or val.moments is not None:
+        fit.summed(device)
+        val.summed(device)
+    return fit, val
 
 
 def column_slices(X: Tensor) -> list[slice]:

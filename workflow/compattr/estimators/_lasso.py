@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from numbers import Integral, Real
 from typing import Any
 
 import torch
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from torch import Tensor
 
-from compattr.estimators._base import VALIDATION_FRACTION, MomentModel, Moments, centred_intercept
+from compattr.estimators._base import (
+    VALIDATION_FRACTION,
+    Block,
+    MomentModel,
+    centred_intercept,
+    gather_split,
+)
+from compattr.estimators._problem import LeastSquares, least_squares
 
 #: Constraints of a lasso penalty path and of its FISTA runs (shared with the lasso-corrected prior).
 PATH_CONSTRAINTS: dict[str, list[Any]] = {
@@ -21,19 +29,9 @@ PATH_CONSTRAINTS: dict[str, list[Any]] = {
 }
 
 
-def lasso_moments(moments: Moments) -> tuple[Tensor, Tensor, Tensor]:
-    """scikit-learn's lasso quantities: ``X'X / n`` and ``X'y / n`` on centred rows, and ``alpha_max`` per output."""
-    q = moments.cross() / moments.n
-    return moments.gram() / moments.n, q, q.abs().amax(0).clamp_min(1e-12)
-
-
-def largest_eigenvalue(gram: Tensor) -> float:
-    """Largest eigenvalue of a symmetric positive semi-definite matrix (at least 1e-12).
-
-    On CUDA in float64: cuSOLVER is faster there than in float32 (H100, 336 x 336:
-    3.2 ms against 7.3 ms).
-    """
-    return float(torch.linalg.eigvalsh(gram.double() if gram.is_cuda else gram).max().clamp_min(1e-12))
+def alpha_max(q: Tensor) -> Tensor:
+    """scikit-learn's smallest penalty that zeroes every coefficient, per output, from ``q = X'y / n`` (C, T)."""
+    return q.abs().amax(0).clamp_min(1e-12)
 
 
 def fista_dtype(tol: float) -> torch.dtype:
@@ -59,8 +57,7 @@ def momentum(t: float) -> tuple[float, float]:
 
 
 def lasso_fista(
-    gram: Tensor,
-    xty: Tensor,
+    problem: LeastSquares,
     penalty: Tensor,
     init: Tensor | None = None,
     *,
@@ -68,17 +65,17 @@ def lasso_fista(
     tol: float = 1e-8,
     lipschitz: float | None = None,
 ) -> tuple[Tensor, int]:
-    """Batched lasso by FISTA on a shared Gram matrix.
+    """Batched lasso by FISTA on one least-squares problem, in ``penalty``'s dtype.
 
     Minimises ``w' G w / 2 - w' q + penalty_t |w|_1`` for every column ``t``,
     i.e. scikit-learn's ``(1 / 2n) |y - X w|^2 + alpha |w|_1`` with ``G = X'X / n``
-    and ``q = X'y / n`` on centred data. A step is one matrix product and three
-    elementwise passes; convergence is checked every ``FISTA_CHECK_EVERY`` steps.
+    and ``q = X'y / n`` on centred data, in either form of the problem (``G``
+    held, or products through the masks). A step is one product with ``G`` and
+    three elementwise passes; convergence is checked every ``FISTA_CHECK_EVERY`` steps.
 
     Parameters
     ----------
-    gram : Tensor (C, C)
-    xty : Tensor (C, T)
+    problem : LeastSquares
     penalty : Tensor (T,)
     init : Tensor (C, T), optional
         Warm start.
@@ -86,21 +83,22 @@ def lasso_fista(
         Stops at the first check where that step's largest coefficient change is
         below ``tol`` times the largest coefficient (or ``tol`` when all are zero).
     lipschitz : float, optional
-        The largest eigenvalue of ``gram``, when the caller has it (a path reuses it).
+        The largest eigenvalue of ``G``, when the caller has it (a path reuses it).
 
     Returns
     -------
     W : Tensor (C, T)
     n_iter : int
     """
-    L = largest_eigenvalue(gram) if lipschitz is None else lipschitz
-    descent = torch.eye(len(gram), dtype=gram.dtype, device=gram.device) - gram / L  # Z - grad / L = descent Z + q / L
-    shift, threshold = xty / L, penalty / L
+    dtype = penalty.dtype
+    L = problem.lipschitz(dtype) if lipschitz is None else lipschitz
+    q = problem.q(dtype)
+    shift, threshold = q / L, penalty / L
     lower = -threshold
-    W = torch.zeros_like(xty) if init is None else init.clone()
+    W = torch.zeros_like(q) if init is None else init.to(dtype, copy=True)
     Z, t = W.clone(), 1.0
     for it in range(1, max_iter + 1):
-        step = torch.addmm(shift, descent, Z)
+        step = problem.descent(Z, shift, 1 / L)
         W_next = step - step.clamp(lower, threshold)  # soft thresholding
         t, weight = momentum(t)
         Z = torch.lerp(W, W_next, weight)
@@ -117,7 +115,9 @@ class LassoCVRegressor(MomentModel):
     centred masks, from ``alpha_max`` (all coefficients zero) down to
     ``alpha_max * min_ratio`` with warm starts; each input keeps the ratio with
     the lowest validation MSE and is refitted on all rows at that ratio of its
-    own ``alpha_max``. The objective is scikit-learn's ``Lasso``.
+    own ``alpha_max``. The objective is scikit-learn's ``Lasso``. With fewer
+    masks than components the steps multiply by the centred masks, ``X'(X W)``,
+    and never form the Gram matrix: memory grows with masks x components.
 
     Parameters
     ----------
@@ -129,6 +129,10 @@ class LassoCVRegressor(MomentModel):
         Relative coefficient change at which FISTA stops. FISTA runs in float32
         for ``tol >= 1e-6``, in float64 below.
     validation_fraction : float, default=0.2
+    dual : {"auto", True, False}, default="auto"
+        Step through the masks (True), through the Gram matrix (False), or the
+        cheaper (``"auto"``: through the masks while all masks are fewer than the
+        components).
     device : str, default="cpu"
 
     Attributes
@@ -136,12 +140,17 @@ class LassoCVRegressor(MomentModel):
     coef_, intercept_
     alpha_ : ndarray of shape (n_inputs,)
         Chosen penalty of each input, in scikit-learn's units for the refit.
+    n_iter_ : int
+        FISTA steps of the refit.
+    dual_ : bool
+        Whether the steps went through the masks.
     """
 
     _parameter_constraints: dict[str, list[Any]] = {
         **MomentModel._parameter_constraints,
         **PATH_CONSTRAINTS,
         "validation_fraction": VALIDATION_FRACTION,
+        "dual": [StrOptions({"auto"}), "boolean"],
     }
 
     def __init__(
@@ -152,6 +161,7 @@ class LassoCVRegressor(MomentModel):
         max_iter: int = 1000,
         tol: float = 1e-4,
         validation_fraction: float = 0.2,
+        dual: str | bool = "auto",
         device: str = "cpu",
     ) -> None:
         self.n_alphas = n_alphas
@@ -159,26 +169,32 @@ class LassoCVRegressor(MomentModel):
         self.max_iter = max_iter
         self.tol = tol
         self.validation_fraction = validation_fraction
+        self.dual = dual
         self.device = device
 
-    def _fit_moments(self, fit: Moments, val: Moments) -> None:
-        ratios = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64, device=fit.x.device)
+    def _fit_blocks(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], **fit_params: Any) -> None:
+        fit_rows, val_rows = gather_split(fit_blocks, validation_blocks, self.device, self.dual)
+        self._check_rows(fit_rows.n, val_rows.n, 0 if fit_rows.shape is None else fit_rows.shape[0])
+        self.dual_ = fit_rows.moments is None
+        fit, val = least_squares(fit_rows, self.device), least_squares(val_rows, self.device)
+        ratios = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64, device=self.device)
         dtype = fista_dtype(self.tol)
-        gram, q, alpha_max = (t.to(dtype) for t in lasso_moments(fit))
-        L = largest_eigenvalue(gram)
-        W = None
-        path, losses = [], []
-        for ratio in ratios.to(dtype):
-            W, _ = lasso_fista(gram, q, ratio * alpha_max, W, max_iter=self.max_iter, tol=self.tol, lipschitz=L)
-            path.append(W)
+        largest = alpha_max(fit.q(dtype))
+        L = fit.lipschitz(dtype)
+        W = init = best_loss = choice = None
+        for k, ratio in enumerate(ratios.to(dtype)):  # each input keeps its best ratio so far (the first of equals)
+            W, _ = lasso_fista(fit, ratio * largest, W, max_iter=self.max_iter, tol=self.tol, lipschitz=L)
             coef = W.double()
-            losses.append(val.sse(coef, centred_intercept(coef, fit)))
-        choice = torch.stack(losses).argmin(0)
-        init = torch.stack(path)[choice, :, torch.arange(len(choice), device=choice.device)].T  # (C, T)
+            loss = val.sse(coef, centred_intercept(coef, fit))
+            better = torch.ones_like(loss, dtype=torch.bool) if best_loss is None else loss < best_loss
+            best_loss = loss if best_loss is None else torch.where(better, loss, best_loss)
+            choice = torch.where(better, k, 0 if choice is None else choice)
+            init = W if init is None else torch.where(better, W, init)  # the refit's warm start (C, T)
+        del fit_rows, val_rows
         total = fit + val
-        gram, q, alpha_max = (t.to(dtype) for t in lasso_moments(total))
-        penalty = ratios[choice] * alpha_max.double()
-        W, self.n_iter_ = lasso_fista(gram, q, penalty.to(dtype), init, max_iter=self.max_iter, tol=self.tol)
+        del fit, val
+        penalty = ratios[choice] * alpha_max(total.q(dtype)).double()
+        W, self.n_iter_ = lasso_fista(total, penalty.to(dtype), init, max_iter=self.max_iter, tol=self.tol)
         self.alpha_ = penalty.cpu().numpy()
         W = W.double()
         self._set_linear(W.T, centred_intercept(W, total))

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from sklearn.utils._param_validation import StrOptions
 from torch import Tensor
 
-from compattr.estimators._base import VALIDATION_FRACTION, MomentModel, Moments, centred_intercept, check_priors
+from compattr.estimators._base import (
+    VALIDATION_FRACTION,
+    Block,
+    MomentModel,
+    centred_intercept,
+    check_priors,
+    gather_split,
+)
 from compattr.estimators._lasso import (
     FISTA_CHECK_EVERY,
     PATH_CONSTRAINTS,
     fista_converged,
     fista_dtype,
-    largest_eigenvalue,
-    lasso_moments,
     momentum,
 )
-from compattr.estimators._ridge import gram_eigh, ridge_alphas
+from compattr.estimators._problem import LeastSquares, least_squares
+from compattr.estimators._ridge import ridge_alphas
 
 
 class GradientPriorRegressor(MomentModel):
@@ -57,6 +64,11 @@ class GradientPriorRegressor(MomentModel):
         Lasso path, as in :class:`LassoCVRegressor` (``alpha_max`` is that of
         the residual of the rescaled prior).
     validation_fraction : float, default=0.2
+    dual : {"auto", True, False}, default="auto"
+        Work through the masks (True: the ridge from the masks x masks matrix,
+        the lasso's steps by products with the masks), through the Gram matrix
+        (False), or the smaller (``"auto"``: through the masks while all masks
+        are fewer than the components).
     device : str, default="cpu"
 
     Attributes
@@ -71,6 +83,8 @@ class GradientPriorRegressor(MomentModel):
         Fitted scale ``s`` of each input's prior.
     n_iter_ : int
         FISTA steps of the refit (lasso correction only; the ridge one is in closed form).
+    dual_ : bool
+        Whether the fit worked through the masks.
     """
 
     uses_prior = True
@@ -80,6 +94,7 @@ class GradientPriorRegressor(MomentModel):
         "correction": [StrOptions({"ridge", "lasso"})],
         "alphas": ["array-like", None],
         "validation_fraction": VALIDATION_FRACTION,
+        "dual": [StrOptions({"auto"}), "boolean"],
     }
 
     def __init__(
@@ -92,6 +107,7 @@ class GradientPriorRegressor(MomentModel):
         max_iter: int = 1000,
         tol: float = 1e-4,
         validation_fraction: float = 0.2,
+        dual: str | bool = "auto",
         device: str = "cpu",
     ) -> None:
         self.correction = correction
@@ -101,48 +117,56 @@ class GradientPriorRegressor(MomentModel):
         self.max_iter = max_iter
         self.tol = tol
         self.validation_fraction = validation_fraction
+        self.dual = dual
         self.device = device
 
     def fit(self, X: Any, Y: Any, prior: Any = None) -> GradientPriorRegressor:
         """Fit ``s`` and the correction of every input; ``prior`` is (n_inputs, n_components) or (n_priors, ...)."""
         return super().fit(X, Y, prior=prior)
 
-    def _fit_moments(self, fit: Moments, val: Moments, prior: Any = None) -> None:
-        T, C = fit.y.shape[0], fit.x.shape[0]
+    def _fit_blocks(
+        self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], prior: Any = None, **fit_params: Any
+    ) -> None:
+        fit_rows, val_rows = gather_split(fit_blocks, validation_blocks, self.device, self.dual)
+        self._check_rows(fit_rows.n, val_rows.n, 0 if fit_rows.shape is None else fit_rows.shape[0])
+        self.dual_ = fit_rows.moments is None
+        fit, val = least_squares(fit_rows, self.device), least_squares(val_rows, self.device)
+        T, C = len(fit.y_mean), len(fit.x_mean)
         candidates = check_priors(prior, T, C, self.device).transpose(1, 2)  # (P, C, T)
         total = fit + val
         if self.correction == "ridge":
             grid = [*ridge_alphas(self.alphas, self.device).tolist(), math.inf]
         else:
             grid = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64).tolist()
-        losses, all_states = [], []
-        for a in candidates:  # every prior's whole penalty path, scored on validation
+        # Every prior's whole penalty path, scored on validation as it comes: each input keeps its best
+        # (prior, penalty) pair so far (the first of equals) and, for the lasso, that pair's state.
+        best_loss = best = W0 = s0 = None
+        for index, a in enumerate(candidates):
             if self.correction == "ridge":
-                path = prior_ridge_path(fit, a, grid)
+                path = ((theta, s, None) for theta, s in prior_ridge_path(fit, a, grid))
             else:
-                states = prior_lasso_path(fit, a, grid, max_iter=self.max_iter, tol=self.tol)
-                all_states.append(states)
-                path = [_lasso_coef(a, W, s) for W, s, _ in states]
-            losses += [val.sse(theta, centred_intercept(theta, fit)) for theta, _ in path]
-        best = torch.stack(losses).argmin(0)  # (T,): index into (prior, penalty)
+                path = (
+                    (*_lasso_coef(a, W, s_unit), (W, s_unit))
+                    for W, s_unit, _ in prior_lasso_path(fit, a, grid, max_iter=self.max_iter, tol=self.tol)
+                )
+            for k, (theta, _, state) in enumerate(path):
+                loss = val.sse(theta, centred_intercept(theta, fit))
+                better = torch.ones_like(loss, dtype=torch.bool) if best_loss is None else loss < best_loss
+                best_loss = loss if best_loss is None else torch.where(better, loss, best_loss)
+                best = torch.where(better, index * len(grid) + k, 0 if best is None else best)
+                if state is not None:
+                    W0 = state[0] if W0 is None else torch.where(better, state[0], W0)
+                    s0 = state[1] if s0 is None else torch.where(better, state[1], s0)
         which, choice = best // len(grid), best % len(grid)
         chosen = torch.as_tensor(grid, dtype=torch.float64)[choice.cpu()]
         columns = torch.arange(T, device=best.device)
         a = candidates[which, :, columns].T  # (C, T): each input's chosen prior
-        if self.correction == "lasso":
-            states = [
-                tuple(torch.stack([state[k] for state in by_prior]) for k in range(2))
-                for by_prior in zip(*all_states, strict=True)
-            ]  # per penalty: (W (P, C, T), s (P, T))
-            states = [(W[which, :, columns].T, s[which, columns]) for W, s in states]
         if self.correction == "ridge":  # closed form on all rows, once per penalty chosen by some input
             unique, inverse = choice.unique(return_inverse=True)
-            refits = prior_ridge_path(total, a, [grid[i] for i in unique.tolist()])
+            refits = list(prior_ridge_path(total, a, [grid[i] for i in unique.tolist()]))
             theta = torch.stack([theta for theta, _ in refits])[inverse, :, columns].T
             s = torch.stack([s for _, s in refits])[inverse, columns]
         else:  # one FISTA run on all rows, each input at its ratio, warm-started from its path solution
-            W0 = torch.stack([W for W, _ in states])[choice, :, columns].T
-            s0 = torch.stack([s for _, s in states])[choice, columns]
             ratio, init = [chosen.to(a.device)], (W0, s0)
             ((W, s_unit, self.n_iter_),) = prior_lasso_path(
                 total, a, ratio, max_iter=self.max_iter, tol=self.tol, init=init
@@ -154,16 +178,16 @@ class GradientPriorRegressor(MomentModel):
         self._set_linear(theta.T, centred_intercept(theta, total))
 
 
-def prior_ridge_path(moments: Moments, a: Tensor, grid: list[float]) -> list[tuple[Tensor, Tensor]]:
-    """The ridge-corrected prior ``a`` (C, T) on ``moments``, in closed form (see :class:`GradientPriorRegressor`).
+def prior_ridge_path(problem: LeastSquares, a: Tensor, grid: list[float]) -> Iterator[tuple[Tensor, Tensor]]:
+    """The ridge-corrected prior ``a`` (C, T) on ``problem``, in closed form (see :class:`GradientPriorRegressor`).
 
-    Returns ``(theta (C, T), s (T,))`` for each relative penalty of ``grid`` (``inf``: the prior alone).
+    Yields ``(theta (C, T), s (T,))`` for each relative penalty of ``grid`` (``inf``: the prior alone).
     """
-    e, V = gram_eigh(moments)
-    scale = e.mean().clamp_min(1e-12)
-    p = V.T @ moments.cross()  # (C, T)
-    b = V.T @ a
-    fits = []
+    basis = problem.eigenbasis()
+    e = basis.e
+    scale = (e.sum() / len(a)).clamp_min(1e-12)  # the Gram matrix's mean eigenvalue (those left out are 0)
+    p = basis.project(problem.cross())  # (k, T)
+    b = basis.project(a)
     for lam in grid:
         w = torch.zeros_like(e) if math.isinf(lam) else 1 / (e + lam * scale)
         if math.isinf(lam):  # the limit: s by least squares on the prior's direction, no correction
@@ -171,44 +195,41 @@ def prior_ridge_path(moments: Moments, a: Tensor, grid: list[float]) -> list[tup
         else:
             num, den = (b * p * w[:, None]).sum(0), (e[:, None] * b**2 * w[:, None]).sum(0)
         s = torch.where(den > 1e-12 * den.max().clamp_min(1e-300), num / den.clamp_min(1e-300), 0.0)
-        theta = s * a + V @ ((p - s * e[:, None] * b) * w[:, None])
-        fits.append((theta, s))
-    return fits
+        theta = s * a + basis.expand((p - s * e[:, None] * b) * w[:, None])
+        yield theta, s
 
 
 def prior_lasso_path(
-    moments: Moments,
+    problem: LeastSquares,
     a: Tensor,
     ratios: list[Any],
     *,
     max_iter: int,
     tol: float,
     init: tuple[Tensor, Tensor] | None = None,
-) -> list[tuple[Tensor, Tensor, int]]:
+) -> Iterator[tuple[Tensor, Tensor, int]]:
     """Joint FISTA on ``(delta, s)`` at each ratio of each input's ``alpha_max`` (a float, or a (T,) tensor).
 
     Warm starts run down the path, from ``init`` when given (else the
-    rescaled prior alone). Returns ``(delta (C, T), s (T,), n_iter)`` per ratio, ``s``
+    rescaled prior alone). Yields ``(delta (C, T), s (T,), n_iter)`` per ratio, ``s``
     along the unit prior direction, in float64; the steps run in float32
-    unless ``tol`` asks for more digits than it keeps (as in :func:`~compattr.estimators.lasso_fista`).
+    unless ``tol`` asks for more digits than it keeps (as in :func:`~compattr.estimators._lasso.lasso_fista`).
     """
     dtype = fista_dtype(tol)
-    gram, q, _ = (t.to(dtype) for t in lasso_moments(moments))
+    q = problem.q(dtype)
     a = a.to(dtype)
     norm = a.norm(dim=0)
     u = torch.where(norm > 0, a / norm.clamp_min(1e-30), 0.0)  # unit prior directions (C, T)
-    gu, uq = gram @ u, (u * q).sum(0)
+    gu, uq = problem.gram_times(u), (u * q).sum(0)
     ugu = (u * gu).sum(0)
     s0 = torch.where(ugu > 0, uq / ugu.clamp_min(1e-30), 0.0)  # rescaled prior alone
     alpha_max = (q - gu * s0).abs().amax(0).clamp_min(1e-12)
-    L = 2 * largest_eigenvalue(gram)  # bounds [I u]' G [I u] for unit u
+    L = 2 * problem.lipschitz(dtype)  # bounds [I u]' G [I u] for unit u
     W, s = (torch.zeros_like(q), s0) if init is None else (init[0].to(dtype), init[1].to(dtype))
-    states = []
     for ratio in ratios:
         penalty = torch.as_tensor(ratio, device=q.device).to(dtype) * alpha_max
-        W, s, n_iter = _fista_with_free_direction(gram, q, u, gu, ugu, uq, penalty, W, s, L, max_iter, tol)
-        states.append((W.double(), s.double(), n_iter))
-    return states
+        W, s, n_iter = _fista_with_free_direction(problem, q, u, gu, ugu, uq, penalty, W, s, L, max_iter, tol)
+        yield W.double(), s.double(), n_iter
 
 
 def _lasso_coef(a: Tensor, W: Tensor, s_unit: Tensor) -> tuple[Tensor, Tensor]:
@@ -219,7 +240,7 @@ def _lasso_coef(a: Tensor, W: Tensor, s_unit: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _fista_with_free_direction(
-    gram: Tensor,
+    problem: LeastSquares,
     q: Tensor,
     u: Tensor,
     gu: Tensor,
@@ -241,7 +262,7 @@ def _fista_with_free_direction(
     threshold = penalty / L
     lower = -threshold
     for it in range(1, max_iter + 1):
-        grad_w = torch.addmm(torch.addcmul(-q, gu, Zs), gram, Zw)
+        grad_w = torch.addcmul(-q, gu, Zs).add_(problem.gram_times(Zw))
         grad_s = (gu * Zw).sum(0) + ugu * Zs - uq
         step = Zw - grad_w / L
         W_next = step - step.clamp(lower, threshold)  # soft thresholding

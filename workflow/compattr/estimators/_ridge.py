@@ -17,7 +17,7 @@ from compattr.estimators._base import (
     Moments,
     centred_intercept,
     column_slices,
-    gather_rows,
+    gather_split,
 )
 
 #: The default grid of relative ridge penalties.
@@ -87,15 +87,13 @@ class RidgeCVRegressor(MomentModel):
         self.device = device
 
     def _fit_blocks(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], **fit_params: Any) -> None:
-        fit = gather_rows(fit_blocks, self.device, self.dual)
-        dual = self.dual if fit.moments is None else False
-        val = gather_rows(validation_blocks, self.device, dual, like=fit.shape, before=fit.n)
+        fit, val = gather_split(fit_blocks, validation_blocks, self.device, self.dual)
         self._check_rows(fit.n, val.n, 0 if fit.shape is None else fit.shape[0])
-        self.dual_ = fit.moments is None and val.moments is None
+        self.dual_ = fit.moments is None
         if self.dual_:
             self._fit_dual(fit.X, fit.Y.to(self.device, torch.float64), val.X, val.Y.to(self.device, torch.float64))
         else:
-            self._fit_moments(fit.summed(self.device), val.summed(self.device))
+            self._fit_moments(fit.moments, val.moments)
 
     def _fit_moments(self, fit: Moments, val: Moments) -> None:
         alphas = ridge_alphas(self.alphas, self.device)
