@@ -3,8 +3,9 @@ import pytest
 import torch
 from conftest import planted_problem
 
-from compattr.bench import fit_speed, forward_throughput, training_speed
+from compattr.bench import fit_speed, forward_throughput, planted_masks, scale_fits, training_speed
 from compattr.datamodels import Recipe
+from compattr.reports import scale_markdown
 
 
 def test_forward_throughput_reports_both_rates(trained_model, digits):
@@ -75,3 +76,25 @@ def test_fit_reference_mirrors_sgd_with_momentum():
     params = {"optimizer": "sgd", "momentum": 0.9, "lr": 0.01}
     result = fit_speed("relu_collapse", X, Y, X_test, X_test @ theta.T + bias, params=params, reference_inputs=3)
     assert abs(result["lds_ours"] - result["lds_reference"]) < 0.1
+
+
+def test_planted_masks_follow_their_effects():
+    X, Y, theta = planted_masks(400, 300, 4, 0.05, seed=0)
+    assert X.dtype == bool and X.shape == (400, 300) and abs(X.mean() - 0.05) < 0.01
+    assert ((theta != 0).sum(1) == 3).all()  # 1% of the components per input
+    residual = Y - X @ theta.T
+    assert residual.std() < 0.2 * (X @ theta.T).std()
+
+
+def test_scale_fits_time_each_fit_in_its_own_process_and_stop_one_past_its_limit():
+    """A fit is recorded with its form, memory and LDS; past the limit it stops and larger sizes are skipped."""
+    records = scale_fits(["ridge"], [(300, 250)], 3, 0.05, seed=0, limit_s=300, threads=1)
+    (ridge,) = records
+    assert ridge["status"] == "ok" and ridge["dual"] and ridge["n_masks"] == 250
+    assert ridge["seconds"] > 0 and ridge["peak_bytes"] >= 0 and ridge["lds"] > 0.1  # chance is 0 +- 0.03
+    stopped = scale_fits(["coar"], [(300, 2000), (200, 100)], 3, 0.05, seed=0, limit_s=0.5, threads=1)
+    assert [r["n_components"] for r in stopped] == [200, 300]  # smaller sizes first
+    assert stopped[0]["status"].startswith("timed out after 0.5 s")
+    assert stopped[1]["status"].startswith("skipped: timed out")
+    table = scale_markdown(records + stopped)
+    assert "| `ridge` | 300 | 250 | masks x masks |" in table and "skipped: timed out" in table

@@ -484,3 +484,21 @@ def test_the_largest_eigenvalue_by_lanczos_is_the_dense_one():
     Xc = X - X.mean(0)
     exact = np.linalg.eigvalsh(Xc.T @ Xc / len(X)).max()
     assert exact <= problem.lipschitz(torch.float64) <= exact * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_a_fit_too_large_for_the_memory_at_hand_is_refused_before_any_work(name, monkeypatch):
+    """The error says how much it needs and which setting lowers it; the estimate follows the form taken."""
+    X, Y, theta, _ = planted_problem(60, n_units=40)
+    model = make_estimator(name)
+    need = model.memory_bytes(60, 40, Y.shape[1])
+    assert need > 60 * 40  # at least the masks themselves
+    monkeypatch.setattr("compattr.estimators._base.available_memory", lambda device: need - 1)
+    prior = {"prior": theta} if model.uses_prior else {}
+    with pytest.raises(MemoryError, match=r"needs about .* GiB on cpu, where .* GiB is free: .*fewer") as error:
+        model.fit(X, Y, **prior)
+    assert not hasattr(model, "coef_") and "60 masks x 40 components" in str(error.value)
+    if hasattr(model, "dual"):  # 100,000 components: the masks x masks form needs far less than the Gram matrix
+        few, square = model.memory_bytes(1_000, 100_000, 100), clone(model).set_params(dual=False)
+        assert few < square.memory_bytes(1_000, 100_000, 100) / 10
+        assert "fewer masks than components" in square.memory_advice(1_000, 100_000)

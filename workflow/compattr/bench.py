@@ -3,8 +3,10 @@ batched training of a data study's models against training them one by one."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import queue
 import time
 import warnings
 from collections.abc import Callable
@@ -21,7 +23,16 @@ from compattr.estimators._ridge import ridge_alphas
 from compattr.sampling import BATCHES_PER_CALL, ComponentMarginEvaluator
 from compattr.scores import lds_scores
 
-__all__ = ["forward_throughput", "fit_speed", "training_speed", "REFERENCES", "LIBRARY_REFERENCES"]
+__all__ = [
+    "forward_throughput",
+    "fit_speed",
+    "training_speed",
+    "planted_masks",
+    "scale_fit",
+    "scale_fits",
+    "REFERENCES",
+    "LIBRARY_REFERENCES",
+]
 
 
 def _timed_pair(
@@ -403,3 +414,131 @@ def training_speed(
         "max_logit_difference": difference(alone, params, images),
         "max_logit_difference_float64": difference(exact_alone, exact_params, exact),
     }
+
+
+def planted_masks(
+    n_masks: int, n_components: int, n_inputs: int, rate: float, seed: int, *, block: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A planted sparse problem: bool masks (n_masks, n_components) at ``rate``, outputs (n_masks, n_inputs).
+
+    Each input depends on 1% of the components (at least one), with normal effects; the outputs
+    carry normal noise of a tenth of the signal's scale. Rows are drawn ``block`` at a time, so
+    the temporary floats stay small next to the masks. Returns masks, outputs and the effects.
+    """
+    rng = np.random.default_rng(seed)
+    theta = np.zeros((n_inputs, n_components), dtype=np.float32)
+    k = max(1, n_components // 100)
+    for t in range(n_inputs):
+        theta[t, rng.choice(n_components, k, replace=False)] = rng.standard_normal(k)
+    X = np.empty((n_masks, n_components), dtype=bool)
+    Y = np.empty((n_masks, n_inputs), dtype=np.float32)
+    noise = 0.1 * math.sqrt(rate * k)
+    for lo in range(0, n_masks, block):
+        x = rng.random((min(block, n_masks - lo), n_components), dtype=np.float32) < rate
+        X[lo : lo + len(x)] = x
+        Y[lo : lo + len(x)] = x @ theta.T + noise * rng.standard_normal((len(x), n_inputs), dtype=np.float32)
+    return X, Y, theta
+
+
+def scale_fit(
+    estimator: str, n_masks: int, n_components: int, n_inputs: int, rate: float, seed: int, heldout: int = 1000
+) -> dict[str, Any]:
+    """Fit ``estimator`` on a :func:`planted_masks` problem from bool blocks, as from a store; time and memory.
+
+    Run it in a fresh process (:func:`scale_fits` does): ``peak_bytes`` is the process's peak
+    resident memory over the fit above what it held before (the problem's masks and outputs),
+    read from ``getrusage``. Prior-corrected estimators get the planted effects plus noise of
+    their own scale as the prior. ``lds``: mean Spearman on ``heldout`` fresh masks.
+    """
+    import resource
+
+    import psutil
+
+    from compattr.estimators import BLOCK_ROWS, make_estimator
+
+    X, Y, theta = planted_masks(n_masks + heldout, n_components, n_inputs, rate, seed)
+    model = make_estimator(estimator)
+    fit_params = {}
+    if model.uses_prior:
+        fit_params["prior"] = theta + np.random.default_rng(seed + 1).standard_normal(theta.shape) * theta.std()
+    split = n_masks - model.n_validation(n_masks)
+
+    def blocks(lo: int, hi: int) -> Any:
+        return ((X[i : min(i + BLOCK_ROWS, hi)], Y[i : min(i + BLOCK_ROWS, hi)]) for i in range(lo, hi, BLOCK_ROWS))
+
+    before = psutil.Process().memory_info().rss
+    start = time.perf_counter()
+    model.fit_blocks(blocks(0, split), blocks(split, n_masks), **fit_params)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    coef = np.atleast_2d(model.coef_).astype(np.float32)
+    pred = np.concatenate([X[i : i + BLOCK_ROWS] @ coef.T for i in range(n_masks, len(X), BLOCK_ROWS)])
+    return {
+        "estimator": estimator,
+        "n_components": n_components,
+        "n_masks": n_masks,
+        "n_inputs": n_inputs,
+        "ablation_rate": rate,
+        "seconds": seconds,
+        "peak_bytes": max(peak - before, 0),
+        "process_peak_bytes": peak,
+        "estimated_bytes": model.memory_bytes(n_masks, n_components, n_inputs),
+        "dual": bool(getattr(model, "dual_", False)),
+        "lds": float(lds_scores(pred, Y[n_masks:])[0].mean()),
+    }
+
+
+def scale_fits(
+    estimators: list[str],
+    sizes: list[tuple[int, int]],
+    n_inputs: int,
+    rate: float,
+    seed: int,
+    limit_s: float,
+    threads: int,
+) -> list[dict[str, Any]]:
+    """:func:`scale_fit` of every estimator at every (components, masks) size, each in a fresh process.
+
+    A fit past ``limit_s`` seconds, or one that needs more memory than is free, is stopped and
+    recorded as such (``"status"``: ``"ok"``, ``"timed out"`` or the error). Smaller sizes run first;
+    an estimator that timed out skips the larger sizes.
+    """
+    import multiprocessing
+
+    records = []
+    context = multiprocessing.get_context("spawn")
+    for estimator in estimators:
+        stopped = None
+        for n_components, n_masks in sorted(sizes, key=lambda size: size[0] * size[1]):
+            record = {"estimator": estimator, "n_components": n_components, "n_masks": n_masks, "n_inputs": n_inputs}
+            if stopped is not None:
+                records.append({**record, "status": f"skipped: {stopped}"})
+                continue
+            results = context.Queue()
+            args = (results, threads, estimator, n_masks, n_components, n_inputs, rate, seed)
+            process = context.Process(target=_scale_child, args=args, daemon=True)
+            process.start()
+            deadline = time.monotonic() + limit_s
+            outcome = None
+            while outcome is None and time.monotonic() < deadline and (process.is_alive() or not results.empty()):
+                with contextlib.suppress(queue.Empty):
+                    outcome = results.get(timeout=1.0)
+            if outcome is None:
+                alive = process.is_alive()
+                process.kill()
+                outcome = f"timed out after {limit_s:g} s" if alive else f"the process died (exit {process.exitcode})"
+                stopped = f"{outcome} at {n_components} x {n_masks}"
+            process.join()
+            records.append(
+                {**record, **outcome, "status": "ok"} if isinstance(outcome, dict) else {**record, "status": outcome}
+            )
+    return records
+
+
+def _scale_child(results: Any, threads: int, *args: Any) -> None:
+    """:func:`scale_fit` in a spawned process on ``threads`` threads; puts its record, or its error as text."""
+    torch.set_num_threads(threads)
+    try:
+        results.put(scale_fit(*args))
+    except Exception as error:  # recorded; the other fits go on
+        results.put(f"{type(error).__name__}: {error}")

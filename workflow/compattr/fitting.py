@@ -60,6 +60,8 @@ def fit_on_store(
     if not model.uses_prior and prior is not None:
         raise ValueError(f"estimator {estimator!r} takes no prior")
     fit_params = {"prior": prior} if model.uses_prior else {}
+    store = MaskStore.open(store)
+    model.check_memory(n_train, store.masks.shape[1], store.margins.shape[1])
     begin = time.perf_counter()
     stop = start + n_train
     split = stop - model.n_validation(n_train)

@@ -22,6 +22,7 @@ from compattr.editing import editing_summary, fixing_summary, forgetting_summary
 
 __all__ = [
     "markdown_table",
+    "scale_markdown",
     "summary_markdown",
     "cheapest_markdown",
     "fit_quality_markdown",
@@ -45,6 +46,26 @@ def markdown_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) ->
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def scale_markdown(fits: Sequence[dict[str, object]]) -> str:
+    """The scale benchmark's table (``results/bench/scale.json``'s ``fits``): time, memory and LDS per fit."""
+    rows = []
+    for fit in fits:
+        done = fit.get("status") == "ok"
+        rows.append(
+            {
+                "estimator": f"`{fit['estimator']}`",
+                "components": f"{fit['n_components']:,}",
+                "masks": f"{fit['n_masks']:,}",
+                "form": ("masks x masks" if fit["dual"] else "components x components") if done else "",
+                "time": f"{fit['seconds']:.1f} s" if done else fit["status"],
+                "peak memory of the fit": f"{fit['peak_bytes'] / 2**30:.2f} GiB" if done else "",
+                "estimate": f"{fit['estimated_bytes'] / 2**30:.2f} GiB" if done else "",
+                "held-out LDS": f"{fit['lds']:.3f}" if done else "",
+            }
+        )
+    return markdown_table(rows, list(rows[0]) if rows else ["estimator"])
 
 
 def summary_markdown(

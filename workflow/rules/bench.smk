@@ -1,5 +1,5 @@
-# The two benchmarks run alone, one after the other: the throughput one after every job that the
-# fit one needs (no sampling job shares the device with it), the fit one after it.
+# The benchmarks run alone, one after the other: the throughput one after every job that the
+# fit one needs (no sampling job shares the device with it), the others after it.
 rule bench_throughput:
     input:
         unpack(bench_prior),
@@ -74,8 +74,27 @@ rule bench_training:
         "../scripts/bench_training.py"
 
 
+# Linear fits at the seed's scale on planted problems (config bench.scale), each in its own process on
+# bench.scale.threads threads; the job takes every core, so nothing else runs beside it. It needs no study.
+rule bench_scale:
+    output:
+        json="results/bench/scale.json",
+        table="results/bench/scale.md",
+    log:
+        "logs/bench/scale.log",
+    conda:
+        ENV
+    threads: workflow.cores
+    params:
+        library=library("bench_scale.py"),
+        scale=config["bench"]["scale"],
+    script:
+        "../scripts/bench_scale.py"
+
+
 rule bench:
     input:
         rules.bench_throughput.output,
         rules.bench_fit.output,
         rules.bench_training.output,
+        rules.bench_scale.output.json,

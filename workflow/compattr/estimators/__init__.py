@@ -31,7 +31,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from compattr.estimators._base import BLOCK_ROWS, ComponentModel, MomentModel, Moments, sum_moments
+from compattr.estimators._base import (
+    BLOCK_ROWS,
+    ComponentModel,
+    InsufficientMemoryError,
+    MomentModel,
+    Moments,
+    sum_moments,
+)
 from compattr.estimators._coar import CoarRegressor, EarlyStoppedLeastSquaresRegressor
 from compattr.estimators._collapse import (
     LinearCollapseRegressor,
@@ -48,6 +55,7 @@ from compattr.estimators._ridge import RidgeCVRegressor
 __all__ = [
     "BLOCK_ROWS",
     "ComponentModel",
+    "InsufficientMemoryError",
     "MomentModel",
     "Moments",
     "sum_moments",

@@ -9,6 +9,7 @@ from numbers import Real
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils._param_validation import Interval
@@ -23,6 +24,23 @@ VALIDATION_FRACTION: list[Any] = [Interval(Real, 0, 1, closed="neither")]
 BLOCK_ROWS = 4096
 #: Float64 elements of the column slice of masks a masks x masks (dual) fit converts at once (128 MB).
 DUAL_SLICE = 2**24
+
+
+class InsufficientMemoryError(MemoryError):
+    """A fit that would need more memory than its device has free: raised before any work."""
+
+
+def available_memory(device: str | torch.device) -> int:
+    """Bytes free for a fit on ``device``: the GPU's free memory, or the host's available memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return psutil.virtual_memory().available
+
+
+def gib(n_bytes: float) -> str:
+    """A byte count in GiB, for messages."""
+    return f"{n_bytes / 2**30:.1f} GiB"
 
 
 class Standardizer:
@@ -139,6 +157,28 @@ class ComponentModel(RegressorMixin, BaseEstimator):
         tags.target_tags.multi_output = True  # one fit serves every input (column of Y)
         return tags
 
+    def memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
+        """Estimated peak memory (bytes) of a fit on that many masks (held as bool), components and inputs."""
+        return 6 * 8 * n_components**2 + 4 * 8 * n_components * n_inputs  # the moments' Gram matrices
+
+    def memory_advice(self, n_masks: int, n_components: int) -> str:
+        """Which settings lower :meth:`memory_bytes`, for the error of :meth:`check_memory`."""
+        return "fewer components (coarser units)"
+
+    def check_memory(self, n_masks: int, n_components: int, n_inputs: int, available: int | None = None) -> None:
+        """Raise :class:`InsufficientMemoryError` before any work if the fit needs more than ``available``.
+
+        ``available``: bytes free (default: :func:`available_memory` of the estimator's device).
+        """
+        need = self.memory_bytes(n_masks, n_components, n_inputs)
+        free = available_memory(self.device) if available is None else available
+        if need > free:
+            raise InsufficientMemoryError(
+                f"{type(self).__name__} on {n_masks:,} masks x {n_components:,} components x {n_inputs:,} inputs "
+                f"needs about {gib(need)} on {self.device}, where {gib(free)} is free: "
+                f"{self.memory_advice(n_masks, n_components)}, fewer inputs, or a device with more memory"
+            )
+
     def n_validation(self, n_rows: int) -> int:
         """Number of validation rows (the last ones) of a fit on ``n_rows`` masks (0: no validation split)."""
         return math.ceil(self.validation_fraction * n_rows) if self._validates else 0
@@ -151,6 +191,9 @@ class ComponentModel(RegressorMixin, BaseEstimator):
         estimator takes them (e.g. ``prior``).
         """
         self._validate_params()
+        shape, y_shape = getattr(X, "shape", ()), getattr(Y, "shape", ())  # arrays: checked before any copy
+        if len(shape) == 2 and len(y_shape) in (1, 2):
+            self.check_memory(shape[0], shape[1], 1 if len(y_shape) == 1 else y_shape[1])
         # Bool masks (as stores hold them) and float32 stay as they are: no float64 copy of the rows.
         X, Y = validate_data(self, X, Y, multi_output=True, y_numeric=True, dtype=[np.float64, np.float32, np.bool_])
         self._single_output = Y.ndim == 1
@@ -326,6 +369,19 @@ def gather_split(
         fit.summed(device)
         val.summed(device)
     return fit, val
+
+
+def dual_memory(estimator: Any, n_masks: int, n_components: int, dual: int, primal: int) -> int:
+    """``dual`` bytes where ``estimator`` (with a ``dual`` parameter) takes the masks x masks form, else ``primal``."""
+    takes_dual = estimator.dual is True or (estimator.dual == "auto" and n_masks < n_components)
+    return dual if takes_dual else primal
+
+
+def dual_advice(estimator: Any, n_masks: int, n_components: int) -> str:
+    """Which settings lower a fit's memory in the form ``estimator`` takes for these masks."""
+    if dual_memory(estimator, n_masks, n_components, 1, 0):
+        return "fewer masks (the masks x masks form grows with their square)"
+    return "fewer masks than components (dual='auto' then works in the masks x masks form), fewer components"
 
 
 def column_slices(X: Tensor) -> list[slice]:

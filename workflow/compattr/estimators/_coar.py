@@ -11,12 +11,15 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch import Tensor
 
 from compattr.estimators._base import (
+    DUAL_SLICE,
     VALIDATION_FRACTION,
     Block,
     MomentModel,
     Moments,
     centred_intercept,
     column_slices,
+    dual_advice,
+    dual_memory,
     gather_rows,
     moment_std,
     standardized_gram,
@@ -76,6 +79,14 @@ class CoarRegressor(MomentModel):
     def __init__(self, *, dual: str | bool = "auto", device: str = "cpu") -> None:
         self.dual = dual
         self.device = device
+
+    def memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
+        coef = 3 * 8 * n_components * n_inputs
+        dual = n_masks * n_components + 3 * 8 * n_masks**2 + 2 * 8 * DUAL_SLICE
+        return coef + dual_memory(self, n_masks, n_components, dual, 5 * 8 * n_components**2)
+
+    def memory_advice(self, n_masks: int, n_components: int) -> str:
+        return dual_advice(self, n_masks, n_components)
 
     def _fit_blocks(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], **fit_params: Any) -> None:
         rows = gather_rows(fit_blocks, self.device, self.dual)

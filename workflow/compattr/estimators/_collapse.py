@@ -200,6 +200,15 @@ class ReluCollapseRegressor(ComponentModel):
         self.random_state = random_state
         self.device = device
 
+    def memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
+        """Masks as the coordinates of their rare value (at most one byte a cell), weights with Adam's states."""
+        weights = 4 * 8 * self.hidden * (n_components + n_inputs)  # parameters, gradients, moments, best copy
+        activations = 4 * 4 * n_masks * (self.hidden + n_inputs)
+        return n_masks * n_components + weights + activations + 3 * 8 * n_components * n_inputs
+
+    def memory_advice(self, n_masks: int, n_components: int) -> str:
+        return "fewer masks or a smaller hidden layer"
+
     @property
     def _validates(self) -> bool:  # type: ignore[override]
         return self.early_stopping != "none"

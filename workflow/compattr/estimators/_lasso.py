@@ -16,6 +16,8 @@ from compattr.estimators._base import (
     Block,
     MomentModel,
     centred_intercept,
+    dual_advice,
+    dual_memory,
     gather_split,
 )
 from compattr.estimators._problem import LeastSquares, least_squares
@@ -171,6 +173,15 @@ class LassoCVRegressor(MomentModel):
         self.validation_fraction = validation_fraction
         self.dual = dual
         self.device = device
+
+    def memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
+        step = fista_dtype(self.tol).itemsize
+        coef = 8 * 8 * n_components * n_inputs  # iterates, the refit's start, their float64 copies
+        dual = 2 * n_masks * n_components + step * n_masks * n_components
+        return coef + dual_memory(self, n_masks, n_components, dual, (4 * 8 + step) * n_components**2)
+
+    def memory_advice(self, n_masks: int, n_components: int) -> str:
+        return dual_advice(self, n_masks, n_components)
 
     def _fit_blocks(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], **fit_params: Any) -> None:
         fit_rows, val_rows = gather_split(fit_blocks, validation_blocks, self.device, self.dual)

@@ -11,11 +11,14 @@ from sklearn.utils._param_validation import StrOptions
 from torch import Tensor
 
 from compattr.estimators._base import (
+    DUAL_SLICE,
     VALIDATION_FRACTION,
     Block,
     MomentModel,
     centred_intercept,
     check_priors,
+    dual_advice,
+    dual_memory,
     gather_split,
 )
 from compattr.estimators._lasso import (
@@ -119,6 +122,16 @@ class GradientPriorRegressor(MomentModel):
         self.validation_fraction = validation_fraction
         self.dual = dual
         self.device = device
+
+    def memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
+        """As :meth:`ComponentModel.memory_bytes`, for up to three candidate priors."""
+        coef = (3 * 2 + 8) * 8 * n_components * n_inputs  # candidates, the path's states, the refit
+        step = fista_dtype(self.tol).itemsize if self.correction == "lasso" else 0
+        dual = (2 + step) * n_masks * n_components + 4 * 8 * n_masks**2 + 2 * 8 * DUAL_SLICE
+        return coef + dual_memory(self, n_masks, n_components, dual, (6 * 8 + step) * n_components**2)
+
+    def memory_advice(self, n_masks: int, n_components: int) -> str:
+        return dual_advice(self, n_masks, n_components)
 
     def fit(self, X: Any, Y: Any, prior: Any = None) -> GradientPriorRegressor:
         """Fit ``s`` and the correction of every input; ``prior`` is (n_inputs, n_components) or (n_priors, ...)."""

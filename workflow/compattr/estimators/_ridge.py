@@ -11,12 +11,15 @@ from sklearn.utils._param_validation import StrOptions
 from torch import Tensor
 
 from compattr.estimators._base import (
+    DUAL_SLICE,
     VALIDATION_FRACTION,
     Block,
     MomentModel,
     Moments,
     centred_intercept,
     column_slices,
+    dual_advice,
+    dual_memory,
     gather_split,
 )
 
@@ -85,6 +88,14 @@ class RidgeCVRegressor(MomentModel):
         self.validation_fraction = validation_fraction
         self.dual = dual
         self.device = device
+
+    def memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
+        coef = 4 * 8 * n_components * n_inputs
+        dual = 2 * n_masks * n_components + 4 * 8 * n_masks**2 + 2 * 8 * DUAL_SLICE
+        return coef + dual_memory(self, n_masks, n_components, dual, 6 * 8 * n_components**2)
+
+    def memory_advice(self, n_masks: int, n_components: int) -> str:
+        return dual_advice(self, n_masks, n_components)
 
     def _fit_blocks(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], **fit_params: Any) -> None:
         fit, val = gather_split(fit_blocks, validation_blocks, self.device, self.dual)
