@@ -94,7 +94,10 @@ def test_scale_fits_time_each_fit_in_its_own_process_and_stop_one_past_its_limit
     assert ridge["seconds"] > 0 and ridge["peak_bytes"] >= 0 and ridge["lds"] > 0.1  # chance is 0 +- 0.03
     stopped = scale_fits(["coar"], [(300, 2000), (200, 100)], 3, 0.05, seed=0, limit_s=0.5, threads=1)
     assert [r["n_components"] for r in stopped] == [200, 300]  # smaller sizes first
-    assert stopped[0]["status"].startswith("timed out after 0.5 s")
+    assert stopped[0]["status"] == "timed out after 0.5 s"
     assert stopped[1]["status"].startswith("skipped: timed out")
+    (refused,) = scale_fits(["ls_early_stopped"], [(100_000, 10)], 1, 0.05, seed=0, limit_s=300, threads=1)
+    assert refused["status"].startswith("failed: ") and "InsufficientMemoryError" in refused["status"]
+    assert "needs about" in refused["status"]  # the error's own words, before any work
     table = scale_markdown(records + stopped)
     assert "| `ridge` | 300 | 250 | masks x masks |" in table and "skipped: timed out" in table

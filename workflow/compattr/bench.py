@@ -3,10 +3,11 @@ batched training of a data study's models against training them one by one."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import json
 import math
-import queue
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -466,6 +467,7 @@ def scale_fit(
     def blocks(lo: int, hi: int) -> Any:
         return ((X[i : min(i + BLOCK_ROWS, hi)], Y[i : min(i + BLOCK_ROWS, hi)]) for i in range(lo, hi, BLOCK_ROWS))
 
+    model.check_memory(n_masks, n_components, n_inputs)  # as a study's fit checks it, before any work
     before = psutil.Process().memory_info().rss
     start = time.perf_counter()
     model.fit_blocks(blocks(0, split), blocks(split, n_masks), **fit_params)
@@ -499,14 +501,12 @@ def scale_fits(
 ) -> list[dict[str, Any]]:
     """:func:`scale_fit` of every estimator at every (components, masks) size, each in a fresh process.
 
-    A fit past ``limit_s`` seconds, or one that needs more memory than is free, is stopped and
-    recorded as such (``"status"``: ``"ok"``, ``"timed out"`` or the error). Smaller sizes run first;
-    an estimator that timed out skips the larger sizes.
+    Each fit runs as ``python -m compattr.bench`` on ``threads`` threads. One past ``limit_s``
+    seconds is stopped; ``"status"`` is ``"ok"``, ``"timed out after ..."`` or ``"failed: "`` with
+    the error's last line (e.g. an :class:`~compattr.estimators.InsufficientMemoryError`). Smaller
+    sizes run first; after a fit that did not finish, the estimator's larger sizes are skipped.
     """
-    import multiprocessing
-
     records = []
-    context = multiprocessing.get_context("spawn")
     for estimator in estimators:
         stopped = None
         for n_components, n_masks in sorted(sizes, key=lambda size: size[0] * size[1]):
@@ -514,31 +514,34 @@ def scale_fits(
             if stopped is not None:
                 records.append({**record, "status": f"skipped: {stopped}"})
                 continue
-            results = context.Queue()
-            args = (results, threads, estimator, n_masks, n_components, n_inputs, rate, seed)
-            process = context.Process(target=_scale_child, args=args, daemon=True)
-            process.start()
-            deadline = time.monotonic() + limit_s
-            outcome = None
-            while outcome is None and time.monotonic() < deadline and (process.is_alive() or not results.empty()):
-                with contextlib.suppress(queue.Empty):
-                    outcome = results.get(timeout=1.0)
-            if outcome is None:
-                alive = process.is_alive()
-                process.kill()
-                outcome = f"timed out after {limit_s:g} s" if alive else f"the process died (exit {process.exitcode})"
-                stopped = f"{outcome} at {n_components} x {n_masks}"
-            process.join()
-            records.append(
-                {**record, **outcome, "status": "ok"} if isinstance(outcome, dict) else {**record, "status": outcome}
-            )
+            args = {"estimator": estimator, "n_masks": n_masks, "n_components": n_components, "n_inputs": n_inputs}
+            args |= {"rate": rate, "seed": seed, "threads": threads}
+            command = [sys.executable, "-m", "compattr.bench", json.dumps(args)]
+            status = "ok"
+            with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+                try:
+                    out, err = child.communicate(timeout=limit_s)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.communicate()
+                    status = f"timed out after {limit_s:g} s"
+            if status == "ok" and child.returncode == 0:
+                record |= json.loads(out.splitlines()[-1])
+            elif status == "ok":  # the error's last line (an InsufficientMemoryError says what it needs), or the signal
+                status = f"failed: {err.strip().splitlines()[-1] if err.strip() else f'exit {child.returncode}'}"
+            if status != "ok":
+                stopped = f"{status} at {n_components:,} x {n_masks:,}"
+            record["status"] = status
+            records.append(record)
     return records
 
 
-def _scale_child(results: Any, threads: int, *args: Any) -> None:
-    """:func:`scale_fit` in a spawned process on ``threads`` threads; puts its record, or its error as text."""
-    torch.set_num_threads(threads)
-    try:
-        results.put(scale_fit(*args))
-    except Exception as error:  # recorded; the other fits go on
-        results.put(f"{type(error).__name__}: {error}")
+def _scale_child(argv: list[str]) -> None:
+    """``python -m compattr.bench '<json>'``: one :func:`scale_fit`, its record as JSON on the last line of stdout."""
+    args = json.loads(argv[0])
+    torch.set_num_threads(args.pop("threads"))
+    print(json.dumps(scale_fit(**args)))
+
+
+if __name__ == "__main__":
+    _scale_child(sys.argv[1:])

@@ -214,6 +214,8 @@ class ComponentModel(RegressorMixin, BaseEstimator):
         validation rows (the last ones, as :meth:`fit` splits; none for an
         estimator without a validation split). The same model as :meth:`fit` on
         the concatenated rows, up to rounding; the outputs are (n, n_inputs).
+        Blocks do not say how many rows they hold: a caller that knows calls
+        :meth:`check_memory` first (:func:`compattr.fitting.fit_on_store` does).
         """
         self._validate_params()
         self._single_output = False
