@@ -48,6 +48,16 @@ def test_fit_on_store_passes_the_prior_to_estimators_that_use_one(tmp_path):
         fit_on_store(tmp_path / "s.zarr", 150, "ridge", {}, prior=theta)
 
 
+def test_fit_on_store_refuses_a_fit_too_large_for_the_free_memory_before_reading_a_row(tmp_path, monkeypatch):
+    create_mask_store(
+        tmp_path / "s.zarr", n_masks=200, n_units=30, n_inputs=4, shard_size=100, ablation_rate=0.1, seed=1
+    )
+    monkeypatch.setattr("compattr.fitting.iter_rows", lambda *args: pytest.fail("rows were read"))
+    monkeypatch.setattr("compattr.estimators._base.available_memory", lambda device: 1000)
+    with pytest.raises(MemoryError, match=r"RidgeCVRegressor on 150 masks x 30 components x 4 inputs needs about"):
+        fit_on_store(tmp_path / "s.zarr", 150, "ridge", {})
+
+
 def _noisy_linear_store(path, n_masks, n_units, n_inputs, *, shard_size, seed, noise_seed):
     """A store whose margins are a planted linear function of the masks (ablation rate 0.2) plus noise; its theta."""
     _, _, theta, bias = planted_problem(1, n_units=n_units, n_outputs=n_inputs)
