@@ -484,7 +484,6 @@ def scale_fit(
         "seconds": seconds,
         "peak_bytes": max(peak - before, 0),
         "process_peak_bytes": peak,
-        "estimated_bytes": model.memory_bytes(n_masks, n_components, n_inputs),
         "dual": bool(getattr(model, "dual_", False)),
         "lds": float(lds_scores(pred, Y[n_masks:])[0].mean()),
     }

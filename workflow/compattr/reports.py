@@ -49,10 +49,16 @@ def markdown_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) ->
 
 
 def scale_markdown(fits: Sequence[dict[str, object]]) -> str:
-    """The scale benchmark's table (``results/bench/scale.json``'s ``fits``): time, memory and LDS per fit."""
+    """The scale benchmark's table (``results/bench/scale.json``'s ``fits``): time, memory and LDS per fit.
+
+    The estimate column is the estimator's :meth:`~compattr.estimators.ComponentModel.memory_bytes` now.
+    """
+    from compattr.estimators import make_estimator
+
     rows = []
     for fit in fits:
         done = fit.get("status") == "ok"
+        sizes = (fit["n_masks"], fit["n_components"], fit["n_inputs"])
         rows.append(
             {
                 "estimator": f"`{fit['estimator']}`",
@@ -61,7 +67,7 @@ def scale_markdown(fits: Sequence[dict[str, object]]) -> str:
                 "form": ("masks x masks" if fit["dual"] else "components x components") if done else "",
                 "time": f"{fit['seconds']:.1f} s" if done else fit["status"],
                 "peak memory of the fit": f"{fit['peak_bytes'] / 2**30:.2f} GiB" if done else "",
-                "estimate": f"{fit['estimated_bytes'] / 2**30:.2f} GiB" if done else "",
+                "estimate": f"{make_estimator(fit['estimator']).memory_bytes(*sizes) / 2**30:.2f} GiB" if done else "",
                 "held-out LDS": f"{fit['lds']:.3f}" if done else "",
             }
         )

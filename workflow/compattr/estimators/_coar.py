@@ -80,10 +80,10 @@ class CoarRegressor(MomentModel):
         self.dual = dual
         self.device = device
 
-    def memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
+    def _memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
         coef = 3 * 8 * n_components * n_inputs
-        dual = n_masks * n_components + 3 * 8 * n_masks**2 + 2 * 8 * DUAL_SLICE
-        return coef + dual_memory(self, n_masks, n_components, dual, 5 * 8 * n_components**2)
+        dual = n_masks * n_components + 4 * 8 * n_masks**2 + 4 * 8 * min(DUAL_SLICE, n_masks * n_components)
+        return coef + dual_memory(self, n_masks, n_components, dual, 6 * 8 * n_components**2)
 
     def memory_advice(self, n_masks: int, n_components: int) -> str:
         return dual_advice(self, n_masks, n_components)

@@ -200,7 +200,7 @@ class ReluCollapseRegressor(ComponentModel):
         self.random_state = random_state
         self.device = device
 
-    def memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
+    def _memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
         """Masks as the coordinates of their rare value (at most one byte a cell), weights with Adam's states."""
         weights = 4 * 8 * self.hidden * (n_components + n_inputs)  # parameters, gradients, moments, best copy
         activations = 4 * 4 * n_masks * (self.hidden + n_inputs)

@@ -174,7 +174,7 @@ class LassoCVRegressor(MomentModel):
         self.dual = dual
         self.device = device
 
-    def memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
+    def _memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
         step = fista_dtype(self.tol).itemsize
         coef = 8 * 8 * n_components * n_inputs  # iterates, the refit's start, their float64 copies
         dual = 2 * n_masks * n_components + step * n_masks * n_components

@@ -123,12 +123,14 @@ class GradientPriorRegressor(MomentModel):
         self.dual = dual
         self.device = device
 
-    def memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
-        """As :meth:`ComponentModel.memory_bytes`, for up to three candidate priors."""
-        coef = (3 * 2 + 8) * 8 * n_components * n_inputs  # candidates, the path's states, the refit
+    def _memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
+        """For up to three candidate priors."""
+        coef = (3 * 2 + 20) * 8 * n_components * n_inputs  # candidates, the path's states, the refit
         step = fista_dtype(self.tol).itemsize if self.correction == "lasso" else 0
-        dual = (2 + step) * n_masks * n_components + 4 * 8 * n_masks**2 + 2 * 8 * DUAL_SLICE
-        return coef + dual_memory(self, n_masks, n_components, dual, (6 * 8 + step) * n_components**2)
+        dual = (
+            (2 + step) * n_masks * n_components + 5 * 8 * n_masks**2 + 4 * 8 * min(DUAL_SLICE, n_masks * n_components)
+        )
+        return coef + dual_memory(self, n_masks, n_components, dual, (9 * 8 + step) * n_components**2)
 
     def memory_advice(self, n_masks: int, n_components: int) -> str:
         return dual_advice(self, n_masks, n_components)

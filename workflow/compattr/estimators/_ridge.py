@@ -89,10 +89,10 @@ class RidgeCVRegressor(MomentModel):
         self.dual = dual
         self.device = device
 
-    def memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
+    def _memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
         coef = 4 * 8 * n_components * n_inputs
-        dual = 2 * n_masks * n_components + 4 * 8 * n_masks**2 + 2 * 8 * DUAL_SLICE
-        return coef + dual_memory(self, n_masks, n_components, dual, 6 * 8 * n_components**2)
+        dual = 2 * n_masks * n_components + 5 * 8 * n_masks**2 + 4 * 8 * min(DUAL_SLICE, n_masks * n_components)
+        return coef + dual_memory(self, n_masks, n_components, dual, 9 * 8 * n_components**2)
 
     def memory_advice(self, n_masks: int, n_components: int) -> str:
         return dual_advice(self, n_masks, n_components)
