@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
@@ -277,6 +277,40 @@ class MomentModel(ComponentModel):
         raise NotImplementedError
 
 
+class DualFormModel(MomentModel):
+    """A moment model that works in the masks x masks form while the masks are fewer than the components.
+
+    ``dual``: True takes that form, False the components x components one (the moments),
+    ``"auto"`` the smaller. Subclasses read their rows with :meth:`_gather` and give the
+    memory of each form to :meth:`_form_memory`.
+    """
+
+    _parameter_constraints: dict[str, list[Any]] = {
+        **MomentModel._parameter_constraints,
+        "dual": [StrOptions({"auto"}), "boolean"],
+    }
+    dual: str | bool
+
+    def _takes_dual(self, n_masks: int, n_components: int) -> bool:
+        return self.dual is True or (self.dual == "auto" and n_masks < n_components)
+
+    def _form_memory(self, n_masks: int, n_components: int, dual: int, primal: int) -> int:
+        """``dual`` bytes where a fit on these masks takes the masks x masks form, else ``primal``."""
+        return dual if self._takes_dual(n_masks, n_components) else primal
+
+    def memory_advice(self, n_masks: int, n_components: int) -> str:
+        if self._takes_dual(n_masks, n_components):
+            return "fewer masks (the masks x masks form grows with their square)"
+        return "fewer masks than components (dual='auto' then works in the masks x masks form), fewer components"
+
+    def _gather(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block]) -> tuple[Rows, Rows]:
+        """The fit and validation rows (:func:`gather_split`), checked; sets ``dual_``."""
+        fit, val = gather_split(fit_blocks, validation_blocks, self.device, self.dual)
+        self._check_rows(fit.n, val.n, 0 if fit.shape is None else fit.shape[0])
+        self.dual_ = fit.moments is None
+        return fit, val
+
+
 def _array_blocks(X: np.ndarray, Y: np.ndarray, start: int, stop: int) -> Iterator[Block]:
     """Rows ``start:stop`` of ``X`` and ``Y`` in blocks of :data:`BLOCK_ROWS`."""
     for lo in range(start, stop, BLOCK_ROWS):
@@ -379,19 +413,6 @@ def gather_split(
         fit.summed(device)
         val.summed(device)
     return fit, val
-
-
-def dual_memory(estimator: Any, n_masks: int, n_components: int, dual: int, primal: int) -> int:
-    """``dual`` bytes where ``estimator`` (with a ``dual`` parameter) takes the masks x masks form, else ``primal``."""
-    takes_dual = estimator.dual is True or (estimator.dual == "auto" and n_masks < n_components)
-    return dual if takes_dual else primal
-
-
-def dual_advice(estimator: Any, n_masks: int, n_components: int) -> str:
-    """Which settings lower a fit's memory in the form ``estimator`` takes for these masks."""
-    if dual_memory(estimator, n_masks, n_components, 1, 0):
-        return "fewer masks (the masks x masks form grows with their square)"
-    return "fewer masks than components (dual='auto' then works in the masks x masks form), fewer components"
 
 
 def column_slices(X: Tensor) -> list[slice]:

@@ -7,27 +7,24 @@ from numbers import Integral, Real
 from typing import Any
 
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from torch import Tensor
 
 from compattr.estimators._base import (
     DUAL_SLICE,
     VALIDATION_FRACTION,
     Block,
+    DualFormModel,
     MomentModel,
     Moments,
     centred_intercept,
     column_slices,
-    dual_advice,
-    dual_memory,
-    gather_rows,
     moment_std,
     standardized_gram,
-    sum_moments,
 )
 
 
-class CoarRegressor(MomentModel):
+class CoarRegressor(DualFormModel):
     """COAR's component model as its reference code fits it: minimum-norm least squares on standardised masks.
 
     The reference code (MadryLab/modelcomponents) fits ``margin ~ theta . mask + b``
@@ -72,8 +69,7 @@ class CoarRegressor(MomentModel):
 
     _validates = False  # no validation split: every mask is fitted
     _parameter_constraints: dict[str, list[Any]] = {
-        **MomentModel._parameter_constraints,
-        "dual": [StrOptions({"auto"}), "boolean"],
+        **DualFormModel._parameter_constraints,
     }
 
     def __init__(self, *, dual: str | bool = "auto", device: str = "cpu") -> None:
@@ -83,16 +79,10 @@ class CoarRegressor(MomentModel):
     def _memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
         coef = 3 * 8 * n_components * n_inputs
         dual = n_masks * n_components + 4 * 8 * n_masks**2 + 4 * 8 * min(DUAL_SLICE, n_masks * n_components)
-        return coef + dual_memory(self, n_masks, n_components, dual, 6 * 8 * n_components**2)
-
-    def memory_advice(self, n_masks: int, n_components: int) -> str:
-        return dual_advice(self, n_masks, n_components)
+        return coef + self._form_memory(n_masks, n_components, dual, 6 * 8 * n_components**2)
 
     def _fit_blocks(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], **fit_params: Any) -> None:
-        rows = gather_rows(fit_blocks, self.device, self.dual)
-        val = sum_moments(validation_blocks, self.device)
-        self._check_rows(rows.n, 0 if val is None else val.n, 0 if rows.shape is None else rows.shape[0])
-        self.dual_ = rows.moments is None
+        rows, _ = self._gather(fit_blocks, validation_blocks)  # no validation rows: _check_rows refuses any
         if self.dual_:
             self._fit_dual(rows.X, rows.Y)
         else:

@@ -8,17 +8,14 @@ from numbers import Integral, Real
 from typing import Any
 
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval
 from torch import Tensor
 
 from compattr.estimators._base import (
     VALIDATION_FRACTION,
     Block,
-    MomentModel,
+    DualFormModel,
     centred_intercept,
-    dual_advice,
-    dual_memory,
-    gather_split,
 )
 from compattr.estimators._problem import LeastSquares, least_squares
 
@@ -110,7 +107,7 @@ def lasso_fista(
     return W, max_iter
 
 
-class LassoCVRegressor(MomentModel):
+class LassoCVRegressor(DualFormModel):
     """Lasso with the penalty chosen per input on a validation split, by batched FISTA.
 
     Every input's penalty path runs at once on the shared Gram matrix of the
@@ -149,10 +146,9 @@ class LassoCVRegressor(MomentModel):
     """
 
     _parameter_constraints: dict[str, list[Any]] = {
-        **MomentModel._parameter_constraints,
+        **DualFormModel._parameter_constraints,
         **PATH_CONSTRAINTS,
         "validation_fraction": VALIDATION_FRACTION,
-        "dual": [StrOptions({"auto"}), "boolean"],
     }
 
     def __init__(
@@ -178,15 +174,10 @@ class LassoCVRegressor(MomentModel):
         step = fista_dtype(self.tol).itemsize
         coef = 8 * 8 * n_components * n_inputs  # iterates, the refit's start, their float64 copies
         dual = 2 * n_masks * n_components + step * n_masks * n_components
-        return coef + dual_memory(self, n_masks, n_components, dual, (4 * 8 + step) * n_components**2)
-
-    def memory_advice(self, n_masks: int, n_components: int) -> str:
-        return dual_advice(self, n_masks, n_components)
+        return coef + self._form_memory(n_masks, n_components, dual, (4 * 8 + step) * n_components**2)
 
     def _fit_blocks(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], **fit_params: Any) -> None:
-        fit_rows, val_rows = gather_split(fit_blocks, validation_blocks, self.device, self.dual)
-        self._check_rows(fit_rows.n, val_rows.n, 0 if fit_rows.shape is None else fit_rows.shape[0])
-        self.dual_ = fit_rows.moments is None
+        fit_rows, val_rows = self._gather(fit_blocks, validation_blocks)
         fit, val = least_squares(fit_rows, self.device), least_squares(val_rows, self.device)
         ratios = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64, device=self.device)
         dtype = fista_dtype(self.tol)

@@ -14,12 +14,9 @@ from compattr.estimators._base import (
     DUAL_SLICE,
     VALIDATION_FRACTION,
     Block,
-    MomentModel,
+    DualFormModel,
     centred_intercept,
     check_priors,
-    dual_advice,
-    dual_memory,
-    gather_split,
 )
 from compattr.estimators._lasso import (
     FISTA_CHECK_EVERY,
@@ -32,7 +29,7 @@ from compattr.estimators._problem import LeastSquares, least_squares
 from compattr.estimators._ridge import ridge_alphas
 
 
-class GradientPriorRegressor(MomentModel):
+class GradientPriorRegressor(DualFormModel):
     """Regression on the masks with a prior: ``theta_z = s_z * a_z + delta_z``.
 
     ``a_z`` is a prior attribution of input ``z`` (in the workflow, attribution
@@ -92,12 +89,11 @@ class GradientPriorRegressor(MomentModel):
 
     uses_prior = True
     _parameter_constraints: dict[str, list[Any]] = {
-        **MomentModel._parameter_constraints,
+        **DualFormModel._parameter_constraints,
         **PATH_CONSTRAINTS,
         "correction": [StrOptions({"ridge", "lasso"})],
         "alphas": ["array-like", None],
         "validation_fraction": VALIDATION_FRACTION,
-        "dual": [StrOptions({"auto"}), "boolean"],
     }
 
     def __init__(
@@ -130,10 +126,7 @@ class GradientPriorRegressor(MomentModel):
         dual = (
             (2 + step) * n_masks * n_components + 5 * 8 * n_masks**2 + 4 * 8 * min(DUAL_SLICE, n_masks * n_components)
         )
-        return coef + dual_memory(self, n_masks, n_components, dual, (9 * 8 + step) * n_components**2)
-
-    def memory_advice(self, n_masks: int, n_components: int) -> str:
-        return dual_advice(self, n_masks, n_components)
+        return coef + self._form_memory(n_masks, n_components, dual, (9 * 8 + step) * n_components**2)
 
     def fit(self, X: Any, Y: Any, prior: Any = None) -> GradientPriorRegressor:
         """Fit ``s`` and the correction of every input; ``prior`` is (n_inputs, n_components) or (n_priors, ...)."""
@@ -142,9 +135,7 @@ class GradientPriorRegressor(MomentModel):
     def _fit_blocks(
         self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], prior: Any = None, **fit_params: Any
     ) -> None:
-        fit_rows, val_rows = gather_split(fit_blocks, validation_blocks, self.device, self.dual)
-        self._check_rows(fit_rows.n, val_rows.n, 0 if fit_rows.shape is None else fit_rows.shape[0])
-        self.dual_ = fit_rows.moments is None
+        fit_rows, val_rows = self._gather(fit_blocks, validation_blocks)
         fit, val = least_squares(fit_rows, self.device), least_squares(val_rows, self.device)
         T, C = len(fit.y_mean), len(fit.x_mean)
         candidates = check_priors(prior, T, C, self.device).transpose(1, 2)  # (P, C, T)

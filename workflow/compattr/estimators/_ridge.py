@@ -7,20 +7,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import StrOptions
 from torch import Tensor
 
 from compattr.estimators._base import (
     DUAL_SLICE,
     VALIDATION_FRACTION,
     Block,
-    MomentModel,
+    DualFormModel,
     Moments,
     centred_intercept,
     column_slices,
-    dual_advice,
-    dual_memory,
-    gather_split,
 )
 
 #: The default grid of relative ridge penalties.
@@ -41,7 +37,7 @@ def gram_eigh(moments: Moments) -> tuple[Tensor, Tensor]:
     return e.clamp_min(0), V
 
 
-class RidgeCVRegressor(MomentModel):
+class RidgeCVRegressor(DualFormModel):
     """Ridge regression with the penalty chosen per input on a validation split.
 
     One eigendecomposition of the fit rows' centred Gram matrix gives the
@@ -75,10 +71,9 @@ class RidgeCVRegressor(MomentModel):
     """
 
     _parameter_constraints: dict[str, list[Any]] = {
-        **MomentModel._parameter_constraints,
+        **DualFormModel._parameter_constraints,
         "alphas": ["array-like", None],
         "validation_fraction": VALIDATION_FRACTION,
-        "dual": [StrOptions({"auto"}), "boolean"],
     }
 
     def __init__(
@@ -92,15 +87,10 @@ class RidgeCVRegressor(MomentModel):
     def _memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
         coef = 4 * 8 * n_components * n_inputs
         dual = 2 * n_masks * n_components + 5 * 8 * n_masks**2 + 4 * 8 * min(DUAL_SLICE, n_masks * n_components)
-        return coef + dual_memory(self, n_masks, n_components, dual, 9 * 8 * n_components**2)
-
-    def memory_advice(self, n_masks: int, n_components: int) -> str:
-        return dual_advice(self, n_masks, n_components)
+        return coef + self._form_memory(n_masks, n_components, dual, 9 * 8 * n_components**2)
 
     def _fit_blocks(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], **fit_params: Any) -> None:
-        fit, val = gather_split(fit_blocks, validation_blocks, self.device, self.dual)
-        self._check_rows(fit.n, val.n, 0 if fit.shape is None else fit.shape[0])
-        self.dual_ = fit.moments is None
+        fit, val = self._gather(fit_blocks, validation_blocks)
         if self.dual_:
             self._fit_dual(fit.X, fit.Y.to(self.device, torch.float64), val.X, val.Y.to(self.device, torch.float64))
         else:
