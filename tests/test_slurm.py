@@ -39,6 +39,7 @@ def test_tiny_study_runs_through_the_slurm_profile_on_fake_slurm(tmp_path):
     config["fit"]["priors"] = {"atp": config["fit"]["priors"]["atp"]}
     config["fit"]["baselines"] = []
     del config["sampling"]["ood"]
+    config["sampling"]["shard_size"] = 120  # fewer sampling jobs: each is one submission like the others
     config["editing"] = {"enabled": False}  # GPU rules of their own: every one is checked statically below
     (workdir / "config/tiny.yaml").write_text(yaml.safe_dump(config))
     state = tmp_path / "slurm_state"
@@ -65,8 +66,8 @@ def test_tiny_study_runs_through_the_slurm_profile_on_fake_slurm(tmp_path):
                 assert "gpu" not in line.replace(gpu_partition, ""), line
                 assert cpu_partition in line, line
     n_models, n_estimators = config["replicates"]["models"], len(config["fit"]["estimators"])
-    # One job per shard and model (240 and 120 masks by 60), one fit job per estimator and model.
-    assert len(calls["sample_ablation_shard"]) == (4 + 2) * n_models
+    # One job per shard and model (240 and 120 masks by 120), one fit job per estimator and model.
+    assert len(calls["sample_ablation_shard"]) == (2 + 1) * n_models
     assert len(calls["fit_estimator"]) == n_estimators * n_models
     assert list((workdir / "logs/slurm").rglob("*.log")), "the SLURM job logs go to logs/slurm/"
 

@@ -75,7 +75,7 @@ rule bench_training:
 
 
 # Linear fits at the seed's scale on planted problems (config bench.scale), each in its own process on
-# bench.scale.threads threads; the job takes every core, so nothing else runs beside it. It needs no study.
+# bench.scale.threads threads. It needs no study: run it alone (`snakemake --cores 2 bench_scale`).
 rule bench_scale:
     output:
         json="results/bench/scale.json",
@@ -84,7 +84,7 @@ rule bench_scale:
         "logs/bench/scale.log",
     conda:
         ENV
-    threads: workflow.cores
+    threads: config["bench"]["scale"]["threads"]
     params:
         library=library("bench_scale.py"),
         scale=config["bench"]["scale"],

@@ -17,7 +17,7 @@ records = scale_fits(
     cfg["ablation_rate"],
     cfg["seed"],
     cfg["limit_s"],
-    cfg["threads"],
+    snakemake.threads,
 )
 for record in records:
     log.info("%s", record)
@@ -25,7 +25,7 @@ write_json(
     snakemake.output.json,
     {
         "fits": records,
-        "threads": cfg["threads"],
+        "threads": snakemake.threads,
         "device": "cpu",
         "torch": torch.__version__,
         "provenance": provenance(),
