@@ -126,6 +126,26 @@ class Moments:
         return quadratic + 2 * linear + self.n * intercept**2 - 2 * intercept * self.y + self.yy
 
 
+class RunningBest:
+    """Per output, the lowest loss seen so far (the first of equals), the index it came with, and its states.
+
+    ``update(loss (T,), index, *states)``: each state's last axis is the outputs (e.g. coefficients (C, T)).
+    """
+
+    def __init__(self) -> None:
+        self.loss: Tensor | None = None
+        self.index: Tensor | None = None
+        self.states: list[Tensor] = []
+
+    def update(self, loss: Tensor, index: int, *states: Tensor) -> None:
+        """Keep ``loss``, ``index`` and ``states`` for the outputs where ``loss`` is lower than the best so far."""
+        better = torch.ones_like(loss, dtype=torch.bool) if self.loss is None else loss < self.loss
+        self.loss = loss if self.loss is None else torch.where(better, loss, self.loss)
+        self.index = torch.where(better, index, 0 if self.index is None else self.index)
+        kept = self.states or states
+        self.states = [torch.where(better, new, old) for new, old in zip(states, kept, strict=True)]
+
+
 def centred_intercept(coef: Tensor, moments: Any) -> Tensor:
     """Intercepts (T,) that centre the linear models ``coef`` (C, T) on the means of ``moments``.
 

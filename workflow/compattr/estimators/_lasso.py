@@ -15,6 +15,7 @@ from compattr.estimators._base import (
     VALIDATION_FRACTION,
     Block,
     DualFormModel,
+    RunningBest,
     centred_intercept,
 )
 from compattr.estimators._problem import LeastSquares, least_squares
@@ -183,16 +184,12 @@ class LassoCVRegressor(DualFormModel):
         dtype = fista_dtype(self.tol)
         largest = alpha_max(fit.q(dtype))
         L = fit.lipschitz(dtype)
-        W = init = best_loss = choice = None
-        for k, ratio in enumerate(ratios.to(dtype)):  # each input keeps its best ratio so far (the first of equals)
+        W, best = None, RunningBest()
+        for k, ratio in enumerate(ratios.to(dtype)):  # each input keeps its best ratio and its solution
             W, _ = lasso_fista(fit, ratio * largest, W, max_iter=self.max_iter, tol=self.tol, lipschitz=L)
             coef = W.double()
-            loss = val.sse(coef, centred_intercept(coef, fit))
-            better = torch.ones_like(loss, dtype=torch.bool) if best_loss is None else loss < best_loss
-            best_loss = loss if best_loss is None else torch.where(better, loss, best_loss)
-            choice = torch.where(better, k, 0 if choice is None else choice)
-            init = W if init is None else torch.where(better, W, init)  # the refit's warm start (C, T)
-        del fit_rows, val_rows
+            best.update(val.sse(coef, centred_intercept(coef, fit)), k, W)
+        choice, (init,) = best.index, best.states  # init: the refit's warm start (C, T)
         total = fit + val
         del fit, val
         penalty = ratios[choice] * alpha_max(total.q(dtype)).double()

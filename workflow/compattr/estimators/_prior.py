@@ -15,6 +15,7 @@ from compattr.estimators._base import (
     VALIDATION_FRACTION,
     Block,
     DualFormModel,
+    RunningBest,
     centred_intercept,
     check_priors,
 )
@@ -146,7 +147,7 @@ class GradientPriorRegressor(DualFormModel):
             grid = torch.logspace(0, math.log10(self.min_ratio), self.n_alphas, dtype=torch.float64).tolist()
         # Every prior's whole penalty path, scored on validation as it comes: each input keeps its best
         # (prior, penalty) pair so far (the first of equals) and, for the lasso, that pair's state.
-        best_loss = best = W0 = s0 = None
+        best = RunningBest()
         for index, a in enumerate(candidates):
             if self.correction == "ridge":
                 path = ((theta, s, None) for theta, s in prior_ridge_path(fit, a, grid))
@@ -156,16 +157,10 @@ class GradientPriorRegressor(DualFormModel):
                     for W, s_unit, _ in prior_lasso_path(fit, a, grid, max_iter=self.max_iter, tol=self.tol)
                 )
             for k, (theta, _, state) in enumerate(path):
-                loss = val.sse(theta, centred_intercept(theta, fit))
-                better = torch.ones_like(loss, dtype=torch.bool) if best_loss is None else loss < best_loss
-                best_loss = loss if best_loss is None else torch.where(better, loss, best_loss)
-                best = torch.where(better, index * len(grid) + k, 0 if best is None else best)
-                if state is not None:
-                    W0 = state[0] if W0 is None else torch.where(better, state[0], W0)
-                    s0 = state[1] if s0 is None else torch.where(better, state[1], s0)
-        which, choice = best // len(grid), best % len(grid)
+                best.update(val.sse(theta, centred_intercept(theta, fit)), index * len(grid) + k, *(state or ()))
+        which, choice = best.index // len(grid), best.index % len(grid)
         chosen = torch.as_tensor(grid, dtype=torch.float64)[choice.cpu()]
-        columns = torch.arange(T, device=best.device)
+        columns = torch.arange(T, device=best.index.device)
         a = candidates[which, :, columns].T  # (C, T): each input's chosen prior
         if self.correction == "ridge":  # closed form on all rows, once per penalty chosen by some input
             unique, inverse = choice.unique(return_inverse=True)
@@ -173,7 +168,7 @@ class GradientPriorRegressor(DualFormModel):
             theta = torch.stack([theta for theta, _ in refits])[inverse, :, columns].T
             s = torch.stack([s for _, s in refits])[inverse, columns]
         else:  # one FISTA run on all rows, each input at its ratio, warm-started from its path solution
-            ratio, init = [chosen.to(a.device)], (W0, s0)
+            ratio, init = [chosen.to(a.device)], tuple(best.states)
             ((W, s_unit, self.n_iter_),) = prior_lasso_path(
                 total, a, ratio, max_iter=self.max_iter, tol=self.tol, init=init
             )
