@@ -257,7 +257,7 @@ class ReluCollapseRegressor(ComponentModel):
         hidden = rows.affine(W1.reshape(C, T * d), b1.reshape(-1)).reshape(-1, T, d)
         if self._activation == "relu":
             hidden.clamp_min_(0)
-        return hidden, (hidden * W2).sum(-1) + b2
+        return hidden, torch.einsum("ntd,td->nt", hidden, W2) + b2
 
     def _network(self, rows: Rows, params: list[Tensor]) -> Tensor:
         """Outputs (n, T) of every network on standardised masks ``rows`` (n, C)."""
@@ -275,7 +275,7 @@ class ReluCollapseRegressor(ComponentModel):
         grad_hidden = grad_out[:, :, None] * W2  # (n, T, d)
         if self._activation == "relu":  # zero where the unit is off: ReLU's own backward (masked_fill is 30x slower)
             grad_hidden = torch.ops.aten.threshold_backward(grad_hidden, hidden, 0)
-        grad_W2 = (hidden * grad_out[:, :, None]).sum(0)
+        grad_W2 = torch.einsum("ntd,nt->td", hidden, grad_out)
         grad_hidden = grad_hidden.reshape(-1, T * d)
         grad_b1 = grad_hidden.sum(0)
         grad_W1 = rows.transpose_matmul(grad_hidden, grad_b1)
@@ -397,37 +397,36 @@ class ReluCollapseRegressor(ComponentModel):
     def _select_steps(
         self, rows: Rows, B: Tensor, val_rows: Rows, Bv: Tensor, params: list[Tensor]
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Each input's best step count on the validation rows, and its predictor's validation MSE and Spearman."""
+        """Each input's best step count on the validation rows, and its predictor's validation MSE and Spearman.
+
+        Only the returned predictor's validation predictions at each input's best step are kept
+        (not its parameters): the refit trains again from the initialisation.
+        """
         on_network = (self.early_stopping if self.early_stopping != "auto" else self._predictor) == "network"
         T = B.shape[1]
-        best = [p.clone() for p in params]
+        best_pred = Bv.new_zeros(Bv.shape)
         best_step = torch.zeros(T, dtype=torch.long, device=B.device)
         best_loss = torch.zeros(T, dtype=B.dtype, device=B.device)
         stale = torch.zeros(T, dtype=torch.long, device=B.device)
 
-        def check(step: int, params: list[Tensor], active: Tensor) -> Tensor:
-            """Keep the ``active`` inputs' parameters where ``step`` improved; which of them go on training."""
-            if on_network:
-                pred = self._network(val_rows, params)
-            else:
-                pred = self._predict(params, val_rows, rows, B[:, active])
+        def check(step: int, params: list[Tensor], active: Tensor, live: Tensor) -> Tensor:
+            """Record the ``live`` ones of the ``active`` inputs where ``step`` improved; which of them go on."""
+            returned = self._predict(params, val_rows, rows, B[:, active])
+            pred = self._network(val_rows, params) if on_network and self._predictor != "network" else returned
             loss = ((pred - Bv[:, active]) ** 2).mean(0)
-            better = loss < best_loss[active] if step else torch.ones_like(loss, dtype=torch.bool)
+            better = live & (loss < best_loss[active]) if step else live
             improved = active[better]
             best_loss[improved], best_step[improved] = loss[better], step
-            best[0][:, improved] = params[0][:, better]  # W1 is (C, T, d)
-            for kept, current in zip(best[1:], params[1:], strict=True):
-                kept[improved] = current[better]
+            best_pred[:, improved] = returned[:, better]
             stale[active] = torch.where(better, 0, stale[active] + self.check_every)
-            return stale[active] < self.patience
+            return live & (stale[active] < self.patience)
 
         self._train(rows, B, params, check=check)
         # Scores of the predictor returned (the collapse, or the network), whatever chose the step.
-        pred = self._predict(best, val_rows, rows, B)
-        mse = ((pred - Bv) ** 2).mean(0)
+        mse = ((best_pred - Bv) ** 2).mean(0)
         if len(Bv) < MIN_MASKS:  # too few validation rows for a rank correlation: not recorded
             return best_step, mse, torch.full((B.shape[1],), float("nan"))
-        spearman, _ = lds_scores(pred.cpu().numpy(), Bv.cpu().numpy())
+        spearman, _ = lds_scores(best_pred.cpu().numpy(), Bv.cpu().numpy())
         return best_step, mse, torch.as_tensor(spearman)
 
     def _train(
@@ -442,34 +441,39 @@ class ReluCollapseRegressor(ComponentModel):
         """Train every network on ``rows`` (standardised masks) and ``B`` (standardised outputs), batch by batch.
 
         Either ``stop`` (T,): each input leaves after that many steps, and its
-        parameters then are returned; or ``check(step, params, active)``, called
-        at step 0 and every ``check_every`` steps, returning which of the
-        ``active`` inputs go on. Inputs that leave drop out of the ensemble, so
-        later steps cost only the rest. The batches run through a random
-        permutation of the rows per epoch, seeded by ``random_state``; with
-        no more rows than ``batch_size``, every step takes all rows in order.
+        parameters then are returned; or ``check(step, params, active, live)``, called
+        at step 0 and every ``check_every`` steps, returning which of the ``live``
+        ones of the ``active`` inputs go on. Inputs train independently (the loss
+        is a sum over inputs), so one that has left may stay in the ensemble,
+        untouched by the checks, until at least an eighth of it has left: then
+        they all drop out at once, and later steps cost only the rest. The batches
+        run through a random permutation of the rows per epoch, seeded by
+        ``random_state``; with no more rows than ``batch_size``, every step takes all rows in order.
         """
         n, T = len(rows), B.shape[1]
         final = [p.clone() for p in params] if stop is not None else []
         active = torch.arange(T, device=B.device)
+        live = torch.ones(T, dtype=torch.bool, device=B.device)
         optimizer = self._optimizer(params)
 
         def leave(going: Tensor) -> bool:
-            """Drop the inputs not ``going``; whether any are left."""
-            nonlocal active, params, optimizer
+            """Stop the ``live`` inputs not ``going``; whether any are left. Drops the stopped ones in groups."""
+            nonlocal active, live, params, optimizer
             if stop is not None:
-                done = active[~going]
-                final[0][:, done] = params[0][:, ~going]  # W1 is (C, T, d)
+                done = live & ~going
+                final[0][:, active[done]] = params[0][:, done]  # W1 is (C, T, d)
                 for out, current in zip(final[1:], params[1:], strict=True):
-                    out[done] = current[~going]
-            if not going.any():
+                    out[active[done]] = current[done]
+            live = going
+            if not live.any():
                 return False
-            if not going.all():
-                active = active[going]
-                params, optimizer = self._keep_inputs(params, optimizer, going)
+            if 8 * int((~live).sum()) >= len(live):
+                active = active[live]
+                params, optimizer = self._keep_inputs(params, optimizer, live)
+                live = torch.ones(len(active), dtype=torch.bool, device=B.device)
             return True
 
-        first = stop > 0 if stop is not None else check(0, params, active)
+        first = stop > 0 if stop is not None else check(0, params, active, live)
         if not leave(first):
             return final
         order_generator = torch.Generator().manual_seed(self.random_state)
@@ -490,9 +494,9 @@ class ReluCollapseRegressor(ComponentModel):
                 param.grad = grad
             optimizer.step()
             if stop is not None:
-                going = stop[active] > step
+                going = live & (stop[active] > step)
             elif step % self.check_every == 0:
-                going = check(step, params, active)
+                going = check(step, params, active, live)
             else:
                 continue
             if not leave(going):

@@ -15,6 +15,8 @@ from compattr.estimators._base import Standardizer, check_block
 #: gradient: 1.2 ms sparse vs 5.8 ms dense at 5%, 4.5 vs 5.9 ms at 20%; about even near 35%.
 _SPARSE_MAX_DENSITY = 0.2
 
+_INT16_MAX = np.iinfo(np.int16).max
+
 #: A sparse matrix as the bags of :func:`torch.nn.functional.embedding_bag`: for each of its rows,
 #: the columns of its entries (concatenated), where each row's columns start, and the entries.
 _Bags = tuple[Tensor, Tensor, Tensor]
@@ -66,8 +68,10 @@ class Rows:
             if transposed:
                 n, C = len(self), len(self.mean)
                 row = torch.repeat_interleave(torch.arange(n, device=entries.device), self.offsets.diff())
-                # Sparse rows live on the CPU; numpy's sort, not torch.argsort (5x slower inside the fit loop).
-                order = torch.from_numpy(np.argsort(self.columns.numpy(), kind="stable"))
+                # Sparse rows live on the CPU; numpy's stable sort, not torch.argsort (5x slower inside the fit
+                # loop), on 16-bit keys where the columns fit, which numpy sorts by radix (9x faster again).
+                keys = self.columns.numpy()
+                order = torch.from_numpy(np.argsort(keys.astype(np.int16) if C <= _INT16_MAX else keys, kind="stable"))
                 per_column = torch.bincount(self.columns, minlength=C)
                 starts = torch.cat([per_column.new_zeros(1), per_column.cumsum(0)[:-1]])
                 self._bags[1] = (row[order], starts, entries[order])
