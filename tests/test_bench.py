@@ -3,9 +3,21 @@ import pytest
 import torch
 from conftest import planted_problem
 
-from compattr.bench import fit_speed, forward_throughput, planted_masks, scale_fits, training_speed
+from compattr.bench import (
+    fit_speed,
+    forward_throughput,
+    planted_masks,
+    scale_fits,
+    training_speed,
+    two_layer_speed,
+    two_layer_summary,
+)
 from compattr.datamodels import Recipe
-from compattr.reports import scale_markdown
+from compattr.fitting import fit_on_store
+from compattr.reports import scale_markdown, two_layer_markdown
+from compattr.sampling import run_shard
+from compattr.scores import lds_scores
+from compattr.stores import create_mask_store, read_rows
 
 
 def test_forward_throughput_reports_both_rates(trained_model, digits):
@@ -101,3 +113,42 @@ def test_scale_fits_time_each_fit_in_its_own_process_and_stop_one_past_its_limit
     assert "needs about" in refused["status"]  # the error's own words, before any work
     table = scale_markdown(records + stopped)
     assert "| `ridge` | 300 | 250 | masks x masks |" in table and "skipped: timed out" in table
+
+
+def test_two_layer_speed_fits_both_settings_at_every_size_and_scores_them_on_held_out_masks(tmp_path):
+    """Each record is the fit that fit_on_store makes with those settings; the summary totals and compares them."""
+    _, _, theta, _ = planted_problem(1, n_units=30, n_outputs=3)
+    for name, seed in (("train", 1), ("heldout", 2)):
+        create_mask_store(
+            tmp_path / f"{name}.zarr", n_masks=200, n_units=30, n_inputs=3, shard_size=100, ablation_rate=0.1, seed=seed
+        )
+        for shard in range(2):
+            run_shard(tmp_path / f"{name}.zarr", shard, lambda m: m @ theta.T + 0.1 * np.sin(7 * m.sum(1))[:, None])
+    params = {"max_steps": 20, "check_every": 2, "patience": 4, "lr": 0.01}
+    reference = {"max_steps": 40, "lr": 0.005}
+    estimators = {"relu_collapse": params, "relu_net": params}
+    records = two_layer_speed(tmp_path / "train.zarr", tmp_path / "heldout.zarr", [60, 150], estimators, reference)
+    assert [(r["estimator"], r["settings"], r["n_train"]) for r in records] == [
+        (e, label, n) for e in estimators for n in (60, 150) for label in ("reference", "current")
+    ]
+    X_test, Y_test = read_rows(tmp_path / "heldout.zarr")
+    for record in records:
+        settings = params if record["settings"] == "current" else {**params, **reference}
+        model, _ = fit_on_store(tmp_path / "train.zarr", record["n_train"], record["estimator"], settings)
+        assert record["lds"] == pytest.approx(lds_scores(model.predict(X_test.astype(np.float64)), Y_test)[0].mean())
+        assert record["median_steps"] == np.median(model.n_iter_)
+        assert record["validation_spearman"] == pytest.approx(np.nanmean(model.validation_spearman_))
+    summary = two_layer_summary(records)
+    assert [row["estimator"] for row in summary] == list(estimators)
+    for row in summary:
+        mine = [r for r in records if r["estimator"] == row["estimator"]]
+        total = {label: sum(r["seconds"] for r in mine if r["settings"] == label) for label in ("reference", "current")}
+        assert row["speedup"] == pytest.approx(total["reference"] / total["current"])
+        change = {
+            n: sum((1 if r["settings"] == "current" else -1) * r["lds"] for r in mine if r["n_train"] == n)
+            for n in (60, 150)
+        }
+        assert row["lowest_lds_change"] == pytest.approx(min(change.values()))
+        assert change[row["lowest_lds_change_at"]] == pytest.approx(min(change.values()))
+    table = two_layer_markdown(summary, records)
+    assert table.count("`relu_net`") == 3 and f"{records[0]['lds']:.4f}" in table

@@ -1,5 +1,6 @@
 """Benchmarks: ablated against plain forward throughput, batched fits against per-input scikit-learn loops,
-batched training of a data study's models against training them one by one."""
+batched training of a data study's models against training them one by one, the 2-layer fits' settings
+against the reference ones, and linear fits at the seed's scale."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,13 +23,17 @@ from compattr.components import ComponentSet
 from compattr.datamodels import Recipe, stacked_logits, train_alone, train_models
 from compattr.estimators import make_estimator
 from compattr.estimators._ridge import ridge_alphas
+from compattr.fitting import fit_on_store
 from compattr.sampling import BATCHES_PER_CALL, ComponentMarginEvaluator
 from compattr.scores import lds_scores
+from compattr.stores import read_rows
 
 __all__ = [
     "forward_throughput",
     "fit_speed",
     "training_speed",
+    "two_layer_speed",
+    "two_layer_summary",
     "planted_masks",
     "scale_fit",
     "scale_fits",
@@ -415,6 +421,72 @@ def training_speed(
         "max_logit_difference": difference(alone, params, images),
         "max_logit_difference_float64": difference(exact_alone, exact_params, exact),
     }
+
+
+def two_layer_speed(
+    train: str | Path,
+    heldout: str | Path,
+    sizes: Sequence[int],
+    estimators: dict[str, dict[str, Any]],
+    reference: dict[str, Any],
+    device: str = "cpu",
+    prior: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """Each 2-layer estimator at every train size with its settings and with ``reference``'s overrides of them.
+
+    Both fit the first ``n`` masks of the ``train`` store (:func:`compattr.fitting.fit_on_store`),
+    one after the other at each size, so that both meet the same state of the machine; each is
+    scored by its mean Spearman over inputs on every mask of the ``heldout`` store. One untimed
+    fit at the smallest size first pays for the process's first calls. Estimators that take a
+    prior get ``prior``. Returns one record per estimator, settings (``"current"`` or
+    ``"reference"``) and size: ``seconds``, ``lds``, ``median_steps`` (the steps each input kept).
+    """
+    X_test, Y_test = read_rows(heldout)
+    X_test = X_test.astype(np.float64)
+    records = []
+    for estimator, params in estimators.items():
+        given = prior if make_estimator(estimator).uses_prior else None
+        fit_on_store(train, min(sizes), estimator, params, device, prior=given)
+        for n in sizes:
+            for label, settings in (("reference", {**params, **reference}), ("current", params)):
+                model, seconds = fit_on_store(train, n, estimator, settings, device, prior=given)
+                lds = float(lds_scores(model.predict(X_test), Y_test)[0].mean())
+                records.append(
+                    {
+                        "estimator": estimator,
+                        "settings": label,
+                        "n_train": n,
+                        "seconds": seconds,
+                        "lds": lds,
+                        "validation_spearman": float(np.nanmean(model.validation_spearman_)),
+                        "median_steps": float(np.median(model.n_iter_)),
+                    }
+                )
+    return records
+
+
+def two_layer_summary(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per estimator of :func:`two_layer_speed`'s records: total seconds of each settings, the speedup,
+    and the held-out LDS of the current settings less the reference's, at its lowest over the sizes."""
+    summary = []
+    for estimator in dict.fromkeys(r["estimator"] for r in records):
+        mine = [r for r in records if r["estimator"] == estimator]
+        by = {(r["settings"], r["n_train"]): r for r in mine}
+        sizes = sorted({r["n_train"] for r in mine})
+        change = {n: by["current", n]["lds"] - by["reference", n]["lds"] for n in sizes}
+        worst = min(sizes, key=change.__getitem__)
+        total = {label: sum(by[label, n]["seconds"] for n in sizes) for label in ("reference", "current")}
+        summary.append(
+            {
+                "estimator": estimator,
+                "reference_s": total["reference"],
+                "current_s": total["current"],
+                "speedup": total["reference"] / total["current"],
+                "lowest_lds_change": change[worst],
+                "lowest_lds_change_at": worst,
+            }
+        )
+    return summary
 
 
 def planted_masks(

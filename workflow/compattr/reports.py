@@ -23,6 +23,7 @@ from compattr.editing import editing_summary, fixing_summary, forgetting_summary
 __all__ = [
     "markdown_table",
     "scale_markdown",
+    "two_layer_markdown",
     "summary_markdown",
     "cheapest_markdown",
     "fit_quality_markdown",
@@ -72,6 +73,41 @@ def scale_markdown(fits: Sequence[dict[str, object]]) -> str:
             }
         )
     return markdown_table(rows, list(rows[0]) if rows else ["estimator"])
+
+
+def two_layer_markdown(summary: Sequence[dict[str, object]], fits: Sequence[dict[str, object]]) -> str:
+    """The 2-layer settings benchmark's tables (``results/bench/two_layer.json``): totals, then every size."""
+    totals = [
+        {
+            "estimator": f"`{row['estimator']}`",
+            "reference settings": f"{row['reference_s']:.1f} s",
+            "current settings": f"{row['current_s']:.1f} s",
+            "speedup": f"{row['speedup']:.1f}x",
+            "lowest held-out LDS change": f"{row['lowest_lds_change']:+.4f} at {row['lowest_lds_change_at']:,} masks",
+        }
+        for row in summary
+    ]
+    by = {(f["estimator"], f["settings"], f["n_train"]): f for f in fits}
+    sizes = []
+    for estimator, _, n in by:
+        if (estimator, n) not in sizes:
+            sizes.append((estimator, n))
+    detail = [
+        {
+            "estimator": f"`{estimator}`",
+            "masks": f"{n:,}",
+            "time, reference / current": f"{by[estimator, 'reference', n]['seconds']:.2f} / "
+            f"{by[estimator, 'current', n]['seconds']:.2f} s",
+            "median steps kept": f"{by[estimator, 'reference', n]['median_steps']:.0f} / "
+            f"{by[estimator, 'current', n]['median_steps']:.0f}",
+            "validation Spearman, reference / current": f"{by[estimator, 'reference', n]['validation_spearman']:.4f}"
+            f" / {by[estimator, 'current', n]['validation_spearman']:.4f}",
+            "held-out LDS, reference / current": f"{by[estimator, 'reference', n]['lds']:.4f} / "
+            f"{by[estimator, 'current', n]['lds']:.4f}",
+        }
+        for estimator, n in sizes
+    ]
+    return markdown_table(totals, list(totals[0])) + "\n" + markdown_table(detail, list(detail[0]))
 
 
 def summary_markdown(

@@ -74,6 +74,36 @@ rule bench_training:
         "../scripts/bench_training.py"
 
 
+# The study's 2-layer fits at every train size, with their settings and with the reference ones
+# (config bench.two_layer), on model 0's first draw of masks.
+rule bench_two_layer:
+    input:
+        unpack(bench_two_layer_prior),
+        train=f"{RESULTS}/m0/ablations/train.summary.json",
+        heldout=f"{RESULTS}/m0/ablations/heldout.summary.json",
+        after=rules.bench_training.output[0],
+    output:
+        json="results/bench/two_layer.json",
+        table="results/bench/two_layer.md",
+    log:
+        "logs/bench/two_layer.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        gpu=GPU_JOBS,
+    params:
+        library=library("bench_two_layer.py"),
+        train=store_path(0, "train"),
+        heldout=store_path(0, "heldout"),
+        sizes=TRAIN_SIZES,
+        estimators={e: estimator_params(e) for e in BENCH_TWO_LAYER},
+        reference=config["bench"]["two_layer"]["reference"],
+        device=config["device"],
+    script:
+        "../scripts/bench_two_layer.py"
+
+
 # Linear fits at the seed's scale on planted problems (config bench.scale), each in its own process on
 # bench.scale.threads threads. It needs no study: run it alone (`snakemake --cores 2 bench_scale`).
 rule bench_scale:
@@ -97,4 +127,5 @@ rule bench:
         rules.bench_throughput.output,
         rules.bench_fit.output,
         rules.bench_training.output,
+        rules.bench_two_layer.output.json,
         rules.bench_scale.output.json,

@@ -221,6 +221,16 @@ def bench_prior(wildcards):
     return {"prior": prior_fits(0, "gradient_prior")} if "gradient_prior" in BENCH_ESTIMATORS else {}
 
 
+# The study's 2-layer estimators the settings benchmark compares (config bench.two_layer).
+BENCH_TWO_LAYER = [e for e in config["bench"]["two_layer"]["estimators"] if e in ESTIMATORS]
+
+
+def bench_two_layer_prior(wildcards):
+    """The prior's fit (model 0) of the 2-layer estimator that starts from one, when it is benchmarked."""
+    taking = [e for e in BENCH_TWO_LAYER if e in PRIOR_ESTIMATORS]
+    return {"prior": prior_fits(0, taking[0])} if taking else {}
+
+
 def top_components_store(model):
     """The fit store behind a model's top-components table."""
     if TOP_METHOD in SAMPLING_FREE:
