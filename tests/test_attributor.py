@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import compattr
 from compattr.attributor import Attribution, Samples
+from compattr.baselines import first_order_prior
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -209,3 +210,20 @@ def test_one_rate_per_kept_samples():
     attributor.sample(10, 0.3, keep=False)  # held out at another rate: fine
     with pytest.raises(ValueError, match="differs from the kept samples"):
         attributor.sample(10, 0.3)
+
+
+def test_the_exact_prior_at_the_masks_mean_is_first_order_prior_there():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 25, 3)
+    )
+    model.eval()
+    x, y = torch.randn(5, 1, 5, 5), torch.randint(0, 3, (5,))
+    attributor = compattr.ComponentAttributor(model, "conv", x, y)
+    attributor.sample(30, 0.2)
+    result = attributor.attribute("atp_relu_mean")
+    expected, _ = first_order_prior(
+        model, attributor.components, x, y, point="mean", ablation_rate=0.2, relu="exact", batch_size=1
+    )
+    np.testing.assert_allclose(result.coef, expected, rtol=1e-5, atol=1e-6)
+    assert result.passes == 4

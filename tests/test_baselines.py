@@ -230,11 +230,64 @@ def test_relu_patching_is_the_exact_ablation_effect_when_the_relu_is_the_only_no
     np.testing.assert_allclose(coef, loo, rtol=1e-4, atol=1e-4)
     via_prior, _ = first_order_prior(model, components, images, labels, relu="exact")
     np.testing.assert_array_equal(via_prior, coef)
-    with pytest.raises(ValueError, match="unablated point only"):
-        first_order_prior(model, components, images, labels, point="mean", ablation_rate=0.1, relu="exact")
     # Attribution patching linearises that ReLU, and misses the exact effect here.
     atp, _ = relu_patching(model, components, images, labels, linearise=True)
     assert np.abs(atp - loo).max() > 0.1 * np.abs(loo).max()
+
+
+def _outputs(
+    model: nn.Module, components, images: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor
+) -> np.ndarray:
+    """Margins (n_inputs,) of the model with its components scaled by ``keep``."""
+    with torch.no_grad():
+        return margins(components.ablatable(model)(images, keep[None]), labels).double().numpy()
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU(inplace=True), nn.GELU()], ids=repr)
+def test_relu_patching_at_a_keep_point_is_the_exact_change_per_unit_of_keep_factor(activation):
+    """At a point with partly kept and ablated channels: the exact change to ablated (or back to kept), per unit."""
+    model = _conv_bn_relu_logit_model(activation).eval()
+    components = conv_components(model)
+    images, labels = torch.randn(7, 1, 5, 5), torch.randint(0, 2, (7,))
+    keep = torch.tensor([0.95, 0.0, 0.5, 1.0, 0.0, 0.8])
+    coef, at_point = relu_patching(model, components, images, labels, keep=keep, batch_size=3)
+    np.testing.assert_allclose(at_point, _outputs(model, components, images, labels, keep), rtol=1e-5, atol=1e-5)
+    for c, k in enumerate(keep.tolist()):
+        moved = keep.clone()
+        moved[c] = 0.0 if k > 0 else 1.0
+        change = _outputs(model, components, images, labels, moved) - at_point
+        expected = change / k if k > 0 else -change
+        np.testing.assert_allclose(coef[:, c], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_exact_priors_at_the_mean_and_at_masks_linearise_to_the_gradient_priors(trained_model, digits):
+    """Linearised at any point, the exact propagation is minus the keep-factor derivative: first_order_prior's."""
+    model, components = trained_model
+    _, test = digits
+    images, labels = test.images[:6], test.labels[:6]
+    for point, n_points in (("mean", 1), ("masks", 2)):
+        exact, intercept = first_order_prior(
+            model, components, images, labels, point=point, n_points=n_points, ablation_rate=0.2, relu="exact"
+        )
+        linear, linear_intercept = first_order_prior(
+            model, components, images, labels, point=point, n_points=n_points, ablation_rate=0.2
+        )
+        np.testing.assert_array_equal(intercept, linear_intercept)  # the unablated outputs
+        keeps = prior_points(point, len(components), ablation_rate=0.2, n_points=n_points)
+        linearised = np.mean(
+            [relu_patching(model, components, images, labels, keep=k, linearise=True)[0] for k in keeps], axis=0
+        )
+        np.testing.assert_allclose(linearised, linear, rtol=1e-4, atol=1e-4 * np.abs(linear).max())
+        assert not np.allclose(exact, linear)  # the ReLUs switch under some ablations
+
+
+def test_relu_patching_names_a_bad_keep_point():
+    model = _conv_bn_relu_logit_model().eval()
+    images, labels = torch.randn(2, 1, 5, 5), torch.randint(0, 2, (2,))
+    with pytest.raises(ValueError, match="keep must hold 6 keep factors"):
+        relu_patching(model, conv_components(model), images, labels, keep=torch.ones(5))
+    with pytest.raises(ValueError, match="keep must hold 6 keep factors"):
+        relu_patching(model, conv_components(model), images, labels, keep=torch.full((6,), 1.5))
 
 
 def test_relu_patching_with_a_linearised_relu_is_attribution_patching(trained_model, digits):

@@ -68,7 +68,7 @@ def test_a_list_is_not_a_config(tmp_path):
         (lambda c: c["fit"]["estimators"]["gradient_prior"].update(prior="atp_xl"), "gradient_prior.prior 'atp_xl'"),
         (lambda c: c["fit"]["estimators"]["relu_collapse_raw"].update(prior="atp"), "relu_collapse_raw.prior"),
         (lambda c: c["fit"]["priors"].update(atp_odd={"point": "median"}), "median"),
-        (lambda c: c["fit"]["priors"].update(atp_odd={"point": "mean", "relu": "exact"}), "atp_odd.relu"),
+        (lambda c: c["fit"]["priors"].update(atp_odd={"point": "mean", "relu": "exactly"}), "atp_odd.relu"),
         (lambda c: c["sampling"].update(ablation_rate=0), "ablation_rate"),
         (lambda c: c["sampling"].update(ablation_rate=1), "ablation_rate"),
         (lambda c: c["sampling"]["ood"].update(ablation_rates=[0.1, 1.0]), "ablation_rates"),
@@ -94,7 +94,7 @@ def test_every_fault_is_reported_at_once_and_the_given_config_is_left_as_it_was(
     config = copy.deepcopy(TINY)
     config["sampling"]["heldout"]["n_masks"] = 2
     config["sweep"]["estimator"] = "coar_xl"
-    config["fit"]["priors"]["atp_odd"] = {"point": "mean", "relu": "exact"}
+    config["fit"]["estimators"]["relu_collapse_raw"]["prior"] = "atp"
     before = copy.deepcopy(config)
     faults = check_config(config).faults
     assert len(faults) == 3 and config == before

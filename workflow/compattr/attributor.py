@@ -44,6 +44,7 @@ PRIORS: dict[str, dict[str, Any]] = {
     "atp": {"point": "unablated"},
     "atp_relu": {"point": "unablated", "relu": "exact"},
     "atp_mean": {"point": "mean"},
+    "atp_relu_mean": {"point": "mean", "relu": "exact"},
 }
 
 

@@ -249,8 +249,8 @@ def first_order_prior(
     - ``"masks"``: ``n_points`` random masks drawn at ``ablation_rate`` (seeded by
       ``seed``), each applied to every input.
 
-    ``relu="exact"`` (at ``"unablated"`` only) propagates each zeroed channel
-    exactly through the first elementwise nonlinearity after it (:func:`relu_patching`); the default
+    ``relu="exact"`` propagates each zeroed channel exactly through the first
+    elementwise nonlinearity after it (:func:`relu_patching`, at each point); the default
     ``"linear"`` differentiates through it.
 
     Returns
@@ -261,14 +261,17 @@ def first_order_prior(
     if relu not in ("linear", "exact"):
         raise ValueError(f"relu must be 'linear' or 'exact', got {relu!r}")
     keeps = prior_points(point, len(components), ablation_rate=ablation_rate, n_points=n_points, seed=seed)
-    if relu == "exact":
-        if point != "unablated":
-            raise ValueError(f"relu='exact' propagates from the unablated point only, got point {point!r}")
-        return relu_patching(model, components, images, labels, batch_size=batch_size, output=output)
     network = components.ablatable(model).requires_grad_(False)
-    coefs, values = zip(
-        *(keep_gradients(network, images, labels, keep, batch_size, output) for keep in keeps), strict=True
-    )
+    if relu == "exact":
+        taken = [
+            relu_patching(model, components, images, labels, keep=k, batch_size=batch_size, output=output)
+            for k in keeps
+        ]
+        coefs, values = [torch.from_numpy(c) for c, _ in taken], [torch.from_numpy(v) for _, v in taken]
+    else:
+        coefs, values = zip(
+            *(keep_gradients(network, images, labels, keep, batch_size, output) for keep in keeps), strict=True
+        )
     # The intercept is the unablated output: the first point's, or one more forward pass.
     intercept = (
         values[0]
@@ -388,12 +391,15 @@ class _Recorder(fx.Interpreter):
     """Runs a traced model, keeping the outputs of some nodes and the inputs and outputs of some nonlinearities.
 
     ``relus`` maps those nodes to their functions (:func:`_activation`), run out of place, so a
-    pre-activation is never overwritten.
+    pre-activation is never overwritten. ``keeps`` maps kept nodes to per-channel keep factors
+    that scale their outputs downstream (the kept value is the unscaled output).
     """
 
-    def __init__(self, graph: fx.GraphModule, kept: set[fx.Node], relus: dict) -> None:
+    def __init__(
+        self, graph: fx.GraphModule, kept: set[fx.Node], relus: dict, keeps: dict[fx.Node, Tensor] | None = None
+    ) -> None:
         super().__init__(graph)
-        self.kept, self.relus = kept, relus
+        self.kept, self.relus, self.keeps = kept, relus, keeps or {}
         self.values: dict[fx.Node, Tensor] = {}
         self.pre: dict[fx.Node, Tensor] = {}
         self.post: dict[fx.Node, Tensor] = {}
@@ -408,6 +414,8 @@ class _Recorder(fx.Interpreter):
         out = super().run_node(n)
         if n in self.kept:
             self.values[n] = out.detach().clone()  # before any later in-place operation
+        if n in self.keeps:
+            out = out * self.keeps[n].to(out).reshape(1, -1, *(1,) * (out.ndim - 2))
         return out
 
 
@@ -417,6 +425,7 @@ def relu_patching(
     images: Tensor,
     labels: Tensor | None,
     *,
+    keep: Tensor | None = None,
     linearise: bool = False,
     batch_size: int = 256,
     output: Output = margins,
@@ -435,11 +444,18 @@ def relu_patching(
     first order after it. ``linearise=True`` replaces ``act(a + delta) - act(a)``
     by ``act'(a) delta``, which gives attribution patching back.
 
+    ``keep`` (n_components,), optional: the point, keep factors that scale each
+    channel (1 by default: the unablated model). Every value is then taken
+    there, and a component's effect is per unit of its keep factor ``k``: the change
+    when it goes from ``k`` to ablated, divided by ``k``, or, where ``k`` is 0, minus
+    the change when it is restored to 1. Linearised, that is minus the output's
+    derivative in the keep factor, as :func:`first_order_prior` takes it.
+
     Returns
     -------
     coef : ndarray (n_inputs, n_components)
     intercept : ndarray (n_inputs,)
-        The unablated outputs.
+        The outputs at the point (the unablated outputs by default).
     """
     if set(components.kinds) != {"channels"} or components.means is not None:
         raise ValueError(
@@ -454,9 +470,14 @@ def relu_patching(
     paths = _relu_paths(graph, components)
     relus = {relu: _activation(graph, relu) for _, relu, _ in paths.values()}
     device = next(model.parameters()).device
+    keep = torch.ones(len(components)) if keep is None else torch.as_tensor(keep, dtype=torch.float32).cpu()
+    if keep.shape != (len(components),) or bool(((keep < 0) | (keep > 1)).any()):
+        raise ValueError(f"keep must hold {len(components)} keep factors in [0, 1], got shape {tuple(keep.shape)}")
+    keeps = dict(zip(paths, keep.split(list(components.sizes)), strict=True))
+    scaled = {node: keeps[name] for name, (node, _, _) in paths.items() if bool((keeps[name] != 1).any())}
     coefs, intercepts = [], []
     for x, y in _batches(images, labels, batch_size, device):
-        recorder = _Recorder(graph, {node for node, _, _ in paths.values()}, relus)
+        recorder = _Recorder(graph, {node for node, _, _ in paths.values()}, relus, scaled)
         with torch.enable_grad():
             f = output(recorder.run(x), y)
             order = list(recorder.post)
@@ -468,10 +489,13 @@ def relu_patching(
                 raise ValueError(
                     f"component module {name!r} outputs {tuple(z.shape)} but its nonlinearity takes {tuple(pre.shape)}"
                 )
-            delta = -slope.to(z).reshape(1, -1, *(1,) * (z.ndim - 2)) * z
+            k = keeps[name].to(z)
+            step = torch.where(k > 0, -k, 1.0)  # to ablated, or (from 0) back to kept
+            shape = (1, -1, *(1,) * (z.ndim - 2))
+            delta = (slope.to(z) * step).reshape(shape) * z
             act = relus[relu]
             change = torch.func.jvp(act, (pre,), (delta,))[1] if linearise else act(pre + delta) - act(pre)
-            effects.append((grad * change).flatten(2).sum(-1))
+            effects.append((grad * change).flatten(2).sum(-1) / torch.where(k > 0, k, -1.0))
         coefs.append(torch.cat(effects, dim=1).detach().cpu())
         intercepts.append(f.detach().cpu())
     return torch.cat(coefs).double().numpy(), torch.cat(intercepts).double().numpy()

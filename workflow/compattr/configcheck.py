@@ -195,13 +195,9 @@ def _check_across_keys(config: dict[str, Any], schema: dict[str, Any], found: Co
             f"config fit.train_sizes (or sweep.train_sizes) {too_big} exceed sampling.train.n_masks ({n_train}): "
             "sample more masks or drop those sizes"
         )
-    for name, prior in priors.items():
+    for name in priors:
         if name in estimators or name in baselines:
             fault(f"config fit.priors.{name} has the name of an estimator or baseline: rename it")
-        if prior.get("relu", "linear") == "exact" and prior["point"] != "unablated":
-            fault(
-                f"config fit.priors.{name}.relu: exact propagation starts from point unablated, not {prior['point']!r}"
-            )
     for name, params in fit["estimators"].items():
         if "prior" in params and name not in PRIOR_ESTIMATORS:
             fault(f"config fit.estimators.{name}.prior: {name} takes no prior (only {PRIOR_ESTIMATORS} do)")
