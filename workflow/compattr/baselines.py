@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import operator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -263,10 +264,8 @@ def first_order_prior(
     keeps = prior_points(point, len(components), ablation_rate=ablation_rate, n_points=n_points, seed=seed)
     network = components.ablatable(model).requires_grad_(False)
     if relu == "exact":
-        taken = [
-            relu_patching(model, components, images, labels, keep=k, batch_size=batch_size, output=output)
-            for k in keeps
-        ]
+        patch = _relu_patcher(model, components)
+        taken = [patch(images, labels, k, batch_size=batch_size, output=output) for k in keeps]
         coefs, values = [torch.from_numpy(c) for c, _ in taken], [torch.from_numpy(v) for _, v in taken]
     else:
         coefs, values = zip(
@@ -457,6 +456,12 @@ def relu_patching(
     intercept : ndarray (n_inputs,)
         The outputs at the point (the unablated outputs by default).
     """
+    patch = _relu_patcher(model, components)
+    return patch(images, labels, keep, linearise=linearise, batch_size=batch_size, output=output)
+
+
+def _relu_patcher(model: nn.Module, components: ComponentSet) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """:func:`relu_patching` with the model traced once: a function of ``(images, labels, keep, **settings)``."""
     if set(components.kinds) != {"channels"} or components.means is not None:
         raise ValueError(
             "relu_patching follows zero-ablated conv filters (kind 'channels') to their first nonlinearity; for "
@@ -470,32 +475,58 @@ def relu_patching(
     paths = _relu_paths(graph, components)
     relus = {relu: _activation(graph, relu) for _, relu, _ in paths.values()}
     device = next(model.parameters()).device
-    keep = torch.ones(len(components)) if keep is None else torch.as_tensor(keep, dtype=torch.float32).cpu()
-    if keep.shape != (len(components),) or bool(((keep < 0) | (keep > 1)).any()):
-        raise ValueError(f"keep must hold {len(components)} keep factors in [0, 1], got shape {tuple(keep.shape)}")
-    keeps = dict(zip(paths, keep.split(list(components.sizes)), strict=True))
-    scaled = {node: keeps[name] for name, (node, _, _) in paths.items() if bool((keeps[name] != 1).any())}
-    coefs, intercepts = [], []
-    for x, y in _batches(images, labels, batch_size, device):
-        recorder = _Recorder(graph, {node for node, _, _ in paths.values()}, relus, scaled)
-        with torch.enable_grad():
-            f = output(recorder.run(x), y)
-            order = list(recorder.post)
-            grads = dict(zip(order, torch.autograd.grad(f.sum(), [recorder.post[n] for n in order]), strict=True))
-        effects = []
-        for name, (node, relu, slope) in paths.items():
-            z, pre, grad = recorder.values[node], recorder.pre[relu], grads[relu]
-            if z.shape != pre.shape:
-                raise ValueError(
-                    f"component module {name!r} outputs {tuple(z.shape)} but its nonlinearity takes {tuple(pre.shape)}"
-                )
-            k = keeps[name].to(z)
-            step = torch.where(k > 0, -k, 1.0)  # to ablated, or (from 0) back to kept
-            shape = (1, -1, *(1,) * (z.ndim - 2))
-            delta = (slope.to(z) * step).reshape(shape) * z
-            act = relus[relu]
-            change = torch.func.jvp(act, (pre,), (delta,))[1] if linearise else act(pre + delta) - act(pre)
-            effects.append((grad * change).flatten(2).sum(-1) / torch.where(k > 0, k, -1.0))
-        coefs.append(torch.cat(effects, dim=1).detach().cpu())
-        intercepts.append(f.detach().cpu())
-    return torch.cat(coefs).double().numpy(), torch.cat(intercepts).double().numpy()
+
+    def patch(
+        images: Tensor,
+        labels: Tensor | None,
+        keep: Tensor | None,
+        *,
+        linearise: bool = False,
+        batch_size: int = 256,
+        output: Output = margins,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        keep = torch.ones(len(components)) if keep is None else torch.as_tensor(keep, dtype=torch.float32).cpu()
+        wanted = f"keep must hold {len(components)} keep factors in [0, 1]"
+        if keep.shape != (len(components),):
+            raise ValueError(f"{wanted}, got shape {tuple(keep.shape)}")
+        if bool(((keep < 0) | (keep > 1)).any()):
+            raise ValueError(f"{wanted}, got values from {keep.min().item():g} to {keep.max().item():g}")
+        keeps = dict(zip(paths, keep.split(list(components.sizes)), strict=True))
+        scaled = {node: keeps[name] for name, (node, _, _) in paths.items() if bool((keeps[name] != 1).any())}
+        coefs, intercepts = [], []
+        for x, y in _batches(images, labels, batch_size, device):
+            recorder = _Recorder(graph, {node for node, _, _ in paths.values()}, relus, scaled)
+            with torch.enable_grad():
+                f = output(recorder.run(x), y)
+                order = list(recorder.post)
+                grads = dict(zip(order, torch.autograd.grad(f.sum(), [recorder.post[n] for n in order]), strict=True))
+            coefs.append(_exact_effects(recorder, grads, paths, keeps, relus, linearise).detach().cpu())
+            intercepts.append(f.detach().cpu())
+        return torch.cat(coefs).double().numpy(), torch.cat(intercepts).double().numpy()
+
+    return patch
+
+
+def _exact_effects(
+    recorder: _Recorder,
+    grads: dict[fx.Node, Tensor],
+    paths: dict[str, tuple[fx.Node, fx.Node, Tensor]],
+    keeps: dict[str, Tensor],
+    relus: dict,
+    linearise: bool,
+) -> Tensor:
+    """Every component's effect (n, n_components) per unit of keep factor from one recorded pass (relu_patching)."""
+    effects = []
+    for name, (node, relu, slope) in paths.items():
+        z, pre, grad = recorder.values[node], recorder.pre[relu], grads[relu]
+        if z.shape != pre.shape:
+            raise ValueError(
+                f"component module {name!r} outputs {tuple(z.shape)} but its nonlinearity takes {tuple(pre.shape)}"
+            )
+        k = keeps[name].to(z)
+        step = torch.where(k > 0, -k, 1.0)  # to ablated, or (from 0) back to kept
+        delta = (slope.to(z) * step).reshape(1, -1, *(1,) * (z.ndim - 2)) * z
+        act = relus[relu]
+        change = torch.func.jvp(act, (pre,), (delta,))[1] if linearise else act(pre + delta) - act(pre)
+        effects.append((grad * change).flatten(2).sum(-1) / torch.where(k > 0, k, -1.0))
+    return torch.cat(effects, dim=1)

@@ -88,10 +88,7 @@ def two_layer_markdown(summary: Sequence[dict[str, object]], fits: Sequence[dict
         for row in summary
     ]
     by = {(f["estimator"], f["settings"], f["n_train"]): f for f in fits}
-    sizes = []
-    for estimator, _, n in by:
-        if (estimator, n) not in sizes:
-            sizes.append((estimator, n))
+    sizes = dict.fromkeys((estimator, n) for estimator, _, n in by)
     detail = [
         {
             "estimator": f"`{estimator}`",

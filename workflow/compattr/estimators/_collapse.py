@@ -202,7 +202,7 @@ class ReluCollapseRegressor(ComponentModel):
 
     def _memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
         """Masks as the coordinates of their rare value (at most one byte a cell), weights with Adam's states."""
-        weights = 4 * 8 * self.hidden * (n_components + n_inputs)  # parameters, gradients, moments, best copy
+        weights = 4 * 8 * self.hidden * (n_components + n_inputs)  # parameters, gradients, moments, the refit's copy
         activations = 4 * 4 * n_masks * (self.hidden + n_inputs)
         return n_masks * n_components + weights + activations + 3 * 8 * n_components * n_inputs
 
