@@ -41,6 +41,8 @@ LABELS = {
     "atp_path": "gradient along a path (integrated)",
     "atp_masks_4": "gradient averaged over 4 random masks",
     "atp_masks_16": "gradient averaged over 16 random masks",
+    "atp_relu_mean": "exact through the first ReLU, at the mean",
+    "atp_relu_masks_16": "exact through the first ReLU, 16 masks",
     "influence": "influence function (data)",
     "loo": "leave-one-out",
     "random": "random components (mean over draws)",
@@ -162,7 +164,7 @@ def plot_lds_vs_ablations(
     if len(spare):
         spare[0].legend(*handles, loc="center", fontsize=9, **legend)
     else:
-        fig.legend(*handles, loc="outside lower center", ncols=3, fontsize=9, **legend)
+        fig.legend(*handles, loc="outside lower center", ncols=3, fontsize=8, **legend)
     if title:
         fig.suptitle(title)
     return fig
