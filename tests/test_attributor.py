@@ -227,3 +227,15 @@ def test_the_exact_prior_at_the_masks_mean_is_first_order_prior_there():
     )
     np.testing.assert_allclose(result.coef, expected, rtol=1e-5, atol=1e-6)
     assert result.passes == 4
+
+
+def test_attribution_patching_with_its_top_32_measured_is_leave_one_out_there():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 40), nn.ReLU(), nn.Linear(40, 3)).eval()
+    attributor = compattr.ComponentAttributor(model, ["0"], torch.randn(4, 5), torch.tensor([0, 1, 2, 0]))
+    atp, loo = attributor.attribute("atp"), attributor.attribute("loo")
+    result = attributor.attribute("atp_top_32")
+    top = np.argsort(-np.abs(atp.coef).mean(0), kind="stable")[:32]
+    np.testing.assert_allclose(result.coef[:, top], loo.coef[:, top], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.delete(result.coef, top, axis=1), np.delete(atp.coef, top, axis=1))
+    assert result.passes == 3 + 32 + 1

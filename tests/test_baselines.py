@@ -7,6 +7,7 @@ from torch import nn
 
 from compattr.baselines import (
     attribution_patching,
+    exact_top,
     first_order_prior,
     leave_one_out,
     prior_passes,
@@ -51,6 +52,40 @@ def test_leave_one_out_matches_direct_single_ablations(trained_model, digits):
         mask = np.zeros((1, len(components)), dtype=bool)
         mask[0, c] = True
         np.testing.assert_allclose(coef[:, c], evaluator(mask)[0] - intercept, rtol=1e-5, atol=1e-5)
+
+
+def test_leave_one_out_of_some_units_is_those_columns_of_the_whole(trained_model, digits):
+    model, components = trained_model
+    _, test = digits
+    evaluator = ComponentMarginEvaluator(model, components, test.images[:5], test.labels[:5])
+    whole, base = leave_one_out(evaluator, len(components), progress=False)
+    units = [9, 0, len(components) - 1]
+    some, some_base = leave_one_out(evaluator, len(components), chunk=2, units=units, progress=False)
+    np.testing.assert_allclose(some, whole[:, units], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(some_base, base)
+    with pytest.raises(ValueError, match=rf"units must be indices in \[0, {len(components)}\)"):
+        leave_one_out(evaluator, len(components), units=[len(components)])
+
+
+def test_exact_top_measures_the_largest_attributions_and_keeps_the_rest(trained_model, digits):
+    model, components = trained_model
+    _, test = digits
+    images, labels = test.images[:5], test.labels[:5]
+    evaluator = ComponentMarginEvaluator(model, components, images, labels)
+    prior, _ = attribution_patching(model, components, images, labels)
+    loo, _ = leave_one_out(evaluator, len(components), progress=False)
+    coef, top = exact_top(prior, evaluator, 6, progress=False)
+    largest = np.abs(prior).mean(0)
+    assert len(top) == 6 and largest[top].min() >= np.delete(largest, top).max()
+    np.testing.assert_allclose(coef[:, top], loo[:, top], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.delete(coef, top, axis=1), np.delete(prior, top, axis=1))
+    # measuring more units brings the prior closer to leave-one-out
+    assert np.abs(coef - loo).sum() < np.abs(prior - loo).sum()
+    unchanged, none = exact_top(prior, evaluator, 0, progress=False)
+    np.testing.assert_array_equal(unchanged, prior)
+    assert len(none) == 0
+    with pytest.raises(ValueError, match=rf"exact_top must lie in \[0, {len(components)}\]"):
+        exact_top(prior, evaluator, len(components) + 1)
 
 
 def test_attribution_patching_tracks_leave_one_out_on_a_trained_resnet(trained_model, digits):

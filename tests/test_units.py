@@ -64,6 +64,23 @@ def test_patch_prior_and_occlusion_equal_the_exact_effects_on_a_linear_model(bas
     assert lds(fit, heldout) > 0.999
 
 
+def test_a_prior_with_exact_top_pays_for_and_holds_the_exact_effects_of_its_largest_patches():
+    torch.manual_seed(2)
+    x, y = torch.randn(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)).eval()
+    patches = PatchSet((1, 4, 4), 1, "zero")
+    prior, intercept, passes = unit_prior(model, patches, x, y)
+    loo, _ = leave_one_out(make_evaluator(model, patches, x, y), len(patches), progress=False)
+    coef, top_intercept, top_passes = unit_prior(model, patches, x, y, exact_top=5)
+    top = np.argsort(-np.abs(prior).mean(0), kind="stable")[:5]
+    np.testing.assert_allclose(coef[:, top], loo[:, top], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.delete(coef, top, axis=1), np.delete(prior, top, axis=1))
+    np.testing.assert_array_equal(top_intercept, intercept)
+    assert top_passes == passes + 5 + 1  # five ablated passes and one unablated
+    every, _, _ = unit_prior(model, patches, x, y, exact_top=len(patches))
+    np.testing.assert_allclose(every, loo, rtol=1e-5, atol=1e-5)
+
+
 def test_patch_masks_replace_exactly_their_pixels():
     x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
     patches = PatchSet((1, 4, 4), 2, "zero")

@@ -45,6 +45,8 @@ PRIORS: dict[str, dict[str, Any]] = {
     "atp_relu": {"point": "unablated", "relu": "exact"},
     "atp_mean": {"point": "mean"},
     "atp_relu_mean": {"point": "mean", "relu": "exact"},
+    # attribution patching with its 32 largest attributions measured by ablation (36 passes)
+    "atp_top_32": {"point": "unablated", "exact_top": 32},
 }
 
 
@@ -405,6 +407,7 @@ class ComponentAttributor:
             ablation_rate=self.ablation_rate_,
             batch_size=max(1, self.batch_size // 4),
             output=self.output,
+            evaluator=lambda masks: self.evaluate(masks, progress=False),  # for exact_top
             **settings,
         )
 

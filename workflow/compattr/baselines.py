@@ -15,6 +15,8 @@ fitted estimators:
   backward pass).
 - :func:`leave_one_out`: the exact effect of ablating each component alone
   (one ablated forward pass per component).
+- :func:`exact_top`: a prior whose largest attributions are replaced by their exact
+  effects (one ablated forward pass per unit so checked).
 
 Costs are counted in forward-equivalent passes per input batch, a backward pass
 counting as two (:func:`prior_passes`).
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +46,7 @@ __all__ = [
     "prior_points",
     "relu_patching",
     "leave_one_out",
+    "exact_top",
     "prior_passes",
 ]
 
@@ -123,22 +126,49 @@ def _per_component(values: Tensor, kind: str) -> Tensor:
     return values.reshape(len(values), -1, values.shape[-1]).sum(1)
 
 
-def leave_one_out(evaluator, n_units: int, chunk: int = 256, *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def leave_one_out(
+    evaluator, n_units: int, chunk: int = 256, *, units: Sequence[int] | None = None, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact single-unit ablation effects: ``coef[i, c] = f_i(ablate c) - f_i(nothing ablated)``.
 
     ``evaluator`` maps bool masks (n_masks, n_units) to outputs (n_masks, n_inputs),
     like :class:`compattr.sampling.ComponentMarginEvaluator`; ``chunk`` units go in one call,
-    with a progress bar over the units (``progress``).
+    with a progress bar over the units (``progress``). ``units``: the indices of the units to
+    ablate (default every unit), one pass each plus one unablated pass; ``coef`` has a column per index.
     """
+    index = np.arange(n_units) if units is None else np.asarray(units, dtype=np.int64)
+    if index.ndim != 1 or (len(index) and (index.min() < 0 or index.max() >= n_units)):
+        raise ValueError(f"units must be indices in [0, {n_units}), got {np.asarray(units).tolist()}")
     base = np.asarray(evaluator(np.zeros((1, n_units), dtype=bool)), dtype=np.float64)[0]
-    single = np.empty((n_units, len(base)), dtype=np.float64)
-    with tqdm(total=n_units, desc="leave-one-out", unit="unit", disable=not progress, mininterval=5) as bar:
-        for i in range(0, n_units, chunk):
-            masks = np.zeros((min(chunk, n_units - i), n_units), dtype=bool)
-            masks[np.arange(len(masks)), np.arange(i, i + len(masks))] = True
+    single = np.empty((len(index), len(base)), dtype=np.float64)
+    with tqdm(total=len(index), desc="leave-one-out", unit="unit", disable=not progress, mininterval=5) as bar:
+        for i in range(0, len(index), chunk):
+            masks = np.zeros((min(chunk, len(index) - i), n_units), dtype=bool)
+            masks[np.arange(len(masks)), index[i : i + len(masks)]] = True
             single[i : i + len(masks)] = evaluator(masks)
             bar.update(len(masks))
     return (single - base).T, base
+
+
+def exact_top(
+    coef: np.ndarray, evaluator, k: int, *, chunk: int = 256, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """``coef`` (n_inputs, n_units) with its ``k`` largest units measured exactly: a prior checked by ablation.
+
+    The units with the largest mean absolute attribution over the inputs (one ablation serves
+    every input) get their exact single-unit effects (:func:`leave_one_out` on them: ``k`` ablated
+    passes and one unablated pass); the others keep their estimate. Attribution patching's
+    candidates verified by activation patching, as Kramar et al. (2024) propose. Returns the
+    new coefficients and the measured units' indices, largest first.
+    """
+    coef = np.asarray(coef, dtype=np.float64)
+    if not 0 <= k <= coef.shape[1]:
+        raise ValueError(f"exact_top must lie in [0, {coef.shape[1]}] (the units), got {k}")
+    top = np.argsort(-np.abs(coef).mean(0), kind="stable")[:k]
+    exact, _ = leave_one_out(evaluator, coef.shape[1], chunk, units=top, progress=progress)
+    out = coef.copy()
+    out[:, top] = exact
+    return out, top
 
 
 def _batches(images: Batch, labels: Tensor | None, batch_size: int, device: torch.device):

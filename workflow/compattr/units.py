@@ -12,12 +12,14 @@ LDS, summaries, figures) takes any of them unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from compattr.baselines import exact_top as exact_top_units
 from compattr.baselines import first_order_prior, prior_passes
 from compattr.components import ComponentSet
 from compattr.datamodels import DataMarginEvaluator, Recipe, TrainingExamples, influence_prior
@@ -94,6 +96,8 @@ def unit_prior(
     point: str = "unablated",
     n_points: int = 1,
     output: Output = margins,
+    exact_top: int = 0,
+    evaluator: Callable[[np.ndarray], np.ndarray] | None = None,
     **settings: Any,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """A kind's first-order prior: ``(coef, intercept, passes)``.
@@ -104,6 +108,11 @@ def unit_prior(
     input batch. Data: the influence function at the model trained on every unit
     (:func:`compattr.datamodels.influence_prior`; point ``unablated`` only), no
     model trained beyond that one: ``passes`` 0.
+
+    ``exact_top``: the number of units, those with the largest mean absolute prior, whose
+    estimates are replaced by their exact effects (:func:`compattr.baselines.exact_top`), by
+    ``evaluator`` (bool masks to outputs; default :func:`make_evaluator` on the same inputs); ``passes`` then counts
+    its ``exact_top + 1`` evaluations too.
     """
     if isinstance(units, TrainingExamples):
         if point != "unablated" or n_points != 1:
@@ -111,11 +120,17 @@ def unit_prior(
                 f"a data study's prior is taken at the model trained on every unit: point unablated, not {point!r}"
             )
         coef, intercept = influence_prior(model, units, images, labels, output=output)
-        return coef, intercept, 0
-    coef, intercept = first_order_prior(
-        model, units, images, labels, point=point, n_points=n_points, output=output, **settings
-    )
-    return coef, intercept, prior_passes(point, n_points)
+        passes = 0
+    else:
+        coef, intercept = first_order_prior(
+            model, units, images, labels, point=point, n_points=n_points, output=output, **settings
+        )
+        passes = prior_passes(point, n_points)
+    if exact_top:
+        evaluator = evaluator or make_evaluator(model, units, images, labels, output=output)
+        coef, _ = exact_top_units(coef, evaluator, exact_top)
+        passes += exact_top + 1
+    return coef, intercept, passes
 
 
 def unit_rows(units: Units) -> list[tuple[int, str, str, str, str]]:

@@ -13,16 +13,18 @@ log, device, model, components = start_model_job(
 inputs = load_test_inputs(snakemake.input.inputs)
 images, labels = inputs.images, inputs.labels
 baseline, prior = snakemake.params.baseline, snakemake.params.prior
-if prior is not None:
-    settings = {"n_points": 1, "seed": 0, **prior}
-    # relu: exact reuses the same passes
-    coef, intercept, passes = unit_prior(
-        model, components, images, labels, ablation_rate=snakemake.params.ablation_rate, **settings
-    )
-else:
+evaluator = None  # ablated forward passes: leave-one-out's, and a prior's exact_top
+if prior is None or prior.get("exact_top"):
     evaluator = make_evaluator(
         model, components, images, labels, batch_size=snakemake.params.batch_size, **snakemake.params.forward
     )
+if prior is not None:
+    settings = {"n_points": 1, "seed": 0, **prior}
+    # relu: exact reuses the same passes; exact_top adds one evaluation per unit it measures, and one unablated
+    coef, intercept, passes = unit_prior(
+        model, components, images, labels, ablation_rate=snakemake.params.ablation_rate, evaluator=evaluator, **settings
+    )
+else:
     coef, intercept = leave_one_out(evaluator, len(components))
     passes = len(components)
 log.info(
