@@ -9,6 +9,7 @@ from compattr.baselines import (
     attribution_patching,
     exact_top,
     first_order_prior,
+    keep_effects,
     leave_one_out,
     prior_passes,
     prior_points,
@@ -74,18 +75,44 @@ def test_exact_top_measures_the_largest_attributions_and_keeps_the_rest(trained_
     evaluator = ComponentMarginEvaluator(model, components, images, labels)
     prior, _ = attribution_patching(model, components, images, labels)
     loo, _ = leave_one_out(evaluator, len(components), progress=False)
-    coef, top = exact_top(prior, evaluator, 6, progress=False)
+    asked = []
+
+    def measure(units):
+        asked.append(list(units))
+        return leave_one_out(evaluator, len(components), units=units, progress=False)[0]
+
+    coef, top = exact_top(prior, measure, 6)
     largest = np.abs(prior).mean(0)
-    assert len(top) == 6 and largest[top].min() >= np.delete(largest, top).max()
+    assert asked == [list(top)] and len(top) == 6 and largest[top].min() >= np.delete(largest, top).max()
     np.testing.assert_allclose(coef[:, top], loo[:, top], rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(np.delete(coef, top, axis=1), np.delete(prior, top, axis=1))
     # measuring more units brings the prior closer to leave-one-out
     assert np.abs(coef - loo).sum() < np.abs(prior - loo).sum()
-    unchanged, none = exact_top(prior, evaluator, 0, progress=False)
+    unchanged, none = exact_top(prior, measure, 0)
     np.testing.assert_array_equal(unchanged, prior)
-    assert len(none) == 0
+    assert len(none) == 0 and len(asked) == 1  # nothing measured
     with pytest.raises(ValueError, match=rf"exact_top must lie in \[0, {len(components)}\]"):
-        exact_top(prior, evaluator, len(components) + 1)
+        exact_top(prior, measure, len(components) + 1)
+
+
+def test_keep_effects_are_the_exact_changes_per_unit_of_keep_factor(trained_model, digits):
+    model, components = trained_model
+    _, test = digits
+    images, labels = test.images[:4], test.labels[:4]
+    network = components.ablatable(model).requires_grad_(False)
+    loo, _ = leave_one_out(ComponentMarginEvaluator(model, components, images, labels), len(components), progress=False)
+    units = [3, 0, len(components) - 1]
+    at_one = keep_effects(network, images, labels, torch.ones(len(components)), units)
+    np.testing.assert_allclose(at_one, loo[:, units], rtol=1e-4, atol=1e-4)
+    keep = torch.full((len(components),), 0.8)
+    ablated = keep.repeat(len(units) + 1, 1)
+    ablated[torch.arange(len(units)), units] = 0
+    outputs = _keep_margins(network, images, labels, ablated)
+    expected = (outputs[:-1] - outputs[-1]).T / 0.8
+    np.testing.assert_allclose(keep_effects(network, images, labels, keep, units), expected, rtol=1e-4, atol=1e-4)
+    keep[3] = 0
+    with pytest.raises(ValueError, match="keep factors must be > 0"):
+        keep_effects(network, images, labels, keep, units)
 
 
 def test_attribution_patching_tracks_leave_one_out_on_a_trained_resnet(trained_model, digits):

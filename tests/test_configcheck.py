@@ -69,6 +69,11 @@ def test_a_list_is_not_a_config(tmp_path):
         (lambda c: c["fit"]["estimators"]["relu_collapse_raw"].update(prior="atp"), "relu_collapse_raw.prior"),
         (lambda c: c["fit"]["priors"].update(atp_odd={"point": "median"}), "median"),
         (lambda c: c["fit"]["priors"].update(atp_odd={"point": "mean", "relu": "exactly"}), "atp_odd.relu"),
+        (lambda c: c["fit"]["priors"].update(atp_odd={"point": "mean", "exact_top": -1}), "atp_odd.exact_top"),
+        (
+            lambda c: c["fit"]["priors"].update(atp_odd={"point": "path", "n_points": 2, "exact_top": 4}),
+            "fit.priors.atp_odd.exact_top: units are measured at the unablated model or at the mean",
+        ),
         (lambda c: c["sampling"].update(ablation_rate=0), "ablation_rate"),
         (lambda c: c["sampling"].update(ablation_rate=1), "ablation_rate"),
         (lambda c: c["sampling"]["ood"].update(ablation_rates=[0.1, 1.0]), "ablation_rates"),

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from compattr import ComponentAttributor, lds
-from compattr.baselines import leave_one_out
+from compattr.baselines import keep_effects, leave_one_out
 from compattr.checkpoints import load_checkpoint, save_checkpoint, spec_of
 from compattr.datamodels import (
     DataMarginEvaluator,
@@ -79,6 +79,16 @@ def test_a_prior_with_exact_top_pays_for_and_holds_the_exact_effects_of_its_larg
     assert top_passes == passes + 5 + 1  # five ablated passes and one unablated
     every, _, _ = unit_prior(model, patches, x, y, exact_top=len(patches))
     np.testing.assert_allclose(every, loo, rtol=1e-5, atol=1e-5)
+    # at the mean, each measured patch's change from the mean to its baseline, per unit of keep factor
+    mean, _, mean_passes = unit_prior(model, patches, x, y, point="mean", ablation_rate=0.2, exact_top=3)
+    prior, _, prior_passes = unit_prior(model, patches, x, y, point="mean", ablation_rate=0.2)
+    top = np.argsort(-np.abs(prior).mean(0), kind="stable")[:3]
+    network = patches.ablatable(model)
+    expected = keep_effects(network, x, y, torch.full((len(patches),), 0.8), top)
+    np.testing.assert_allclose(mean[:, top], expected, rtol=1e-5, atol=1e-5)
+    assert mean_passes == prior_passes + 3 + 1
+    with pytest.raises(ValueError, match="not at point 'path'"):
+        unit_prior(model, patches, x, y, point="path", ablation_rate=0.2, n_points=2, exact_top=3)
 
 
 def test_patch_masks_replace_exactly_their_pixels():

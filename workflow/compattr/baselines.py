@@ -16,7 +16,8 @@ fitted estimators:
 - :func:`leave_one_out`: the exact effect of ablating each component alone
   (one ablated forward pass per component).
 - :func:`exact_top`: a prior whose largest attributions are replaced by their exact
-  effects (one ablated forward pass per unit so checked).
+  effects (one ablated forward pass per unit so checked: :func:`leave_one_out` at the
+  unablated model, :func:`keep_effects` at a keep point).
 
 Costs are counted in forward-equivalent passes per input batch, a backward pass
 counting as two (:func:`prior_passes`).
@@ -47,6 +48,7 @@ __all__ = [
     "relu_patching",
     "leave_one_out",
     "exact_top",
+    "keep_effects",
     "prior_passes",
 ]
 
@@ -150,25 +152,55 @@ def leave_one_out(
     return (single - base).T, base
 
 
-def exact_top(
-    coef: np.ndarray, evaluator, k: int, *, chunk: int = 256, progress: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
+def exact_top(coef: np.ndarray, measure: Callable[[np.ndarray], np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
     """``coef`` (n_inputs, n_units) with its ``k`` largest units measured exactly: a prior checked by ablation.
 
     The units with the largest mean absolute attribution over the inputs (one ablation serves
-    every input) get their exact single-unit effects (:func:`leave_one_out` on them: ``k`` ablated
-    passes and one unablated pass); the others keep their estimate. Attribution patching's
-    candidates verified by activation patching, as Kramar et al. (2024) propose. Returns the
-    new coefficients and the measured units' indices, largest first.
+    every input) get the effects ``measure(units)`` returns for them, (n_inputs, len(units)):
+    their exact single-unit effects at the unablated model (:func:`leave_one_out` on them) or
+    at a keep point (:func:`keep_effects`). The others keep their estimate. Attribution
+    patching's candidates verified by activation patching, as Kramar et al. (2024) propose.
+    Returns the new coefficients and the measured units' indices, largest first.
     """
     coef = np.asarray(coef, dtype=np.float64)
     if not 0 <= k <= coef.shape[1]:
         raise ValueError(f"exact_top must lie in [0, {coef.shape[1]}] (the units), got {k}")
     top = np.argsort(-np.abs(coef).mean(0), kind="stable")[:k]
-    exact, _ = leave_one_out(evaluator, coef.shape[1], chunk, units=top, progress=progress)
     out = coef.copy()
-    out[:, top] = exact
+    if k:
+        out[:, top] = measure(top)
     return out, top
+
+
+def keep_effects(
+    network: nn.Module,
+    images: Batch,
+    labels: Tensor | None,
+    keep: Tensor,
+    units: Sequence[int],
+    batch_size: int = 256,
+    output: Output = margins,
+) -> np.ndarray:
+    """Exact effects (n_inputs, len(units)) of ablating each unit of ``units`` alone from keep factors ``keep``.
+
+    Per unit of its keep factor ``k``, as the priors away from the unablated point take
+    them: ``(f(keep with the unit at 0) - f(keep)) / k``. ``network`` is an ablatable network
+    (:meth:`ComponentSet.ablatable`) and ``keep`` (n_units,) has no zero among ``units``: one
+    forward pass per unit, and one at ``keep``.
+    """
+    keep = torch.as_tensor(keep, dtype=torch.float32).cpu()
+    units = [int(u) for u in units]
+    if bool((keep[units] <= 0).any()):
+        raise ValueError(
+            "keep_effects ablates units from a keep point where they are kept: their keep factors must be > 0"
+        )
+    base = _outputs_at(network, images, labels, keep, batch_size, output)
+    effects = []
+    for unit in tqdm(units, desc="exact effects", unit="unit", mininterval=5):
+        ablated = keep.clone()
+        ablated[unit] = 0
+        effects.append((_outputs_at(network, images, labels, ablated, batch_size, output) - base) / keep[unit].item())
+    return torch.stack(effects, dim=1).numpy() if effects else np.zeros((len(base), 0))
 
 
 def _batches(images: Batch, labels: Tensor | None, batch_size: int, device: torch.device):

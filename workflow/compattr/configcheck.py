@@ -341,6 +341,12 @@ def _check_kind(config: dict[str, Any], found: ConfigCheck) -> None:
                     f"config fit.priors.{name}.point: a data study's prior (the influence function) is taken at the "
                     f"model trained on every example: unablated, not {prior['point']!r}"
                 )
+    for name, prior in priors.items():
+        if prior.get("exact_top") and prior["point"] not in ("unablated", "mean"):
+            fault(
+                f"config fit.priors.{name}.exact_top: units are measured at the unablated model or at the mean, "
+                f"not at point {prior['point']!r}"
+            )
     transformer = arch["name"] in _TRANSFORMERS
     unit_kind = config["components"]["kind"] if kind == "components" else "features"
     if kind == "components" and unit_kind == "transformer" and not transformer:

@@ -47,6 +47,8 @@ LABELS = {
     "atp_top_32": "attribution patching, top 32 measured",
     "atp_relu_top_8": "exact through the first ReLU, top 8 measured",
     "atp_relu_top_32": "exact through the first ReLU, top 32 measured",
+    "atp_mean_top_32": "gradient at the mask mean, top 32 measured there",
+    "atp_relu_mean_top_32": "exact through the first ReLU at the mean, top 32 measured there",
     "influence": "influence function (data)",
     "loo": "leave-one-out",
     "random": "random components (mean over draws)",

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from compattr.baselines import exact_top as exact_top_units
-from compattr.baselines import first_order_prior, prior_passes
+from compattr.baselines import first_order_prior, keep_effects, leave_one_out, prior_passes, prior_points
 from compattr.components import ComponentSet
 from compattr.datamodels import DataMarginEvaluator, Recipe, TrainingExamples, influence_prior
 from compattr.features import PatchSet
@@ -110,10 +110,14 @@ def unit_prior(
     model trained beyond that one: ``passes`` 0.
 
     ``exact_top``: the number of units, those with the largest mean absolute prior, whose
-    estimates are replaced by their exact effects (:func:`compattr.baselines.exact_top`), by
-    ``evaluator`` (bool masks to outputs; default :func:`make_evaluator` on the same inputs); ``passes`` then counts
-    its ``exact_top + 1`` evaluations too.
+    estimates are replaced by their exact effects (:func:`compattr.baselines.exact_top`) at the
+    prior's point: at the unablated model by ``evaluator`` (bool masks to outputs; default
+    :func:`make_evaluator` on the same inputs), at the mean by
+    :func:`compattr.baselines.keep_effects`. ``passes`` then counts those ``exact_top + 1``
+    passes too.
     """
+    if exact_top and point not in ("unablated", "mean"):
+        raise ValueError(f"exact_top measures units at the unablated model or at the mean, not at point {point!r}")
     if isinstance(units, TrainingExamples):
         if point != "unablated" or n_points != 1:
             raise ValueError(
@@ -127,8 +131,19 @@ def unit_prior(
         )
         passes = prior_passes(point, n_points)
     if exact_top:
-        evaluator = evaluator or make_evaluator(model, units, images, labels, output=output)
-        coef, _ = exact_top_units(coef, evaluator, exact_top)
+        if point == "unablated":
+            evaluator = evaluator or make_evaluator(model, units, images, labels, output=output)
+
+            def measure(top: np.ndarray) -> np.ndarray:
+                return leave_one_out(evaluator, len(units), units=top, progress=False)[0]
+        else:
+            network = units.ablatable(model).requires_grad_(False)
+            keep = prior_points("mean", len(units), ablation_rate=settings.get("ablation_rate"))[0]
+
+            def measure(top: np.ndarray) -> np.ndarray:
+                return keep_effects(network, images, labels, keep, top, settings.get("batch_size", 256), output)
+
+        coef, _ = exact_top_units(coef, measure, exact_top)
         passes += exact_top + 1
     return coef, intercept, passes
 
