@@ -9,6 +9,7 @@ from compattr.analysis import (
     ceiling_targets,
     curve_dips,
     fit_quality_rows,
+    prior_choice_rows,
     read_lds_csv,
     read_ood_csv,
     resampled_sources,
@@ -17,7 +18,13 @@ from compattr.analysis import (
     write_fit_csv,
     write_lds_csv,
 )
-from compattr.reports import fit_quality_markdown, grouped_gain_markdown, markdown_table, summary_markdown
+from compattr.reports import (
+    fit_quality_markdown,
+    grouped_gain_markdown,
+    markdown_table,
+    prior_choice_markdown,
+    summary_markdown,
+)
 
 
 def test_ablations_needed_interpolates_in_log_size():
@@ -139,14 +146,31 @@ def test_settings_are_selected_by_lowest_mse_or_highest_spearman():
 
 def test_fit_quality_counts_failed_constant_and_sign_flipped_inputs(tmp_path):
     nan = float("nan")
-    rows = [("net", 0, 0, 100, i, i == 0, False, -0.5 if i < 2 else 1.0) for i in range(4)]
-    rows += [("ls", 0, 0, 100, i, False, i == 3, nan) for i in range(4)]
+    rows = [("net", 0, 0, 100, i, i == 0, False, -0.5 if i < 2 else 1.0, "") for i in range(4)]
+    rows += [("ls", 0, 0, 100, i, False, i == 3, nan, "") for i in range(4)]
     write_fit_csv(tmp_path / "fits.csv", rows)
     quality = {r["estimator"]: r for r in fit_quality_rows([tmp_path / "fits.csv"])}
     assert quality["net"]["failed"] == 0.25 and quality["net"]["sign_flipped"] == 0.5
     assert quality["ls"]["constant"] == 0.25 and math.isnan(quality["ls"]["sign_flipped"])
     text = fit_quality_markdown(list(quality.values()))
     assert "net n=100: 25%" in text and "ls n=100: 25%" in text and "net n=100: 50%" in text
+
+
+def test_prior_choices_are_shares_of_inputs_per_estimator_and_size(tmp_path):
+    nan = float("nan")
+    rows = [("gp", m, 0, 100, i, False, False, nan, "atp" if i < 3 else "atp_top_8") for m in (0, 1) for i in range(4)]
+    rows += [("gp", 0, 0, 200, i, False, False, nan, "atp_top_8") for i in range(4)]
+    rows += [("one", 0, 0, 100, i, False, False, nan, "atp") for i in range(4)]  # a single prior: no choice
+    rows += [("ls", 0, 0, 100, i, False, False, nan, "") for i in range(4)]
+    write_fit_csv(tmp_path / "fits.csv", rows)
+    choices = prior_choice_rows([tmp_path / "fits.csv"])
+    assert choices == [
+        {"estimator": "gp", "n_train": 100, "fits": 8, "atp": 0.75, "atp_top_8": 0.25},
+        {"estimator": "gp", "n_train": 200, "fits": 4, "atp": 0.0, "atp_top_8": 1.0},
+    ]
+    text = prior_choice_markdown(choices)
+    assert "| masks | inputs | atp | atp_top_8 |" in text and "| 100 | 8 | 75% | 25% |" in text
+    assert "| 200 | 4 | 0% | 100% |" in text and "`one`" not in text
 
 
 def test_curve_dips_name_the_sizes_where_the_mean_lds_falls(tmp_path):

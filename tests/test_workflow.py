@@ -88,7 +88,15 @@ def test_study_writes_sane_tables_and_figures(study):
         assert np.mean(top) > 0.3, estimator
     passes = {r["estimator"]: int(r["passes"]) for r in lds if r["estimator"] in baselines}
     # A prior: 3 passes per point (forward and backward), 1 more for the unablated margin away from it.
-    assert passes == {"atp": 3, "atp_relu": 3, "atp_masks_2": 3 * 2 + 1, "loo": 8 + 16 + 16 * 2 + 16}
+    # exact_top: one more pass per unit it measures, and one unablated.
+    expected = {
+        "atp": 3,
+        "atp_relu": 3,
+        "atp_masks_2": 3 * 2 + 1,
+        "atp_relu_top_4": 3 + 4 + 1,
+        "loo": 8 + 16 + 16 * 2 + 16,
+    }
+    assert passes == expected
     # The cost of an estimator with a prior adds the prior's passes to its masks.
     assert {int(r["passes"]) - int(r["n_train"]) for r in lds if r["estimator"] == "gradient_prior"} == {3}
     assert all(r["passes"] == r["n_train"] for r in lds if r["estimator"] == "coar")
@@ -121,9 +129,16 @@ def test_study_writes_sane_tables_and_figures(study):
     assert "| method | passes needed | vs coar | vs ls_early_stopped | vs best tuned linear |" in markdown
     assert "## Fit quality" in markdown and "## Where the curves dip" in markdown
     fits = read_csv(study / STUDY / "m1/lds/relu_collapse.fits.csv")
-    columns = ["estimator", "model", "replicate", "n_train", "input", "failed", "constant", "calibration"]
+    columns = ["estimator", "model", "replicate", "n_train", "input", "failed", "constant", "calibration", "prior"]
     assert list(fits[0]) == columns
     assert len(fits) == n_inputs * draws and all(r["calibration"] for r in fits) and fits[0]["model"] == "1"
+    # each input's prior: the one gradient_prior starts from, and gradient_prior_lasso's choice of two
+    assert {r["prior"] for r in read_csv(study / STUDY / "m0/lds/gradient_prior.fits.csv")} == {"atp"}
+    assert {r["prior"] for r in read_csv(study / STUDY / "m0/lds/gradient_prior_lasso.fits.csv")} <= {
+        "atp",
+        "atp_masks_2",
+    }
+    assert "## Priors chosen on validation" in markdown and "`gradient_prior_lasso`:" in markdown
     assert "each resample drawing the" in markdown and f"{n_models} independently trained models and up to" in markdown
     assert "- atp against leave-one-out" in markdown and "## Cheapest method per target" in markdown
     assert "| module | components | atp | atp_relu | atp_masks_2 |" in markdown

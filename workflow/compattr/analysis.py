@@ -25,6 +25,8 @@ __all__ = [
     "write_lds_csv",
     "write_fit_csv",
     "fit_quality_rows",
+    "prior_choice_rows",
+    "write_summary_csv",
     "curve_dips",
     "ceiling_targets",
     "ablations_needed",
@@ -37,7 +39,7 @@ __all__ = [
 
 LDS_COLUMNS = ("estimator", "model", "replicate", "n_train", "passes", "input", "spearman", "pearson")
 OOD_COLUMNS = ("estimator", "ablation_rate", "model", "replicate", "n_train", "passes", "input", "spearman", "pearson")
-FIT_COLUMNS = ("estimator", "model", "replicate", "n_train", "input", "failed", "constant", "calibration")
+FIT_COLUMNS = ("estimator", "model", "replicate", "n_train", "input", "failed", "constant", "calibration", "prior")
 
 
 @dataclass
@@ -139,18 +141,52 @@ def write_lds_csv(path: str | Path, rows: Iterable[Sequence], ood: bool = False)
 
 
 def write_fit_csv(path: str | Path, rows: Iterable[Sequence]) -> None:
-    """Write per-input fit diagnostics ``(estimator, model, replicate, n_train, input, failed, constant, calibration)``.
+    """Write per-input fit diagnostics ``(estimator, model, replicate, n_train, input, failed, constant, calibration,
+    prior)``.
 
     ``failed``: the fit returned its initial state (scored 0); ``constant``: its
     prediction does not vary over the held-out masks (scored 0); ``calibration``:
-    the least-squares factor of a calibrated collapse (empty where none).
+    the least-squares factor of a calibrated collapse (empty where none); ``prior``:
+    the name of the prior the input's fit started from (chosen on validation where
+    there were several; empty where none).
     """
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(FIT_COLUMNS)
-        for estimator, model, replicate, n, i, failed, constant, calibration in rows:
+        for estimator, model, replicate, n, i, failed, constant, calibration, prior in rows:
             scale = "" if np.isnan(calibration) else f"{calibration:.6g}"
-            writer.writerow([estimator, int(model), int(replicate), int(n), int(i), int(failed), int(constant), scale])
+            cells = [estimator, int(model), int(replicate), int(n), int(i), int(failed), int(constant), scale, prior]
+            writer.writerow(cells)
+
+
+def write_summary_csv(path: str | Path, rows: Sequence[dict[str, object]]) -> None:
+    """Write :func:`summary_rows` as a CSV table, a target not reached (NaN) as an empty cell."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: ("" if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in rows)
+
+
+def prior_choice_rows(paths: Sequence[str | Path]) -> list[dict[str, object]]:
+    """Per estimator that chose among several priors and train size: the share of inputs that chose each.
+
+    Reads tables written by :func:`write_fit_csv`; shares are over every input of
+    every model and replicate. Rows ``{estimator, n_train, fits, <prior>: share, ...}``,
+    the priors in the order the estimator lists them first.
+    """
+    groups: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for path in paths:
+        for row in read_table(path, FIT_COLUMNS):
+            groups[(row["estimator"], int(row["n_train"]))].append(row["prior"])
+    names: dict[str, list[str]] = defaultdict(list)
+    for (estimator, _), chosen in groups.items():
+        names[estimator] += [p for p in dict.fromkeys(chosen) if p and p not in names[estimator]]
+    return [
+        {"estimator": estimator, "n_train": n, "fits": len(chosen)}
+        | {p: chosen.count(p) / len(chosen) for p in names[estimator]}
+        for (estimator, n), chosen in sorted(groups.items())
+        if len(names[estimator]) > 1
+    ]
 
 
 def fit_quality_rows(paths: Sequence[str | Path]) -> list[dict[str, object]]:

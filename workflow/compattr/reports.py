@@ -17,6 +17,7 @@ from compattr.analysis import (
     curve_dips,
     error_by_module,
     fit_quality_rows,
+    prior_choice_rows,
 )
 from compattr.editing import editing_summary, fixing_summary, forgetting_summary
 
@@ -26,6 +27,7 @@ __all__ = [
     "two_layer_markdown",
     "summary_markdown",
     "cheapest_markdown",
+    "prior_choice_markdown",
     "fit_quality_markdown",
     "grouped_markdown",
     "grouped_gain_markdown",
@@ -191,6 +193,30 @@ def cheapest_markdown(rows: Sequence[dict[str, object]], reference: str = "coar"
         ref_cell = "not reached" if np.isnan(ref) else f"{ref:.0f}"
         lines.append(f"| {target} | {cheapest} | {cost:.0f} | {ref_cell} | {ratio} |")
     return "\n".join(lines) + "\n"
+
+
+def prior_choice_markdown(rows: Sequence[dict[str, object]]) -> str:
+    """Markdown tables, one per estimator, of the share of inputs that chose each prior at each train size.
+
+    ``rows`` are :func:`compattr.analysis.prior_choice_rows`; the per-input choices are in
+    the fits' diagnostics tables (their ``prior`` column).
+    """
+    out = []
+    for estimator in dict.fromkeys(str(r["estimator"]) for r in rows):
+        own = [r for r in rows if r["estimator"] == estimator]
+        priors = [k for k in own[0] if k not in ("estimator", "n_train", "fits")]
+        out += [
+            f"`{estimator}`:",
+            "",
+            "| masks | inputs | " + " | ".join(priors) + " |",
+            "|" + "---|" * (2 + len(priors)),
+        ]
+        out += [
+            f"| {r['n_train']} | {r['fits']} | " + " | ".join(f"{float(r[p]):.0%}" for p in priors) + " |"  # type: ignore[arg-type]
+            for r in own
+        ]
+        out.append("")
+    return "\n".join(out)
 
 
 def fit_quality_markdown(rows: Sequence[dict[str, object]]) -> str:
@@ -403,6 +429,18 @@ def study_notes(
     notes += ["## Cheapest method per target", "", cheapest_markdown(rows, "coar").rstrip(), ""]
     if priors:
         notes += _prior_notes(table, fits, priors, modules)
+    choices = prior_choice_rows(fit_tables)
+    if choices:
+        notes += [
+            "## Priors chosen on validation",
+            "",
+            "Share of the inputs (over models and mask draws) whose regression chose each candidate prior on the "
+            "training masks' validation split; each input's choice is the `prior` column of "
+            "`m<model>/lds/<estimator>.fits.csv`.",
+            "",
+            prior_choice_markdown(choices).rstrip(),
+            "",
+        ]
     if gradient_prior in fits and {"gradient_prior", "ridge"} <= set(table.estimators):
         margin = np.mean([fit.intercept for fit in fits[gradient_prior]], axis=0)
         prior_cost = fits[gradient_prior][0].attrs["passes"]

@@ -1,5 +1,7 @@
 """Score every fit of one method on the held-out masks and on the out-of-distribution splits."""
 
+from pathlib import Path
+
 import numpy as np
 
 from compattr.analysis import write_fit_csv, write_lds_csv
@@ -25,6 +27,11 @@ for path in (store for entry in snakemake.input.fits for store in fit_stores(ent
     spearman, pearson = score_fit(fit, *heldout_masks)
     constant = predicts_constant(fit, heldout_masks[0])
     calibration = fit.diagnostics.get("calibration", np.full(len(spearman), np.nan))
+    # the priors a regression started from (their fits' paths), or a prior's own fit (it records its settings)
+    started = fit.attrs.get("prior")
+    priors = [Path(p).stem for p in started] if isinstance(started, list) else [fit.attrs["estimator"]] * bool(started)
+    chosen = fit.diagnostics.get("prior_index", np.zeros(len(spearman), dtype=int))
+    prior = [priors[int(k)] if priors else "" for k in chosen]
     log.info(
         "%s n=%d draw %d: mean LDS %.3f, mean Pearson %.3f; %d failed, %d constant",
         name,
@@ -36,7 +43,8 @@ for path in (store for entry in snakemake.input.fits for store in fit_stores(ent
         constant.sum(),
     )
     heldout += [(*labels, n, passes, i, s, p) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
-    diagnostics += [(*labels, n, i, *row) for i, row in enumerate(zip(fit.failed, constant, calibration, strict=True))]
+    per_input = zip(fit.failed, constant, calibration, prior, strict=True)
+    diagnostics += [(*labels, n, i, *row) for i, row in enumerate(per_input)]
     for rate, rows in ood_masks.items():
         spearman, pearson = score_fit(fit, *rows)
         log.info("%s n=%d at ablation rate %s: mean LDS %.3f", name, n, rate, spearman.mean())

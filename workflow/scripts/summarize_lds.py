@@ -1,11 +1,16 @@
 """Collect the per-method LDS tables; tabulate passes needed per LDS target, with reductions; compare the priors."""
 
-import csv
 from pathlib import Path
 
-import numpy as np
-
-from compattr.analysis import ceiling_targets, concat_csv, read_lds_csv, read_table, resampled_sources, summary_rows
+from compattr.analysis import (
+    ceiling_targets,
+    concat_csv,
+    read_lds_csv,
+    read_table,
+    resampled_sources,
+    summary_rows,
+    write_summary_csv,
+)
 from compattr.editing import FIX_COLUMNS, FORGET_COLUMNS, TOP_K_COLUMNS
 from compattr.io import start_log
 from compattr.repair import rebuild_on_damage
@@ -30,10 +35,7 @@ rows = summary_rows(
     references=references,
     linear=cfg["linear_baselines"],
 )
-with open(snakemake.output.summary, "w", newline="") as fh:
-    writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows({k: ("" if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in rows)
+write_summary_csv(snakemake.output.summary, rows)
 
 # a header, then one row per component: index, name, module, unit, kind
 modules = [line.split("\t")[2] for line in Path(snakemake.input.components).read_text().splitlines()[1:]]
