@@ -16,6 +16,7 @@ from compattr.baselines import (
     relu_patching,
 )
 from compattr.discovery import conv_components
+from compattr.features import PatchSet
 from compattr.masks import shard_masks
 from compattr.models import build_model
 from compattr.outputs import margins
@@ -295,6 +296,43 @@ def test_relu_patching_is_the_exact_ablation_effect_when_the_relu_is_the_only_no
     # Attribution patching linearises that ReLU, and misses the exact effect here.
     atp, _ = relu_patching(model, components, images, labels, linearise=True)
     assert np.abs(atp - loo).max() > 0.1 * np.abs(loo).max()
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU(inplace=True), nn.GELU()], ids=repr)
+def test_relu_patching_of_patches_is_the_exact_occlusion_effect_when_the_relu_is_the_only_nonlinearity(activation):
+    """Input patches through the first convolution and its nonlinearity: exact here, at any keep point."""
+    model = _conv_bn_relu_logit_model(activation).eval()
+    torch.manual_seed(3)
+    patches = PatchSet((1, 5, 5), 1, "mean", torch.randn(1, 5, 5))
+    images, labels = torch.randn(7, 1, 5, 5), torch.randint(0, 2, (7,))
+    coef, intercept = relu_patching(model, patches, images, labels, batch_size=60)
+    loo, base = leave_one_out(ComponentMarginEvaluator(model, patches, images, labels), len(patches), progress=False)
+    np.testing.assert_allclose(intercept, base, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(coef, loo, rtol=1e-4, atol=1e-4)
+    # linearised, it is the gradient prior: gradient times (input - baseline) per patch
+    linear, _ = relu_patching(model, patches, images, labels, linearise=True)
+    np.testing.assert_allclose(linear, first_order_prior(model, patches, images, labels)[0], rtol=1e-4, atol=1e-5)
+    assert np.abs(linear - loo).max() > 0.1 * np.abs(loo).max()
+    # at a point with patches at their baseline, partly kept and kept: the exact change per unit of keep factor
+    keep = torch.rand(len(patches))
+    keep[:5] = 0
+    keep[5:10] = 1
+    coef, _ = relu_patching(model, patches, images, labels, keep=keep)
+    network = patches.ablatable(model)
+    with torch.no_grad():
+        at = margins(network(images, keep[None]), labels).double().numpy()
+        for unit in (0, 3, 7, 12, 24):
+            moved = keep.clone()
+            moved[unit] = 1.0 if keep[unit] == 0 else 0.0
+            change = margins(network(images, moved[None]), labels).double().numpy() - at
+            per_unit = -change if keep[unit] == 0 else change / keep[unit].item()
+            np.testing.assert_allclose(coef[:, unit], per_unit, rtol=1e-4, atol=1e-4)
+
+
+def test_relu_patching_of_patches_names_what_the_input_feeds():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(25, 2))
+    with pytest.raises(ValueError, match="must feed one zero-padded nn.Conv2d, and it feeds module '0' \\(Flatten\\)"):
+        relu_patching(model, PatchSet((1, 5, 5), 1, "zero"), torch.randn(2, 1, 5, 5), torch.tensor([0, 1]))
 
 
 def _outputs(

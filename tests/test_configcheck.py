@@ -95,6 +95,15 @@ def test_each_bad_value_is_a_fault_naming_its_key(edit, message):
         resolve_config(config)
 
 
+def test_relu_exact_is_for_filters_and_patches_only():
+    root = Path(__file__).resolve().parents[1] / "config"
+    for name, refused in (("digits_vit", True), ("digits_features", False), ("digits_data", True)):
+        config = yaml.safe_load((root / f"{name}.yaml").read_text())
+        config["fit"]["priors"]["atp_relu"] = {"point": "unablated", "relu": "exact"}
+        faults = [f for f in check_config(config).faults if "relu exact follows conv filters or input patches" in f]
+        assert bool(faults) == refused, (name, faults)
+
+
 def test_every_fault_is_reported_at_once_and_the_given_config_is_left_as_it_was():
     config = copy.deepcopy(TINY)
     config["sampling"]["heldout"]["n_masks"] = 2

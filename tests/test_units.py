@@ -1,5 +1,7 @@
 """One engine for three kinds of units: input patches (features) and training examples (data), next to components."""
 
+import math
+
 import numpy as np
 import pytest
 import scipy.optimize
@@ -7,7 +9,7 @@ import torch
 from torch import nn
 
 from compattr import ComponentAttributor, lds
-from compattr.baselines import keep_effects, leave_one_out
+from compattr.baselines import keep_effects, leave_one_out, patch_relu_passes
 from compattr.checkpoints import load_checkpoint, save_checkpoint, spec_of
 from compattr.datamodels import (
     DataMarginEvaluator,
@@ -21,7 +23,7 @@ from compattr.datamodels import (
 from compattr.estimators import make_estimator
 from compattr.features import PatchSet, blur
 from compattr.masks import bernoulli_masks
-from compattr.outputs import margins
+from compattr.outputs import margins, target_logit
 from compattr.units import example_units, make_evaluator, unit_prior, unit_rows
 
 
@@ -89,6 +91,22 @@ def test_a_prior_with_exact_top_pays_for_and_holds_the_exact_effects_of_its_larg
     assert mean_passes == prior_passes + 3 + 1
     with pytest.raises(ValueError, match="not at point 'path'"):
         unit_prior(model, patches, x, y, point="path", ablation_rate=0.2, n_points=2, exact_top=3)
+
+
+def test_patches_exact_through_the_first_relu_pay_for_the_first_convolution_on_every_patch():
+    torch.manual_seed(2)
+    x, y = torch.randn(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)).eval()
+    patches = PatchSet((1, 4, 4), 1, "zero")
+    conv, head = 2 * 4 * 9 * 16, 2 * 64 * 3  # multiply-adds of one image, as floating-point operations
+    extra = math.ceil(len(patches) * conv / (conv + head))
+    assert patch_relu_passes(model, patches) == extra
+    coef, _, passes = unit_prior(model, patches, x, y, relu="exact", output=target_logit)
+    assert passes == 3 + extra
+    # the only nonlinearity before the target's logit is that ReLU: exact, as occlusion
+    evaluator = make_evaluator(model, patches, x, y, output=target_logit)
+    loo, _ = leave_one_out(evaluator, len(patches), progress=False)
+    np.testing.assert_allclose(coef, loo, rtol=1e-4, atol=1e-4)
 
 
 def test_patch_masks_replace_exactly_their_pixels():

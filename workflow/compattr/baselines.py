@@ -11,8 +11,8 @@ fitted estimators:
   keep factors, or averaged over random masks (one forward and one backward
   pass per point and input batch).
 - :func:`relu_patching`: attribution patching whose effect is propagated
-  exactly through the first nonlinearity after each component (the same forward and
-  backward pass).
+  exactly through the first nonlinearity after each component or input patch (the same
+  forward and backward pass).
 - :func:`leave_one_out`: the exact effect of ablating each component alone
   (one ablated forward pass per component).
 - :func:`exact_top`: a prior whose largest attributions are replaced by their exact
@@ -26,6 +26,7 @@ counting as two (:func:`prior_passes`).
 from __future__ import annotations
 
 import copy
+import math
 import operator
 from collections.abc import Callable, Sequence
 
@@ -33,10 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from compattr.batches import Batch, batch_len, take, to_device
 from compattr.components import AblatableNetwork, ComponentSet
+from compattr.features import PatchSet
 from compattr.masks import bernoulli_masks
 from compattr.outputs import Output, check_outputs, margins
 
@@ -50,6 +53,7 @@ __all__ = [
     "exact_top",
     "keep_effects",
     "prior_passes",
+    "patch_relu_passes",
 ]
 
 #: Points a first-order prior is taken at (see :func:`first_order_prior`).
@@ -422,30 +426,39 @@ def _relu_paths(graph: fx.GraphModule, components: ComponentSet) -> dict[str, tu
     for name, size in zip(components.module_names, components.sizes, strict=True):
         if name not in calls:
             raise ValueError(f"component module {name!r} is not called in the traced forward pass")
-        node, slope = calls[name], torch.ones(size)
-        while True:
-            users = list(node.users)
-            if len(users) != 1:
-                raise ValueError(
-                    f"component module {name!r}: {node.name} feeds {len(users)} operations before any nonlinearity "
-                    "(atp_relu needs one path of BatchNorms and additions to the first elementwise nonlinearity)"
-                )
-            (user,) = users
-            if _activation(graph, user) is not None:
-                break
-            module = graph.get_submodule(user.target) if user.op == "call_module" else None
-            if isinstance(module, nn.BatchNorm2d) and not module.training and module.running_var is not None:
-                scale = torch.rsqrt(module.running_var + module.eps)
-                slope = slope * (scale if module.weight is None else scale * module.weight).detach().cpu()
-            elif not (user.op == "call_function" and user.target in _ADDS and user.args.count(node) == 1):
-                raise ValueError(
-                    f"no elementwise nonlinearity ({', '.join(m.__name__ for m in ACTIVATION_MODULES)}, or their "
-                    f"functions) follows component module {name!r} through eval-mode BatchNorms and additions: "
-                    f"its path reaches {_describe(graph, user)}"
-                )
-            node = user
-        paths[name] = (calls[name], user, slope)
+        relu, slope = _walk_to_activation(graph, calls[name], f"component module {name!r}", size)
+        paths[name] = (calls[name], relu, slope)
     return paths
+
+
+def _walk_to_activation(graph: fx.GraphModule, node: fx.Node, what: str, size: int) -> tuple[fx.Node, Tensor]:
+    """The first elementwise nonlinearity after ``node`` (``size`` channels), and the per-channel slope between.
+
+    The path may pass eval-mode BatchNorms (a slope each) and additions of terms that do not
+    depend on ``node`` (slope 1); anything else, or a fork, is an error naming ``what``.
+    """
+    slope = torch.ones(size)
+    while True:
+        users = list(node.users)
+        if len(users) != 1:
+            raise ValueError(
+                f"{what}: {node.name} feeds {len(users)} operations before any nonlinearity "
+                "(atp_relu needs one path of BatchNorms and additions to the first elementwise nonlinearity)"
+            )
+        (user,) = users
+        if _activation(graph, user) is not None:
+            return user, slope
+        module = graph.get_submodule(user.target) if user.op == "call_module" else None
+        if isinstance(module, nn.BatchNorm2d) and not module.training and module.running_var is not None:
+            scale = torch.rsqrt(module.running_var + module.eps)
+            slope = slope * (scale if module.weight is None else scale * module.weight).detach().cpu()
+        elif not (user.op == "call_function" and user.target in _ADDS and user.args.count(node) == 1):
+            raise ValueError(
+                f"no elementwise nonlinearity ({', '.join(m.__name__ for m in ACTIVATION_MODULES)}, or their "
+                f"functions) follows {what} through eval-mode BatchNorms and additions: "
+                f"its path reaches {_describe(graph, user)}"
+            )
+        node = user
 
 
 class _Recorder(fx.Interpreter):
@@ -505,6 +518,11 @@ def relu_patching(
     first order after it. ``linearise=True`` replaces ``act(a + delta) - act(a)``
     by ``act'(a) delta``, which gives attribution patching back.
 
+    ``components`` may also be input patches (:class:`compattr.features.PatchSet`): a patch
+    taking its baseline changes the pre-activation after the model's first convolution by that
+    convolution, without bias, of its pixels' change (times the BatchNorm slopes), computed for
+    every patch (:func:`patch_relu_passes` counts that work).
+
     ``keep`` (n_components,), optional: the point, keep factors that scale each
     channel (1 by default: the unablated model). Every value is then taken
     there, and a component's effect is per unit of its keep factor ``k``: the change
@@ -522,18 +540,18 @@ def relu_patching(
     return patch(images, labels, keep, linearise=linearise, batch_size=batch_size, output=output)
 
 
-def _relu_patcher(model: nn.Module, components: ComponentSet) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+def _relu_patcher(
+    model: nn.Module, components: ComponentSet | PatchSet
+) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     """:func:`relu_patching` with the model traced once: a function of ``(images, labels, keep, **settings)``."""
+    if isinstance(components, PatchSet):
+        return _patch_patcher(model, components)
     if set(components.kinds) != {"channels"} or components.means is not None:
         raise ValueError(
-            "relu_patching follows zero-ablated conv filters (kind 'channels') to their first nonlinearity; for "
-            "neurons, heads and mean ablation use first_order_prior"
+            "relu_patching follows zero-ablated conv filters (kind 'channels') or input patches to their first "
+            "nonlinearity; for neurons, heads and mean ablation use first_order_prior"
         )
-    model = copy.deepcopy(model).eval()  # the caller's model keeps its mode
-    try:
-        graph = fx.symbolic_trace(model)
-    except Exception as error:  # any untraceable model
-        raise ValueError(f"relu_patching traces the model with torch.fx, which failed: {error}") from error
+    model, graph = _trace(model)
     paths = _relu_paths(graph, components)
     relus = {relu: _activation(graph, relu) for _, relu, _ in paths.values()}
     device = next(model.parameters()).device
@@ -547,12 +565,7 @@ def _relu_patcher(model: nn.Module, components: ComponentSet) -> Callable[..., t
         batch_size: int = 256,
         output: Output = margins,
     ) -> tuple[np.ndarray, np.ndarray]:
-        keep = torch.ones(len(components)) if keep is None else torch.as_tensor(keep, dtype=torch.float32).cpu()
-        wanted = f"keep must hold {len(components)} keep factors in [0, 1]"
-        if keep.shape != (len(components),):
-            raise ValueError(f"{wanted}, got shape {tuple(keep.shape)}")
-        if bool(((keep < 0) | (keep > 1)).any()):
-            raise ValueError(f"{wanted}, got values from {keep.min().item():g} to {keep.max().item():g}")
+        keep = _checked_keep(keep, len(components))
         keeps = dict(zip(paths, keep.split(list(components.sizes)), strict=True))
         scaled = {node: keeps[name] for name, (node, _, _) in paths.items() if bool((keeps[name] != 1).any())}
         coefs, intercepts = [], []
@@ -567,6 +580,110 @@ def _relu_patcher(model: nn.Module, components: ComponentSet) -> Callable[..., t
         return torch.cat(coefs).double().numpy(), torch.cat(intercepts).double().numpy()
 
     return patch
+
+
+def _trace(model: nn.Module) -> tuple[nn.Module, fx.GraphModule]:
+    """An eval-mode copy of ``model`` (the caller's keeps its mode) and its ``torch.fx`` trace."""
+    model = copy.deepcopy(model).eval()
+    try:
+        return model, fx.symbolic_trace(model)
+    except Exception as error:  # any untraceable model
+        raise ValueError(f"relu_patching traces the model with torch.fx, which failed: {error}") from error
+
+
+def _input_conv(graph: fx.GraphModule) -> tuple[fx.Node, nn.Conv2d]:
+    """The node and module of the one zero-padded ``nn.Conv2d`` the traced model's input feeds, or an error."""
+    inputs = [node for node in graph.graph.nodes if node.op == "placeholder"]
+    users = list(inputs[0].users) if inputs else []
+    conv = graph.get_submodule(users[0].target) if len(users) == 1 and users[0].op == "call_module" else None
+    if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros":
+        raise ValueError(
+            "relu_patching follows input patches through the first layer: the model's input must feed one "
+            f"zero-padded nn.Conv2d, and it feeds {', '.join(_describe(graph, u) for u in users) or 'nothing'}"
+        )
+    return users[0], conv
+
+
+def patch_relu_passes(model: nn.Module, patches: PatchSet) -> int:
+    """Forward-equivalent passes per point that ``relu="exact"`` adds for input patches, rounded up.
+
+    The first convolution runs once more per patch (on that patch's change): its
+    floating-point operations over every patch, against one forward pass of the model
+    (counted by ``torch.utils.flop_counter`` on one input).
+    """
+    model, graph = _trace(model)
+    _, conv = _input_conv(graph)
+    x = torch.zeros(1, *patches.image_shape, device=next(model.parameters()).device)
+    with torch.no_grad(), FlopCounterMode(display=False) as whole:
+        model(x)
+    with torch.no_grad(), FlopCounterMode(display=False) as first:
+        conv(x.expand(len(patches), -1, -1, -1))
+    return max(1, math.ceil(first.get_total_flops() / max(whole.get_total_flops(), 1)))
+
+
+def _patch_patcher(model: nn.Module, patches: PatchSet) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """:func:`relu_patching` for input patches: each patch's change followed through the first convolution.
+
+    The input must feed one ``nn.Conv2d`` (zero padding) and its output, through eval-mode
+    BatchNorms and additions, the first elementwise nonlinearity. A patch taking its
+    baseline changes the convolution's output by the convolution, without bias, of the
+    change of its pixels: the pre-activation's change is exact, and so is the nonlinearity's.
+    """
+    model, graph = _trace(model)
+    node, conv = _input_conv(graph)
+    relu, slope = _walk_to_activation(graph, node, f"the input's convolution {node.target!r}", conv.out_channels)
+    act = _activation(graph, relu)
+    rows, cols = patches.grid
+    size = patches.patch_size
+    device = next(model.parameters()).device
+    # one pixel map per patch: (patches, 1, height, width)
+    pixels = torch.eye(len(patches)).reshape(len(patches), 1, rows, 1, cols, 1).expand(-1, -1, -1, size, -1, size)
+    pixels = pixels.reshape(len(patches), 1, rows * size, cols * size).to(device)
+
+    def patch(
+        images: Tensor,
+        labels: Tensor | None,
+        keep: Tensor | None,
+        *,
+        linearise: bool = False,
+        batch_size: int = 256,
+        output: Output = margins,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        keep = _checked_keep(keep, len(patches)).to(device)
+        step = torch.where(keep > 0, -keep, 1.0)  # to the baseline, or (from it) back to the input
+        per_unit = torch.where(keep > 0, keep, -1.0)
+        kept = (pixels * keep.reshape(-1, 1, 1, 1)).sum(0)  # each pixel's keep factor
+        coefs, intercepts = [], []
+        for x, y in _batches(images, labels, max(1, batch_size // len(patches)), device):
+            base = patches.baseline_of(x)
+            recorder = _Recorder(graph, set(), {relu: act})
+            with torch.enable_grad():
+                f = output(recorder.run(base + kept * (x - base)), y)
+                (grad,) = torch.autograd.grad(f.sum(), [recorder.post[relu]])
+            with torch.no_grad():
+                # every patch's pixel change at once: (batch * patches, channels, height, width)
+                change = ((x - base)[:, None] * (pixels * step.reshape(-1, 1, 1, 1))[None]).flatten(0, 1)
+                delta = F.conv2d(change, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+                delta = delta * slope.to(delta).reshape(1, -1, 1, 1)
+                pre = recorder.pre[relu].repeat_interleave(len(patches), dim=0)
+                moved = torch.func.jvp(act, (pre,), (delta,))[1] if linearise else act(pre + delta) - act(pre)
+                effect = (grad.repeat_interleave(len(patches), dim=0) * moved).flatten(1).sum(-1)
+            coefs.append((effect.reshape(len(x), len(patches)) / per_unit).cpu())
+            intercepts.append(f.detach().cpu())
+        return torch.cat(coefs).double().numpy(), torch.cat(intercepts).double().numpy()
+
+    return patch
+
+
+def _checked_keep(keep: Tensor | None, n: int) -> Tensor:
+    """Keep factors ``(n,)`` in [0, 1] as a float32 CPU tensor (all 1 by default), or an error naming them."""
+    keep = torch.ones(n) if keep is None else torch.as_tensor(keep, dtype=torch.float32).cpu()
+    wanted = f"keep must hold {n} keep factors in [0, 1]"
+    if keep.shape != (n,):
+        raise ValueError(f"{wanted}, got shape {tuple(keep.shape)}")
+    if bool(((keep < 0) | (keep > 1)).any()):
+        raise ValueError(f"{wanted}, got values from {keep.min().item():g} to {keep.max().item():g}")
+    return keep
 
 
 def _exact_effects(

@@ -359,10 +359,10 @@ def _check_kind(config: dict[str, Any], found: ConfigCheck) -> None:
             f"config components.kind is conv on a {arch['name']}: set components.kind: transformer (heads and neurons)"
         )
     exact = [name for name, prior in priors.items() if prior.get("relu") == "exact"]
-    if exact and (kind != "components" or unit_kind != "conv"):
+    if exact and kind != "features" and (kind != "components" or unit_kind != "conv"):
         fault(
-            f"config fit.priors {exact}: relu exact follows conv filters to their ReLU; leave it out for {unit_kind} "
-            "components"
+            f"config fit.priors {exact}: relu exact follows conv filters or input patches to their first "
+            f"nonlinearity; leave it out for {f'{unit_kind} components' if kind == 'components' else f'a {kind} study'}"
         )
 
 

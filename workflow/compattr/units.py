@@ -20,7 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from compattr.baselines import exact_top as exact_top_units
-from compattr.baselines import first_order_prior, keep_effects, leave_one_out, prior_passes, prior_points
+from compattr.baselines import (
+    first_order_prior,
+    keep_effects,
+    leave_one_out,
+    patch_relu_passes,
+    prior_passes,
+    prior_points,
+)
 from compattr.components import ComponentSet
 from compattr.datamodels import DataMarginEvaluator, Recipe, TrainingExamples, influence_prior
 from compattr.features import PatchSet
@@ -130,6 +137,8 @@ def unit_prior(
             model, units, images, labels, point=point, n_points=n_points, output=output, **settings
         )
         passes = prior_passes(point, n_points)
+        if settings.get("relu") == "exact" and isinstance(units, PatchSet):  # the first convolution per patch
+            passes += n_points * patch_relu_passes(model, units)
     if exact_top:
         if point == "unablated":
             evaluator = evaluator or make_evaluator(model, units, images, labels, output=output)
