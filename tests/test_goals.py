@@ -1,7 +1,7 @@
 import math
 
 from compattr.analysis import read_lds_csv, summary_rows, write_lds_csv, write_summary_csv
-from compattr.goals import goal_markdown, goal_row, main
+from compattr.goals import goal_markdown, goal_row, main, sampling_free_markdown, sampling_free_rows
 
 
 def _study(path, top: float, prior: float):
@@ -31,3 +31,13 @@ def test_the_goal_is_lds_0_9_or_90_percent_of_a_lower_ceiling(tmp_path, capsys):
     assert ("(met)" in text) == (high["ratio_low"] >= 10)
     main([str(tmp_path / "high")])
     assert "| high |" in capsys.readouterr().out
+
+
+def test_the_sampling_free_methods_are_those_fitted_on_no_masks(tmp_path, capsys):
+    study = _study(tmp_path / "high", top=0.95, prior=0.91)
+    rows = sampling_free_rows(study)
+    assert [r["method"] for r in rows] == ["atp_top_8"] and rows[0]["passes"] == 12
+    assert math.isclose(rows[0]["lds"], 0.91)
+    assert "| `atp_top_8` | 12 | 0.910 |" in sampling_free_markdown({"high": rows})
+    main(["--priors", str(study)])
+    assert "`high`:" in capsys.readouterr().out

@@ -2,7 +2,9 @@
 
 A study's target is LDS 0.9, or 90% of its ceiling (the best mean LDS of a fitted
 estimator at its largest train size) where 0.9 lies above the ceiling. Read from each
-study's ``lds.csv`` and ``summary.csv``; the table is what docs/results.md quotes.
+study's ``lds.csv`` and ``summary.csv``; the tables are what docs/results.md quotes.
+With ``--priors``, each study's sampling-free methods (priors, leave-one-out) instead:
+their passes and mean LDS.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from compattr.analysis import ceiling_targets, read_lds_csv
 
-__all__ = ["goal_row", "goal_markdown", "main"]
+__all__ = ["goal_row", "goal_markdown", "sampling_free_rows", "sampling_free_markdown", "main"]
 
 
 def _float(cell: str) -> float:
@@ -74,12 +76,45 @@ def goal_markdown(rows: Sequence[dict], reference: str = "coar", goal: float = 1
     return "\n".join(lines) + "\n"
 
 
+def sampling_free_rows(study: str | Path) -> list[dict]:
+    """The methods of ``study`` that fit on no masks (first-order priors, leave-one-out): passes and mean LDS.
+
+    Those whose every row in ``lds.csv`` has ``n_train`` 0, cheapest first; the mean is over
+    inputs, models and draws.
+    """
+    with open(Path(study) / "lds.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    fitted = {r["estimator"] for r in rows if int(r["n_train"]) > 0}
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r["estimator"] not in fitted:
+            entry = out.setdefault(r["estimator"], {"method": r["estimator"], "passes": int(r["passes"]), "lds": []})
+            entry["lds"].append(float(r["spearman"]))
+    return sorted(
+        ({**e, "lds": sum(e["lds"]) / len(e["lds"])} for e in out.values()), key=lambda e: (e["passes"], e["method"])
+    )
+
+
+def sampling_free_markdown(studies: dict[str, list[dict]]) -> str:
+    """One Markdown table per study of :func:`sampling_free_rows`: method, passes, mean LDS."""
+    out = []
+    for name, rows in studies.items():
+        out += [f"`{name}`:", "", "| method | passes | LDS |", "|---|---|---|"]
+        out += [f"| `{r['method']}` | {r['passes']:,} | {r['lds']:.3f} |" for r in rows]
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Print the table for the study folders given on the command line."""
     parser = argparse.ArgumentParser(prog="python -m compattr.goals", description=__doc__.splitlines()[0])
     parser.add_argument("studies", nargs="+", help="results/<study> folders, each with lds.csv and summary.csv")
     parser.add_argument("--reference", default="coar")
+    parser.add_argument("--priors", action="store_true", help="the sampling-free methods of each study instead")
     args = parser.parse_args(argv)
+    if args.priors:
+        print(sampling_free_markdown({Path(s).name: sampling_free_rows(s) for s in args.studies}), end="")
+        return
     print(goal_markdown([goal_row(s, reference=args.reference) for s in args.studies], args.reference), end="")
 
 
