@@ -172,7 +172,7 @@ def prior_choice_rows(paths: Sequence[str | Path]) -> list[dict[str, object]]:
 
     Reads tables written by :func:`write_fit_csv`; shares are over every input of
     every model and replicate. Rows ``{estimator, n_train, fits, <prior>: share, ...}``,
-    the priors in the order the estimator lists them first.
+    the priors by name (a candidate no input chose at any size has no column).
     """
     groups: dict[tuple[str, int], list[str]] = defaultdict(list)
     for path in paths:
@@ -180,7 +180,7 @@ def prior_choice_rows(paths: Sequence[str | Path]) -> list[dict[str, object]]:
             groups[(row["estimator"], int(row["n_train"]))].append(row["prior"])
     names: dict[str, list[str]] = defaultdict(list)
     for (estimator, _), chosen in groups.items():
-        names[estimator] += [p for p in dict.fromkeys(chosen) if p and p not in names[estimator]]
+        names[estimator] = sorted({*names[estimator], *filter(None, chosen)})
     return [
         {"estimator": estimator, "n_train": n, "fits": len(chosen)}
         | {p: chosen.count(p) / len(chosen) for p in names[estimator]}
