@@ -656,19 +656,23 @@ def _patch_patcher(model: nn.Module, patches: PatchSet) -> Callable[..., tuple[n
         coefs, intercepts = [], []
         for x, y in _batches(images, labels, max(1, batch_size // len(patches)), device):
             base = patches.baseline_of(x)
+            away = x - base
             recorder = _Recorder(graph, set(), {relu: act})
             with torch.enable_grad():
-                f = output(recorder.run(base + kept * (x - base)), y)
+                f = output(recorder.run(base + kept * away), y)
                 (grad,) = torch.autograd.grad(f.sum(), [recorder.post[relu]])
             with torch.no_grad():
                 # every patch's pixel change at once: (batch * patches, channels, height, width)
-                change = ((x - base)[:, None] * (pixels * step.reshape(-1, 1, 1, 1))[None]).flatten(0, 1)
+                change = (away[:, None] * (pixels * step.reshape(-1, 1, 1, 1))[None]).flatten(0, 1)
                 delta = F.conv2d(change, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-                delta = delta * slope.to(delta).reshape(1, -1, 1, 1)
-                pre = recorder.pre[relu].repeat_interleave(len(patches), dim=0)
-                moved = torch.func.jvp(act, (pre,), (delta,))[1] if linearise else act(pre + delta) - act(pre)
-                effect = (grad.repeat_interleave(len(patches), dim=0) * moved).flatten(1).sum(-1)
-            coefs.append((effect.reshape(len(x), len(patches)) / per_unit).cpu())
+                delta = (delta * slope.to(delta).reshape(1, -1, 1, 1)).unflatten(0, (len(x), len(patches)))
+                pre = recorder.pre[relu][:, None]  # broadcast over the patches
+                if linearise:  # forward-mode AD takes a primal of the tangent's shape
+                    moved = torch.func.jvp(act, (pre.expand_as(delta).contiguous(),), (delta,))[1]
+                else:
+                    moved = act(pre + delta) - act(pre)
+                effect = (grad[:, None] * moved).flatten(2).sum(-1)
+            coefs.append((effect / per_unit).cpu())
             intercepts.append(f.detach().cpu())
         return torch.cat(coefs).double().numpy(), torch.cat(intercepts).double().numpy()
 

@@ -24,6 +24,13 @@ def _float(cell: str) -> float:
     return float(cell) if cell not in ("", None) else math.nan
 
 
+def _ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``: infinite where the denominator is 0 or less (nothing paid), NaN where unknown."""
+    if math.isnan(numerator) or math.isnan(denominator):
+        return math.nan
+    return numerator / denominator if denominator > 0 else math.inf
+
+
 def _cheapest(rows: list[dict], column: str) -> tuple[list[dict], float]:
     """The rows with the smallest value of ``column`` (passes) and that value; none and NaN where none has one."""
     reached = [r for r in rows if not math.isnan(_float(r[column]))]
@@ -58,10 +65,10 @@ def goal_row(study: str | Path, *, target: float = 0.9, fraction: float = 0.9, r
     out |= {
         "cheapest": ", ".join(r["estimator"] for r in cheapest),
         "passes": passes,
-        "ratio": ref / passes if passes > 0 else (math.inf if passes == 0 else math.nan),
+        "ratio": _ratio(ref, passes),
         "robust_method": ", ".join(r["estimator"] for r in robust),
         "robust_passes": robust_passes,
-        "ratio_low": 1 / (1 - low) if low < 1 else (math.inf if low >= 1 else math.nan),
+        "ratio_low": _ratio(1.0, 1 - low),
     }
     return out
 
@@ -73,7 +80,9 @@ def goal_markdown(rows: Sequence[dict], reference: str = "coar", goal: float = 1
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def number(value: float, unit: str = "") -> str:
-        return "" if math.isnan(value) else f"{value:,.0f}" if not unit else f"{value:.1f}{unit}"
+        if math.isnan(value):
+            return ""
+        return f"{value:.1f}{unit}" if unit else f"{value:,.0f}"
 
     for r in rows:
         met = " (met)" if r["ratio_low"] >= goal else ""

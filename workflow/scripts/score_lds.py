@@ -29,7 +29,10 @@ for path in (store for entry in snakemake.input.fits for store in fit_stores(ent
     calibration = fit.diagnostics.get("calibration", np.full(len(spearman), np.nan))
     # the priors a regression started from (their fits' paths), or a prior's own fit (it records its settings)
     started = fit.attrs.get("prior")
-    priors = [Path(p).stem for p in started] if isinstance(started, list) else [fit.attrs["estimator"]] * bool(started)
+    if isinstance(started, list):
+        priors = [Path(p).stem for p in started]
+    else:
+        priors = [fit.attrs["estimator"]] if started else []
     chosen = fit.diagnostics.get("prior_index", np.zeros(len(spearman), dtype=int))
     prior = [priors[int(k)] if priors else "" for k in chosen]
     log.info(
