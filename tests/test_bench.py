@@ -8,6 +8,7 @@ from compattr.bench import (
     forward_throughput,
     planted_masks,
     scale_fits,
+    shared_training_speed,
     training_speed,
     two_layer_speed,
     two_layer_summary,
@@ -150,5 +151,9 @@ def test_two_layer_speed_fits_both_settings_at_every_size_and_scores_them_on_hel
         }
         assert row["lowest_lds_change"] == pytest.approx(min(change.values()))
         assert change[row["lowest_lds_change_at"]] == pytest.approx(min(change.values()))
-    table = two_layer_markdown(summary, records)
-    assert table.count("`relu_net`") == 3 and f"{records[0]['lds']:.4f}" in table
+    shared = shared_training_speed(tmp_path / "train.zarr", tmp_path / "heldout.zarr", [60, 150], estimators)
+    (row,) = shared  # relu_collapse and relu_net train the same networks: one group
+    assert row["estimators"] == list(estimators) and row["speedup"] == pytest.approx(row["alone_s"] / row["together_s"])
+    assert row["max_lds_difference"] < 1e-4  # each as its own fit would be
+    table = two_layer_markdown(summary, records, shared)
+    assert table.count("`relu_net`") == 4 and f"{records[0]['lds']:.4f}" in table and "one training" in table

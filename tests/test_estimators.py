@@ -17,6 +17,7 @@ from compattr.estimators import (
     RidgeCVRegressor,
     _rows,
     collapse_relu_network,
+    fit_together,
     make_estimator,
 )
 from compattr.estimators._problem import DENSE_EIGENVALUES, RowForm
@@ -358,6 +359,35 @@ def test_each_input_trains_as_it_would_alone():
         first = ReluCollapseRegressor(**settings).fit(X, Y[:, :k])
         np.testing.assert_array_equal(first.n_iter_, together.n_iter_[:k])
         np.testing.assert_allclose(first.coef_, together.coef_[:k], rtol=1e-4, atol=1e-4)
+
+
+def test_estimators_that_train_the_same_networks_fit_together_as_each_alone():
+    """relu_collapse, its raw collapse and the network stop on different losses and return different things:
+    one training serves them, each ending with its own steps, scores and coefficients."""
+    X, Y, _, _ = planted_problem(300, n_outputs=6, noise=1.0)
+    settings = {"lr": 0.01, "check_every": 2, "patience": 6, "batch_size": 64}
+    names = ("relu_collapse", "relu_collapse_raw", "relu_net")
+    alone = [make_estimator(name, settings).fit(X, Y) for name in names]
+    together = [make_estimator(name, settings) for name in names]
+    n_fit = len(X) - together[0].n_validation(len(X))
+    fit_together(together, [(X[:n_fit], Y[:n_fit])], [(X[n_fit:], Y[n_fit:])])
+    assert not np.array_equal(alone[0].n_iter_, alone[1].n_iter_)  # the collapse and the network stop apart
+    for one, shared in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(shared.n_iter_, one.n_iter_)
+        np.testing.assert_allclose(shared.coef_, one.coef_, rtol=1e-4, atol=1e-5 * np.abs(one.coef_).max())
+        np.testing.assert_allclose(shared.validation_spearman_, one.validation_spearman_, atol=1e-6)
+        np.testing.assert_allclose(shared.predict(X), one.predict(X), rtol=1e-4, atol=1e-4)
+
+
+def test_fit_together_refuses_estimators_that_train_other_networks():
+    X, Y, _, _ = planted_problem(100)
+    blocks = [(X[:80], Y[:80])], [(X[80:], Y[80:])]
+    with pytest.raises(ValueError, match="does not train the same networks"):
+        fit_together([ReluCollapseRegressor(), LinearCollapseRegressor()], *blocks)
+    with pytest.raises(ValueError, match="does not train the same networks"):
+        fit_together([ReluCollapseRegressor(), ReluNetRegressor(hidden=8)], *blocks)
+    with pytest.raises(TypeError, match="2-layer"):
+        fit_together([ReluCollapseRegressor(), RidgeCVRegressor()], *blocks)
 
 
 def test_non_binary_masks_are_trained_densely_to_the_same_model():

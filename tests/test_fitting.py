@@ -5,7 +5,7 @@ import pytest
 from conftest import planted_problem
 
 from compattr.estimators import make_estimator
-from compattr.fitting import fit_draws, fit_on_store, replicate_starts, score_fit, top_components
+from compattr.fitting import fit_draws, fit_group_on_store, fit_on_store, replicate_starts, score_fit, top_components
 from compattr.sampling import run_shard
 from compattr.stores import (
     create_mask_store,
@@ -58,6 +58,23 @@ def test_fit_on_store_refuses_a_fit_too_large_for_the_free_memory_before_reading
         fit_on_store(tmp_path / "s.zarr", 150, "ridge", {})
 
 
+def test_estimators_fitted_together_need_the_memory_of_each_readout(tmp_path, monkeypatch):
+    """One training for relu_collapse and relu_net holds a second set of networks: its check counts it."""
+    _, _, theta, _ = planted_problem(1, n_units=30, n_outputs=4)
+    create_mask_store(
+        tmp_path / "s.zarr", n_masks=200, n_units=30, n_inputs=4, shard_size=100, ablation_rate=0.1, seed=1
+    )
+    for shard in range(2):
+        run_shard(tmp_path / "s.zarr", shard, lambda m: m @ theta.T)
+    alone = make_estimator("relu_collapse")
+    need = alone.memory_bytes(150, 30, 4)
+    monkeypatch.setattr("compattr.estimators._base.available_memory", lambda device: need)
+    fit_group_on_store(tmp_path / "s.zarr", 150, {"relu_collapse": {"max_steps": 2}})  # fits as it is
+    monkeypatch.setattr("compattr.fitting.iter_rows", lambda *args: pytest.fail("rows were read"))
+    with pytest.raises(MemoryError, match="ReluCollapseRegressor on 150 masks"):
+        fit_group_on_store(tmp_path / "s.zarr", 150, {"relu_collapse": {"max_steps": 2}, "relu_net": {"max_steps": 2}})
+
+
 def _noisy_linear_store(path, n_masks, n_units, n_inputs, *, shard_size, seed, noise_seed):
     """A store whose margins are a planted linear function of the masks (ablation rate 0.2) plus noise; its theta."""
     _, _, theta, bias = planted_problem(1, n_units=n_units, n_outputs=n_inputs)
@@ -95,7 +112,7 @@ def test_mask_draws_are_disjoint_and_each_fit_is_that_of_its_own_rows(tmp_path):
         replicate_starts(500, 450, 2)
     _noisy_linear_store(tmp_path / "s.zarr", 160, 20, 3, shard_size=40, seed=7, noise_seed=5)
     masks, margins = read_rows(tmp_path / "s.zarr")
-    fits = {(n, r): model for n, r, model, _ in fit_draws(tmp_path / "s.zarr", [50, 80], 3, "ridge", {})}
+    fits = {(n, r): models["ridge"] for n, r, models, _ in fit_draws(tmp_path / "s.zarr", [50, 80], 3, {"ridge": {}})}
     assert sorted(fits) == [(50, 0), (50, 1), (50, 2), (80, 0), (80, 1)]
     for (n, r), model in fits.items():
         rows = slice(r * n, (r + 1) * n)

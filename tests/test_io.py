@@ -65,3 +65,26 @@ def test_the_registry_names_what_the_classes_and_benchmarks_do():
     assert set(PRIOR_ESTIMATORS) == {name for name, cls in ESTIMATORS.items() if cls.uses_prior}
     assert set(TWO_LAYER_ESTIMATORS) == {n for n, cls in ESTIMATORS.items() if issubclass(cls, ReluCollapseRegressor)}
     assert set(BENCHMARKED) == set(REFERENCES)
+
+
+def test_training_groups_are_the_estimators_that_train_the_same_networks():
+    """The registry groups names without torch; the estimators built from them agree on what they train."""
+    from compattr.estimators import make_estimator
+    from compattr.registry import NETWORKS, TWO_LAYER_ESTIMATORS, training_groups
+
+    assert set(NETWORKS) == set(TWO_LAYER_ESTIMATORS)
+    base = {"hidden": 8, "lr": 0.01, "early_stopping": "auto", "calibrate": True}
+    settings = {name: dict(base) for name in NETWORKS} | {"ridge": {}}
+    settings["relu_collapse_raw"] |= {"early_stopping": "network", "calibrate": False}
+    for variant in ({}, {"relu_net": {**base, "hidden": 16}}):
+        estimators = settings | variant
+        groups = training_groups(estimators)
+        assert sorted(sum(groups, [])) == sorted(estimators)
+        assert ["ridge"] in groups
+        for group in (g for g in groups if g[0] in NETWORKS):
+            trained = {make_estimator(name, estimators[name])._training() for name in group}
+            assert len(trained) == 1, group
+        leads = [make_estimator(g[0], estimators[g[0]])._training() for g in groups if g[0] in NETWORKS]
+        assert len(set(leads)) == len(leads)  # groups that train alike are one group
+    assert ["relu_collapse", "relu_collapse_raw", "relu_net"] in training_groups(settings)
+    assert ["relu_collapse", "relu_collapse_raw"] in training_groups(settings | {"relu_net": {**base, "hidden": 16}})

@@ -162,6 +162,17 @@ def test_study_writes_sane_tables_and_figures(study):
     for rule in ("m0/train_model", "plot_lds", "m1/fit_estimator/ridge"):
         assert (study / f"logs/tiny/{rule}.log").exists()
     assert (study / "logs/tiny/m0/benchmarks/fit_estimator/ridge.tsv").read_text().startswith("s\th:m:s")
+    # relu_collapse_raw trains relu_collapse's networks: fitted in its job, with one training, and copied out.
+    shared = study / STUDY / "m1/fits/relu_collapse/shared/relu_collapse_raw"
+    assert sorted(p.name for p in (study / STUDY / "m1/fits/relu_collapse_raw").glob("n*.zarr")) == sorted(
+        p.name for p in shared.glob("n*.zarr")
+    )
+    raw = load_fit(study / STUDY / "m1/fits/relu_collapse_raw/n240.r0.zarr")
+    assert raw.attrs["estimator"] == "relu_collapse_raw" and raw.attrs["trained_with"] == [
+        "relu_collapse",
+        "relu_collapse_raw",
+    ]
+    assert not (study / "logs/tiny/m1/fit_estimator/relu_collapse_raw.log").exists()
 
 
 def test_stores_carry_coordinates_and_the_top_components_are_named(study):

@@ -23,7 +23,8 @@ from compattr.components import ComponentSet
 from compattr.datamodels import Recipe, stacked_logits, train_alone, train_models
 from compattr.estimators import make_estimator
 from compattr.estimators._ridge import ridge_alphas
-from compattr.fitting import fit_on_store
+from compattr.fitting import fit_group_on_store, fit_on_store
+from compattr.registry import training_groups
 from compattr.sampling import BATCHES_PER_CALL, ComponentMarginEvaluator
 from compattr.scores import lds_scores
 from compattr.stores import read_rows
@@ -34,6 +35,7 @@ __all__ = [
     "training_speed",
     "two_layer_speed",
     "two_layer_summary",
+    "shared_training_speed",
     "planted_masks",
     "scale_fit",
     "scale_fits",
@@ -462,6 +464,49 @@ def two_layer_speed(
                         "median_steps": float(np.median(model.n_iter_)),
                     }
                 )
+    return records
+
+
+def shared_training_speed(
+    train: str | Path,
+    heldout: str | Path,
+    sizes: Sequence[int],
+    estimators: dict[str, dict[str, Any]],
+    device: str = "cpu",
+    prior: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """Each group of ``estimators`` that trains the same networks (:func:`compattr.registry.training_groups`),
+    fitted one by one and with one training, on the first ``n`` masks of ``train`` at every size.
+
+    One record per group: the seconds of both ways (summed over the sizes), their ratio, and the
+    largest difference of any member's held-out LDS (mean Spearman on ``heldout``) between them.
+    """
+    X_test, Y_test = read_rows(heldout)
+    X_test = X_test.astype(np.float64)
+    records = []
+    for group in (g for g in training_groups(estimators) if len(g) > 1):
+        settings = {name: estimators[name] for name in group}
+        given = prior if make_estimator(group[0]).uses_prior else None
+        alone = together = difference = 0.0
+        for n in sizes:
+            lds = {}
+            for name in group:
+                model, seconds = fit_on_store(train, n, name, settings[name], device, prior=given)
+                alone += seconds
+                lds[name] = lds_scores(model.predict(X_test), Y_test)[0].mean()
+            models, seconds = fit_group_on_store(train, n, settings, device, prior=given)
+            together += seconds
+            for name, model in models.items():
+                difference = max(difference, abs(lds_scores(model.predict(X_test), Y_test)[0].mean() - lds[name]))
+        records.append(
+            {
+                "estimators": group,
+                "alone_s": alone,
+                "together_s": together,
+                "speedup": alone / together,
+                "max_lds_difference": float(difference),
+            }
+        )
     return records
 
 

@@ -20,7 +20,15 @@ from compattr.stores import MaskStore, SavedFit, iter_rows
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["fit_on_store", "fit_draws", "replicate_starts", "score_fit", "predicts_constant", "top_components"]
+__all__ = [
+    "fit_on_store",
+    "fit_group_on_store",
+    "fit_draws",
+    "replicate_starts",
+    "score_fit",
+    "predicts_constant",
+    "top_components",
+]
 
 
 def replicate_starts(n_train: int, n_masks: int, replicates: int) -> list[int]:
@@ -52,43 +60,66 @@ def fit_on_store(
     masks as the coordinates of their rare value, and the margins. The last
     rows of the range are the estimator's validation split, if it has one.
     """
-    from compattr.estimators import make_estimator
+    models, seconds = fit_group_on_store(store, n_train, {estimator: params}, device, prior, start)
+    return models[estimator], seconds
 
-    model = make_estimator(estimator, params, device=str(device))
-    if model.uses_prior and prior is None:
-        raise ValueError(f"estimator {estimator!r} needs a prior attribution (input x component); none was given")
-    if not model.uses_prior and prior is not None:
-        raise ValueError(f"estimator {estimator!r} takes no prior")
+
+def fit_group_on_store(
+    store: str | Path | MaskStore,
+    n_train: int,
+    estimators: dict[str, dict[str, Any]],
+    device: str | torch.device = "cpu",
+    prior: np.ndarray | None = None,
+    start: int = 0,
+) -> tuple[dict[str, Any], float]:
+    """:func:`fit_on_store` for ``estimators`` ({name: params}) that train together: one of any kind, or
+    several 2-layer ones that train the same networks (:func:`compattr.estimators.training_groups`),
+    fitted with one training (:func:`compattr.estimators.fit_together`). Returns them by name and the time.
+    """
+    from compattr.estimators import fit_together, make_estimator
+
+    models = {name: make_estimator(name, params, device=str(device)) for name, params in estimators.items()}
+    model = next(iter(models.values()))
+    for name, each in models.items():
+        if each.uses_prior and prior is None:
+            raise ValueError(f"estimator {name!r} needs a prior attribution (input x component); none was given")
+        if not each.uses_prior and prior is not None:
+            raise ValueError(f"estimator {name!r} takes no prior")
     fit_params = {"prior": prior} if model.uses_prior else {}
     store = MaskStore.open(store)
-    model.check_memory(n_train, store.masks.shape[1], store.margins.shape[1])
+    shape = n_train, store.masks.shape[1], store.margins.shape[1]
+    model.check_memory(*shape, extra=sum(other.readout_bytes(*shape) for other in list(models.values())[1:]))
     begin = time.perf_counter()
     stop = start + n_train
     split = stop - model.n_validation(n_train)
-    model.fit_blocks(iter_rows(store, start, split), iter_rows(store, split, stop), **fit_params)
-    return model, time.perf_counter() - begin
+    fit_rows, validation_rows = iter_rows(store, start, split), iter_rows(store, split, stop)
+    if len(models) == 1:
+        model.fit_blocks(fit_rows, validation_rows, **fit_params)
+    else:
+        fit_together(list(models.values()), fit_rows, validation_rows, **fit_params)
+    return models, time.perf_counter() - begin
 
 
 def fit_draws(
     store: str | Path | MaskStore,
     sizes: Sequence[int],
     replicates: int,
-    estimator: str,
-    params: dict[str, Any],
+    estimators: dict[str, dict[str, Any]],
     device: str | torch.device = "cpu",
     prior: np.ndarray | None = None,
-) -> Iterator[tuple[int, int, Any, float]]:
-    """Fit ``estimator`` at every train size on every disjoint draw of masks (:func:`replicate_starts`).
+) -> Iterator[tuple[int, int, dict[str, Any], float]]:
+    """Fit ``estimators`` ({name: params}, trained together: :func:`fit_group_on_store`) at every train
+    size on every disjoint draw of masks (:func:`replicate_starts`).
 
-    Yields ``(n_train, replicate, fitted estimator, seconds)``, with a progress bar
-    on stderr. One process serves every fit: most fits take less time than
-    starting a process.
+    Yields ``(n_train, replicate, fitted estimators by name, seconds)``, with a
+    progress bar on stderr. One process serves every fit: most fits take less time
+    than starting a process.
     """
     store = MaskStore.open(store)
     draws = [(n, r, start) for n in sizes for r, start in enumerate(replicate_starts(n, store.n_masks, replicates))]
-    for n, r, start in tqdm(draws, desc=f"fitting {estimator}", unit="fit"):
-        model, seconds = fit_on_store(store, n, estimator, params, device, prior=prior, start=start)
-        yield n, r, model, seconds
+    for n, r, start in tqdm(draws, desc=f"fitting {', '.join(estimators)}", unit="fit"):
+        models, seconds = fit_group_on_store(store, n, estimators, device, prior=prior, start=start)
+        yield n, r, models, seconds
 
 
 def score_fit(fit: SavedFit, masks: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

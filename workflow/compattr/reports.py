@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,8 +78,13 @@ def scale_markdown(fits: Sequence[dict[str, object]]) -> str:
     return markdown_table(rows, list(rows[0]) if rows else ["estimator"])
 
 
-def two_layer_markdown(summary: Sequence[dict[str, object]], fits: Sequence[dict[str, object]]) -> str:
-    """The 2-layer settings benchmark's tables (``results/bench/two_layer.json``): totals, then every size."""
+def two_layer_markdown(
+    summary: Sequence[dict[str, object]],
+    fits: Sequence[dict[str, object]],
+    shared: Sequence[dict[str, Any]] = (),
+) -> str:
+    """The 2-layer settings benchmark's tables (``results/bench/two_layer.json``): totals, every size, and
+    the estimators that train the same networks fitted one by one and with one training (``shared``)."""
     totals = [
         {
             "estimator": f"`{row['estimator']}`",
@@ -106,7 +112,18 @@ def two_layer_markdown(summary: Sequence[dict[str, object]], fits: Sequence[dict
         }
         for estimator, n in sizes
     ]
-    return markdown_table(totals, list(totals[0])) + "\n" + markdown_table(detail, list(detail[0]))
+    tables = markdown_table(totals, list(totals[0])) + "\n" + markdown_table(detail, list(detail[0]))
+    together = [
+        {
+            "estimators": ", ".join(f"`{name}`" for name in row["estimators"]),
+            "one by one": f"{row['alone_s']:.1f} s",
+            "one training": f"{row['together_s']:.1f} s",
+            "speedup": f"{row['speedup']:.2f}x",
+            "largest held-out LDS difference": f"{row['max_lds_difference']:.1e}",
+        }
+        for row in shared
+    ]
+    return tables + ("\n" + markdown_table(together, list(together[0])) if together else "")
 
 
 def summary_markdown(

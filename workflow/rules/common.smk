@@ -5,7 +5,7 @@ from pathlib import Path
 from compattr.configcheck import estimator_priors as _estimator_priors, load_config, resolve_config, top_method
 from compattr.io import source_hash
 from compattr.repair import repair_logs as _repair_logs
-from compattr.registry import BENCHMARKED, PRIOR_ESTIMATORS, TWO_LAYER_ESTIMATORS
+from compattr.registry import BENCHMARKED, PRIOR_ESTIMATORS, TWO_LAYER_ESTIMATORS, training_groups
 from compattr.stores import fit_store_name
 
 # Every fault of the config at once (compattr.configcheck, as `python -m compattr.configcheck` reports them),
@@ -78,6 +78,16 @@ def estimator_priors(estimator):
 def estimator_params(estimator):
     """An estimator's constructor parameters: its config entry less the workflow's prior setting."""
     return {k: v for k, v in config["fit"]["estimators"][estimator].items() if k != "prior"}
+
+
+# 2-layer estimators that train the same networks are fitted in one job, with one training: the first
+# of each group fits the others too (compattr.estimators.fit_together), and copy_shared_fit copies theirs out.
+SHARED_FITS = {
+    group[0]: group[1:]
+    for group in training_groups({e: estimator_params(e) for e in ESTIMATORS})
+    if len(group) > 1
+}
+FITTED_WITH = {member: lead for lead, members in SHARED_FITS.items() for member in members}
 
 
 def _announce_downloads():

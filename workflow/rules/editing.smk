@@ -157,6 +157,16 @@ use rule fit_estimator as fit_mistakes_estimator with:
         replicates=1,
 
 
+use rule copy_shared_fit as copy_shared_mistakes_fit with:
+    input:
+        lambda wc: f"{mistakes_dir(wc.model)}/fits/{FITTED_WITH[wc.estimator]}",
+        repairs=repair_logs(f"{MISTAKES_DIR}/fits/{{estimator}}"),
+    output:
+        directory(f"{MISTAKES_DIR}/fits/{{estimator}}"),
+    log:
+        f"{MODEL_LOGS}/mistakes/copy_shared_fit/{{estimator}}.log",
+
+
 rule fix_mistakes:
     input:
         fits=mistakes_fits,

@@ -12,7 +12,7 @@ rule fit_estimator:
     log:
         f"{MODEL_LOGS}/fit_estimator/{{estimator}}.log",
     wildcard_constraints:
-        estimator="|".join(ESTIMATORS),
+        estimator="|".join(e for e in ESTIMATORS if e not in FITTED_WITH),
     conda:
         ENV
     # One thread: a second barely speeds up a fit (1.1x for the 2-layer ones), and on 2 cores two fits
@@ -30,9 +30,30 @@ rule fit_estimator:
         sizes=TRAIN_SIZES,
         replicates=MASK_DRAWS,
         estimator_params=lambda wc: estimator_params(wc.estimator),
+        readouts=lambda wc: {e: estimator_params(e) for e in SHARED_FITS.get(wc.estimator, [])},
         device=config["device"],
     script:
         "../scripts/fit_estimator.py"
+
+
+# The fits of an estimator trained with another (SHARED_FITS), copied out of that one's job.
+rule copy_shared_fit:
+    input:
+        lambda wc: f"{model_dir(wc.model)}/fits/{FITTED_WITH[wc.estimator]}",
+        repairs=repair_logs(f"{MODEL_DIR}/fits/{{estimator}}"),
+    output:
+        directory(f"{MODEL_DIR}/fits/{{estimator}}"),
+    log:
+        f"{MODEL_LOGS}/copy_shared_fit/{{estimator}}.log",
+    wildcard_constraints:
+        estimator="|".join(FITTED_WITH) or "none",
+    conda:
+        ENV
+    params:
+        source=lambda wc, input: f"{input[0]}/shared/{wc.estimator}",
+    localrule: True
+    shell:
+        "cp -r {params.source} {output} && echo 'copied from {params.source}' > {log}"
 
 
 rule fit_baseline:

@@ -2,7 +2,7 @@
 
 import torch
 
-from compattr.bench import two_layer_speed, two_layer_summary
+from compattr.bench import shared_training_speed, two_layer_speed, two_layer_summary
 from compattr.io import provenance, resolve_device, start_log, write_json
 from compattr.repair import rebuild_on_damage
 from compattr.reports import two_layer_markdown
@@ -18,11 +18,15 @@ records = two_layer_speed(p.train, p.heldout, p.sizes, p.estimators, p.reference
 for record in records:
     log.info("%s", record)
 summary = two_layer_summary(records)
+shared = shared_training_speed(p.train, p.heldout, p.sizes, p.estimators, device, prior)
+for record in shared:
+    log.info("%s", record)
 write_json(
     snakemake.output.json,
     {
         "summary": summary,
         "fits": records,
+        "shared_training": shared,
         "reference": p.reference,
         "settings": p.estimators,
         "threads": snakemake.threads,
@@ -32,4 +36,4 @@ write_json(
     },
 )
 with open(snakemake.output.table, "w") as table:
-    table.write(two_layer_markdown(summary, records))
+    table.write(two_layer_markdown(summary, records, shared))

@@ -20,25 +20,32 @@ out = Path(snakemake.output[0])
 out.mkdir(parents=True, exist_ok=True)
 store = MaskStore.open(p.store)
 coords = read_coordinates(store)  # component names, input ids and labels, copied into every fit
-draws = fit_draws(store, p.sizes, p.replicates, p.estimator, p.estimator_params, device, prior=prior)
-for n, replicate, model, seconds in draws:
-    log.info("fitted %s on %d masks (draw %d) in %.2f s", p.estimator, n, replicate, seconds)
-    save_fit(
-        out / fit_store_name(n, replicate),
-        model,
-        {
-            "estimator": p.get("label", p.estimator),
-            "model": p.model,
-            "replicate": replicate,
-            "n_train": n,
-            "passes": n + prior_passes,
-            "params": p.estimator_params,
-            "fit_seconds": seconds,
-            "device": str(device),
-            "store": p.store,
-            "ablation_rate": store.settings()["ablation_rate"],
-            "prior": prior_paths,
-            "provenance": provenance(),
-        },
-        coords,
-    )
+# 2-layer estimators that train the same networks as this one are fitted with it, in one training
+# (compattr.registry.training_groups); their fits go to shared/<name>/, which their own rule copies out.
+estimators = {p.estimator: p.estimator_params, **p.get("readouts", {})}
+draws = fit_draws(store, p.sizes, p.replicates, estimators, device, prior=prior)
+for n, replicate, models, seconds in draws:
+    together = f" (one training for {', '.join(models)})" if len(models) > 1 else ""
+    log.info("fitted %s on %d masks (draw %d) in %.2f s%s", p.estimator, n, replicate, seconds, together)
+    for name, model in models.items():
+        folder = out if name == p.estimator else out / "shared" / name
+        save_fit(
+            folder / fit_store_name(n, replicate),
+            model,
+            {
+                "estimator": p.get("label", name) if name == p.estimator else name,
+                "model": p.model,
+                "replicate": replicate,
+                "n_train": n,
+                "passes": n + prior_passes,
+                "params": estimators[name],
+                "fit_seconds": seconds,
+                "trained_with": list(models),
+                "device": str(device),
+                "store": p.store,
+                "ablation_rate": store.settings()["ablation_rate"],
+                "prior": prior_paths,
+                "provenance": provenance(),
+            },
+            coords,
+        )

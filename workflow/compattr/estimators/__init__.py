@@ -46,6 +46,7 @@ from compattr.estimators._collapse import (
     ReluCollapseRegressor,
     ReluNetRegressor,
     collapse_relu_network,
+    fit_together,
     predict_network,
 )
 from compattr.estimators._lasso import LassoCVRegressor
@@ -70,6 +71,7 @@ __all__ = [
     "PriorReluCollapseRegressor",
     "predict_network",
     "collapse_relu_network",
+    "fit_together",
     "ESTIMATORS",
     "ESTIMATOR_DEFAULTS",
     "make_estimator",

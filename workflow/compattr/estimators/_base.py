@@ -193,12 +193,15 @@ class ComponentModel(RegressorMixin, BaseEstimator):
         """Which settings lower :meth:`memory_bytes`, for the error of :meth:`check_memory`."""
         return "fewer components (coarser units)"
 
-    def check_memory(self, n_masks: int, n_components: int, n_inputs: int, available: int | None = None) -> None:
+    def check_memory(
+        self, n_masks: int, n_components: int, n_inputs: int, available: int | None = None, extra: int = 0
+    ) -> None:
         """Raise :class:`InsufficientMemoryError` before any work if the fit needs more than ``available``.
 
-        ``available``: bytes free (default: :func:`available_memory` of the estimator's device).
+        ``available``: bytes free (default: :func:`available_memory` of the estimator's device);
+        ``extra``: bytes the fit needs besides its own (estimators fitted with it, say).
         """
-        need = self.memory_bytes(n_masks, n_components, n_inputs)
+        need = self.memory_bytes(n_masks, n_components, n_inputs) + extra
         free = available_memory(self.device) if available is None else available
         if need > free:
             raise InsufficientMemoryError(

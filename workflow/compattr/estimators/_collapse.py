@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from numbers import Integral, Real
 from typing import Any
 
@@ -209,6 +209,11 @@ class ReluCollapseRegressor(ComponentModel):
     def memory_advice(self, n_masks: int, n_components: int) -> str:
         return "fewer masks or a smaller hidden layer"
 
+    def readout_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
+        """What one more estimator fitted with this one (:func:`fit_together`) adds to :meth:`memory_bytes`:
+        its networks at its own steps and its validation predictions."""
+        return 4 * self.hidden * (n_components + 2) * n_inputs + 4 * n_masks * n_inputs
+
     @property
     def _validates(self) -> bool:  # type: ignore[override]
         return self.early_stopping != "none"
@@ -312,36 +317,27 @@ class ReluCollapseRegressor(ComponentModel):
         """
         return super().fit(X, Y, prior=prior)
 
-    @torch.no_grad()  # gradients are computed by hand (see _gradients)
     def _fit_blocks(self, fit_blocks: Iterator[Block], validation_blocks: Iterator[Block], prior: Any = None) -> None:
-        collected = [RowCollector(self.device), RowCollector(self.device)]
-        for collector, blocks in zip(collected, (fit_blocks, validation_blocks), strict=True):
-            for masks, outputs in blocks:
-                collector.add(masks, outputs)
-        n_fit, n_val = collected[0].n, collected[1].n
-        self._check_rows(n_fit, n_val, collected[0].n_columns if n_fit else 0)
-        shapes = [(c.n_columns, c.n_outputs) for c in collected if c.n]
-        if len(set(shapes)) > 1:
-            raise ValueError("the fit and validation rows have different numbers of components or outputs")
-        T = collected[0].n_outputs
-        if prior is not None:
-            prior = check_prior(prior, T, self.n_features_in_, self.device)
-        if self._validates:
-            xs, ys = self._standardizers(collected[0])
-            rows, B = collected[0].rows(xs, ys)
-            val_rows, Bv = collected[1].rows(xs, ys)
-            chosen, mse, spearman = self._select_steps(rows, B, val_rows, Bv, self._init_params(T, xs, ys, prior))
-            self.validation_mse_ = (mse * ys.std**2).cpu().numpy()
-            self.validation_spearman_ = spearman.cpu().numpy()
-            del rows, val_rows
-            collected[0].extend(collected[1])
-        else:
-            chosen = torch.full((T,), self.max_steps, dtype=torch.long)
-        # The refit: every network from its initialisation, on all rows, for its chosen number of steps.
-        xs, ys = self._standardizers(collected[0])
-        rows, B = collected[0].rows(xs, ys)
-        del collected
-        final = self._train(rows, B, self._init_params(T, xs, ys, prior), stop=chosen.to(B.device))
+        _fit_group([self], fit_blocks, validation_blocks, prior)
+
+    def _training(self) -> tuple[Any, ...]:
+        """What the networks' training depends on: equal for two estimators whose fits train the same networks.
+
+        Everything but ``early_stopping`` (while both validate) and ``calibrate``, which choose
+        and read out the networks: :func:`fit_together` trains such estimators once.
+        """
+        params = {k: v for k, v in self.get_params().items() if k not in ("early_stopping", "calibrate")}
+        return type(self)._activation, self.uses_prior, self._validates, tuple(sorted(params.items()))
+
+    def _stops_on_network(self) -> bool:
+        """Whether the step count is chosen on the network's validation MSE (else on the predictor's)."""
+        return (self.early_stopping if self.early_stopping != "auto" else self._predictor) == "network"
+
+    def _finish(
+        self, final: list[Tensor], chosen: Tensor, rows: Rows, B: Tensor, xs: Standardizer, ys: Standardizer, prior: Any
+    ) -> None:
+        """Set the fitted attributes from the networks ``final`` trained on all ``rows`` for ``chosen`` steps."""
+        T = B.shape[1]
         self.n_iter_ = chosen.cpu().numpy()
         # Step 0 keeps the initialisation: a failure when it is random, a choice when it encodes a prior.
         encoded = np.zeros(T, dtype=bool) if prior is None else (prior.abs().amax(1) > 0).cpu().numpy()
@@ -373,20 +369,18 @@ class ReluCollapseRegressor(ComponentModel):
             ys.std = torch.ones_like(ys.std)
         return xs, ys
 
-    def _collapsed(self, params: list[Tensor], rows: Rows, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The networks' collapse (T, C) and bias (T,) on standardised units, calibrated on ``rows``, and the factor."""
+    def _collapsed(
+        self, params: list[Tensor], rows: Rows, target: Tensor, calibrate: bool | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The networks' collapse (T, C) and bias (T,) on standardised units, calibrated on ``rows``, and the factor.
+
+        ``calibrate``: whether to rescale by the least-squares factor (default: this estimator's setting).
+        """
         theta, bias = collapse_relu_network(params[0].permute(1, 2, 0), *params[1:])
-        if not self.calibrate:
+        if not (self.calibrate if calibrate is None else calibrate):
             return theta, bias, torch.ones_like(bias)
         scale = _least_squares_scale(rows @ theta.T, target)
         return scale[:, None] * theta, torch.zeros_like(bias), scale
-
-    def _predict(self, params: list[Tensor], rows: Rows, fit_rows: Rows, targets: Tensor) -> Tensor:
-        """Predictions (n, T) of the returned predictor on ``rows`` (the collapse is calibrated on ``fit_rows``)."""
-        if self._predictor == "network":
-            return self._network(rows, params)
-        collapse, bias, _ = self._collapsed(params, fit_rows, targets)
-        return rows @ collapse.T + bias
 
     def _init_params(self, T: int, xs: Standardizer, ys: Standardizer, prior: Tensor | None) -> list[Tensor]:
         """Initial parameters of every network (see :meth:`_initial_weights`), the prior in standardised units."""
@@ -395,39 +389,63 @@ class ReluCollapseRegressor(ComponentModel):
         return self._initial_weights(T, len(xs.mean), prior)
 
     def _select_steps(
-        self, rows: Rows, B: Tensor, val_rows: Rows, Bv: Tensor, params: list[Tensor]
+        self,
+        rows: Rows,
+        B: Tensor,
+        val_rows: Rows,
+        Bv: Tensor,
+        params: list[Tensor],
+        readouts: Sequence[ReluCollapseRegressor],
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Each input's best step count on the validation rows, and its predictor's validation MSE and Spearman.
+        """Each readout's best step count per input on the validation rows, and its predictor's validation
+        MSE and Spearman there, each (n_readouts, n_inputs).
 
-        Only the returned predictor's validation predictions at each input's best step are kept
-        (not its parameters): the refit trains again from the initialisation.
+        ``readouts``: estimators that train these networks (this one's training settings) and
+        differ in what they stop on and return. Each keeps its own best step and stops with its
+        own patience; an input trains on while one of them has not stopped. Only each
+        predictor's validation predictions at its best step are kept (not the parameters): the
+        refit trains again from the initialisation.
         """
-        on_network = (self.early_stopping if self.early_stopping != "auto" else self._predictor) == "network"
-        T = B.shape[1]
-        best_pred = Bv.new_zeros(Bv.shape)
-        best_step = torch.zeros(T, dtype=torch.long, device=B.device)
-        best_loss = torch.zeros(T, dtype=B.dtype, device=B.device)
-        stale = torch.zeros(T, dtype=torch.long, device=B.device)
+        R, T = len(readouts), B.shape[1]
+        best_pred = Bv.new_zeros((R, *Bv.shape))
+        best_step = torch.zeros(R, T, dtype=torch.long, device=B.device)
+        best_loss = torch.zeros(R, T, dtype=B.dtype, device=B.device)
+        stale = torch.zeros(R, T, dtype=torch.long, device=B.device)
 
         def check(step: int, params: list[Tensor], active: Tensor, live: Tensor) -> Tensor:
-            """Record the ``live`` ones of the ``active`` inputs where ``step`` improved; which of them go on."""
-            returned = self._predict(params, val_rows, rows, B[:, active])
-            pred = self._network(val_rows, params) if on_network and self._predictor != "network" else returned
-            loss = ((pred - Bv[:, active]) ** 2).mean(0)
-            better = live & (loss < best_loss[active]) if step else live
-            improved = active[better]
-            best_loss[improved], best_step[improved] = loss[better], step
-            best_pred[:, improved] = returned[:, better]
-            stale[active] = torch.where(better, 0, stale[active] + self.check_every)
-            return live & (stale[active] < self.patience)
+            """Record the readouts of the ``live`` ``active`` inputs where ``step`` improved; which inputs go on."""
+            cache: dict[Any, Tensor] = {}
+
+            def predict(kind: Any) -> Tensor:
+                if kind not in cache:
+                    if kind == "network":
+                        cache[kind] = self._network(val_rows, params)
+                    else:  # a collapse, calibrated or not (``kind``)
+                        collapse, bias, _ = self._collapsed(params, rows, B[:, active], calibrate=kind)
+                        cache[kind] = val_rows @ collapse.T + bias
+                return cache[kind]
+
+            going = torch.zeros_like(live)
+            for r, readout in enumerate(readouts):
+                returned = predict("network" if readout._predictor == "network" else readout.calibrate)
+                pred = predict("network") if readout._stops_on_network() else returned
+                loss = ((pred - Bv[:, active]) ** 2).mean(0)
+                open_ = live & (stale[r, active] < self.patience)  # this readout has not stopped yet
+                better = open_ & (loss < best_loss[r, active]) if step else open_
+                improved = active[better]
+                best_loss[r, improved], best_step[r, improved] = loss[better], step
+                best_pred[r][:, improved] = returned[:, better]
+                stale[r, active] = torch.where(better, 0, stale[r, active] + open_ * self.check_every)
+                going |= open_ & (stale[r, active] < self.patience)
+            return going
 
         self._train(rows, B, params, check=check)
-        # Scores of the predictor returned (the collapse, or the network), whatever chose the step.
-        mse = ((best_pred - Bv) ** 2).mean(0)
+        # Scores of each predictor returned (the collapse, or the network), whatever chose the step.
+        mse = ((best_pred - Bv) ** 2).mean(1)
         if len(Bv) < MIN_MASKS:  # too few validation rows for a rank correlation: not recorded
-            return best_step, mse, torch.full((B.shape[1],), float("nan"))
-        spearman, _ = lds_scores(best_pred.cpu().numpy(), Bv.cpu().numpy())
-        return best_step, mse, torch.as_tensor(spearman)
+            return best_step, mse, torch.full((R, T), float("nan"))
+        spearman = [lds_scores(pred.cpu().numpy(), Bv.cpu().numpy())[0] for pred in best_pred]
+        return best_step, mse, torch.as_tensor(np.stack(spearman))
 
     def _train(
         self,
@@ -437,33 +455,40 @@ class ReluCollapseRegressor(ComponentModel):
         *,
         stop: Tensor | None = None,
         check: Any = None,
-    ) -> list[Tensor]:
+    ) -> list[list[Tensor]]:
         """Train every network on ``rows`` (standardised masks) and ``B`` (standardised outputs), batch by batch.
 
-        Either ``stop`` (T,): each input leaves after that many steps, and its
-        parameters then are returned; or ``check(step, params, active, live)``, called
+        Either ``stop`` (n_readouts, T): the parameters of every input after each
+        readout's number of steps are returned (one list per readout), and an input
+        leaves after the largest; or ``check(step, params, active, live)``, called
         at step 0 and every ``check_every`` steps, returning which of the ``live``
-        ones of the ``active`` inputs go on. Inputs train independently (the loss
-        is a sum over inputs), so one that has left may stay in the ensemble,
-        untouched by the checks, until at least an eighth of it has left: then
-        they all drop out at once, and later steps cost only the rest. The batches
-        run through a random permutation of the rows per epoch, seeded by
-        ``random_state``; with no more rows than ``batch_size``, every step takes all rows in order.
+        ones of the ``active`` inputs go on (nothing is returned). Inputs train
+        independently (the loss is a sum over inputs), so one that has left may
+        stay in the ensemble, untouched by the checks, until at least an eighth of
+        it has left: then they all drop out at once, and later steps cost only the
+        rest. The batches run through a random permutation of the rows per epoch,
+        seeded by ``random_state``; with no more rows than ``batch_size``, every
+        step takes all rows in order.
         """
         n, T = len(rows), B.shape[1]
-        final = [p.clone() for p in params] if stop is not None else []
+        finals = [[p.clone() for p in params] for _ in range(len(stop))] if stop is not None else []
+        last = stop.amax(0) if stop is not None else None
         active = torch.arange(T, device=B.device)
         live = torch.ones(T, dtype=torch.bool, device=B.device)
         optimizer = self._optimizer(params)
 
-        def leave(going: Tensor) -> bool:
-            """Stop the ``live`` inputs not ``going``; whether any are left. Drops the stopped ones in groups."""
+        def leave(step: int, going: Tensor) -> bool:
+            """Keep each readout's networks that reached its step; stop the ``live`` inputs not ``going``.
+
+            Whether any are left. Drops the stopped ones in groups.
+            """
             nonlocal active, live, params, optimizer
-            if stop is not None:
-                done = live & ~going
-                final[0][:, active[done]] = params[0][:, done]  # W1 is (C, T, d)
-                for out, current in zip(final[1:], params[1:], strict=True):
-                    out[active[done]] = current[done]
+            for final, steps in zip(finals, stop if stop is not None else [], strict=True):
+                reached = live & (steps[active] == step)
+                if reached.any():
+                    final[0][:, active[reached]] = params[0][:, reached]  # W1 is (C, T, d)
+                    for out, current in zip(final[1:], params[1:], strict=True):
+                        out[active[reached]] = current[reached]
             live = going
             if not live.any():
                 return False
@@ -473,9 +498,9 @@ class ReluCollapseRegressor(ComponentModel):
                 live = torch.ones(len(active), dtype=torch.bool, device=B.device)
             return True
 
-        first = stop > 0 if stop is not None else check(0, params, active, live)
-        if not leave(first):
-            return final
+        first = last > 0 if last is not None else check(0, params, active, live)
+        if not leave(0, first):
+            return finals
         order_generator = torch.Generator().manual_seed(self.random_state)
         order, position = torch.empty(0, dtype=torch.long), n
         full_batch = n <= self.batch_size  # every step sees all rows: no shuffling, no gathering
@@ -493,15 +518,97 @@ class ReluCollapseRegressor(ComponentModel):
             for param, grad in zip(params, self._gradients(batch, hidden, residual, params), strict=True):
                 param.grad = grad
             optimizer.step()
-            if stop is not None:
-                going = live & (stop[active] > step)
+            if last is not None:
+                going = live & (last[active] > step)
             elif step % self.check_every == 0:
                 going = check(step, params, active, live)
             else:
                 continue
-            if not leave(going):
-                return final
-        return final
+            if not leave(step, going):
+                return finals
+        return finals
+
+
+def _fit_group(
+    group: Sequence[ReluCollapseRegressor],
+    fit_blocks: Iterator[Block],
+    validation_blocks: Iterator[Block],
+    prior: Any = None,
+) -> None:
+    """Fit every estimator of ``group`` (they share :meth:`~ReluCollapseRegressor._training`) with one training.
+
+    The networks train once on the fit rows, every estimator choosing its own step count per
+    input on the validation rows; then once more from the initialisation on all rows, to the
+    largest chosen step, each estimator keeping the networks at its own step. Each ends as its
+    own fit would.
+    """
+    lead = group[0]
+    with torch.no_grad():  # gradients are computed by hand (see _gradients)
+        collected = [RowCollector(lead.device), RowCollector(lead.device)]
+        for collector, blocks in zip(collected, (fit_blocks, validation_blocks), strict=True):
+            for masks, outputs in blocks:
+                collector.add(masks, outputs)
+        n_fit, n_val = collected[0].n, collected[1].n
+        for estimator in group:
+            estimator._check_rows(n_fit, n_val, collected[0].n_columns if n_fit else 0)
+        shapes = [(c.n_columns, c.n_outputs) for c in collected if c.n]
+        if len(set(shapes)) > 1:
+            raise ValueError("the fit and validation rows have different numbers of components or outputs")
+        T = collected[0].n_outputs
+        if prior is not None:
+            prior = check_prior(prior, T, lead.n_features_in_, lead.device)
+        if lead._validates:
+            xs, ys = lead._standardizers(collected[0])
+            rows, B = collected[0].rows(xs, ys)
+            val_rows, Bv = collected[1].rows(xs, ys)
+            init = lead._init_params(T, xs, ys, prior)
+            chosen, mse, spearman = lead._select_steps(rows, B, val_rows, Bv, init, group)
+            for estimator, mse_r, spearman_r in zip(group, mse, spearman, strict=True):
+                estimator.validation_mse_ = (mse_r * ys.std**2).cpu().numpy()
+                estimator.validation_spearman_ = spearman_r.cpu().numpy()
+            del rows, val_rows
+            collected[0].extend(collected[1])
+        else:
+            chosen = torch.full((len(group), T), lead.max_steps, dtype=torch.long)
+        # The refit: every network from its initialisation, on all rows, for its chosen number of steps.
+        xs, ys = lead._standardizers(collected[0])
+        rows, B = collected[0].rows(xs, ys)
+        del collected
+        finals = lead._train(rows, B, lead._init_params(T, xs, ys, prior), stop=chosen.to(B.device))
+        for estimator, final, steps in zip(group, finals, chosen, strict=True):
+            estimator._finish(final, steps, rows, B, xs, ys, prior)
+
+
+def fit_together(
+    estimators: Sequence[ReluCollapseRegressor],
+    fit_blocks: Iterable[Block],
+    validation_blocks: Iterable[Block] = (),
+    prior: Any = None,
+) -> list[ReluCollapseRegressor]:
+    """Fit 2-layer estimators that train the same networks with one training; each ends as its own fit would.
+
+    Such estimators (``relu_collapse``, ``relu_collapse_raw`` and ``relu_net`` with the same
+    settings, say) differ only in what they stop on (``early_stopping``) and return (the
+    calibrated or raw collapse, or the network): one training serves them all, for about
+    the cost of the longest. Blocks as :meth:`ComponentModel.fit_blocks` takes them; ``prior``
+    for estimators that take one. Returns ``estimators``, fitted.
+    """
+    if not estimators:
+        raise ValueError("no estimators to fit")
+    for estimator in estimators:
+        if not isinstance(estimator, ReluCollapseRegressor):
+            raise TypeError(f"fit_together fits 2-layer estimators; got {type(estimator).__name__}")
+        estimator._validate_params()
+        estimator._single_output = False
+    lead = estimators[0]
+    differ = [e for e in estimators[1:] if e._training() != lead._training()]
+    if differ:
+        raise ValueError(
+            f"{differ[0]!r} does not train the same networks as {lead!r}: fit_together needs "
+            "estimators of one kind with the same settings but for early_stopping and calibrate"
+        )
+    _fit_group(estimators, iter(fit_blocks), iter(validation_blocks), prior)
+    return list(estimators)
 
 
 class LinearCollapseRegressor(ReluCollapseRegressor):
