@@ -151,7 +151,7 @@ def test_two_layer_speed_fits_both_settings_at_every_size_and_scores_them_on_hel
         }
         assert row["lowest_lds_change"] == pytest.approx(min(change.values()))
         assert change[row["lowest_lds_change_at"]] == pytest.approx(min(change.values()))
-    shared = shared_training_speed(tmp_path / "train.zarr", tmp_path / "heldout.zarr", [60, 150], estimators)
+    shared = shared_training_speed(tmp_path / "train.zarr", tmp_path / "heldout.zarr", estimators, records)
     (row,) = shared  # relu_collapse and relu_net train the same networks: one group
     assert row["estimators"] == list(estimators) and row["speedup"] == pytest.approx(row["alone_s"] / row["together_s"])
     assert row["max_lds_difference"] < 1e-4  # each as its own fit would be

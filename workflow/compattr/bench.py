@@ -470,44 +470,44 @@ def two_layer_speed(
 def shared_training_speed(
     train: str | Path,
     heldout: str | Path,
-    sizes: Sequence[int],
     estimators: dict[str, dict[str, Any]],
+    records: Sequence[dict[str, Any]],
     device: str = "cpu",
     prior: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Each group of ``estimators`` that trains the same networks (:func:`compattr.registry.training_groups`),
-    fitted one by one and with one training, on the first ``n`` masks of ``train`` at every size.
+    fitted with one training on the first ``n`` masks of ``train`` at every size of ``records``, against
+    the same estimators fitted one by one: :func:`two_layer_speed`'s ``records`` with their settings.
 
     One record per group: the seconds of both ways (summed over the sizes), their ratio, and the
     largest difference of any member's held-out LDS (mean Spearman on ``heldout``) between them.
     """
     X_test, Y_test = read_rows(heldout)
     X_test = X_test.astype(np.float64)
-    records = []
+    alone = {(r["estimator"], r["n_train"]): r for r in records if r["settings"] == "current"}
+    sizes = sorted({n for _, n in alone})
+    shared = []
     for group in (g for g in training_groups(estimators) if len(g) > 1):
         settings = {name: estimators[name] for name in group}
         given = prior if make_estimator(group[0]).uses_prior else None
-        alone = together = difference = 0.0
+        together = difference = 0.0
         for n in sizes:
-            lds = {}
-            for name in group:
-                model, seconds = fit_on_store(train, n, name, settings[name], device, prior=given)
-                alone += seconds
-                lds[name] = lds_scores(model.predict(X_test), Y_test)[0].mean()
             models, seconds = fit_group_on_store(train, n, settings, device, prior=given)
             together += seconds
             for name, model in models.items():
-                difference = max(difference, abs(lds_scores(model.predict(X_test), Y_test)[0].mean() - lds[name]))
-        records.append(
+                lds = lds_scores(model.predict(X_test), Y_test)[0].mean()
+                difference = max(difference, abs(lds - alone[name, n]["lds"]))
+        seconds_alone = sum(alone[name, n]["seconds"] for name in group for n in sizes)
+        shared.append(
             {
                 "estimators": group,
-                "alone_s": alone,
+                "alone_s": seconds_alone,
                 "together_s": together,
-                "speedup": alone / together,
+                "speedup": seconds_alone / together,
                 "max_lds_difference": float(difference),
             }
         )
-    return records
+    return shared
 
 
 def two_layer_summary(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -73,7 +73,7 @@ def fit_group_on_store(
     start: int = 0,
 ) -> tuple[dict[str, Any], float]:
     """:func:`fit_on_store` for ``estimators`` ({name: params}) that train together: one of any kind, or
-    several 2-layer ones that train the same networks (:func:`compattr.estimators.training_groups`),
+    several 2-layer ones that train the same networks (:func:`compattr.registry.training_groups`),
     fitted with one training (:func:`compattr.estimators.fit_together`). Returns them by name and the time.
     """
     from compattr.estimators import fit_together, make_estimator

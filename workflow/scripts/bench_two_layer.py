@@ -18,7 +18,7 @@ records = two_layer_speed(p.train, p.heldout, p.sizes, p.estimators, p.reference
 for record in records:
     log.info("%s", record)
 summary = two_layer_summary(records)
-shared = shared_training_speed(p.train, p.heldout, p.sizes, p.estimators, device, prior)
+shared = shared_training_speed(p.train, p.heldout, p.estimators, records, device, prior)  # one by one: records
 for record in shared:
     log.info("%s", record)
 write_json(

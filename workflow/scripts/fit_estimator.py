@@ -20,6 +20,7 @@ out = Path(snakemake.output[0])
 out.mkdir(parents=True, exist_ok=True)
 store = MaskStore.open(p.store)
 coords = read_coordinates(store)  # component names, input ids and labels, copied into every fit
+ablation_rate = store.settings()["ablation_rate"]
 # 2-layer estimators that train the same networks as this one are fitted with it, in one training
 # (compattr.registry.training_groups); their fits go to shared/<name>/, which their own rule copies out.
 estimators = {p.estimator: p.estimator_params, **p.get("readouts", {})}
@@ -43,7 +44,7 @@ for n, replicate, models, seconds in draws:
                 "trained_with": list(models),
                 "device": str(device),
                 "store": p.store,
-                "ablation_rate": store.settings()["ablation_rate"],
+                "ablation_rate": ablation_rate,
                 "prior": prior_paths,
                 "provenance": provenance(),
             },

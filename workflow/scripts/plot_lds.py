@@ -32,8 +32,9 @@ fig = plot_lds_vs_ablations(
     per_component=n_components if cfg.get("x_axis") == "masks_per_component" else None,
     **cost,
 )
-fig.savefig(snakemake.output.png, dpi=150)
-fig.savefig(snakemake.output.pdf)
+# The legend and title may be wider than the panels: the saved figure takes them whole.
+fig.savefig(snakemake.output.png, dpi=150, bbox_inches="tight")
+fig.savefig(snakemake.output.pdf, bbox_inches="tight")
 log.info("wrote %s and %s", snakemake.output.png, snakemake.output.pdf)
 headline = plot_headline(
     table,

@@ -15,6 +15,7 @@ studies = {
     for (study, kind), path in zip(snakemake.params.studies.items(), snakemake.input.lds, strict=True)
 }
 fig = plot_unified(studies, n_bootstrap=cfg["n_bootstrap"], ci=cfg["ci"], seed=cfg["seed"])
-fig.savefig(snakemake.output.png, dpi=150)
-fig.savefig(snakemake.output.pdf)
+# The legend and title may be wider than the panels: the saved figure takes them whole.
+fig.savefig(snakemake.output.png, dpi=150, bbox_inches="tight")
+fig.savefig(snakemake.output.pdf, bbox_inches="tight")
 log.info("wrote %s and %s for %s", snakemake.output.png, snakemake.output.pdf, list(studies))
