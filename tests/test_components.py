@@ -1,4 +1,6 @@
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -27,6 +29,33 @@ def test_component_names_and_counts():
 def test_cifar_resnet18_has_4800_filters():
     model = CifarResNet([64, 128, 256, 512], [2, 2, 2, 2], num_classes=10)
     assert len(conv_components(model)) == 4800
+
+
+def test_squeeze_excitation_gates_are_left_out_of_a_torchvision_models_filters():
+    from torchvision.models import mobilenet_v3_small
+    from torchvision.ops.misc import SqueezeExcitation
+
+    model = mobilenet_v3_small(weights=None)
+    gates = [name for name, module in model.named_modules() if isinstance(module, SqueezeExcitation)]
+    assert gates
+    components = conv_components(model)
+    inside = {name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+    outside = {name for name in inside if not any(name.startswith(f"{gate}.") for gate in gates)}
+    assert outside < inside
+    assert {name.rsplit(":", 1)[0] for name in components.names} == outside
+    assert len(components) == sum(model.get_submodule(name).out_channels for name in outside)
+
+
+def test_finding_a_plain_models_filters_does_not_import_torchvision():
+    # a workflow job loads its model once per process: torchvision's import alone costs about a second
+    code = (
+        "import sys\n"
+        "from compattr.discovery import conv_components\n"
+        "from compattr.models import CifarResNet\n"
+        "assert len(conv_components(CifarResNet([4, 8], [1, 1], num_classes=10))) == 4 + 2 * 4 + 3 * 8\n"
+        "assert 'torchvision' not in sys.modules, 'torchvision was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_all_keep_mask_reproduces_unablated_margins(trained_model, digits):

@@ -16,6 +16,7 @@ its components by hand (docs/units.md lists what is found for which architecture
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,9 +44,9 @@ def linear_features(module: nn.Module) -> tuple[int, int] | None:
 
 
 def _is_squeeze_excitation(module: nn.Module) -> bool:
-    from torchvision.ops.misc import SqueezeExcitation
-
-    return isinstance(module, SqueezeExcitation)
+    # a model built from torchvision's gates has imported them; importing torchvision here costs a second
+    misc = sys.modules.get("torchvision.ops.misc")
+    return misc is not None and isinstance(module, misc.SqueezeExcitation)
 
 
 def conv_components(model: nn.Module, *, include_shortcuts: bool = True) -> ComponentSet:
