@@ -6,8 +6,9 @@ estimators (and torch) are imported by the first fit.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from compattr.scores import lds_scores
-from compattr.stores import MaskStore, SavedFit, iter_rows
+from compattr.stores import MaskStore, SavedFit, fit_stores, iter_rows, load_fit
 
 if TYPE_CHECKING:
     import torch
@@ -26,6 +27,7 @@ __all__ = [
     "fit_draws",
     "replicate_starts",
     "score_fit",
+    "score_method",
     "predicts_constant",
     "top_components",
 ]
@@ -138,6 +140,61 @@ def score_fit(fit: SavedFit, masks: np.ndarray, margins: np.ndarray) -> tuple[np
     spearman, pearson = lds_scores(fit.predict(masks), margins)
     spearman[fit.failed] = pearson[fit.failed] = 0.0  # a failed fit carries no information: never scored as one
     return spearman, pearson
+
+
+def score_method(
+    name: str,
+    model: int,
+    entries: Sequence[str | Path],
+    heldout: tuple[np.ndarray, np.ndarray],
+    ood: Mapping[float, tuple[np.ndarray, np.ndarray]],
+    log: logging.Logger | None = None,
+) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """Score every fit of one method (its fit stores, or directories of them: ``entries``) on one model.
+
+    ``heldout``: the held-out ``(masks, margins)``; ``ood``: the same per ablation rate. Returns
+    the rows of :func:`compattr.analysis.write_lds_csv` (held-out, then out of distribution) and
+    of :func:`compattr.analysis.write_fit_csv`, labelled ``(name, model, draw)``. A prior's fit is
+    labelled by ``name`` too: its estimator's point at zero masks.
+    """
+    scored, scored_ood, diagnostics = [], [], []
+    for path in (store for entry in entries for store in fit_stores(entry)):
+        fit = load_fit(path)
+        n, replicate = fit.attrs["n_train"], fit.attrs.get("replicate", 0)
+        passes = fit.attrs.get("passes", n)  # masks, plus a prior's gradient passes
+        labels = (name, model, replicate)
+        spearman, pearson = score_fit(fit, *heldout)
+        constant = predicts_constant(fit, heldout[0])
+        calibration = fit.diagnostics.get("calibration", np.full(len(spearman), np.nan))
+        # the priors a regression started from (their fits' paths), or a prior's own fit (it records its settings)
+        started = fit.attrs.get("prior")
+        if isinstance(started, list):
+            priors = [Path(p).stem for p in started]
+        else:
+            priors = [fit.attrs["estimator"]] if started else []
+        chosen = fit.diagnostics.get("prior_index", np.zeros(len(spearman), dtype=int))
+        prior = [priors[int(k)] if priors else "" for k in chosen]
+        if log is not None:
+            log.info(
+                "%s n=%d draw %d: mean LDS %.3f, mean Pearson %.3f; %d failed, %d constant",
+                name,
+                n,
+                replicate,
+                spearman.mean(),
+                pearson.mean(),
+                fit.failed.sum(),
+                constant.sum(),
+            )
+        scored += [(*labels, n, passes, i, s, p) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
+        per_input = zip(fit.failed, constant, calibration, prior, strict=True)
+        diagnostics += [(*labels, n, i, *row) for i, row in enumerate(per_input)]
+        for rate, rows in ood.items():
+            spearman, pearson = score_fit(fit, *rows)
+            if log is not None:
+                log.info("%s n=%d at ablation rate %s: mean LDS %.3f", name, n, rate, spearman.mean())
+            pairs = enumerate(zip(spearman, pearson, strict=True))
+            scored_ood += [(*labels, n, passes, i, s, p, rate) for i, (s, p) in pairs]
+    return scored, scored_ood, diagnostics
 
 
 def predicts_constant(fit: SavedFit, masks: np.ndarray) -> np.ndarray:

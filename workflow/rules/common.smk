@@ -161,9 +161,14 @@ def model_config(wildcards):
     return model
 
 
-def method_fits(wildcards):
-    """The fits of one method on one model (``wildcards.estimator``): see :func:`fits_of`."""
-    return fits_of(wildcards.model, wildcards.estimator)
+def methods_fits(model, root=None):
+    """The fits of every method on one model, in method order (under ``root``: see :func:`fits_of`)."""
+    return [fit for method in METHODS for fit in fits_of(model, method, root)]
+
+
+def model_fits(wildcards):
+    """The fits of every method on one model."""
+    return methods_fits(wildcards.model)
 
 
 def fits_of(model, method, root=None):
@@ -289,15 +294,15 @@ def verify_summaries(wildcards):
 
 def verify_fits(wildcards):
     """Every finished fit of every method on every model (the misclassified images' too, when editing)."""
-    fits = [fit for m in MODELS for method in METHODS for fit in fits_of(m, method)]
+    fits = [fit for m in MODELS for fit in methods_fits(m)]
     if EDITING["enabled"]:
-        fits += [fit for m in MODELS for method in METHODS for fit in fits_of(m, method, mistakes_dir(m))]
+        fits += [fit for m in MODELS for fit in methods_fits(m, mistakes_dir(m))]
     return [path for path in dict.fromkeys(fits) if Path(path).exists()]
 
 
 def mistakes_fits(wildcards):
     """The fits every method's fixing edits use, on one model."""
-    return [fit for method in METHODS for fit in fits_of(wildcards.model, method, mistakes_dir(wildcards.model))]
+    return methods_fits(wildcards.model, mistakes_dir(wildcards.model))
 
 
 def mistakes_prior_input(wildcards):

@@ -1,18 +1,19 @@
+# One job per model scores every method's fits: each method's scoring takes less time than starting a process.
 rule score_lds:
     input:
-        fits=method_fits,
+        fits=model_fits,
         summaries=split_summaries,
     output:
-        heldout=f"{MODEL_DIR}/lds/{{estimator}}.csv",
-        ood=f"{MODEL_DIR}/lds/{{estimator}}.ood.csv",
-        fits=f"{MODEL_DIR}/lds/{{estimator}}.fits.csv",
+        heldout=expand(f"{MODEL_DIR}/lds/{{method}}.csv", method=METHODS, allow_missing=True),
+        ood=expand(f"{MODEL_DIR}/lds/{{method}}.ood.csv", method=METHODS, allow_missing=True),
+        fits=expand(f"{MODEL_DIR}/lds/{{method}}.fits.csv", method=METHODS, allow_missing=True),
     log:
-        f"{MODEL_LOGS}/score_lds/{{estimator}}.log",
+        f"{MODEL_LOGS}/score_lds.log",
     conda:
         ENV
     params:
         library=library("score_lds.py"),
-        label=lambda wc: wc.estimator,
+        methods=lambda wc: {method: fits_of(wc.model, method) for method in METHODS},
         model=lambda wc: int(wc.model),
         heldout=lambda wc: store_path(wc.model, "heldout"),
         ood=lambda wc: [store_path(wc.model, split) for split in OOD_SPLITS],

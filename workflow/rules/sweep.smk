@@ -29,24 +29,25 @@ rule fit_sweep:
         "../scripts/fit_estimator.py"
 
 
+# One job scores every setting's fits.
 rule score_sweep:
     input:
-        fits=rules.fit_sweep.output,
+        fits=expand(f"{RESULTS}/m0/sweep/fits/{{setting}}", setting=SWEEP["settings"]),
         summary=f"{RESULTS}/m0/ablations/heldout.summary.json",
     output:
-        heldout=f"{RESULTS}/m0/sweep/lds/{{setting}}.csv",
-        ood=f"{RESULTS}/m0/sweep/lds/{{setting}}.ood.csv",
-        fits=f"{RESULTS}/m0/sweep/lds/{{setting}}.fits.csv",
+        heldout=expand(f"{RESULTS}/m0/sweep/lds/{{setting}}.csv", setting=SWEEP["settings"]),
+        ood=expand(f"{RESULTS}/m0/sweep/lds/{{setting}}.ood.csv", setting=SWEEP["settings"]),
+        fits=expand(f"{RESULTS}/m0/sweep/lds/{{setting}}.fits.csv", setting=SWEEP["settings"]),
     log:
-        f"{LOGS}/m0/score_sweep/{{setting}}.log",
+        f"{LOGS}/m0/score_sweep.log",
     conda:
         ENV
     params:
         library=library("score_lds.py"),
-        label=lambda wc: wc.setting,
+        methods={setting: [f"{RESULTS}/m0/sweep/fits/{setting}"] for setting in SWEEP["settings"]},
         model=0,
         heldout=store_path(0, "heldout"),
-        ood={},
+        ood=[],
     script:
         "../scripts/score_lds.py"
 
