@@ -291,3 +291,13 @@ def test_the_headline_figure_shows_the_seeds_comparison_and_the_best_prior(tmp_p
     assert "\n" in fig.axes[0].get_xlabel()  # wrapped, not cut at the figure's edge
     fig.savefig(tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 10_000
+
+
+def test_every_method_of_a_study_gets_a_colour_of_its_own():
+    from compattr.plots import method_colors
+
+    names = [f"method_{k}" for k in range(60)]  # the default study draws 22 curves
+    colors = method_colors(names)
+    assert list(colors) == names
+    assert len(set(colors.values())) == len(names)
+    assert method_colors(names[:3]) == {name: colors[name] for name in names[:3]}  # a method's colour is its place

@@ -21,6 +21,7 @@ __all__ = [
     "plot_top_k",
     "plot_fixing",
     "plot_forgetting",
+    "method_colors",
 ]
 
 LABELS = {
@@ -117,6 +118,14 @@ def _draw(
     return handle
 
 
+def method_colors(methods: Sequence[str] | Mapping[str, object]) -> dict[str, tuple[float, ...]]:
+    """One colour per method, in order: tab20's ten strong colours, then their light pairs, then tab20b's
+    and tab20c's 40 (distinct for up to 60 methods; a study runs about 20)."""
+    tab20 = plt.get_cmap("tab20").colors
+    palette = tab20[0::2] + tab20[1::2] + plt.get_cmap("tab20b").colors + plt.get_cmap("tab20c").colors
+    return {name: palette[k % len(palette)] for k, name in enumerate(methods)}
+
+
 def plot_lds_vs_ablations(
     table: LdsTable,
     *,
@@ -143,9 +152,7 @@ def plot_lds_vs_ablations(
     minimum-norm least squares dips. ``cost`` labels the x axis (a data study's: trained models).
     """
     ood = ood or {}
-    palette = plt.get_cmap("tab20").colors
-    palette = palette[0::2] + palette[1::2]  # the ten strong colours first, then their light pairs
-    colors = {e: palette[k % len(palette)] for k, e in enumerate(table.estimators)}
+    colors = method_colors(table.estimators)
     rate = ablation_rate
     panels = [("LDS (Spearman)", table.spearman, table.sizes, rate), ("Pearson", table.pearson, table.sizes, rate)]
     panels += [("LDS (Spearman)", t.spearman, t.sizes, a) for a, t in ood.items()]
@@ -240,10 +247,7 @@ def plot_unified(
     the panels; first-order priors are diamonds at zero evaluations (the x axis is
     linear below 10), leave-one-out a star at one evaluation per unit with a dashed line.
     """
-    palette = plt.get_cmap("tab20").colors
-    palette = palette[0::2] + palette[1::2]
-    names = list(dict.fromkeys(e for _, table in studies.values() for e in table.estimators))
-    colors = {e: palette[k % len(palette)] for k, e in enumerate(names)}
+    colors = method_colors(dict.fromkeys(e for _, table in studies.values() for e in table.estimators))
     fig, axes = plt.subplots(
         1, len(studies), figsize=(5.2 * len(studies), 4.6), sharey=True, layout="constrained", squeeze=False
     )
