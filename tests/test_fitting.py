@@ -5,7 +5,15 @@ import pytest
 from conftest import planted_problem
 
 from compattr.estimators import make_estimator
-from compattr.fitting import fit_draws, fit_group_on_store, fit_on_store, replicate_starts, score_fit, top_components
+from compattr.fitting import (
+    fit_draws,
+    fit_group_on_store,
+    fit_on_store,
+    replicate_starts,
+    score_fit,
+    score_method,
+    top_components,
+)
 from compattr.sampling import run_shard
 from compattr.stores import (
     create_mask_store,
@@ -128,6 +136,24 @@ def test_fit_stores_lists_a_directory_of_draws_by_size_then_draw(tmp_path):
         save_fit(tmp_path / "fits" / name, model, {})
     assert [p.name for p in fit_stores(tmp_path / "fits")] == ["n20.r0.zarr", "n20.r1.zarr", "n100.r0.zarr"]
     assert fit_stores(tmp_path / "fits" / "n20.r0.zarr") == [tmp_path / "fits" / "n20.r0.zarr"]
+
+
+def test_a_methods_fits_are_scored_per_input_with_their_labels_costs_and_chosen_priors(tmp_path):
+    rng = np.random.default_rng(0)
+    coef = rng.normal(size=(3, 6))
+    masks = rng.random((50, 6)) < 0.3
+    truth = masks @ coef.T
+    # a fit that started from two candidate priors (no per-input choice recorded), and an exact fit
+    attrs = {"n_train": 20, "replicate": 1, "passes": 26, "prior": ["fits/atp.zarr", "fits/atp_mean.zarr"]}
+    save_linear_fit(tmp_path / "fits" / "n20.r1.zarr", -coef, np.zeros(3), attrs)
+    save_linear_fit(tmp_path / "fits" / "n40.r0.zarr", coef, np.zeros(3), {"n_train": 40})
+    heldout, ood = (masks, truth), {0.1: (masks[:20], truth[:20])}
+    scored, scored_ood, diagnostics = score_method("ridge", 2, [tmp_path / "fits"], heldout, ood)
+    assert [row[:5] for row in scored[::3]] == [("ridge", 2, 1, 20, 26), ("ridge", 2, 0, 40, 40)]
+    assert [row[5] for row in scored] == [0, 1, 2, 0, 1, 2]  # the inputs
+    np.testing.assert_allclose([row[6] for row in scored], [-1, -1, -1, 1, 1, 1])  # Spearman
+    assert {row[-1] for row in scored_ood} == {0.1} and len(scored_ood) == len(scored)
+    assert [row[-1] for row in diagnostics] == ["atp"] * 3 + [""] * 3  # without choices: the first prior
 
 
 def test_priors_load_as_one_array_or_a_stack_with_their_costs_added(tmp_path):
