@@ -84,6 +84,9 @@ def test_a_list_is_not_a_config(tmp_path):
         (lambda c: c.update(study=".."), "config study: '..' does not match"),
         (lambda c: c.update(study="."), "config study: '.' does not match"),
         (lambda c: c["analysis"].update(lds_targets=[0.3, 0]), "analysis.lds_targets.1: 0 is less than or equal"),
+        # what `snakemake --config 'replicates={models: 3}'` gives: the value as text, and a hint
+        (lambda c: c["replicates"].update(models="3"), "replicates.models: '3' is not of type 'integer' (text:"),
+        (lambda c: c["replicates"].update(models="three"), "replicates.models: 'three' is not of type 'integer'"),
     ],
 )
 def test_each_bad_value_is_a_fault_naming_its_key(edit, message):

@@ -141,7 +141,25 @@ def schema_errors(
     """
     schema = load_schema(schema) if not isinstance(schema, dict) else schema
     errors = sorted(_validator(schema, fill_defaults).iter_errors(config), key=lambda e: list(map(str, e.path)))
-    return [f"{'.'.join(map(str, error.path)) or '(top level)'}: {error.message}" for error in errors]
+    return [f"{'.'.join(map(str, e.path)) or '(top level)'}: {e.message}{_text_hint(e)}" for e in errors]
+
+
+#: Python types of the JSON schema's scalar types.
+_SCALARS = {"integer": int, "number": (int, float), "boolean": bool}
+
+
+def _text_hint(error: Any) -> str:
+    """A hint for a scalar given as text (as Snakemake's ``--config`` passes a nested value); else empty."""
+    if error.validator != "type" or not isinstance(error.instance, str):
+        return ""
+    wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+    try:
+        value = yaml.safe_load(error.instance)
+    except yaml.YAMLError:
+        return ""
+    if not any(isinstance(value, _SCALARS[kind]) for kind in wanted if kind in _SCALARS):
+        return ""
+    return " (text: `snakemake --config key={...}` passes nested values as text; set them in a config file)"
 
 
 def estimator_priors(config: dict[str, Any], estimator: str) -> list[str]:
