@@ -155,8 +155,10 @@ def score_method(
     ``heldout``: the held-out ``(masks, margins)``; ``ood``: the same per ablation rate. Returns
     the rows of :func:`compattr.analysis.write_lds_csv` (held-out, then out of distribution) and
     of :func:`compattr.analysis.write_fit_csv`, labelled ``(name, model, draw)``. A prior's fit is
-    labelled by ``name`` too: its estimator's point at zero masks.
+    labelled by ``name`` too: its estimator's point at zero masks. Each fit's scores go to ``log``
+    (default: this module's logger).
     """
+    log = log or logging.getLogger(__name__)
     scored, scored_ood, diagnostics = [], [], []
     for path in (store for entry in entries for store in fit_stores(entry)):
         fit = load_fit(path)
@@ -174,24 +176,22 @@ def score_method(
             priors = [fit.attrs["estimator"]] if started else []
         chosen = fit.diagnostics.get("prior_index", np.zeros(len(spearman), dtype=int))
         prior = [priors[int(k)] if priors else "" for k in chosen]
-        if log is not None:
-            log.info(
-                "%s n=%d draw %d: mean LDS %.3f, mean Pearson %.3f; %d failed, %d constant",
-                name,
-                n,
-                replicate,
-                spearman.mean(),
-                pearson.mean(),
-                fit.failed.sum(),
-                constant.sum(),
-            )
+        log.info(
+            "%s n=%d draw %d: mean LDS %.3f, mean Pearson %.3f; %d failed, %d constant",
+            name,
+            n,
+            replicate,
+            spearman.mean(),
+            pearson.mean(),
+            fit.failed.sum(),
+            constant.sum(),
+        )
         scored += [(*labels, n, passes, i, s, p) for i, (s, p) in enumerate(zip(spearman, pearson, strict=True))]
         per_input = zip(fit.failed, constant, calibration, prior, strict=True)
         diagnostics += [(*labels, n, i, *row) for i, row in enumerate(per_input)]
         for rate, rows in ood.items():
             spearman, pearson = score_fit(fit, *rows)
-            if log is not None:
-                log.info("%s n=%d at ablation rate %s: mean LDS %.3f", name, n, rate, spearman.mean())
+            log.info("%s n=%d at ablation rate %s: mean LDS %.3f", name, n, rate, spearman.mean())
             pairs = enumerate(zip(spearman, pearson, strict=True))
             scored_ood += [(*labels, n, passes, i, s, p, rate) for i, (s, p) in pairs]
     return scored, scored_ood, diagnostics

@@ -14,8 +14,9 @@ ood_stores = [MaskStore.open(path) for path in snakemake.params.ood]
 ood = {store.settings()["ablation_rate"]: read_rows(store) for store in ood_stores}
 out = snakemake.output
 methods = snakemake.params.methods  # {label: fits}, in the order of the outputs
-for (name, entries), paths in zip(methods.items(), zip(out.heldout, out.ood, out.fits, strict=True), strict=True):
+tables = zip(out.heldout, out.ood, out.fits, strict=True)
+for (name, entries), (heldout_csv, ood_csv, fits_csv) in zip(methods.items(), tables, strict=True):
     scored, scored_ood, diagnostics = score_method(name, snakemake.params.model, entries, heldout, ood, log)
-    write_lds_csv(paths[0], scored)
-    write_lds_csv(paths[1], scored_ood, ood=True)
-    write_fit_csv(paths[2], diagnostics)
+    write_lds_csv(heldout_csv, scored)
+    write_lds_csv(ood_csv, scored_ood, ood=True)
+    write_fit_csv(fits_csv, diagnostics)
