@@ -12,6 +12,7 @@ from compattr.estimators import (
     EarlyStoppedLeastSquaresRegressor,
     LassoCVRegressor,
     LinearCollapseRegressor,
+    Moments,
     ReluCollapseRegressor,
     ReluNetRegressor,
     RidgeCVRegressor,
@@ -20,7 +21,9 @@ from compattr.estimators import (
     fit_together,
     make_estimator,
 )
-from compattr.estimators._problem import DENSE_EIGENVALUES, RowForm
+from compattr.estimators._base import RunningBest
+from compattr.estimators._lasso import lasso_fista
+from compattr.estimators._problem import DENSE_EIGENVALUES, MomentForm, RowForm
 from compattr.scores import lds_scores
 
 FAST = {
@@ -205,6 +208,33 @@ def test_lasso_matches_scikit_learn_at_the_chosen_penalty():
         ref = Lasso(alpha=model.alpha_[j], tol=1e-12, max_iter=1_000_000).fit(X, Y[:, j])
         np.testing.assert_allclose(model.coef_[j], ref.coef_, atol=1e-4)
         assert model.intercept_[j] == pytest.approx(ref.intercept_, abs=1e-4)
+
+
+def test_each_column_of_a_batched_lasso_stops_on_its_own():
+    """A column leaves the batch at its own first converged check: it ends as it would fitted alone.
+
+    Coefficients below 1 keep the stopping rule's scale at 1 for every column, so that is exact;
+    the batch runs as many steps as its slowest column.
+    """
+    X, _, theta, _ = planted_problem(300, n_units=40, n_outputs=6, sparse=True)
+    noise = np.random.default_rng(1).normal(size=(300, 6)) * np.geomspace(0.01, 1.0, 6)
+    moments = Moments.of(torch.as_tensor(X), torch.as_tensor(X @ (0.1 * theta).T + noise))
+    penalty = torch.full((6,), 1e-3, dtype=torch.float64)
+    W, steps = lasso_fista(MomentForm(moments), penalty, tol=1e-9)
+    assert W.abs().max() < 1
+    alone = [lasso_fista(MomentForm(moments.outputs(torch.tensor([j]))), penalty[[j]], tol=1e-9) for j in range(6)]
+    assert len({s for _, s in alone}) > 1 and steps == max(s for _, s in alone)
+    for j, (w, _) in enumerate(alone):
+        np.testing.assert_allclose(W[:, j], w[:, 0], rtol=0, atol=1e-12)
+
+
+def test_running_best_keeps_the_lowest_index_of_equal_losses_in_any_order():
+    best = RunningBest()
+    for loss, index in [([2.0, 1.0], 5), ([2.0, 3.0], 2), ([1.0, 1.0], 7), ([1.0, 1.0], 3)]:
+        best.update(torch.tensor(loss), index, torch.tensor([float(index)] * 2))
+    assert best.index.tolist() == [3, 3] and best.states[0].tolist() == [3.0, 3.0]
+    best.update(torch.tensor([1.0, 0.5]), 9, torch.tensor([9.0, 9.0]))
+    assert best.index.tolist() == [3, 9] and best.loss.tolist() == [1.0, 0.5]
 
 
 def test_lasso_recovers_a_sparse_truth_better_than_ridge_support():

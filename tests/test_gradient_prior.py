@@ -124,6 +124,26 @@ def test_lasso_refit_solves_each_input_at_its_own_ratio():
         np.testing.assert_allclose(model.coef_[cols], theta_cold.T.numpy(), atol=1e-4 * np.abs(theta).max())
 
 
+def test_candidate_priors_run_their_lasso_paths_in_one_batch_as_each_alone():
+    """Candidates stacked (P, C, T) give each candidate's own path (coefficients below 1: the stopping
+    rule's scale is 1 for every column, so each column stops as it would alone)."""
+    X, _, theta, bias = planted_problem(300, n_units=30, n_outputs=4, sparse=True)
+    Y = X @ (0.1 * theta).T + bias + 0.05 * np.random.default_rng(1).normal(size=(300, 4))
+    problem = MomentForm(Moments.of(torch.as_tensor(X), torch.as_tensor(Y)))
+    rng = np.random.default_rng(2)
+    candidates = torch.as_tensor(np.stack([0.1 * theta + 0.05 * rng.normal(size=theta.shape) for _ in range(3)]))
+    candidates = candidates.transpose(1, 2)  # (P, C, T)
+    ratios = [1.0, 0.1, 0.01]
+    together = list(prior_lasso_path(problem, candidates, ratios, max_iter=5000, tol=1e-9))
+    for p, a in enumerate(candidates):
+        for (W, s, _), (W_alone, s_alone, _) in zip(
+            together, prior_lasso_path(problem, a, ratios, max_iter=5000, tol=1e-9), strict=True
+        ):
+            assert W.shape == (3, 30, 4) and s.shape == (3, 4) and W.abs().max() < 1
+            np.testing.assert_allclose(W[p], W_alone, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(s[p], s_alone, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("correction", ["ridge", "lasso"])
 def test_each_input_chooses_its_prior_on_validation_and_is_refitted_with_it(correction):
     X, Y, theta, _ = planted_problem(40, noise=0.2)  # fewer masks than components: the prior matters
@@ -136,7 +156,7 @@ def test_each_input_chooses_its_prior_on_validation_and_is_refitted_with_it(corr
     fit = GradientPriorRegressor(correction=correction).fit(X, Y, prior=np.stack([first, second]))
     np.testing.assert_array_equal(fit.prior_index_, [0, 0] + [1] * (len(theta) - 2))
     # The refit is the fit with each input's chosen prior alone (the lasso's to its solver tolerance:
-    # batched FISTA stops when every input of the batch has converged).
+    # each input stops on a change relative to the largest coefficient of its batch).
     atol = 1e-8 if correction == "ridge" else 1e-2 * np.abs(theta).max()
     alone = GradientPriorRegressor(correction=correction).fit(X, Y, prior=good)
     np.testing.assert_allclose(fit.alpha_, alone.alpha_)

@@ -127,9 +127,10 @@ class Moments:
 
 
 class RunningBest:
-    """Per output, the lowest loss seen so far (the first of equals), the index it came with, and its states.
+    """Per output, the lowest loss seen so far (of equals, the lowest index), the index it came with, and its states.
 
     ``update(loss (T,), index, *states)``: each state's last axis is the outputs (e.g. coefficients (C, T)).
+    Indices may come in any order.
     """
 
     def __init__(self) -> None:
@@ -138,8 +139,12 @@ class RunningBest:
         self.states: list[Tensor] = []
 
     def update(self, loss: Tensor, index: int, *states: Tensor) -> None:
-        """Keep ``loss``, ``index`` and ``states`` for the outputs where ``loss`` is lower than the best so far."""
-        better = torch.ones_like(loss, dtype=torch.bool) if self.loss is None else loss < self.loss
+        """Keep ``loss``, ``index`` and ``states`` for the outputs where ``loss`` is lower than the best so far
+        (or equal to it, with a lower index)."""
+        if self.loss is None:
+            better = torch.ones_like(loss, dtype=torch.bool)
+        else:
+            better = (loss < self.loss) | ((loss == self.loss) & (self.index > index))
         self.loss = loss if self.loss is None else torch.where(better, loss, self.loss)
         self.index = torch.where(better, index, 0 if self.index is None else self.index)
         kept = self.states or states

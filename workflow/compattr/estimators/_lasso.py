@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from numbers import Integral, Real
 from typing import Any
 
@@ -43,17 +43,50 @@ def fista_dtype(tol: float) -> torch.dtype:
 FISTA_CHECK_EVERY = 10
 
 
-def fista_converged(steps: list[tuple[Tensor, Tensor]], tol: float) -> bool:
-    """Whether the ``(new, old)`` pairs changed by at most ``tol`` times the largest new entry (or ``tol``)."""
-    change = torch.stack([(new - old).abs().amax() for new, old in steps]).amax()
-    size = torch.stack([new.abs().amax() for new, _ in steps]).amax().clamp_min(1.0)
-    return bool(change <= tol * size)
-
-
 def momentum(t: float) -> tuple[float, float]:
     """FISTA's next ``t`` and the extrapolation weight ``1 + (t - 1) / t_next`` of the new iterate over the old."""
     t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
     return t_next, 1 + (t - 1) / t_next
+
+
+def fista(
+    prox_step: Callable[[list[Tensor], list[Tensor]], list[Tensor]],
+    start: list[Tensor],
+    columns: list[Tensor],
+    *,
+    max_iter: int,
+    tol: float,
+) -> tuple[list[Tensor], int]:
+    """Batched FISTA over independent columns (the last dimension of every tensor), each stopping on its own.
+
+    ``prox_step(Z, columns)`` is one proximal gradient step from the extrapolated iterates
+    ``Z``, given the per-column constants ``columns`` (penalties, cross products, ...) of the
+    columns still running. Every ``FISTA_CHECK_EVERY`` steps, a column whose largest change in
+    that step is at most ``tol`` times the largest coefficient of all columns (or ``tol``) stops
+    and leaves the batch: later steps cost only the others. Returns every column's final
+    iterates (from ``start``) and the step at which the last one stopped.
+    """
+    final = [x.clone() for x in start]
+    X, Z, constants = list(start), [x.clone() for x in start], list(columns)
+    active = torch.arange(start[0].shape[-1], device=start[0].device)
+    t = 1.0
+    for it in range(1, max_iter + 1):
+        step = prox_step(Z, constants)
+        t, weight = momentum(t)
+        Z = [torch.lerp(x, new, weight) for x, new in zip(X, step, strict=True)]
+        if it % FISTA_CHECK_EVERY == 0 or it == max_iter:
+            changes = [(new - x).abs().reshape(-1, new.shape[-1]).amax(0) for x, new in zip(X, step, strict=True)]
+            for out, new in zip(final, step, strict=True):
+                out[..., active] = new
+            size = torch.stack([out.abs().amax() for out in final]).amax().clamp_min(1.0)
+            going = torch.stack(changes).amax(0) > tol * size
+            if it == max_iter or not bool(going.any()):
+                return final, it
+            if not bool(going.all()):
+                active = active[going]
+                step, Z, constants = ([x[..., going] for x in xs] for xs in (step, Z, constants))
+        X = step
+    return final, max_iter
 
 
 def lasso_fista(
@@ -71,7 +104,7 @@ def lasso_fista(
     i.e. scikit-learn's ``(1 / 2n) |y - X w|^2 + alpha |w|_1`` with ``G = X'X / n``
     and ``q = X'y / n`` on centred data, in either form of the problem (``G``
     held, or products through the masks). A step is one product with ``G`` and
-    three elementwise passes; convergence is checked every ``FISTA_CHECK_EVERY`` steps.
+    three elementwise passes; each column stops on its own (see :func:`fista`).
 
     Parameters
     ----------
@@ -80,8 +113,8 @@ def lasso_fista(
     init : Tensor (C, T), optional
         Warm start.
     max_iter, tol
-        Stops at the first check where that step's largest coefficient change is
-        below ``tol`` times the largest coefficient (or ``tol`` when all are zero).
+        A column stops at the first check where its largest coefficient change in that
+        step is below ``tol`` times the largest coefficient of all (or ``tol`` when all are zero).
     lipschitz : float, optional
         The largest eigenvalue of ``G``, when the caller has it (a path reuses it).
 
@@ -89,23 +122,21 @@ def lasso_fista(
     -------
     W : Tensor (C, T)
     n_iter : int
+        Steps of the last column to stop.
     """
     dtype = penalty.dtype
     L = problem.lipschitz(dtype) if lipschitz is None else lipschitz
     q = problem.q(dtype)
-    shift, threshold = q / L, penalty / L
-    lower = -threshold
     W = torch.zeros_like(q) if init is None else init.to(dtype, copy=True)
-    Z, t = W.clone(), 1.0
-    for it in range(1, max_iter + 1):
-        step = problem.descent(Z, shift, 1 / L)
-        W_next = step - step.clamp(lower, threshold)  # soft thresholding
-        t, weight = momentum(t)
-        Z = torch.lerp(W, W_next, weight)
-        if (it % FISTA_CHECK_EVERY == 0 or it == max_iter) and fista_converged([(W_next, W)], tol):
-            return W_next, it
-        W = W_next
-    return W, max_iter
+
+    def prox_step(Z: list[Tensor], constants: list[Tensor]) -> list[Tensor]:
+        shift, threshold, lower = constants
+        step = problem.descent(Z[0], shift, 1 / L)
+        return [step - step.clamp(lower, threshold)]  # soft thresholding
+
+    threshold = penalty / L
+    (W,), n_iter = fista(prox_step, [W], [q / L, threshold, -threshold], max_iter=max_iter, tol=tol)
+    return W, n_iter
 
 
 class LassoCVRegressor(DualFormModel):

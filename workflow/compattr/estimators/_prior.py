@@ -19,13 +19,7 @@ from compattr.estimators._base import (
     centred_intercept,
     check_priors,
 )
-from compattr.estimators._lasso import (
-    FISTA_CHECK_EVERY,
-    PATH_CONSTRAINTS,
-    fista_converged,
-    fista_dtype,
-    momentum,
-)
+from compattr.estimators._lasso import PATH_CONSTRAINTS, fista, fista_dtype
 from compattr.estimators._problem import LeastSquares, least_squares
 from compattr.estimators._ridge import ridge_alphas
 
@@ -148,16 +142,17 @@ class GradientPriorRegressor(DualFormModel):
         # Every prior's whole penalty path, scored on validation as it comes: each input keeps its best
         # (prior, penalty) pair so far (the first of equals) and, for the lasso, that pair's state.
         best = RunningBest()
-        for index, a in enumerate(candidates):
-            if self.correction == "ridge":
-                path = ((theta, s, None) for theta, s in prior_ridge_path(fit, a, grid))
-            else:
-                path = (
-                    (*_lasso_coef(a, W, s_unit), (W, s_unit))
-                    for W, s_unit, _ in prior_lasso_path(fit, a, grid, max_iter=self.max_iter, tol=self.tol)
-                )
-            for k, (theta, _, state) in enumerate(path):
-                best.update(val.sse(theta, centred_intercept(theta, fit)), index * len(grid) + k, *(state or ()))
+        if self.correction == "ridge":
+            for index, a in enumerate(candidates):
+                for k, (theta, _) in enumerate(prior_ridge_path(fit, a, grid)):
+                    best.update(val.sse(theta, centred_intercept(theta, fit)), index * len(grid) + k)
+        else:  # every candidate's path in one batch of FISTA runs
+            path = prior_lasso_path(fit, candidates, grid, max_iter=self.max_iter, tol=self.tol)
+            for k, (W, s_unit, _) in enumerate(path):
+                for index, a in enumerate(candidates):
+                    theta, _ = _lasso_coef(a, W[index], s_unit[index])
+                    sse = val.sse(theta, centred_intercept(theta, fit))
+                    best.update(sse, index * len(grid) + k, W[index], s_unit[index])
         which, choice = best.index // len(grid), best.index % len(grid)
         chosen = torch.as_tensor(grid, dtype=torch.float64)[choice.cpu()]
         columns = torch.arange(T, device=best.index.device)
@@ -211,26 +206,36 @@ def prior_lasso_path(
 ) -> Iterator[tuple[Tensor, Tensor, int]]:
     """Joint FISTA on ``(delta, s)`` at each ratio of each input's ``alpha_max`` (a float, or a (T,) tensor).
 
-    Warm starts run down the path, from ``init`` when given (else the
-    rescaled prior alone). Yields ``(delta (C, T), s (T,), n_iter)`` per ratio, ``s``
-    along the unit prior direction, in float64; the steps run in float32
-    unless ``tol`` asks for more digits than it keeps (as in :func:`~compattr.estimators._lasso.lasso_fista`).
+    ``a``: the prior (C, T), or candidate priors (P, C, T), all solved in one batch. Warm starts
+    run down the path, from ``init`` when given (else the rescaled prior alone). Yields
+    ``(delta, s, n_iter)`` per ratio, ``delta`` shaped as ``a`` and ``s`` (T,) or (P, T) along
+    the unit prior direction, in float64; the steps run in float32 unless ``tol`` asks for more
+    digits than it keeps (as in :func:`~compattr.estimators._lasso.lasso_fista`).
     """
     dtype = fista_dtype(tol)
-    q = problem.q(dtype)
-    a = a.to(dtype)
+    stacked, P, T = a.dim() == 3, a[..., 0, 0].numel(), a.shape[-1]
+
+    def batched(x: Tensor) -> Tensor:  # (P, C, T) or (P, T) to one batch of P * T columns
+        return x.movedim(0, -2).reshape(*x.shape[1:-1], P * T) if stacked else x
+
+    def split(x: Tensor) -> Tensor:  # the inverse of batched
+        return x.reshape(*x.shape[:-1], P, T).movedim(-2, 0) if stacked else x
+
+    q = problem.q(dtype).repeat(1, P)
+    a = batched(a.to(dtype))
     norm = a.norm(dim=0)
-    u = torch.where(norm > 0, a / norm.clamp_min(1e-30), 0.0)  # unit prior directions (C, T)
+    u = torch.where(norm > 0, a / norm.clamp_min(1e-30), 0.0)  # unit prior directions (C, P * T)
     gu, uq = problem.gram_times(u), (u * q).sum(0)
     ugu = (u * gu).sum(0)
     s0 = torch.where(ugu > 0, uq / ugu.clamp_min(1e-30), 0.0)  # rescaled prior alone
     alpha_max = (q - gu * s0).abs().amax(0).clamp_min(1e-12)
     L = 2 * problem.lipschitz(dtype)  # bounds [I u]' G [I u] for unit u
-    W, s = (torch.zeros_like(q), s0) if init is None else (init[0].to(dtype), init[1].to(dtype))
+    W, s = (torch.zeros_like(q), s0) if init is None else (batched(init[0].to(dtype)), batched(init[1].to(dtype)))
     for ratio in ratios:
-        penalty = torch.as_tensor(ratio, device=q.device).to(dtype) * alpha_max
-        W, s, n_iter = _fista_with_free_direction(problem, q, u, gu, ugu, uq, penalty, W, s, L, max_iter, tol)
-        yield W.double(), s.double(), n_iter
+        ratio = torch.as_tensor(ratio, device=q.device).to(dtype)
+        penalty = (ratio.repeat(P) if ratio.dim() else ratio) * alpha_max
+        W, s, n_iter = _fista_with_free_direction(problem, q, gu, ugu, uq, penalty, W, s, L, max_iter, tol)
+        yield split(W.double()), split(s.double()), n_iter
 
 
 def _lasso_coef(a: Tensor, W: Tensor, s_unit: Tensor) -> tuple[Tensor, Tensor]:
@@ -243,7 +248,6 @@ def _lasso_coef(a: Tensor, W: Tensor, s_unit: Tensor) -> tuple[Tensor, Tensor]:
 def _fista_with_free_direction(
     problem: LeastSquares,
     q: Tensor,
-    u: Tensor,
     gu: Tensor,
     ugu: Tensor,
     uq: Tensor,
@@ -256,21 +260,17 @@ def _fista_with_free_direction(
 ) -> tuple[Tensor, Tensor, int]:
     """FISTA for ``min (w + s u)' G (w + s u) / 2 - (w + s u)' q + penalty |w|_1`` per column, ``s`` free.
 
-    Convergence is checked as in :func:`lasso_fista`, on ``w`` and ``s`` together; returns ``w``, ``s``
-    and the number of steps.
+    Each column stops as in :func:`lasso_fista`, on ``w`` and ``s`` together; returns ``w``, ``s``
+    and the steps of the last column to stop.
     """
-    Zw, Zs, t = W.clone(), s.clone(), 1.0
-    threshold = penalty / L
-    lower = -threshold
-    for it in range(1, max_iter + 1):
+
+    def prox_step(Z: list[Tensor], constants: list[Tensor]) -> list[Tensor]:
+        (Zw, Zs), (q, gu, ugu, uq, threshold, lower) = Z, constants
         grad_w = torch.addcmul(-q, gu, Zs).add_(problem.gram_times(Zw))
         grad_s = (gu * Zw).sum(0) + ugu * Zs - uq
         step = Zw - grad_w / L
-        W_next = step - step.clamp(lower, threshold)  # soft thresholding
-        s_next = Zs - grad_s / L
-        t, weight = momentum(t)
-        Zw, Zs = torch.lerp(W, W_next, weight), torch.lerp(s, s_next, weight)
-        if (it % FISTA_CHECK_EVERY == 0 or it == max_iter) and fista_converged([(W_next, W), (s_next, s)], tol):
-            return W_next, s_next, it
-        W, s = W_next, s_next
-    return W, s, max_iter
+        return [step - step.clamp(lower, threshold), Zs - grad_s / L]  # soft thresholding of w only
+
+    threshold = penalty / L
+    (W, s), n_iter = fista(prox_step, [W, s], [q, gu, ugu, uq, threshold, -threshold], max_iter=max_iter, tol=tol)
+    return W, s, n_iter
