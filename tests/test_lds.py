@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy.stats import rankdata
 
 from compattr.scores import columnwise_pearson, lds_scores
 
@@ -38,3 +39,15 @@ def test_fewer_than_three_masks_are_refused(n_masks):
         lds_scores(np.arange(n_masks * 2.0).reshape(n_masks, 2), np.ones((n_masks, 2)))
     with pytest.raises(ValueError, match="must both be"):
         lds_scores(np.zeros((5, 2)), np.zeros((5, 3)))
+
+
+def test_true_ranks_given_once_score_as_ranked_each_time():
+    """A caller scoring many predictions ranks the true outputs once; the scores are the same."""
+    rng = np.random.default_rng(2)
+    true = np.round(rng.normal(size=(50, 4)), 1)  # ties among the true outputs
+    ranks = rankdata(true, axis=0)
+    for _ in range(3):
+        predicted = true + rng.normal(size=true.shape)
+        np.testing.assert_array_equal(lds_scores(predicted, true, ranks)[0], lds_scores(predicted, true)[0])
+    with pytest.raises(ValueError, match="true_ranks"):
+        lds_scores(true, true, ranks[:10])

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy.stats import rankdata
 from tqdm import tqdm
 
 from compattr.scores import lds_scores
@@ -124,20 +125,23 @@ def fit_draws(
         yield n, r, models, seconds
 
 
-def score_fit(fit: SavedFit, masks: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def score_fit(
+    fit: SavedFit, masks: np.ndarray, margins: np.ndarray, margin_ranks: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-input Spearman (LDS) and Pearson correlations of a fit's predictions on held-out masks.
 
     Inputs whose fit failed (``fit.failed``) score 0, as a constant prediction does.
 
     ``masks`` (n_masks, n_components) and ``margins`` (n_masks, n_inputs) as
-    :func:`compattr.stores.read_rows` returns them, read once for every fit scored.
+    :func:`compattr.stores.read_rows` returns them, read once for every fit scored, and
+    optionally the margins' ranks per input (see :func:`compattr.scores.lds_scores`).
     """
     if masks.shape[1] != fit.coef.shape[1] or margins.shape[1] != fit.coef.shape[0]:
         raise ValueError(
             f"fit has {fit.coef.shape[0]} inputs x {fit.coef.shape[1]} components but the held-out masks "
             f"have {margins.shape[1]} inputs x {masks.shape[1]} components"
         )
-    spearman, pearson = lds_scores(fit.predict(masks), margins)
+    spearman, pearson = lds_scores(fit.predict(masks), margins, margin_ranks)
     spearman[fit.failed] = pearson[fit.failed] = 0.0  # a failed fit carries no information: never scored as one
     return spearman, pearson
 
@@ -160,6 +164,9 @@ def score_method(
     """
     log = log or logging.getLogger(__name__)
     scored, scored_ood, diagnostics = [], [], []
+    # every fit is scored against the same margins: rank them once
+    heldout = (*heldout, rankdata(heldout[1], axis=0))
+    ood = {rate: (*rows, rankdata(rows[1], axis=0)) for rate, rows in ood.items()}
     for path in (store for entry in entries for store in fit_stores(entry)):
         fit = load_fit(path)
         n, replicate = fit.attrs["n_train"], fit.attrs.get("replicate", 0)

@@ -36,12 +36,17 @@ def columnwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 MIN_MASKS = 3
 
 
-def lds_scores(predicted: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def lds_scores(
+    predicted: np.ndarray, true: np.ndarray, true_ranks: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-input Spearman (the LDS) and Pearson correlations between predicted and true outputs.
 
     Parameters
     ----------
     predicted, true : ndarray of shape (n_masks, n_inputs)
+    true_ranks : ndarray of shape (n_masks, n_inputs), optional
+        ``scipy.stats.rankdata(true, axis=0)``, for a caller that scores many predictions
+        against the same outputs (ranking them is half the work).
 
     Returns
     -------
@@ -53,5 +58,9 @@ def lds_scores(predicted: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.
         raise ValueError(f"predicted {predicted.shape} and true {true.shape} outputs must both be (n_masks, n_inputs)")
     if len(true) < MIN_MASKS:
         raise ValueError(f"{len(true)} masks: a rank correlation over fewer than {MIN_MASKS} is meaningless (+-1 or 0)")
-    spearman = columnwise_pearson(rankdata(predicted, axis=0), rankdata(true, axis=0))
+    if true_ranks is None:
+        true_ranks = rankdata(true, axis=0)
+    elif np.shape(true_ranks) != true.shape:
+        raise ValueError(f"true_ranks {np.shape(true_ranks)} must have the true outputs' shape {true.shape}")
+    spearman = columnwise_pearson(rankdata(predicted, axis=0), true_ranks)
     return spearman, columnwise_pearson(predicted, true)
