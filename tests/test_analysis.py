@@ -289,6 +289,9 @@ def test_the_headline_figure_shows_the_seeds_comparison_and_the_best_prior(tmp_p
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert len(labels) == 4 and labels[0].startswith("COAR") and "leave-one-out" in labels[-1]
     assert "\n" in fig.axes[0].get_xlabel()  # wrapped, not cut at the figure's edge
+    fig.canvas.draw()
+    (legend,) = fig.legends  # below the panel, where it hides no curve
+    assert legend.get_window_extent().y1 <= fig.axes[0].get_window_extent().y0
     fig.savefig(tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 10_000
 

@@ -223,7 +223,11 @@ def plot_headline(
     for target in targets:
         ax.axhline(target, color="0.5", linestyle=":", linewidth=1)
     ax.set_ylabel("mean LDS (Spearman) over inputs, held-out masks")
-    ax.legend(fontsize=8, loc="lower right", title=f"{ci:.0%} bootstrap CI", title_fontsize=8)
+    # below the panel: inside it, the legend would hide a curve's dip (COAR's, where masks equal components)
+    handles = ax.get_legend_handles_labels()
+    fig.legend(
+        *handles, loc="outside lower center", ncols=2, fontsize=8, title=f"{ci:.0%} bootstrap CI", title_fontsize=8
+    )
     if title:
         ax.set_title(title, fontsize=10)
     return fig
