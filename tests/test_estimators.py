@@ -375,6 +375,22 @@ def test_hand_gradients_equal_autograd(model, limit, monkeypatch):
         torch.testing.assert_close(grad, leaf.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_linear_collapse_trains_without_hidden_activations_as_with_them():
+    """Without a ReLU the networks' steps go through the collapse, never forming the hidden layer: the same
+    training as the 2-layer forward and backward pass with an identity activation."""
+
+    class HiddenLayerLinear(ReluCollapseRegressor):
+        _activation = "identity"
+
+    X, Y, _, _ = planted_problem(600, noise=0.3)
+    settings = {"max_steps": 300, "batch_size": 128, "check_every": 5, "patience": 50, "lr": 0.01}
+    fast, reference = LinearCollapseRegressor(**settings).fit(X, Y), HiddenLayerLinear(**settings).fit(X, Y)
+    np.testing.assert_array_equal(fast.n_iter_, reference.n_iter_)
+    assert fast.n_iter_.min() > 0
+    np.testing.assert_allclose(fast.coef_, reference.coef_, rtol=1e-4, atol=1e-5 * np.abs(reference.coef_).max())
+    np.testing.assert_allclose(fast.validation_mse_, reference.validation_mse_, rtol=1e-4)
+
+
 def test_each_input_trains_as_it_would_alone():
     """An input's network, stopping step and collapse do not depend on the other inputs fitted with it.
 

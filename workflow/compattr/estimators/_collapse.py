@@ -615,10 +615,32 @@ class LinearCollapseRegressor(ReluCollapseRegressor):
     """Control: the same 2-layer network and training as ReLU-collapse, with no ReLU.
 
     The network is then linear, and its collapse is exactly the network; any
-    difference from :class:`ReluCollapseRegressor` is due to the ReLU.
+    difference from :class:`ReluCollapseRegressor` is due to the ReLU. Its steps
+    never form the hidden activations: each network's output is the masks times
+    ``theta = W2 W1``, and every gradient follows from the masks' product with the
+    output's gradient (the same training, at a product of ``n_inputs`` columns
+    instead of ``n_inputs x hidden``).
     """
 
     _activation = "identity"
+
+    def _forward(self, rows: Rows, params: list[Tensor]) -> tuple[None, Tensor]:
+        """Outputs (n, T) of every network on standardised masks ``rows``: its collapse, exactly (no hidden layer)."""
+        W1, b1, W2, b2 = params
+        return None, rows.affine(torch.einsum("ctd,td->ct", W1, W2), (b1 * W2).sum(1) + b2)
+
+    def _gradients(self, rows: Rows, hidden: None, residual: Tensor, params: list[Tensor]) -> list[Tensor]:
+        """The gradients of :meth:`ReluCollapseRegressor._gradients` through ``g = rows' d_out`` (C, T).
+
+        With ``h = rows W1 + b1``: ``dW1 = g W2``, ``db1 = sum(d_out) W2``,
+        ``dW2 = W1' g + b1 sum(d_out)`` per input, ``db2 = sum(d_out)``.
+        """
+        W1, b1, W2, _ = params
+        grad_out = residual * (2 / len(residual))  # (n, T)
+        sums = grad_out.sum(0)
+        g = rows.transpose_matmul(grad_out, sums)  # (C, T)
+        grad_W2 = torch.einsum("ctd,ct->td", W1, g).addcmul_(b1, sums[:, None])
+        return [g[:, :, None] * W2, sums[:, None] * W2, grad_W2, sums]
 
 
 class PriorReluCollapseRegressor(ReluCollapseRegressor):
