@@ -4,6 +4,7 @@ import torch
 from conftest import planted_problem
 
 from compattr.bench import (
+    HiddenLayerLinearCollapse,
     fit_speed,
     forward_throughput,
     planted_masks,
@@ -116,15 +117,20 @@ def test_scale_fits_time_each_fit_in_its_own_process_and_stop_one_past_its_limit
     assert "| `ridge` | 300 | 250 | masks x masks |" in table and "skipped: timed out" in table
 
 
-def test_two_layer_speed_fits_both_settings_at_every_size_and_scores_them_on_held_out_masks(tmp_path):
-    """Each record is the fit that fit_on_store makes with those settings; the summary totals and compares them."""
+def _two_layer_stores(path):
+    """Small train and held-out stores of a planted, mildly nonlinear problem (30 units, 3 inputs)."""
     _, _, theta, _ = planted_problem(1, n_units=30, n_outputs=3)
     for name, seed in (("train", 1), ("heldout", 2)):
         create_mask_store(
-            tmp_path / f"{name}.zarr", n_masks=200, n_units=30, n_inputs=3, shard_size=100, ablation_rate=0.1, seed=seed
+            path / f"{name}.zarr", n_masks=200, n_units=30, n_inputs=3, shard_size=100, ablation_rate=0.1, seed=seed
         )
         for shard in range(2):
-            run_shard(tmp_path / f"{name}.zarr", shard, lambda m: m @ theta.T + 0.1 * np.sin(7 * m.sum(1))[:, None])
+            run_shard(path / f"{name}.zarr", shard, lambda m: m @ theta.T + 0.1 * np.sin(7 * m.sum(1))[:, None])
+
+
+def test_two_layer_speed_fits_both_settings_at_every_size_and_scores_them_on_held_out_masks(tmp_path):
+    """Each record is the fit that fit_on_store makes with those settings; the summary totals and compares them."""
+    _two_layer_stores(tmp_path)
     params = {"max_steps": 20, "check_every": 2, "patience": 4, "lr": 0.01}
     reference = {"max_steps": 40, "lr": 0.005}
     estimators = {"relu_collapse": params, "relu_net": params}
@@ -157,3 +163,20 @@ def test_two_layer_speed_fits_both_settings_at_every_size_and_scores_them_on_hel
     assert row["max_lds_difference"] < 1e-4  # each as its own fit would be
     table = two_layer_markdown(summary, records, shared)
     assert table.count("`relu_net`") == 4 and f"{records[0]['lds']:.4f}" in table and "one training" in table
+
+
+def test_two_layer_speed_times_the_earlier_implementation_of_linear_collapse_as_its_reference(tmp_path, monkeypatch):
+    """The reference is linear_collapse as 0.6.0 trained it, through the hidden layer: the same training."""
+    _two_layer_stores(tmp_path)
+    steps = []
+    hidden_layer_forward = HiddenLayerLinearCollapse._forward
+    monkeypatch.setattr(
+        HiddenLayerLinearCollapse, "_forward", lambda self, *a: steps.append(1) or hidden_layer_forward(self, *a)
+    )
+    params = {"max_steps": 20, "check_every": 2, "patience": 4, "lr": 0.01}
+    stores = tmp_path / "train.zarr", tmp_path / "heldout.zarr"
+    records = two_layer_speed(*stores, [150], {"linear_collapse": params}, {})
+    assert steps  # the reference ran the hidden layer; this version's linear_collapse does not
+    reference, current = records
+    assert reference["settings"] == "reference" and reference["median_steps"] == current["median_steps"]
+    assert reference["lds"] == pytest.approx(current["lds"], abs=1e-5)

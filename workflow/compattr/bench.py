@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from compattr.components import ComponentSet
 from compattr.datamodels import Recipe, stacked_logits, train_alone, train_models
-from compattr.estimators import make_estimator
+from compattr.estimators import ReluCollapseRegressor, make_estimator
 from compattr.estimators._ridge import ridge_alphas
-from compattr.fitting import fit_group_on_store, fit_on_store
+from compattr.fitting import fit_group_on_store, fit_models_on_store, fit_on_store
 from compattr.registry import training_groups
 from compattr.sampling import BATCHES_PER_CALL, ComponentMarginEvaluator
 from compattr.scores import lds_scores
@@ -425,6 +425,18 @@ def training_speed(
     }
 
 
+class HiddenLayerLinearCollapse(ReluCollapseRegressor):
+    """``linear_collapse`` as version 0.6.0 trained it: every step through the hidden layer, with an identity
+    activation (this version steps through the collapse, forming no hidden activations; the same training)."""
+
+    _activation = "identity"
+
+
+#: Reference implementations of 2-layer estimators that this version trains another way (the same training),
+#: timed with the reference settings by :func:`two_layer_speed`.
+REFERENCE_IMPLEMENTATIONS: dict[str, type[ReluCollapseRegressor]] = {"linear_collapse": HiddenLayerLinearCollapse}
+
+
 def two_layer_speed(
     train: str | Path,
     heldout: str | Path,
@@ -434,7 +446,8 @@ def two_layer_speed(
     device: str = "cpu",
     prior: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """Each 2-layer estimator at every train size with its settings and with ``reference``'s overrides of them.
+    """Each 2-layer estimator at every train size with its settings and with ``reference``'s overrides of them
+    (and, for those in :data:`REFERENCE_IMPLEMENTATIONS`, the earlier implementation).
 
     Both fit the first ``n`` masks of the ``train`` store (:func:`compattr.fitting.fit_on_store`),
     one after the other at each size, so that both meet the same state of the machine; each is
@@ -451,7 +464,11 @@ def two_layer_speed(
         fit_on_store(train, min(sizes), estimator, params, device, prior=given)
         for n in sizes:
             for label, settings in (("reference", {**params, **reference}), ("current", params)):
-                model, seconds = fit_on_store(train, n, estimator, settings, device, prior=given)
+                if label == "reference" and estimator in REFERENCE_IMPLEMENTATIONS:
+                    model = REFERENCE_IMPLEMENTATIONS[estimator](**settings, device=device)
+                    seconds = fit_models_on_store(train, n, {estimator: model}, prior=given)
+                else:
+                    model, seconds = fit_on_store(train, n, estimator, settings, device, prior=given)
                 lds = float(lds_scores(model.predict(X_test), Y_test)[0].mean())
                 records.append(
                     {

@@ -79,9 +79,23 @@ def fit_group_on_store(
     several 2-layer ones that train the same networks (:func:`compattr.registry.training_groups`),
     fitted with one training (:func:`compattr.estimators.fit_together`). Returns them by name and the time.
     """
-    from compattr.estimators import fit_together, make_estimator
+    from compattr.estimators import make_estimator
 
     models = {name: make_estimator(name, params, device=str(device)) for name, params in estimators.items()}
+    return models, fit_models_on_store(store, n_train, models, prior, start)
+
+
+def fit_models_on_store(
+    store: str | Path | MaskStore,
+    n_train: int,
+    models: dict[str, Any],
+    prior: np.ndarray | None = None,
+    start: int = 0,
+) -> float:
+    """Fit estimator instances ``models`` ({name: estimator}, as :func:`fit_group_on_store` makes them) on
+    ``n_train`` masks of ``store`` from row ``start``, in place; returns the time in seconds."""
+    from compattr.estimators import fit_together
+
     model = next(iter(models.values()))
     for name, each in models.items():
         if each.uses_prior and prior is None:
@@ -100,7 +114,7 @@ def fit_group_on_store(
         model.fit_blocks(fit_rows, validation_rows, **fit_params)
     else:
         fit_together(list(models.values()), fit_rows, validation_rows, **fit_params)
-    return models, time.perf_counter() - begin
+    return time.perf_counter() - begin
 
 
 def fit_draws(
