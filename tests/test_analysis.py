@@ -9,6 +9,7 @@ from compattr.analysis import (
     ceiling_targets,
     curve_dips,
     fit_quality_rows,
+    needed_per_model,
     prior_choice_rows,
     read_lds_csv,
     read_ood_csv,
@@ -22,6 +23,7 @@ from compattr.reports import (
     fit_quality_markdown,
     grouped_gain_markdown,
     markdown_table,
+    per_model_markdown,
     prior_choice_markdown,
     summary_markdown,
 )
@@ -304,3 +306,40 @@ def test_every_method_of_a_study_gets_a_colour_of_its_own():
     assert list(colors) == names
     assert len(set(colors.values())) == len(names)
     assert method_colors(names[:3]) == {name: colors[name] for name in names[:3]}  # a method's colour is its place
+
+
+def _two_model_table():
+    """coar reaches 0.4 at 200 masks on model 0 and at 100 on model 1; net at 100 on model 0 and at 126 on model 1
+    (model 1's second mask draw, at 100 masks only, lowers its mean there to 0.3); the prior is one point."""
+    curves = {  # (estimator, model, replicate) -> LDS at 100, 200 masks, the same for both inputs
+        ("coar", 0, 0): (0.2, 0.4),
+        ("coar", 1, 0): (0.4, 0.6),
+        ("net", 0, 0): (0.4, 0.5),
+        ("net", 1, 0): (0.5, 0.6),
+        ("net", 1, 1): (0.1, None),
+    }
+    rows = [
+        (e, m, r, n, n, i, score, score)
+        for (e, m, r), scores in curves.items()
+        for n, score in zip((100, 200), scores, strict=True)
+        if score is not None
+        for i in range(2)
+    ]
+    rows += [("prior", m, 0, 0, 3, i, 0.5, 0.5) for m in (0, 1) for i in range(2)]
+    return _table_from(rows)
+
+
+def test_passes_needed_per_model_read_each_models_own_mean_curve():
+    table = _two_model_table()
+    assert needed_per_model(table, "coar", 0.4) == pytest.approx([200, 100])
+    # model 1: 0.3 at 100 masks (the mean over its two draws), 0.6 at 200: a third of the way in log(size)
+    assert needed_per_model(table, "net", 0.4) == pytest.approx([100, 100 * 2 ** (1 / 3)])
+    assert np.isnan(needed_per_model(table, "coar", 0.7)).all()
+
+
+def test_per_model_table_counts_the_models_where_a_method_needs_fewer_passes_than_coar():
+    lines = per_model_markdown(_two_model_table(), [0.4, 0.9]).splitlines()
+    assert lines[0] == "| target | method | model 0 | model 1 | fewer than coar |"
+    assert lines[2] == "| 0.4 | coar | 200 | 100 |  |"
+    assert lines[3] == "| 0.4 | net | 100 (+50%) | 126 (-26%) | 1 of 2 |"
+    assert len(lines) == 4  # no regression reaches 0.9 on any model; the prior is no regression

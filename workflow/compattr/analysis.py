@@ -30,6 +30,7 @@ __all__ = [
     "curve_dips",
     "ceiling_targets",
     "ablations_needed",
+    "needed_per_model",
     "bootstrap_curves",
     "summary_rows",
     "coefficient_agreement",
@@ -350,6 +351,13 @@ def ablations_needed(sizes: np.ndarray, curve: np.ndarray, target: float) -> flo
         return float(frac * sizes[k])
     lo, hi = np.log(sizes[k - 1]), np.log(sizes[k])
     return float(np.exp(lo + frac * (hi - lo)))
+
+
+def needed_per_model(table: LdsTable, estimator: str, target: float) -> np.ndarray:
+    """Passes ``estimator`` needs to reach ``target`` on each model's own mean curve (over its mask draws and the
+    inputs), as :func:`ablations_needed` reads the pooled one; NaN where a model's curve never reaches it."""
+    curves = np.nanmean(table.spearman[estimator], axis=(2, 3))  # (n_sizes, n_models)
+    return np.array([ablations_needed(table.sizes[estimator], curve, target) for curve in curves.T])
 
 
 def bootstrap_curves(

@@ -18,6 +18,7 @@ from compattr.analysis import (
     curve_dips,
     error_by_module,
     fit_quality_rows,
+    needed_per_model,
     prior_choice_rows,
 )
 from compattr.editing import editing_summary, fixing_summary, forgetting_summary
@@ -28,6 +29,7 @@ __all__ = [
     "two_layer_markdown",
     "summary_markdown",
     "cheapest_markdown",
+    "per_model_markdown",
     "prior_choice_markdown",
     "fit_quality_markdown",
     "grouped_markdown",
@@ -209,6 +211,36 @@ def cheapest_markdown(rows: Sequence[dict[str, object]], reference: str = "coar"
         ratio = "" if np.isnan(ref) else ("prior alone" if cost == 0 else f"{ref / cost:.1f}x")
         ref_cell = "not reached" if np.isnan(ref) else f"{ref:.0f}"
         lines.append(f"| {target} | {cheapest} | {cost:.0f} | {ref_cell} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def per_model_markdown(table: LdsTable, targets: Sequence[float], reference: str = "coar") -> str:
+    """Per LDS target, the passes each regression needs on each model's own mean curve
+    (:func:`compattr.analysis.needed_per_model`), its reduction against ``reference`` on that model, and on
+    how many of the models it needs fewer passes than ``reference`` (of those where either reaches the target).
+
+    Regressions are the methods with more than one train size (not the priors, single points).
+    """
+    n_models = table.spearman[reference].shape[1]
+    header = ["target", "method", *(f"model {m}" for m in range(n_models)), f"fewer than {reference}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    methods = [e for e in table.estimators if len(table.sizes[e]) > 1]
+    for target in targets:
+        ref = needed_per_model(table, reference, target)
+        for method in methods:
+            need = needed_per_model(table, method, target)
+            if np.isnan(need).all() and np.isnan(ref).all():
+                continue
+            cells = []
+            for mine, theirs in zip(need, ref, strict=True):
+                cell = "not reached" if np.isnan(mine) else f"{mine:.0f}"
+                if method != reference and not np.isnan(mine) and not np.isnan(theirs):
+                    cell += f" ({1 - mine / theirs:+.0%})"
+                cells.append(cell)
+            either = ~(np.isnan(need) & np.isnan(ref))
+            fewer = np.nan_to_num(need, nan=np.inf) < np.nan_to_num(ref, nan=np.inf)
+            count = "" if method == reference else f"{int(fewer.sum())} of {int(either.sum())}"
+            lines.append(f"| {target} | {method} | " + " | ".join(cells) + f" | {count} |")
     return "\n".join(lines) + "\n"
 
 
@@ -413,6 +445,7 @@ def study_notes(
     editing: dict[str, list[dict[str, str]]] | None = None,
     editing_k: int = 10,
     editing_ks: Sequence[int] = (),
+    targets: Sequence[float] = (),
 ) -> list[str]:
     """The sections of ``summary.md`` after its tables: fit quality, dips, the cheapest methods, the priors, editing.
 
@@ -421,7 +454,8 @@ def study_notes(
     (:class:`compattr.stores.SavedFit`, their ``estimator`` attribute naming them); ``priors`` the
     study's priors by name; ``gradient_prior`` the prior ``gradient_prior`` starts from; ``editing``
     the editing stage's tables (``top_k``, ``fix``, ``forget``) when the study edits, reported at the
-    grid's ``k`` nearest ``editing_k`` from below.
+    grid's ``k`` nearest ``editing_k`` from below; ``targets`` the LDS targets of the per-model section,
+    written when the study has several models and ``coar``.
     """
     n_components = len(modules)
     dips = curve_dips(table, n_components)
@@ -444,6 +478,17 @@ def study_notes(
         fits[fit.attrs["estimator"]].append(fit)
     priors = [name for name in priors if name in fits]
     notes += ["## Cheapest method per target", "", cheapest_markdown(rows, "coar").rstrip(), ""]
+    if targets and "coar" in table.estimators and table.spearman["coar"].shape[1] > 1:
+        notes += [
+            "## Per model",
+            "",
+            "Passes each regression needs on each trained model's own mean curve (over its mask draws and the "
+            "inputs), with its reduction against coar on that model, and on how many models it needs fewer passes "
+            "than coar: whether an answer holds for every model, where the intervals above pool them.",
+            "",
+            per_model_markdown(table, targets, "coar").rstrip(),
+            "",
+        ]
     if priors:
         notes += _prior_notes(table, fits, priors, modules)
     choices = prior_choice_rows(fit_tables)

@@ -56,6 +56,7 @@ notes = study_notes(
     editing=editing,
     editing_k=snakemake.params.editing_k,
     editing_ks=snakemake.params.editing_ks,
+    targets=cfg["lds_targets"],
 )
 sizes = sorted(snakemake.params.train_sizes)
 with open(snakemake.output.markdown, "w") as fh:
