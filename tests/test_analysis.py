@@ -23,6 +23,7 @@ from compattr.reports import (
     fit_quality_markdown,
     grouped_gain_markdown,
     markdown_table,
+    mean_lds_markdown,
     per_model_markdown,
     prior_choice_markdown,
     summary_markdown,
@@ -343,3 +344,29 @@ def test_per_model_table_counts_the_models_where_a_method_needs_fewer_passes_tha
     assert lines[2] == "| 0.4 | coar | 200 | 100 |  |"
     assert lines[3] == "| 0.4 | net | 100 (+50%) | 126 (-26%) | 1 of 2 |"
     assert len(lines) == 4  # no regression reaches 0.9 on any model; the prior is no regression
+
+
+def test_mean_lds_tables_average_models_and_draws_and_give_each_sampling_free_method_its_cost():
+    from compattr.analysis import _table
+
+    def rows(estimator, model, replicate, n_train, passes, score):
+        keys = ("estimator", "model", "replicate", "n_train", "passes", "input", "spearman", "pearson")
+        values = (estimator, model, replicate, n_train, passes)
+        return [dict(zip(keys, map(str, (*values, i, score, score)), strict=True)) for i in (0, 1)]
+
+    heldout = [  # coar and net at 100 and 200 masks on two models (net: a second draw at 100 on model 1); a prior
+        *rows("coar", 0, 0, 100, 100, 0.2), *rows("coar", 1, 0, 100, 100, 0.4),
+        *rows("coar", 0, 0, 200, 200, 0.4), *rows("coar", 1, 0, 200, 200, 0.6),
+        *rows("net", 0, 0, 100, 100, 0.4), *rows("net", 1, 0, 100, 100, 0.5), *rows("net", 1, 1, 100, 100, 0.1),
+        *rows("net", 0, 0, 200, 200, 0.5), *rows("net", 1, 0, 200, 200, 0.6),
+        *rows("prior", 0, 0, 0, 3, 0.4), *rows("prior", 1, 0, 0, 3, 0.6),
+    ]  # fmt: skip
+    ood = [*rows("coar", 0, 0, 200, 200, 0.4), *rows("coar", 1, 0, 200, 200, 0.5), *rows("prior", 0, 0, 0, 3, 0.2)]
+    by_masks = _table({**r, "passes": r["n_train"]} for r in heldout)
+    lines = mean_lds_markdown(by_masks, _table(heldout), {0.1: _table(ood)}).splitlines()
+    regressions = lines[lines.index("| method | 100 | 200 |") :]
+    assert regressions[2] == "| coar | 0.300 | 0.500 |"
+    assert regressions[3] == "| net | 0.333 | 0.550 |"  # model 1's second draw at 100 masks counts as a draw
+    assert "| coar | 200 | 0.500 | 0.450 |" in lines  # at the largest size, held out and at rate 0.1
+    assert "| net | 200 | 0.550 |  |" in lines  # not scored out of distribution
+    assert lines[-1] == "| prior | 3 | 0.500 | 0.200 |"

@@ -128,6 +128,8 @@ def test_study_writes_sane_tables_and_figures(study):
     markdown = (study / STUDY / "summary.md").read_text()
     assert "| method | passes needed | vs coar | vs ls_early_stopped | vs best tuned linear |" in markdown
     assert "## Fit quality" in markdown and "## Where the curves dip" in markdown
+    rates = " | ".join(f"at rate {rate:g}" for rate in config["sampling"]["ood"]["ablation_rates"])
+    assert "## Mean LDS" in markdown and f"| method | passes | LDS | {rates} |" in markdown
     fits = read_csv(study / STUDY / "m1/lds/relu_collapse.fits.csv")
     columns = ["estimator", "model", "replicate", "n_train", "input", "failed", "constant", "calibration", "prior"]
     assert list(fits[0]) == columns

@@ -29,6 +29,7 @@ __all__ = [
     "two_layer_markdown",
     "summary_markdown",
     "cheapest_markdown",
+    "mean_lds_markdown",
     "per_model_markdown",
     "prior_choice_markdown",
     "fit_quality_markdown",
@@ -212,6 +213,67 @@ def cheapest_markdown(rows: Sequence[dict[str, object]], reference: str = "coar"
         ref_cell = "not reached" if np.isnan(ref) else f"{ref:.0f}"
         lines.append(f"| {target} | {cheapest} | {cost:.0f} | {ref_cell} | {ratio} |")
     return "\n".join(lines) + "\n"
+
+
+def mean_lds_markdown(
+    curves: LdsTable,
+    passes: LdsTable,
+    ood: dict[float, LdsTable] | None = None,
+    units: str = "masks",
+    cost: str = "passes",
+) -> str:
+    """Mean LDS of every method (over models, mask draws and inputs): the regressions by train size, at
+    their largest size out of distribution, and the sampling-free methods at their cost.
+
+    ``curves`` is the study's LDS table by evaluations (``read_lds_csv(..., by="evaluations")``: a
+    regression's sizes are its training ``units``, a prior alone is size 0), ``passes`` the same by
+    forward-equivalent passes, ``ood`` the out-of-distribution tables by ablation rate (by passes);
+    ``cost`` names what a sampling-free method's cost counts (a data study's: trained models).
+    """
+    ood = ood or {}
+    regressions = [e for e in curves.estimators if len(curves.sizes[e]) > 1]
+    single = [e for e in curves.estimators if len(curves.sizes[e]) == 1]
+    lines: list[str] = []
+    if regressions:
+        sizes = sorted({int(n) for e in regressions for n in curves.sizes[e] if n > 0})
+        alone = any(0 in curves.sizes[e] for e in regressions)
+        header = ["method", *(["prior alone"] if alone else []), *(f"{n:,}" for n in sizes)]
+        lines += [f"By number of training {units}:", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for e in regressions:
+            mean = dict(zip(curves.sizes[e].tolist(), curves.mean_curve(e), strict=True))
+            cells = [mean.get(n) for n in ([0] if alone else []) + sizes]
+            lines.append(f"| {e} | " + " | ".join("" if v is None else f"{v:.3f}" for v in cells) + " |")
+        lines.append("")
+
+    def at(table: LdsTable | None, estimator: str, size: int) -> str:
+        if table is None or estimator not in table.estimators or size not in table.sizes[estimator]:
+            return ""
+        return f"{table.mean_curve(estimator)[list(table.sizes[estimator]).index(size)]:.3f}"
+
+    rates = [f"at rate {rate:g}" for rate in ood]
+    if regressions and ood:
+        header = ["method", units, "LDS", *rates]
+        lines += [
+            f"At each regression's largest train size, on the held-out {units} and out of distribution:",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        for e in regressions:
+            largest = int(passes.sizes[e][-1])
+            cells = [at(passes, e, largest), *(at(ood[rate], e, largest) for rate in ood)]
+            lines.append(f"| {e} | {int(curves.sizes[e][-1]):,} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if single:
+        header = ["method", cost, "LDS", *rates]
+        lines += ["The sampling-free methods, each a single point at its cost:", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for e in single:
+            cost = int(passes.sizes[e][0])
+            cells = [at(passes, e, cost), *(at(ood[rate], e, cost) for rate in ood)]
+            lines.append(f"| {e} | {cost:,} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def per_model_markdown(table: LdsTable, targets: Sequence[float], reference: str = "coar") -> str:

@@ -6,6 +6,7 @@ from compattr.analysis import (
     ceiling_targets,
     concat_csv,
     read_lds_csv,
+    read_ood_csv,
     read_table,
     resampled_sources,
     summary_rows,
@@ -14,7 +15,7 @@ from compattr.analysis import (
 from compattr.editing import FIX_COLUMNS, FORGET_COLUMNS, TOP_K_COLUMNS
 from compattr.io import start_log
 from compattr.repair import rebuild_on_damage
-from compattr.reports import study_notes, summary_markdown
+from compattr.reports import mean_lds_markdown, study_notes, summary_markdown
 from compattr.stores import load_fit
 
 log = start_log(snakemake.log[0])
@@ -45,7 +46,14 @@ if snakemake.input.get("top_k"):  # the editing stage's tables, when the study e
         name: [row for path in snakemake.input[name] for row in read_table(path, columns)]
         for name, columns in (("top_k", TOP_K_COLUMNS), ("fix", FIX_COLUMNS), ("forget", FORGET_COLUMNS))
     }
-notes = study_notes(
+cost = "trained models" if snakemake.params.kind == "data" else "passes"
+means = mean_lds_markdown(
+    read_lds_csv(snakemake.output.lds, by="evaluations"),
+    table,
+    read_ood_csv(snakemake.output.ood) if snakemake.input.ood else {},
+    cost=cost,
+)
+notes = ["## Mean LDS", "", means.rstrip(), ""] + study_notes(
     table,
     rows,
     fit_tables=snakemake.input.fits,
@@ -61,7 +69,7 @@ notes = study_notes(
 sizes = sorted(snakemake.params.train_sizes)
 with open(snakemake.output.markdown, "w") as fh:
     sources = f"the {resampled_sources(table)}"
-    passes = "trained models" if snakemake.params.kind == "data" else "forward-equivalent passes"
+    passes = cost if snakemake.params.kind == "data" else "forward-equivalent passes"
     fh.write(
         summary_markdown(
             rows, snakemake.params.study, sizes[0], sizes[-1], notes, references, headings, sources, passes, cfg["ci"]
