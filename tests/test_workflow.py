@@ -442,7 +442,7 @@ def test_reduced_transformer_studies_attribute_heads_and_neurons_end_to_end(tmp_
     """The two transformer studies at toy sizes: heads and MLP neurons sampled, fitted, scored and edited."""
     workdir = copy_repo(tmp_path / "repo")
     cfg = yaml.safe_load((REPO / f"config/{config}.yaml").read_text())
-    cfg.update(study="reduced", device="cpu")
+    cfg.update(study="reduced", device="cpu", replicates={"models": 1, "masks": 1})  # the tiny study runs them
     cfg["components"]["ablation"] = ablation
     cfg["inputs"]["n"] = 6
     cfg["model"]["train"]["epochs"] = 1
@@ -480,7 +480,7 @@ def test_reduced_feature_and_data_studies_run_the_same_stages_and_share_one_figu
     workdir = copy_repo(tmp_path / "repo")
     for config, study in (("digits_features", "reduced_features"), ("digits_data", "reduced_data")):
         cfg = yaml.safe_load((REPO / f"config/{config}.yaml").read_text())
-        cfg.update(study=study, device="cpu")
+        cfg.update(study=study, device="cpu", replicates={"models": 1, "masks": 1})
         cfg["inputs"]["n"] = 6
         sampling = cfg["sampling"]
         sampling.update(shard_size=40)
