@@ -347,12 +347,8 @@ def test_per_model_table_counts_the_models_where_a_method_needs_fewer_passes_tha
 
 
 def test_mean_lds_tables_average_models_and_draws_and_give_each_sampling_free_method_its_cost():
-    from compattr.analysis import _table
-
     def rows(estimator, model, replicate, n_train, passes, score):
-        keys = ("estimator", "model", "replicate", "n_train", "passes", "input", "spearman", "pearson")
-        values = (estimator, model, replicate, n_train, passes)
-        return [dict(zip(keys, map(str, (*values, i, score, score)), strict=True)) for i in (0, 1)]
+        return [(estimator, model, replicate, n_train, passes, i, score, score) for i in (0, 1)]
 
     heldout = [  # coar and net at 100 and 200 masks on two models (net: a second draw at 100 on model 1); a prior
         *rows("coar", 0, 0, 100, 100, 0.2), *rows("coar", 1, 0, 100, 100, 0.4),
@@ -362,8 +358,8 @@ def test_mean_lds_tables_average_models_and_draws_and_give_each_sampling_free_me
         *rows("prior", 0, 0, 0, 3, 0.4), *rows("prior", 1, 0, 0, 3, 0.6),
     ]  # fmt: skip
     ood = [*rows("coar", 0, 0, 200, 200, 0.4), *rows("coar", 1, 0, 200, 200, 0.5), *rows("prior", 0, 0, 0, 3, 0.2)]
-    by_masks = _table({**r, "passes": r["n_train"]} for r in heldout)
-    lines = mean_lds_markdown(by_masks, _table(heldout), {0.1: _table(ood)}).splitlines()
+    by_masks = _table_from([(e, m, r, n, n, i, s, p) for e, m, r, n, _, i, s, p in heldout])
+    lines = mean_lds_markdown(by_masks, _table_from(heldout), {0.1: _table_from(ood)}).splitlines()
     regressions = lines[lines.index("| method | 100 | 200 |") :]
     assert regressions[2] == "| coar | 0.300 | 0.500 |"
     assert regressions[3] == "| net | 0.333 | 0.550 |"  # model 1's second draw at 100 masks counts as a draw

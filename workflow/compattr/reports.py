@@ -233,47 +233,40 @@ def mean_lds_markdown(
     ood = ood or {}
     regressions = [e for e in curves.estimators if len(curves.sizes[e]) > 1]
     single = [e for e in curves.estimators if len(curves.sizes[e]) == 1]
-    lines: list[str] = []
-    if regressions:
-        sizes = sorted({int(n) for e in regressions for n in curves.sizes[e] if n > 0})
-        alone = any(0 in curves.sizes[e] for e in regressions)
-        header = ["method", *(["prior alone"] if alone else []), *(f"{n:,}" for n in sizes)]
-        lines += [f"By number of training {units}:", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for e in regressions:
-            mean = dict(zip(curves.sizes[e].tolist(), curves.mean_curve(e), strict=True))
-            cells = [mean.get(n) for n in ([0] if alone else []) + sizes]
-            lines.append(f"| {e} | " + " | ".join("" if v is None else f"{v:.3f}" for v in cells) + " |")
-        lines.append("")
 
-    def at(table: LdsTable | None, estimator: str, size: int) -> str:
-        if table is None or estimator not in table.estimators or size not in table.sizes[estimator]:
+    def at(table: LdsTable, estimator: str, size: int) -> str:
+        """``estimator``'s mean LDS at ``size`` in ``table`` (empty where it was not scored there)."""
+        if estimator not in table.estimators or size not in table.sizes[estimator]:
             return ""
         return f"{table.mean_curve(estimator)[list(table.sizes[estimator]).index(size)]:.3f}"
 
-    rates = [f"at rate {rate:g}" for rate in ood]
+    rates = {f"at rate {rate:g}": table for rate, table in ood.items()}
+    sections = []
+    if regressions:
+        sizes = sorted({int(n) for e in regressions for n in curves.sizes[e] if n > 0})
+        columns = {f"{n:,}": n for n in sizes}
+        if any(0 in curves.sizes[e] for e in regressions):
+            columns = {"prior alone": 0, **columns}
+        rows = [{"method": e, **{c: at(curves, e, n) for c, n in columns.items()}} for e in regressions]
+        sections.append((f"By number of training {units}:", rows, ["method", *columns]))
     if regressions and ood:
-        header = ["method", units, "LDS", *rates]
-        lines += [
-            f"At each regression's largest train size, on the held-out {units} and out of distribution:",
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
-        ]
+        rows = []
         for e in regressions:
             largest = int(passes.sizes[e][-1])
-            cells = [at(passes, e, largest), *(at(ood[rate], e, largest) for rate in ood)]
-            lines.append(f"| {e} | {int(curves.sizes[e][-1]):,} | " + " | ".join(cells) + " |")
-        lines.append("")
+            row = {"method": e, units: f"{int(curves.sizes[e][-1]):,}", "LDS": at(passes, e, largest)}
+            rows.append(row | {c: at(table, e, largest) for c, table in rates.items()})
+        heading = f"At each regression's largest train size, on the held-out {units} and out of distribution:"
+        sections.append((heading, rows, ["method", units, "LDS", *rates]))
     if single:
-        header = ["method", cost, "LDS", *rates]
-        lines += ["The sampling-free methods, each a single point at its cost:", ""]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        rows = []
         for e in single:
-            cost = int(passes.sizes[e][0])
-            cells = [at(passes, e, cost), *(at(ood[rate], e, cost) for rate in ood)]
-            lines.append(f"| {e} | {cost:,} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
+            spent = int(passes.sizes[e][0])
+            row = {"method": e, cost: f"{spent:,}", "LDS": at(passes, e, spent)}
+            rows.append(row | {c: at(table, e, spent) for c, table in rates.items()})
+        sections.append(
+            ("The sampling-free methods, each a single point at its cost:", rows, ["method", cost, "LDS", *rates])
+        )
+    return "\n".join(f"{heading}\n\n{markdown_table(rows, columns)}" for heading, rows, columns in sections)
 
 
 def per_model_markdown(table: LdsTable, targets: Sequence[float], reference: str = "coar") -> str:
