@@ -241,13 +241,15 @@ def test_evaluations_put_priors_at_zero_and_leave_one_out_at_its_units_and_one_f
     for i in range(4):
         rows += [("coar", 0, 0, 50, 50, i, 0.5, 0.5), ("coar", 0, 0, 100, 100, i, 0.6, 0.6)]
         rows += [("gradient_prior", 0, 0, 50, 53, i, 0.7, 0.7), ("atp", 0, 0, 0, 3, i, 0.4, 0.4)]
-        rows += [("loo", 0, 0, 0, 64, i, 0.8, 0.8)]
+        rows += [("loo", 0, 0, 0, 64, i, 0.8, 0.8), ("atp_top_8", 0, 0, 0, 12, i, 0.75, 0.75)]
     write_lds_csv(tmp_path / "lds.csv", rows)
     by_passes = read_lds_csv(tmp_path / "lds.csv")
-    table = read_lds_csv(tmp_path / "lds.csv", by="evaluations")
+    table = read_lds_csv(tmp_path / "lds.csv", by="evaluations", measured={"atp": 0, "atp_top_8": 8})
     assert by_passes.sizes["atp"].tolist() == [3] and by_passes.sizes["gradient_prior"].tolist() == [53]
     assert table.sizes["atp"].tolist() == [0] and table.sizes["gradient_prior"].tolist() == [50]
     assert table.sizes["loo"].tolist() == [64] and table.sizes["coar"].tolist() == [50, 100]
+    assert table.sizes["atp_top_8"].tolist() == [8]  # its 8 ablated passes; its unablated one is no perturbation
+    assert read_lds_csv(tmp_path / "lds.csv", by="evaluations").sizes["atp_top_8"].tolist() == [0]
     with pytest.raises(ValueError, match="by must be"):
         read_lds_csv(tmp_path / "lds.csv", by="seconds")
     fig = plot_unified({"components": ("components", table), "data": ("data", table)}, n_bootstrap=10)
@@ -256,7 +258,11 @@ def test_evaluations_put_priors_at_zero_and_leave_one_out_at_its_units_and_one_f
         "perturbed evaluations (ablated forward passes)",
         "perturbed evaluations (trained models)",
     ]
-    assert [t.get_text() for t in fig.legends[0].get_texts()][-1] == "leave-one-out"
+    assert [t.get_text() for t in fig.legends[0].get_texts()][-2] == "leave-one-out"
+    # every method at one size is a diamond with error bars: the measured prior at its 8 evaluations, and
+    # here gradient_prior, fitted at one size only; leave-one-out a star
+    points = [c for c in axes[0].containers if c.lines[0].get_marker() == "D"]
+    assert sorted(float(c.lines[0].get_xdata()[0]) for c in points) == [0.0, 8.0, 50.0]
 
 
 def test_tables_round_trip_and_a_wrong_header_is_named(tmp_path):

@@ -174,6 +174,17 @@ def test_priors_load_as_one_array_or_a_stack_with_their_costs_added(tmp_path):
     assert load_priors([]) == (None, 0)
 
 
+def test_measured_units_reads_each_priors_exact_top_from_its_store(tmp_path):
+    from compattr.stores import measured_units, save_linear_fit
+
+    coef, attrs = np.zeros((2, 4)), {"n_train": 0, "passes": 3, "baseline": True}
+    priors = {"atp": {"point": "unablated"}, "atp_top_2": {"point": "unablated", "exact_top": 2}, "loo": None}
+    for name, prior in priors.items():
+        save_linear_fit(tmp_path / f"{name}.zarr", coef, np.zeros(2), {**attrs, "estimator": name, "prior": prior})
+    assert measured_units(tmp_path) == {"atp": 0, "atp_top_2": 2}
+    assert measured_units(tmp_path / "missing") == {}
+
+
 def test_fit_stores_keep_coordinates_and_name_the_top_components(tmp_path):
     coef = np.array([[0.1, -3.0, 2.0], [0.0, 0.5, -0.2]])
     coords = {"components": ["a:0", "a:1", "b:0"], "inputs": np.array([7, 3]), "labels": np.array([1, 0])}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,13 +237,16 @@ def curve_dips(table: LdsTable, n_components: int) -> list[str]:
     return notes
 
 
-def read_lds_csv(paths: str | Path | Sequence[str | Path], *, by: str = "passes") -> LdsTable:
+def read_lds_csv(
+    paths: str | Path | Sequence[str | Path], *, by: str = "passes", measured: Mapping[str, int] | None = None
+) -> LdsTable:
     """Read one or more tidy LDS tables (:func:`write_lds_csv`) into an :class:`LdsTable`.
 
     Sized ``by`` their forward-equivalent ``passes``, or by their perturbed
     ``evaluations``: the masks an estimator fits on (ablated passes, masked inputs or
-    trained models, whatever the study's units), 0 for a first-order prior, one per
-    unit for leave-one-out.
+    trained models, whatever the study's units), one per unit for leave-one-out, and
+    for a first-order prior the units it measures by ablation, ``measured`` (its
+    ``exact_top``, :func:`compattr.stores.measured_units`; 0 for a method not in it).
     """
     if by not in ("passes", "evaluations"):
         raise ValueError(f"by must be 'passes' or 'evaluations', got {by!r}")
@@ -253,7 +256,16 @@ def read_lds_csv(paths: str | Path | Sequence[str | Path], *, by: str = "passes"
     for path in paths:
         rows += read_table(path, LDS_COLUMNS)
     if by == "evaluations":
-        rows = [{**r, "passes": r["passes"] if r["estimator"] == "loo" else r["n_train"]} for r in rows]
+        extra = measured or {}
+        rows = [
+            {
+                **r,
+                "passes": r["passes"]
+                if r["estimator"] == "loo"
+                else str(int(r["n_train"]) + extra.get(r["estimator"], 0)),
+            }
+            for r in rows
+        ]
     return _table(rows)
 
 

@@ -248,8 +248,9 @@ def plot_unified(
 
     ``studies`` maps a panel title to ``(kind, table)``, the table read with
     ``read_lds_csv(..., by="evaluations")``. Every estimator has one colour across
-    the panels; first-order priors are diamonds at zero evaluations (the x axis is
-    linear below 10), leave-one-out a star at one evaluation per unit with a dashed line.
+    the panels; a method at one size is a diamond with error bars (first-order priors at
+    zero evaluations, or at the units they measure by ablation; the x axis is linear
+    below 10), leave-one-out a star at one evaluation per unit with a dashed line.
     """
     colors = method_colors(dict.fromkeys(e for _, table in studies.values() for e in table.estimators))
     fig, axes = plt.subplots(
@@ -263,7 +264,7 @@ def plot_unified(
                 table.spearman[estimator], n_bootstrap, ci, np.random.default_rng(seed)
             )
             exact = estimator == "loo"
-            point = len(sizes) == 1 and (sizes[0] == 0 or exact)  # a prior, or leave-one-out
+            point = len(sizes) == 1  # a prior, leave-one-out, or an estimator fitted at one size
             shown.setdefault(estimator, _draw(ax, sizes, (mean, low, high), colors[estimator], point, exact))
         ax.set_xscale("symlog", linthresh=10)
         ax.set_xlim(left=0)

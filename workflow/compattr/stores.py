@@ -63,6 +63,7 @@ __all__ = [
     "load_fit",
     "read_array",
     "load_priors",
+    "measured_units",
     "fit_stores",
     "fit_store_name",
 ]
@@ -554,6 +555,21 @@ def load_priors(paths: str | Path | Sequence[str | Path] | None) -> tuple[np.nda
     if len(fits) == 1:
         return fits[0].coef, passes
     return np.stack([fit.coef for fit in fits]), passes
+
+
+def measured_units(folder: str | Path) -> dict[str, int]:
+    """Per first-order prior saved in ``folder`` (a model's ``baselines/``), the units it measures by ablation.
+
+    That is its ``exact_top`` (0 for a prior that measures none): the perturbed evaluations it
+    makes, beside its gradient passes. Leave-one-out is not a prior and is not listed; a
+    missing folder lists nothing.
+    """
+    measured = {}
+    for path in sorted(Path(folder).glob("*.zarr")):
+        attrs = open_store(path).attrs
+        if attrs.get("baseline") and attrs.get("prior") is not None:
+            measured[str(attrs["estimator"])] = int(attrs["prior"].get("exact_top", 0))
+    return measured
 
 
 def fit_store_name(n_train: int, replicate: int) -> str:
