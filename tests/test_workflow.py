@@ -493,6 +493,7 @@ def test_reduced_feature_and_data_studies_run_the_same_stages_and_share_one_figu
         if config == "digits_features":
             cfg["model"]["train"]["epochs"] = 1
             cfg["fit"]["priors"] = {name: cfg["fit"]["priors"][name] for name in ("atp", "atp_mean")}
+            cfg["fit"]["estimators"]["gradient_prior"]["prior"] = ["atp", "atp_mean"]
             mistakes = {**cfg["editing"]["mistakes"], "n": 3, "pool": 60, "score_images": 20}
             cfg["editing"] = {"ks": [1, 5], "random_draws": 1, "forget_images": 20, "mistakes": mistakes}
         else:
