@@ -1,3 +1,7 @@
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -551,6 +555,29 @@ def test_lasso_and_prior_fits_through_the_masks_or_the_gram_matrix_agree(name, n
         np.testing.assert_allclose(dual.coef_, primal.coef_, atol=1e-6 * np.abs(primal.coef_).max())
     fitted = primal.predict(X)
     np.testing.assert_allclose(dual.predict(X), fitted, atol=1e-4 * np.abs(fitted).max())
+
+
+def test_the_two_layer_estimate_bounds_a_fits_peak_memory_where_the_networks_dominate():
+    """Every input has its own network (hidden x components weights): measured in a fresh process, a fit holds
+    several copies of them (parameters, gradients, momentum, the refit's), and its estimate bounds its peak."""
+    n, C, T = 1000, 6000, 100
+    code = textwrap.dedent(f"""
+        import resource, numpy as np, torch
+        from compattr.estimators import ReluCollapseRegressor
+        torch.set_num_threads(1)
+        rng = np.random.default_rng(0)
+        X = rng.random(({n}, {C})) < 0.05
+        Y = X @ rng.normal(size=({C}, {T})) + rng.normal(size=({n}, {T}))
+        model = ReluCollapseRegressor(optimizer="sgd", momentum=0.9, max_steps=20, batch_size=512, patience=4)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        model.fit(X, Y)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((after - before) * 1024, model.memory_bytes({n}, {C}, {T}))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    measured, estimate = map(int, result.stdout.split())
+    networks = 4 * 32 * (C + 2) * T
+    assert 3 * networks < measured <= estimate
 
 
 def test_the_largest_eigenvalue_by_lanczos_is_the_dense_one():
