@@ -415,6 +415,7 @@ def test_reduced_gpu_scale_config_runs_on_cpu(tmp_path):
     cfg["fit"]["train_sizes"] = [40]
     # COAR and an estimator that takes the prior: each fit decomposes a 4,800 x 4,800 Gram matrix (tens of seconds)
     cfg["fit"]["estimators"] = {e: cfg["fit"]["estimators"][e] for e in ("coar", "gradient_prior")}
+    cfg["fit"]["estimators"]["gradient_prior"]["prior"] = "atp"
     cfg["analysis"] |= {"references": ["coar"], "linear_baselines": []}  # only what is fitted here
     cfg["fit"]["priors"], cfg["fit"]["baselines"] = {"atp": {"point": "unablated"}}, []
     # Editing on this architecture, at toy cost: forgetting runs methods x classes x ks x images passes.
