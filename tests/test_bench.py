@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +10,7 @@ from compattr.bench import (
     HiddenLayerLinearCollapse,
     fit_speed,
     forward_throughput,
+    peak_rss_bytes,
     planted_masks,
     scale_fits,
     shared_training_speed,
@@ -98,6 +102,16 @@ def test_planted_masks_follow_their_effects():
     assert ((theta != 0).sum(1) == 3).all()  # 1% of the components per input
     residual = Y - X @ theta.T
     assert residual.std() < 0.2 * (X @ theta.T).std()
+
+
+def test_a_process_started_from_a_larger_one_measures_its_own_peak_memory():
+    """getrusage's ru_maxrss keeps the parent's peak across exec on Linux; the fits' measure does not."""
+    held = np.ones(2**27 // 8)  # 128 MiB resident here
+    assert peak_rss_bytes() >= held.nbytes
+    code = "from compattr.bench import peak_rss_bytes; print(peak_rss_bytes())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert child < peak_rss_bytes()  # a bare interpreter with numpy and torch, not this process's peak
+    del held
 
 
 def test_scale_fits_time_each_fit_in_its_own_process_and_stop_one_past_its_limit():

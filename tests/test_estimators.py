@@ -558,21 +558,22 @@ def test_lasso_and_prior_fits_through_the_masks_or_the_gram_matrix_agree(name, n
 
 
 def test_the_two_layer_estimate_bounds_a_fits_peak_memory_where_the_networks_dominate():
-    """Every input has its own network (hidden x components weights): measured in a fresh process, a fit holds
-    several copies of them (parameters, gradients, momentum, the refit's), and its estimate bounds its peak."""
+    """Every input has its own network (hidden x components weights): measured in a fresh process (whose peak
+    does not start at this one's), a fit holds several copies of them (parameters, gradients, momentum, the
+    refit's), and its estimate bounds its peak."""
     n, C, T = 1000, 6000, 100
     code = textwrap.dedent(f"""
-        import resource, numpy as np, torch
+        import numpy as np, torch
+        from compattr.bench import peak_rss_bytes
         from compattr.estimators import ReluCollapseRegressor
         torch.set_num_threads(1)
         rng = np.random.default_rng(0)
         X = rng.random(({n}, {C})) < 0.05
         Y = X @ rng.normal(size=({C}, {T})) + rng.normal(size=({n}, {T}))
         model = ReluCollapseRegressor(optimizer="sgd", momentum=0.9, max_steps=20, batch_size=512, patience=4)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = peak_rss_bytes()
         model.fit(X, Y)
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print((after - before) * 1024, model.memory_bytes({n}, {C}, {T}))
+        print(peak_rss_bytes() - before, model.memory_bytes({n}, {C}, {T}))
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     measured, estimate = map(int, result.stdout.split())

@@ -37,6 +37,7 @@ __all__ = [
     "two_layer_summary",
     "shared_training_speed",
     "planted_masks",
+    "peak_rss_bytes",
     "scale_fit",
     "scale_fits",
     "REFERENCES",
@@ -575,6 +576,24 @@ def planted_masks(
     return X, Y, theta
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (bytes) since it started: Linux's ``VmHWM``.
+
+    ``getrusage``'s ``ru_maxrss`` is no such measure for a process started from a larger
+    one: on Linux it keeps the parent's peak across the exec. Where ``/proc`` is absent,
+    ``ru_maxrss`` nonetheless (kilobytes, bytes on macOS).
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 def scale_fit(
     estimator: str, n_masks: int, n_components: int, n_inputs: int, rate: float, seed: int, heldout: int = 1000
 ) -> dict[str, Any]:
@@ -582,11 +601,9 @@ def scale_fit(
 
     Run it in a fresh process (:func:`scale_fits` does): ``peak_bytes`` is the process's peak
     resident memory over the fit above what it held before (the problem's masks and outputs),
-    read from ``getrusage``. Prior-corrected estimators get the planted effects plus noise of
+    :func:`peak_rss_bytes`. Prior-corrected estimators get the planted effects plus noise of
     their own scale as the prior. ``lds``: mean Spearman on ``heldout`` fresh masks.
     """
-    import resource
-
     import psutil
 
     from compattr.estimators import BLOCK_ROWS, make_estimator
@@ -606,7 +623,7 @@ def scale_fit(
     start = time.perf_counter()
     model.fit_blocks(blocks(0, split), blocks(split, n_masks), **fit_params)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    peak = peak_rss_bytes()
     coef = np.atleast_2d(model.coef_).astype(np.float32)
     pred = np.concatenate([X[i : i + BLOCK_ROWS] @ coef.T for i in range(n_masks, len(X), BLOCK_ROWS)])
     return {
