@@ -82,3 +82,18 @@ def test_attribution_patching_on_cuda_matches_cpu(trained_model, digits):
     # cuDNN's convolutions run in TF32 by default (~1e-3 relative): compare on the attributions' scale
     np.testing.assert_allclose(cuda[0], cpu[0], rtol=0, atol=3e-3 * np.abs(cpu[0]).max())
     np.testing.assert_allclose(cuda[1], cpu[1], rtol=0, atol=3e-3 * np.abs(cpu[1]).max())
+
+
+def test_two_layer_estimate_bounds_a_fits_peak_gpu_memory():
+    """On a GPU the masks are float32 (and standardised once more): the estimate counts them, and every network."""
+    n, C, T = 2000, 6000, 100
+    rng = np.random.default_rng(0)
+    X = rng.random((n, C)) < 0.05
+    Y = X @ rng.normal(size=(C, T)) + rng.normal(size=(n, T))
+    model = make_estimator("relu_collapse", {"max_steps": 20, "batch_size": 512}, device="cuda")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    model.fit(X, Y)
+    measured = torch.cuda.max_memory_allocated() - before
+    assert 4 * n * C < measured <= model.memory_bytes(n, C, T)

@@ -579,6 +579,10 @@ def test_the_two_layer_estimate_bounds_a_fits_peak_memory_where_the_networks_dom
     measured, estimate = map(int, result.stdout.split())
     networks = 4 * 32 * (C + 2) * T
     assert 3 * networks < measured <= estimate
+    # on a GPU the masks are float32, where the CPU holds them in at most a byte a cell (tests/test_cuda.py
+    # measures the GPU's peak)
+    on_gpu = make_estimator("relu_collapse", device="cuda").memory_bytes(n, C, T)
+    assert on_gpu - make_estimator("relu_collapse").memory_bytes(n, C, T) >= 3 * n * C
 
 
 def test_the_largest_eigenvalue_by_lanczos_is_the_dense_one():

@@ -201,17 +201,19 @@ class ReluCollapseRegressor(ComponentModel):
         self.device = device
 
     def _memory_bytes(self, n_masks: int, n_components: int, n_inputs: int) -> int:
-        """Masks as the coordinates of their rare value (at most one byte a cell); every input's network
-        (``hidden x (components + 2)`` float32 weights) eight times over: parameters, gradients, the
-        optimizer's states, the refit's copy, and the copies made when inputs leave the ensemble; a
-        step's hidden layer four times over and the validation rows' once; predictions and coefficients.
+        """Masks as the coordinates of their rare value on CPU (at most one byte a cell), as float32 and
+        their standardised copy on a GPU; every input's network (``hidden x (components + 2)`` float32
+        weights) eight times over: parameters, gradients, the optimizer's states, the refit's copy, and
+        the copies made when inputs leave the ensemble; a step's hidden layer four times over and the
+        validation rows' once; predictions and coefficients.
         """
+        masks = n_masks * n_components * (1 if torch.device(self.device).type == "cpu" else 8)
         networks = 4 * self.hidden * (n_components + 2) * n_inputs
         batch = min(n_masks, self.batch_size)
         validation = math.ceil(self.validation_fraction * n_masks) if self._validates else 0
         hidden = 4 * self.hidden * n_inputs * (4 * batch + validation)
         predictions = 4 * 4 * n_masks * n_inputs + 3 * 8 * n_components * n_inputs
-        return n_masks * n_components + 8 * networks + hidden + predictions
+        return masks + 8 * networks + hidden + predictions
 
     def memory_advice(self, n_masks: int, n_components: int) -> str:
         return "fewer masks or a smaller hidden layer"
