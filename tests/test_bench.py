@@ -111,7 +111,6 @@ def test_a_process_started_from_a_larger_one_measures_its_own_peak_memory():
     code = "from compattr.bench import peak_rss_bytes; print(peak_rss_bytes())"
     child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert child < peak_rss_bytes()  # a bare interpreter with numpy and torch, not this process's peak
-    del held
 
 
 def test_scale_fits_time_each_fit_in_its_own_process_and_stop_one_past_its_limit():

@@ -257,15 +257,13 @@ def read_lds_csv(
         rows += read_table(path, LDS_COLUMNS)
     if by == "evaluations":
         extra = measured or {}
-        rows = [
-            {
-                **r,
-                "passes": r["passes"]
-                if r["estimator"] == "loo"
-                else str(int(r["n_train"]) + extra.get(r["estimator"], 0)),
-            }
-            for r in rows
-        ]
+
+        def evaluations(r: dict[str, str]) -> str:
+            if r["estimator"] == "loo":
+                return r["passes"]
+            return str(int(r["n_train"]) + extra.get(r["estimator"], 0))
+
+        rows = [{**r, "passes": evaluations(r)} for r in rows]
     return _table(rows)
 
 
