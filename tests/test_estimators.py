@@ -289,6 +289,25 @@ def test_no_early_stopping_trains_on_every_row_for_max_steps():
     assert model.n_validation_ == 0 and (model.n_iter_ == 15).all()
 
 
+def test_tol_stops_each_input_sooner_on_the_same_path():
+    """A fall of the validation MSE smaller than ``tol`` still moves the best step but does not keep an input
+    training: each input follows its path without ``tol`` and keeps the best step of a prefix of it."""
+    X, Y, _, _ = planted_problem(300, n_outputs=6, noise=1.0)
+    settings = {"lr": 0.01, "check_every": 2, "patience": 6, "max_steps": 300}
+    plain = ReluCollapseRegressor(**settings).fit(X, Y)
+    assert (plain.n_iter_ > settings["patience"]).any()
+    # No fall counts: every input stops at `patience` steps, its best step among them as with no more steps.
+    never = ReluCollapseRegressor(**settings, tol=1e9).fit(X, Y)
+    short = ReluCollapseRegressor(**{**settings, "max_steps": settings["patience"]}).fit(X, Y)
+    np.testing.assert_array_equal(never.n_iter_, short.n_iter_)
+    np.testing.assert_allclose(never.coef_, short.coef_, rtol=1e-5, atol=1e-6 * np.abs(short.coef_).max())
+    some = ReluCollapseRegressor(**settings, tol=1e-3).fit(X, Y)
+    assert (some.n_iter_ <= plain.n_iter_).all() and (some.n_iter_ < plain.n_iter_).any()
+    assert (some.validation_mse_ >= plain.validation_mse_ * (1 - 1e-6)).all()
+    same = some.n_iter_ == plain.n_iter_
+    np.testing.assert_allclose(some.coef_[same], plain.coef_[same], rtol=1e-5, atol=1e-6 * np.abs(plain.coef_).max())
+
+
 def test_a_network_that_never_leaves_its_initialisation_is_marked_failed():
     X, Y, _, _ = planted_problem(200)
     model = ReluCollapseRegressor(lr=0.0, max_steps=40, patience=20).fit(X, Y)  # no step can improve

@@ -105,6 +105,10 @@ class ReluCollapseRegressor(ComponentModel):
         Steps between validation checks (the chosen step count is a multiple of it).
     patience : int, default=300
         Steps without improvement after which an input stops training.
+    tol : float, default=0.0
+        Least fall of an input's validation MSE (of standardised outputs) that counts as an
+        improvement for ``patience``, as scikit-learn's MLP ``tol``: a smaller fall still moves
+        the best step, but does not keep the input training.
     early_stopping : {"auto", "collapse", "network", "none"}, default="auto"
         Whose validation MSE picks each input's step count; "auto" is the
         predictor the estimator returns (the collapse here, the network for
@@ -149,6 +153,7 @@ class ReluCollapseRegressor(ComponentModel):
             for name in ("hidden", "max_steps", "batch_size", "check_every", "patience")
         },
         "lr": [Interval(Real, 0, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
         "optimizer": [StrOptions({"adam", "sgd"})],
         "momentum": [Interval(Real, 0, 1, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -174,6 +179,7 @@ class ReluCollapseRegressor(ComponentModel):
         batch_size: int = 256,
         check_every: int = 10,
         patience: int = 300,
+        tol: float = 0.0,
         early_stopping: str = "auto",
         fit_bias: bool = True,
         standardize_targets: bool = True,
@@ -192,6 +198,7 @@ class ReluCollapseRegressor(ComponentModel):
         self.batch_size = batch_size
         self.check_every = check_every
         self.patience = patience
+        self.tol = tol
         self.early_stopping = early_stopping
         self.fit_bias = fit_bias
         self.standardize_targets = standardize_targets
@@ -441,10 +448,11 @@ class ReluCollapseRegressor(ComponentModel):
                 loss = ((pred - Bv[:, active]) ** 2).mean(0)
                 open_ = live & (stale[r, active] < self.patience)  # this readout has not stopped yet
                 better = open_ & (loss < best_loss[r, active]) if step else open_
+                enough = open_ & (loss < best_loss[r, active] - self.tol) if step else open_
                 improved = active[better]
                 best_loss[r, improved], best_step[r, improved] = loss[better], step
                 best_pred[r][:, improved] = returned[:, better]
-                stale[r, active] = torch.where(better, 0, stale[r, active] + open_ * self.check_every)
+                stale[r, active] = torch.where(enough, 0, stale[r, active] + open_ * self.check_every)
                 going |= open_ & (stale[r, active] < self.patience)
             return going
 
