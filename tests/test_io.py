@@ -16,6 +16,16 @@ def test_provenance_names_the_code_commit_and_versions():
     assert out["config"] == {"seed": 3} and out["device"] == "cpu"
 
 
+def test_provenance_names_the_running_code_version_not_a_stale_install(monkeypatch):
+    """An editable install's metadata keeps the version it was installed at; the code that runs says its own."""
+    from importlib import metadata
+
+    installed = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "0.0.1" if name == "compattr" else installed(name))
+    versions = provenance()["versions"]
+    assert versions["compattr"] == __version__ != "0.0.1" and versions["numpy"] == installed("numpy")
+
+
 def test_provenance_without_git_has_no_commit(monkeypatch):
     monkeypatch.setenv("PATH", "")
     assert provenance()["commit"] is None

@@ -59,12 +59,14 @@ def code_commit() -> str | None:
 
 def provenance(config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """Versions of the stack, the code's git commit, the host, and (optionally) the config that made an output."""
-    versions = {}
-    for package in ("compattr", "torch", "numpy", "scipy", "scikit-learn", "zarr", "snakemake"):
+    # compattr's own version from the code that runs: an editable install's metadata keeps the
+    # version it was installed at, and a checkout on PYTHONPATH has none.
+    versions: dict[str, str | None] = {"compattr": __version__}
+    for package in ("torch", "numpy", "scipy", "scikit-learn", "zarr", "snakemake"):
         try:
             versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:  # e.g. compattr imported from a checkout on PYTHONPATH
-            versions[package] = __version__ if package == "compattr" else None
+        except metadata.PackageNotFoundError:
+            versions[package] = None
     out: dict[str, Any] = {
         "versions": versions,
         "commit": code_commit(),
