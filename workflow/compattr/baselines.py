@@ -37,7 +37,7 @@ from torch import Tensor, fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from compattr.batches import Batch, batch_len, take, to_device
+from compattr.batches import Batch, batch_len, labelled_batches
 from compattr.components import AblatableNetwork, ComponentSet
 from compattr.features import PatchSet
 from compattr.masks import bernoulli_masks
@@ -207,13 +207,6 @@ def keep_effects(
     return torch.stack(effects, dim=1).numpy() if effects else np.zeros((len(base), 0))
 
 
-def _batches(images: Batch, labels: Tensor | None, batch_size: int, device: torch.device):
-    """``(inputs, targets)`` batches on ``device`` (targets None without labels)."""
-    for start in range(0, batch_len(images), batch_size):
-        y = None if labels is None else labels[start : start + batch_size].to(device)
-        yield to_device(take(images, slice(start, start + batch_size)), device), y
-
-
 def keep_gradients(
     network: AblatableNetwork,
     images: Tensor,
@@ -232,7 +225,7 @@ def keep_gradients(
     """
     device = next(network.parameters()).device
     coefs, values = [], []
-    for x, y in _batches(images, labels, batch_size, device):
+    for x, y in labelled_batches(images, labels, batch_size, device):
         k = keep.to(device=device, dtype=torch.float32).expand(batch_len(x), -1).clone().requires_grad_(True)
         with torch.enable_grad():
             f = check_outputs(output(network(x, k), y), batch_len(x), output)
@@ -251,7 +244,7 @@ def _outputs_at(
     keep = keep.to(device=device, dtype=torch.float32)[None]
     out = [
         check_outputs(output(network(x, keep), y), batch_len(x), output)
-        for x, y in _batches(images, labels, batch_size, device)
+        for x, y in labelled_batches(images, labels, batch_size, device)
     ]
     return torch.cat(out).cpu().double()
 
@@ -569,7 +562,7 @@ def _relu_patcher(
         keeps = dict(zip(paths, keep.split(list(components.sizes)), strict=True))
         scaled = {node: keeps[name] for name, (node, _, _) in paths.items() if bool((keeps[name] != 1).any())}
         coefs, intercepts = [], []
-        for x, y in _batches(images, labels, batch_size, device):
+        for x, y in labelled_batches(images, labels, batch_size, device):
             recorder = _Recorder(graph, {node for node, _, _ in paths.values()}, relus, scaled)
             with torch.enable_grad():
                 f = output(recorder.run(x), y)
@@ -654,7 +647,7 @@ def _patch_patcher(model: nn.Module, patches: PatchSet) -> Callable[..., tuple[n
         per_unit = torch.where(keep > 0, keep, -1.0)
         kept = (pixels * keep.reshape(-1, 1, 1, 1)).sum(0)  # each pixel's keep factor
         coefs, intercepts = [], []
-        for x, y in _batches(images, labels, max(1, batch_size // len(patches)), device):
+        for x, y in labelled_batches(images, labels, max(1, batch_size // len(patches)), device):
             base = patches.baseline_of(x)
             away = x - base
             recorder = _Recorder(graph, set(), {relu: act})

@@ -15,7 +15,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Batch", "check_batch", "batch_len", "take", "repeat", "to_device", "nbytes", "pin_memory", "call", "concat"]
+__all__ = [
+    "Batch",
+    "check_batch",
+    "batch_len",
+    "take",
+    "repeat",
+    "to_device",
+    "nbytes",
+    "pin_memory",
+    "call",
+    "concat",
+    "labelled_batches",
+]
 
 #: A tensor batched on its first axis, or a mapping of such tensors.
 Batch = Tensor | Mapping[str, Tensor]
@@ -98,3 +110,10 @@ def concat(batches: Iterable[Batch]) -> Batch:
     if any(isinstance(b, Tensor) for b in batches) or len({tuple(sorted(b)) for b in batches}) != 1:
         raise ValueError("the batches differ in kind or keys: give tensors, or mappings with the same keys")
     return {key: torch.cat([b[key].cpu() for b in batches]) for key in batches[0]}
+
+
+def labelled_batches(images: Batch, labels: Tensor | None, batch_size: int, device: torch.device):
+    """``(inputs, targets)`` batches of ``batch_size`` on ``device`` (targets None without labels)."""
+    for start in range(0, batch_len(images), batch_size):
+        y = None if labels is None else labels[start : start + batch_size].to(device)
+        yield to_device(take(images, slice(start, start + batch_size)), device), y

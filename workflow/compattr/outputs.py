@@ -27,6 +27,7 @@ __all__ = [
     "OUTPUTS",
     "logits_of",
     "class_logits",
+    "class_scores",
     "margins",
     "target_logit",
     "target_loss",
@@ -59,7 +60,7 @@ def class_logits(model_outputs: Any) -> Tensor:
     return logits[:, -1] if logits.ndim == 3 else logits
 
 
-def _scores(model_outputs: Any, targets: Tensor) -> tuple[Tensor, Tensor]:
+def class_scores(model_outputs: Any, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Logits ``(batch, classes)`` (half precision as float32) and targets ``(batch,)``; sequences at a position."""
     logits = logits_of(model_outputs)
     if logits.dtype in (torch.float16, torch.bfloat16):
@@ -115,7 +116,7 @@ def _check_targets(shape: tuple[int, ...], targets: Tensor) -> None:
 
 def margins(model_outputs: Any, labels: Tensor) -> Tensor:
     """Correct-class margin: the correct logit minus the largest other logit, per row (or at a position)."""
-    logits, labels = _scores(model_outputs, labels)
+    logits, labels = class_scores(model_outputs, labels)
     correct = logits.gather(1, labels[:, None]).squeeze(1)
     others = logits.scatter(1, labels[:, None], float("-inf"))
     return correct - others.max(1).values
@@ -123,13 +124,13 @@ def margins(model_outputs: Any, labels: Tensor) -> Tensor:
 
 def target_logit(model_outputs: Any, targets: Tensor) -> Tensor:
     """The target class's (or next token's) logit, per row."""
-    logits, targets = _scores(model_outputs, targets)
+    logits, targets = class_scores(model_outputs, targets)
     return logits.gather(1, targets[:, None]).squeeze(1)
 
 
 def target_loss(model_outputs: Any, targets: Tensor) -> Tensor:
     """The cross-entropy loss of the target class (or next token), per row."""
-    logits, targets = _scores(model_outputs, targets)
+    logits, targets = class_scores(model_outputs, targets)
     return F.cross_entropy(logits, targets, reduction="none")
 
 
