@@ -74,6 +74,11 @@ def test_a_list_is_not_a_config(tmp_path):
             lambda c: c["fit"]["priors"].update(atp_odd={"point": "path", "n_points": 2, "exact_top": 4}),
             "fit.priors.atp_odd.exact_top: units are measured at the unablated model or at the mean",
         ),
+        (
+            lambda c: c["fit"]["priors"].update(atp_odd={"point": "mean", "margin": "simulated"}),
+            "fit.priors.atp_odd.margin: simulated is taken at point unablated with relu linear",
+        ),
+        (lambda c: c["fit"]["priors"].update(atp_odd={"point": "mean", "simulated_masks": 1}), "simulated_masks"),
         (lambda c: c["sampling"].update(ablation_rate=0), "ablation_rate"),
         (lambda c: c["sampling"].update(ablation_rate=1), "ablation_rate"),
         (lambda c: c["sampling"]["ood"].update(ablation_rates=[0.1, 1.0]), "ablation_rates"),
@@ -104,6 +109,15 @@ def test_relu_exact_is_for_filters_and_patches_only():
         config = yaml.safe_load((root / f"{name}.yaml").read_text())
         config["fit"]["priors"]["atp_relu"] = {"point": "unablated", "relu": "exact"}
         faults = [f for f in check_config(config).faults if "relu exact follows conv filters or input patches" in f]
+        assert bool(faults) == refused, (name, faults)
+
+
+def test_a_simulated_margin_is_for_components_only():
+    root = Path(__file__).resolve().parents[1] / "config"
+    for name, refused in (("digits_vit", False), ("digits_features", True), ("digits_data", True)):
+        config = yaml.safe_load((root / f"{name}.yaml").read_text())
+        config["fit"]["priors"]["atp_margin"] = {"point": "unablated", "margin": "simulated"}
+        faults = [f for f in check_config(config).faults if "fit.priors.atp_margin.margin: simulated takes" in f]
         assert bool(faults) == refused, (name, faults)
 
 

@@ -376,6 +376,13 @@ def _check_kind(config: dict[str, Any], found: ConfigCheck) -> None:
         fault(
             f"config components.kind is conv on a {arch['name']}: set components.kind: transformer (heads and neurons)"
         )
+    for name, prior in priors.items():
+        if prior.get("margin") != "simulated":
+            continue
+        if kind != "components":
+            fault(f"config fit.priors.{name}.margin: simulated takes components, not a {kind} study's units")
+        if prior["point"] != "unablated" or prior.get("relu") == "exact":
+            fault(f"config fit.priors.{name}.margin: simulated is taken at point unablated with relu linear")
     exact = [name for name, prior in priors.items() if prior.get("relu") == "exact"]
     if exact and kind != "features" and (kind != "components" or unit_kind != "conv"):
         fault(

@@ -28,6 +28,7 @@ from compattr.baselines import (
     prior_passes,
     prior_points,
 )
+from compattr.competitors import margin_changes, margin_prior_passes, measured_margin_changes, simulated_margin_prior
 from compattr.components import ComponentSet
 from compattr.datamodels import DataMarginEvaluator, Recipe, TrainingExamples, influence_prior
 from compattr.features import PatchSet
@@ -104,6 +105,8 @@ def unit_prior(
     n_points: int = 1,
     output: Output = margins,
     exact_top: int = 0,
+    margin: str = "linear",
+    simulated_masks: int = 4000,
     evaluator: Callable[[np.ndarray], np.ndarray] | None = None,
     **settings: Any,
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -122,7 +125,20 @@ def unit_prior(
     :func:`make_evaluator` on the same inputs), at the mean by
     :func:`compattr.baselines.keep_effects`. ``passes`` then counts those ``exact_top + 1``
     passes too.
+
+    ``margin="simulated"`` (components, the margin output, point ``unablated``): the margin's
+    maximum over the other classes is taken exactly (:mod:`compattr.competitors`): every pairwise
+    margin's first-order change, the margins of their sums simulated under ``simulated_masks``
+    masks at ``ablation_rate`` (seeded by ``seed``), a least-squares line through them;
+    ``exact_top`` units measured there change every pairwise margin by their exact changes.
+    ``passes``: one forward and a backward per competing class, and one per measured unit.
     """
+    if margin not in ("linear", "simulated"):
+        raise ValueError(f"margin must be 'linear' or 'simulated', got {margin!r}")
+    if margin == "simulated":
+        return _simulated_margin_prior(
+            model, units, images, labels, point, output, exact_top, n_masks=simulated_masks, **settings
+        )
     if exact_top and point not in ("unablated", "mean"):
         raise ValueError(f"exact_top measures units at the unablated model or at the mean, not at point {point!r}")
     if isinstance(units, TrainingExamples):
@@ -154,6 +170,47 @@ def unit_prior(
 
         coef, _ = exact_top_units(coef, measure, exact_top)
         passes += exact_top + 1
+    return coef, intercept, passes
+
+
+def _simulated_margin_prior(
+    model: nn.Module,
+    units: Units,
+    images: Tensor,
+    labels: Tensor | None,
+    point: str,
+    output: Output,
+    exact_top: int,
+    *,
+    ablation_rate: float | None = None,
+    n_masks: int = 4000,
+    seed: int = 0,
+    batch_size: int = 256,
+    relu: str = "linear",
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`unit_prior` with ``margin="simulated"``, its settings checked first."""
+    faults = [
+        (not isinstance(units, ComponentSet), f"components (not {type(units).__name__})"),
+        (output is not margins, "the margin output"),
+        (point != "unablated", f"point unablated (not {point!r})"),
+        (relu != "linear", "relu linear"),
+        (labels is None, "labels"),
+        (ablation_rate is None, "an ablation_rate"),
+    ]
+    needs = [what for bad, what in faults if bad]
+    if needs:
+        raise ValueError(f"margin simulated needs {', '.join(needs)}")
+    network = units.ablatable(model).requires_grad_(False)
+    changes, pairwise = margin_changes(network, images, labels, batch_size=batch_size)
+    passes = margin_prior_passes(pairwise.shape[1] + 1)
+    coef, intercept = simulated_margin_prior(changes, pairwise, ablation_rate, n_masks=n_masks, seed=seed)
+    if exact_top:
+        if not 0 <= exact_top <= len(units):
+            raise ValueError(f"exact_top must lie in [0, {len(units)}] (the units), got {exact_top}")
+        top = np.argsort(-np.abs(coef).mean(0), kind="stable")[:exact_top]
+        changes[:, top] = measured_margin_changes(network, images, labels, top, pairwise, batch_size=batch_size)
+        coef, intercept = simulated_margin_prior(changes, pairwise, ablation_rate, n_masks=n_masks, seed=seed)
+        passes += exact_top
     return coef, intercept, passes
 
 

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compattr import competitors
+from compattr.baselines import attribution_patching
+from compattr.competitors import margin_changes, measured_margin_changes, simulated_margin_prior
+from compattr.discovery import conv_components
+from compattr.features import PatchSet
+from compattr.masks import bernoulli_masks
+from compattr.outputs import target_logit
+from compattr.sampling import ComponentMarginEvaluator
+from compattr.units import unit_prior
+
+
+def _linear_logits_model(classes: int):
+    """Conv (no bias) -> linear head: every logit is linear in the conv's channels, the margin is not."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(6 * 5 * 5, classes)).eval()
+
+
+def _problem(classes: int, n: int = 9):
+    model = _linear_logits_model(classes)
+    components = conv_components(model)
+    generator = torch.Generator().manual_seed(1)
+    return model, components, torch.randn(n, 1, 5, 5, generator=generator), torch.arange(n) % classes
+
+
+def test_first_order_pairwise_changes_are_the_exact_ones_when_the_logits_are_linear():
+    model, components, images, labels = _problem(4)
+    network = components.ablatable(model).requires_grad_(False)
+    changes, pairwise = margin_changes(network, images, labels, batch_size=4)
+    assert changes.shape == (len(labels), len(components), 3) and pairwise.shape == (len(labels), 3)
+    measured = measured_margin_changes(network, images, labels, [5, 0, 2], pairwise, batch_size=4)
+    np.testing.assert_allclose(measured, changes[:, [5, 0, 2]], atol=1e-4)
+    # The smallest pairwise margin is the margin; with a unit ablated, the margin of that ablation.
+    evaluator = ComponentMarginEvaluator(model, components, images, labels)
+    np.testing.assert_allclose(pairwise.min(1), evaluator(np.zeros((1, 6), dtype=bool))[0], rtol=1e-5, atol=1e-5)
+    single = np.eye(6, dtype=bool)[[5, 0, 2]]
+    np.testing.assert_allclose((pairwise[:, None] + measured).min(-1).T, evaluator(single), rtol=1e-4, atol=1e-4)
+
+
+def test_the_prior_is_the_least_squares_line_through_the_true_margins_when_the_logits_are_linear():
+    model, components, images, labels = _problem(4)
+    coef, intercept, passes = unit_prior(
+        model, components, images, labels, margin="simulated", ablation_rate=0.3, simulated_masks=300, seed=3
+    )
+    assert passes == 1 + 2 * 3  # a forward pass, and a backward pass per other class
+    masks = bernoulli_masks(300, len(components), 0.3, np.random.default_rng(3))
+    true = ComponentMarginEvaluator(model, components, images, labels)(masks)
+    design = np.c_[masks, np.ones(len(masks))]
+    solution = np.linalg.lstsq(design, true, rcond=None)[0]
+    np.testing.assert_allclose(coef, solution[:-1].T, atol=1e-3)
+    np.testing.assert_allclose(intercept, solution[-1], atol=1e-3)
+    # The maximum matters here: attribution patching, the margin's gradient, is another line.
+    atp, _ = attribution_patching(model, components, images, labels)
+    assert np.abs(atp - coef).max() > 0.1
+
+
+def test_with_two_classes_the_prior_is_attribution_patching():
+    model, components, images, labels = _problem(2)
+    coef, intercept, _ = unit_prior(model, components, images, labels, margin="simulated", ablation_rate=0.2)
+    atp, unablated = attribution_patching(model, components, images, labels)
+    np.testing.assert_allclose(coef, atp, atol=1e-4)
+    np.testing.assert_allclose(intercept, unablated, atol=1e-4)
+
+
+def test_measured_units_hold_their_exact_changes_and_pay_a_pass_each(trained_model, digits):
+    model, components = trained_model
+    _, test = digits
+    images, labels = test.images[:6], test.labels[:6]
+    network = components.ablatable(model).requires_grad_(False)
+    changes, pairwise = margin_changes(network, images, labels)
+    top = np.argsort(-np.abs(simulated_margin_prior(changes, pairwise, 0.05, seed=0)[0]).mean(0), kind="stable")[:3]
+    changes[:, top] = measured_margin_changes(network, images, labels, top, pairwise)
+    expected = simulated_margin_prior(changes, pairwise, 0.05, seed=0)
+    coef, intercept, passes = unit_prior(
+        model, components, images, labels, margin="simulated", exact_top=3, ablation_rate=0.05
+    )
+    assert passes == 1 + 2 * 9 + 3
+    np.testing.assert_allclose(coef, expected[0], atol=1e-8)
+    np.testing.assert_allclose(intercept, expected[1], atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"margin": "exactly"}, "margin must be 'linear' or 'simulated'"),
+        ({"point": "mean"}, "point unablated"),
+        ({"relu": "exact"}, "relu linear"),
+        ({"output": target_logit}, "the margin output"),
+        ({"ablation_rate": None}, "an ablation_rate"),
+        ({"simulated_masks": 10}, "n_masks must be at least twice the units and intercept (14)"),
+        ({"exact_top": 7}, "exact_top must lie in [0, 6]"),
+    ],
+)
+def test_a_simulated_margin_names_what_it_needs(settings, message):
+    model, components, images, labels = _problem(3)
+    settings = {"margin": "simulated", "ablation_rate": 0.1, **settings}
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        unit_prior(model, components, images, labels, **settings)
+
+
+def test_a_simulated_margin_refuses_patches_and_more_units_than_it_can_fit(monkeypatch):
+    model, components, images, labels = _problem(3)
+    patches = PatchSet((1, 5, 5), 1, "zero")
+    with pytest.raises(ValueError, match="components \\(not PatchSet\\)"):
+        unit_prior(model, patches, images, labels, margin="simulated", ablation_rate=0.1)
+    monkeypatch.setattr(competitors, "MAX_UNITS", 5)
+    with pytest.raises(ValueError, match="at most 5 units"):
+        simulated_margin_prior(np.zeros((2, 6, 2)), np.ones((2, 2)), 0.1)

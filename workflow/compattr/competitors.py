@@ -1,0 +1,145 @@
+"""Priors that take the margin's maximum over the competing classes exactly.
+
+The correct-class margin ``f = z_y - max_{c != y} z_c`` is the smallest of the pairwise
+margins ``z_y - z_c`` to the other classes. Attribution patching differentiates ``f``, so it
+follows the runner-up's margin alone: an ablation, or a mask of them, that lets another class
+overtake is missed. Here each unit's change of every pairwise margin is estimated (first order
+at the unablated model, one backward pass per competing class: :func:`margin_changes`; or
+measured, one ablated pass per unit: :func:`measured_margin_changes`), the margin under a mask
+is the smallest of the pairwise margins with the changes of its ablated units summed, drawn
+over masks at the study's ablation rate, and the prior is the least-squares line through those
+simulated margins (:func:`simulated_margin_prior`): the linear component model closest to them
+under the masks. Only the summing is first order; the maximum is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from compattr.batches import Batch, batch_len, labelled_batches
+from compattr.components import AblatableNetwork
+from compattr.masks import bernoulli_masks
+from compattr.outputs import class_scores
+
+__all__ = [
+    "MAX_UNITS",
+    "competitors",
+    "margin_changes",
+    "margin_prior_passes",
+    "measured_margin_changes",
+    "simulated_margin_prior",
+]
+
+#: The most units a simulated margin prior fits (its least squares hold ``n_masks x units`` floats).
+MAX_UNITS = 5000
+
+
+def competitors(labels: Tensor, n_classes: int) -> Tensor:
+    """Per input, the classes other than its label, in class order: ``(n_inputs, n_classes - 1)``."""
+    others = torch.arange(n_classes, device=labels.device).expand(len(labels), -1)
+    return others[others != labels[:, None]].reshape(len(labels), n_classes - 1)
+
+
+def margin_prior_passes(n_classes: int) -> int:
+    """Passes per input batch of :func:`margin_changes`: one forward, and a backward (2) per competing class."""
+    return 1 + 2 * (n_classes - 1)
+
+
+def _pairwise(outputs, labels: Tensor) -> Tensor:
+    """The margins ``z_y - z_c`` to each competing class ``c`` (:func:`competitors` order): ``(batch, classes - 1)``."""
+    logits, labels = class_scores(outputs, labels)
+    correct = logits.gather(1, labels[:, None])
+    return correct - logits.gather(1, competitors(labels, logits.shape[1]))
+
+
+def margin_changes(
+    network: AblatableNetwork, images: Batch, labels: Tensor, *, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """First-order changes of every pairwise margin when each unit is ablated, at the unablated model.
+
+    Returns ``changes`` (n_inputs, n_units, n_classes - 1), minus the derivative of each margin
+    ``z_y - z_c`` in the units' keep factors, and the margins themselves (n_inputs,
+    n_classes - 1), both float64, competitors in :func:`competitors` order. One forward pass
+    and one backward pass per competing class (:func:`margin_prior_passes`).
+    """
+    device = next(network.parameters()).device
+    n_units = network.n_components
+    changes, values = [], []
+    for x, y in labelled_batches(images, labels, batch_size, device):
+        keep = torch.ones(batch_len(x), n_units, device=device, requires_grad=True)
+        with torch.enable_grad():
+            pairs = _pairwise(network(x, keep), y)
+            grads = [
+                torch.autograd.grad(pairs[:, j].sum(), keep, retain_graph=j + 1 < pairs.shape[1])[0]
+                for j in tqdm(range(pairs.shape[1]), desc="pairwise margins", unit="class", mininterval=5, leave=False)
+            ]
+        changes.append(-torch.stack(grads, -1).detach().cpu().double())
+        values.append(pairs.detach().cpu().double())
+    return torch.cat(changes).numpy(), torch.cat(values).numpy()
+
+
+@torch.no_grad()
+def measured_margin_changes(
+    network: AblatableNetwork,
+    images: Batch,
+    labels: Tensor,
+    units: Sequence[int],
+    margins: np.ndarray,
+    *,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Exact changes (n_inputs, len(units), n_classes - 1) of every pairwise margin when each of ``units`` is ablated.
+
+    ``margins`` are the unablated pairwise margins (:func:`margin_changes` returns them): one
+    ablated forward pass per unit and no other.
+    """
+    device = next(network.parameters()).device
+    n_units = network.n_components
+    out = np.empty((len(margins), len(units), margins.shape[1]))
+    for i, unit in enumerate(tqdm(units, desc="exact pairwise margins", unit="unit", mininterval=5)):
+        keep = torch.ones(1, n_units, device=device)
+        keep[0, int(unit)] = 0
+        batches = labelled_batches(images, labels, batch_size, device)
+        ablated = torch.cat([_pairwise(network(x, keep), y).cpu().double() for x, y in batches])
+        out[:, i] = ablated.numpy() - margins
+    return out
+
+
+def simulated_margin_prior(
+    changes: np.ndarray, margins: np.ndarray, ablation_rate: float, *, n_masks: int = 4000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The least-squares line through margins simulated under random masks: ``(coef, intercept)``.
+
+    ``changes`` (n_inputs, n_units, n_competitors) and ``margins`` (n_inputs, n_competitors)
+    as :func:`margin_changes` returns them. ``n_masks`` masks ablate each unit with probability
+    ``ablation_rate`` (seeded by ``seed``; the same masks serve every input); under each, an
+    input's margin is the smallest of its pairwise margins plus the summed changes of the
+    ablated units. ``coef[i, u]`` (n_inputs, n_units) is the fitted change when unit ``u`` is
+    ablated, ``intercept`` (n_inputs,) the fitted margin with none ablated.
+    """
+    n_inputs, n_units, _ = changes.shape
+    if margins.shape != (n_inputs, changes.shape[2]):
+        raise ValueError(f"margins {margins.shape} must be (inputs, competitors) = {(n_inputs, changes.shape[2])}")
+    if not 0 < ablation_rate < 1:
+        raise ValueError(f"ablation_rate must lie in (0, 1), got {ablation_rate}")
+    if n_units > MAX_UNITS:
+        raise ValueError(
+            f"a simulated margin prior fits a line over {n_units} units on {n_masks} simulated masks; it takes at most "
+            f"{MAX_UNITS} units (use margin: linear)"
+        )
+    if n_masks < 2 * (n_units + 1):
+        raise ValueError(f"n_masks must be at least twice the units and intercept ({2 * (n_units + 1)}), got {n_masks}")
+    masks = bernoulli_masks(n_masks, n_units, ablation_rate, np.random.default_rng(seed)).astype(np.float64)
+    simulated = np.empty((n_masks, n_inputs))
+    flat = changes.transpose(1, 0, 2).reshape(n_units, -1)  # (units, inputs x competitors)
+    for start in range(0, n_masks, 500):  # a chunk of masks at a time: (masks, inputs, competitors)
+        summed = (masks[start : start + 500] @ flat).reshape(-1, n_inputs, changes.shape[2])
+        simulated[start : start + 500] = (margins[None] + summed).min(-1)
+    design = np.c_[masks, np.ones(n_masks)]
+    solution = np.linalg.lstsq(design, simulated, rcond=None)[0]
+    return solution[:-1].T.copy(), solution[-1].copy()
