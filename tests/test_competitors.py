@@ -6,12 +6,13 @@ from torch import nn
 from compattr import competitors
 from compattr.baselines import attribution_patching
 from compattr.competitors import margin_changes, measured_margin_changes, simulated_margin_prior
+from compattr.datamodels import Recipe
 from compattr.discovery import conv_components
 from compattr.features import PatchSet
 from compattr.masks import bernoulli_masks
 from compattr.outputs import target_logit
 from compattr.sampling import ComponentMarginEvaluator
-from compattr.units import unit_prior
+from compattr.units import example_units, make_evaluator, unit_prior
 
 
 def _linear_logits_model(classes: int):
@@ -41,20 +42,23 @@ def test_first_order_pairwise_changes_are_the_exact_ones_when_the_logits_are_lin
     np.testing.assert_allclose((pairwise[:, None] + measured).min(-1).T, evaluator(single), rtol=1e-4, atol=1e-4)
 
 
-def test_the_prior_is_the_least_squares_line_through_the_true_margins_when_the_logits_are_linear():
+@pytest.mark.parametrize("kind", ["filters", "pixels"])
+def test_the_prior_is_the_least_squares_line_through_the_true_margins_when_the_logits_are_linear(kind):
     model, components, images, labels = _problem(4)
+    if kind == "pixels":  # zeroed pixels: the logits are linear in their keep factors too
+        components = PatchSet((1, 5, 5), 1, "zero")
     coef, intercept, passes = unit_prior(
         model, components, images, labels, margin="simulated", ablation_rate=0.3, simulated_masks=300, seed=3
     )
     assert passes == 1 + 2 * 3  # a forward pass, and a backward pass per other class
     masks = bernoulli_masks(300, len(components), 0.3, np.random.default_rng(3))
-    true = ComponentMarginEvaluator(model, components, images, labels)(masks)
+    true = make_evaluator(model, components, images, labels)(masks)
     design = np.c_[masks, np.ones(len(masks))]
     solution = np.linalg.lstsq(design, true, rcond=None)[0]
     np.testing.assert_allclose(coef, solution[:-1].T, atol=1e-3)
     np.testing.assert_allclose(intercept, solution[-1], atol=1e-3)
     # The maximum matters here: attribution patching, the margin's gradient, is another line.
-    atp, _ = attribution_patching(model, components, images, labels)
+    atp, _, _ = unit_prior(model, components, images, labels)
     assert np.abs(atp - coef).max() > 0.1
 
 
@@ -102,11 +106,12 @@ def test_a_simulated_margin_names_what_it_needs(settings, message):
         unit_prior(model, components, images, labels, **settings)
 
 
-def test_a_simulated_margin_refuses_patches_and_more_units_than_it_can_fit(monkeypatch):
+def test_a_simulated_margin_refuses_training_examples_and_more_units_than_it_can_fit(monkeypatch, digits):
     model, components, images, labels = _problem(3)
-    patches = PatchSet((1, 5, 5), 1, "zero")
-    with pytest.raises(ValueError, match="components \\(not PatchSet\\)"):
-        unit_prior(model, patches, images, labels, margin="simulated", ablation_rate=0.1)
+    train, _ = digits
+    examples = example_units(train.images, train.labels, 10, 0, Recipe(hidden=4, steps=2), 10)
+    with pytest.raises(ValueError, match="components or input patches \\(not TrainingExamples\\)"):
+        unit_prior(model, examples, images, labels, margin="simulated", ablation_rate=0.1)
     monkeypatch.setattr(competitors, "MAX_UNITS", 5)
     with pytest.raises(ValueError, match="at most 5 units"):
         simulated_margin_prior(np.zeros((2, 6, 2)), np.ones((2, 2)), 0.1)

@@ -112,9 +112,9 @@ def test_relu_exact_is_for_filters_and_patches_only():
         assert bool(faults) == refused, (name, faults)
 
 
-def test_a_simulated_margin_is_for_components_only():
+def test_a_simulated_margin_is_for_components_and_patches_only():
     root = Path(__file__).resolve().parents[1] / "config"
-    for name, refused in (("digits_vit", False), ("digits_features", True), ("digits_data", True)):
+    for name, refused in (("digits_vit", False), ("digits_features", False), ("digits_data", True)):
         config = yaml.safe_load((root / f"{name}.yaml").read_text())
         config["fit"]["priors"]["atp_margin"] = {"point": "unablated", "margin": "simulated"}
         faults = [f for f in check_config(config).faults if "fit.priors.atp_margin.margin: simulated takes" in f]

@@ -379,8 +379,10 @@ def _check_kind(config: dict[str, Any], found: ConfigCheck) -> None:
     for name, prior in priors.items():
         if prior.get("margin") != "simulated":
             continue
-        if kind != "components":
-            fault(f"config fit.priors.{name}.margin: simulated takes components, not a {kind} study's units")
+        if kind == "data":
+            fault(
+                f"config fit.priors.{name}.margin: simulated takes components or input patches, not training examples"
+            )
         if prior["point"] != "unablated" or prior.get("relu") == "exact":
             fault(f"config fit.priors.{name}.margin: simulated is taken at point unablated with relu linear")
     exact = [name for name, prior in priors.items() if prior.get("relu") == "exact"]

@@ -126,7 +126,7 @@ def unit_prior(
     :func:`compattr.baselines.keep_effects`. ``passes`` then counts those ``exact_top + 1``
     passes too.
 
-    ``margin="simulated"`` (components, the margin output, point ``unablated``): the margin's
+    ``margin="simulated"`` (components or patches, the margin output, point ``unablated``): the margin's
     maximum over the other classes is taken exactly (:mod:`compattr.competitors`): every pairwise
     margin's first-order change, the margins of their sums simulated under ``simulated_masks``
     masks at ``ablation_rate`` (seeded by ``seed``), a least-squares line through them;
@@ -190,7 +190,7 @@ def _simulated_margin_prior(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`unit_prior` with ``margin="simulated"``, its settings checked first."""
     faults = [
-        (not isinstance(units, ComponentSet), f"components (not {type(units).__name__})"),
+        (not isinstance(units, ComponentSet | PatchSet), f"components or input patches (not {type(units).__name__})"),
         (output is not margins, "the margin output"),
         (point != "unablated", f"point unablated (not {point!r})"),
         (relu != "linear", "relu linear"),
