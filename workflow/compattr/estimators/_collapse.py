@@ -686,13 +686,18 @@ class ReluNetRegressor(ReluCollapseRegressor):
         """Network outputs, (n_masks,) or (n_masks, n_inputs) as ``Y`` was at fit."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        out = predict_network(self.network_, X).astype(np.float64)  # float64, as the linear models predict
+        out = predict_network(self.network_, X)  # float64, as the linear models predict
         return out[:, 0] if self._single_output else out
 
 
 def predict_network(network: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
-    """Outputs (n_masks, n_inputs) of saved 2-layer ReLU networks (``ReluNetRegressor.network_``)."""
-    A = (np.asarray(masks, dtype=np.float32) - network["x_mean"]) / network["x_std"]
-    T, d, C = network["W1"].shape
-    hidden = np.maximum((A @ network["W1"].reshape(T * d, C).T).reshape(-1, T, d) + network["b1"], 0)
-    return ((hidden * network["W2"]).sum(-1) + network["b2"]) * network["y_std"] + network["y_mean"]
+    """Outputs (n_masks, n_inputs) of saved 2-layer ReLU networks (``ReluNetRegressor.network_``).
+
+    Computed in float64 from the float32 weights, so a mask's output does not depend on the
+    other masks it is predicted with (float32 matrix products round differently by batch size).
+    """
+    net = {key: np.asarray(value, dtype=np.float64) for key, value in network.items()}
+    A = (np.asarray(masks, dtype=np.float64) - net["x_mean"]) / net["x_std"]
+    T, d, C = net["W1"].shape
+    hidden = np.maximum((A @ net["W1"].reshape(T * d, C).T).reshape(-1, T, d) + net["b1"], 0)
+    return ((hidden * net["W2"]).sum(-1) + net["b2"]) * net["y_std"] + net["y_mean"]
