@@ -4,8 +4,13 @@ import torch
 from torch import nn
 
 from compattr import competitors
-from compattr.baselines import attribution_patching
-from compattr.competitors import margin_changes, measured_margin_changes, simulated_margin_prior
+from compattr.baselines import attribution_patching, patch_relu_passes, relu_patching
+from compattr.competitors import (
+    margin_changes,
+    measured_margin_changes,
+    pairwise_margins,
+    simulated_margin_prior,
+)
 from compattr.datamodels import Recipe
 from compattr.discovery import conv_components
 from compattr.features import PatchSet
@@ -87,12 +92,41 @@ def test_measured_units_hold_their_exact_changes_and_pay_a_pass_each(trained_mod
     np.testing.assert_allclose(intercept, expected[1], atol=1e-8)
 
 
+def _relu_logits_model(classes: int = 4):
+    """Conv, BatchNorm, ReLU, linear head: the ReLU is the only nonlinearity before the logits."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(150, classes)
+    )
+    model[1].running_mean.normal_()
+    model[1].running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["filters", "pixels"])
+def test_exact_through_the_relu_every_pairwise_change_is_the_measured_one(kind):
+    model = _relu_logits_model()
+    units = conv_components(model) if kind == "filters" else PatchSet((1, 5, 5), 1, "zero")
+    generator = torch.Generator().manual_seed(1)
+    images, labels = torch.randn(9, 1, 5, 5, generator=generator), torch.arange(9) % 4
+    changes, pairwise = relu_patching(model, units, images, labels, output=pairwise_margins)
+    assert changes.shape == (9, len(units), 3) and pairwise.shape == (9, 3)
+    network = units.ablatable(model).requires_grad_(False)
+    every = np.arange(len(units))
+    np.testing.assert_allclose(changes, measured_margin_changes(network, images, labels, every, pairwise), atol=1e-4)
+    # the margin's gradient misses here: the prior's pairwise changes are exact, the linear ones are not
+    linear, _ = margin_changes(network, images, labels)
+    assert np.abs(linear - changes).max() > 1e-2
+    _, _, passes = unit_prior(model, units, images, labels, margin="simulated", relu="exact", ablation_rate=0.2)
+    assert passes == 1 + 2 * 3 + (patch_relu_passes(model, units) if kind == "pixels" else 0)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"margin": "exactly"}, "margin must be 'linear' or 'simulated'"),
         ({"point": "mean"}, "point unablated"),
-        ({"relu": "exact"}, "relu linear"),
+        ({"relu": "exact"}, "no elementwise nonlinearity"),
         ({"output": target_logit}, "the margin output"),
         ({"ablation_rate": None}, "an ablation_rate"),
         ({"simulated_masks": 10}, "n_masks must be at least twice the units and intercept (14)"),

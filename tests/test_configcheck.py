@@ -76,7 +76,7 @@ def test_a_list_is_not_a_config(tmp_path):
         ),
         (
             lambda c: c["fit"]["priors"].update(atp_odd={"point": "mean", "margin": "simulated"}),
-            "fit.priors.atp_odd.margin: simulated is taken at point unablated with relu linear",
+            "fit.priors.atp_odd.margin: simulated is taken at point unablated",
         ),
         (lambda c: c["fit"]["priors"].update(atp_odd={"point": "mean", "simulated_masks": 1}), "simulated_masks"),
         (lambda c: c["sampling"].update(ablation_rate=0), "ablation_rate"),

@@ -523,6 +523,10 @@ def relu_patching(
     the change when it is restored to 1. Linearised, that is minus the output's
     derivative in the keep factor, as :func:`first_order_prior` takes it.
 
+    ``output`` may give several values per input, ``(batch, columns)`` (the pairwise margins of
+    :func:`compattr.competitors.pairwise_margins`): the same forward pass and a backward pass per
+    column; ``coef`` and ``intercept`` then gain a last axis of the columns.
+
     Returns
     -------
     coef : ndarray (n_inputs, n_components)
@@ -567,8 +571,12 @@ def _relu_patcher(
             with torch.enable_grad():
                 f = output(recorder.run(x), y)
                 order = list(recorder.post)
-                grads = dict(zip(order, torch.autograd.grad(f.sum(), [recorder.post[n] for n in order]), strict=True))
-            coefs.append(_exact_effects(recorder, grads, paths, keeps, relus, linearise).detach().cpu())
+                per_column = _column_grads(f, [recorder.post[n] for n in order])
+            effects = [
+                _exact_effects(recorder, dict(zip(order, grads, strict=True)), paths, keeps, relus, linearise)
+                for grads in per_column
+            ]
+            coefs.append((torch.stack(effects, -1) if f.ndim == 2 else effects[0]).detach().cpu())
             intercepts.append(f.detach().cpu())
         return torch.cat(coefs).double().numpy(), torch.cat(intercepts).double().numpy()
 
@@ -653,7 +661,7 @@ def _patch_patcher(model: nn.Module, patches: PatchSet) -> Callable[..., tuple[n
             recorder = _Recorder(graph, set(), {relu: act})
             with torch.enable_grad():
                 f = output(recorder.run(base + kept * away), y)
-                (grad,) = torch.autograd.grad(f.sum(), [recorder.post[relu]])
+                per_column = [grads[0] for grads in _column_grads(f, [recorder.post[relu]])]
             with torch.no_grad():
                 # every patch's pixel change at once: (batch * patches, channels, height, width)
                 change = (away[:, None] * (pixels * step.reshape(-1, 1, 1, 1))[None]).flatten(0, 1)
@@ -664,12 +672,19 @@ def _patch_patcher(model: nn.Module, patches: PatchSet) -> Callable[..., tuple[n
                     moved = torch.func.jvp(act, (pre.expand_as(delta).contiguous(),), (delta,))[1]
                 else:
                     moved = act(pre + delta) - act(pre)
-                effect = (grad[:, None] * moved).flatten(2).sum(-1)
-            coefs.append((effect / per_unit).cpu())
+                effects = [(grad[:, None] * moved).flatten(2).sum(-1) / per_unit for grad in per_column]
+            coefs.append((torch.stack(effects, -1) if f.ndim == 2 else effects[0]).cpu())
             intercepts.append(f.detach().cpu())
         return torch.cat(coefs).double().numpy(), torch.cat(intercepts).double().numpy()
 
     return patch
+
+
+def _column_grads(outputs: Tensor, inputs: list[Tensor]) -> list[tuple[Tensor, ...]]:
+    """Per column of ``outputs`` (batch,) or (batch, columns), the gradients of its sum with respect to ``inputs``."""
+    columns = outputs[:, None] if outputs.ndim == 1 else outputs
+    last = columns.shape[1] - 1
+    return [torch.autograd.grad(columns[:, j].sum(), inputs, retain_graph=j < last) for j in range(columns.shape[1])]
 
 
 def _checked_keep(keep: Tensor | None, n: int) -> Tensor:

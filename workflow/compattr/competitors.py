@@ -15,6 +15,7 @@ under the masks. Only the summing is first order; the maximum is exact.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "margin_changes",
     "margin_prior_passes",
     "measured_margin_changes",
+    "pairwise_margins",
     "simulated_margin_prior",
 ]
 
@@ -50,7 +52,7 @@ def margin_prior_passes(n_classes: int) -> int:
     return 1 + 2 * (n_classes - 1)
 
 
-def _pairwise(outputs, labels: Tensor) -> Tensor:
+def pairwise_margins(outputs: Any, labels: Tensor) -> Tensor:
     """The margins ``z_y - z_c`` to each competing class ``c`` (:func:`competitors` order): ``(batch, classes - 1)``."""
     logits, labels = class_scores(outputs, labels)
     correct = logits.gather(1, labels[:, None])
@@ -73,7 +75,7 @@ def margin_changes(
     for x, y in labelled_batches(images, labels, batch_size, device):
         keep = torch.ones(batch_len(x), n_units, device=device, requires_grad=True)
         with torch.enable_grad():
-            pairs = _pairwise(network(x, keep), y)
+            pairs = pairwise_margins(network(x, keep), y)
             grads = [
                 torch.autograd.grad(pairs[:, j].sum(), keep, retain_graph=j + 1 < pairs.shape[1])[0]
                 for j in tqdm(range(pairs.shape[1]), desc="pairwise margins", unit="class", mininterval=5, leave=False)
@@ -105,7 +107,7 @@ def measured_margin_changes(
         keep = torch.ones(1, n_units, device=device)
         keep[0, int(unit)] = 0
         batches = labelled_batches(images, labels, batch_size, device)
-        ablated = torch.cat([_pairwise(network(x, keep), y).cpu().double() for x, y in batches])
+        ablated = torch.cat([pairwise_margins(network(x, keep), y).cpu().double() for x, y in batches])
         out[:, i] = ablated.numpy() - margins
     return out
 

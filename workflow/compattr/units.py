@@ -27,8 +27,15 @@ from compattr.baselines import (
     patch_relu_passes,
     prior_passes,
     prior_points,
+    relu_patching,
 )
-from compattr.competitors import margin_changes, margin_prior_passes, measured_margin_changes, simulated_margin_prior
+from compattr.competitors import (
+    margin_changes,
+    margin_prior_passes,
+    measured_margin_changes,
+    pairwise_margins,
+    simulated_margin_prior,
+)
 from compattr.components import ComponentSet
 from compattr.datamodels import DataMarginEvaluator, Recipe, TrainingExamples, influence_prior
 from compattr.features import PatchSet
@@ -128,7 +135,8 @@ def unit_prior(
 
     ``margin="simulated"`` (components or patches, the margin output, point ``unablated``): the margin's
     maximum over the other classes is taken exactly (:mod:`compattr.competitors`): every pairwise
-    margin's first-order change, the margins of their sums simulated under ``simulated_masks``
+    margin's first-order change (exact through the first nonlinearity with ``relu="exact"``), the
+    margins of their sums simulated under ``simulated_masks``
     masks at ``ablation_rate`` (seeded by ``seed``), a least-squares line through them;
     ``exact_top`` units measured there change every pairwise margin by their exact changes.
     ``passes``: one forward and a backward per competing class, and one per measured unit.
@@ -193,7 +201,6 @@ def _simulated_margin_prior(
         (not isinstance(units, ComponentSet | PatchSet), f"components or input patches (not {type(units).__name__})"),
         (output is not margins, "the margin output"),
         (point != "unablated", f"point unablated (not {point!r})"),
-        (relu != "linear", "relu linear"),
         (labels is None, "labels"),
         (ablation_rate is None, "an ablation_rate"),
     ]
@@ -201,8 +208,13 @@ def _simulated_margin_prior(
     if needs:
         raise ValueError(f"margin simulated needs {', '.join(needs)}")
     network = units.ablatable(model).requires_grad_(False)
-    changes, pairwise = margin_changes(network, images, labels, batch_size=batch_size)
+    if relu == "exact":  # each pairwise margin's change exact through the first nonlinearity
+        changes, pairwise = relu_patching(model, units, images, labels, batch_size=batch_size, output=pairwise_margins)
+    else:
+        changes, pairwise = margin_changes(network, images, labels, batch_size=batch_size)
     passes = margin_prior_passes(pairwise.shape[1] + 1)
+    if relu == "exact" and isinstance(units, PatchSet):
+        passes += patch_relu_passes(model, units)
     coef, intercept = simulated_margin_prior(changes, pairwise, ablation_rate, n_masks=n_masks, seed=seed)
     if exact_top:
         if not 0 <= exact_top <= len(units):
