@@ -6,9 +6,9 @@ from torch import nn
 from compattr import competitors
 from compattr.baselines import attribution_patching, patch_relu_passes, relu_patching
 from compattr.competitors import (
+    PairwiseMargins,
     margin_changes,
     measured_margin_changes,
-    pairwise_margins,
     simulated_margin_prior,
 )
 from compattr.datamodels import Recipe
@@ -36,9 +36,10 @@ def _problem(classes: int, n: int = 9):
 def test_first_order_pairwise_changes_are_the_exact_ones_when_the_logits_are_linear():
     model, components, images, labels = _problem(4)
     network = components.ablatable(model).requires_grad_(False)
-    changes, pairwise = margin_changes(network, images, labels, batch_size=4)
+    changes, pairwise, classes = margin_changes(network, images, labels, batch_size=4)
     assert changes.shape == (len(labels), len(components), 3) and pairwise.shape == (len(labels), 3)
-    measured = measured_margin_changes(network, images, labels, [5, 0, 2], pairwise, batch_size=4)
+    assert not (classes == labels[:, None]).any()  # every class but the input's own
+    measured = measured_margin_changes(network, images, labels, [5, 0, 2], pairwise, classes, batch_size=4)
     np.testing.assert_allclose(measured, changes[:, [5, 0, 2]], atol=1e-4)
     # The smallest pairwise margin is the margin; with a unit ablated, the margin of that ablation.
     evaluator = ComponentMarginEvaluator(model, components, images, labels)
@@ -80,9 +81,9 @@ def test_measured_units_hold_their_exact_changes_and_pay_a_pass_each(trained_mod
     _, test = digits
     images, labels = test.images[:6], test.labels[:6]
     network = components.ablatable(model).requires_grad_(False)
-    changes, pairwise = margin_changes(network, images, labels)
+    changes, pairwise, classes = margin_changes(network, images, labels)
     top = np.argsort(-np.abs(simulated_margin_prior(changes, pairwise, 0.05, seed=0)[0]).mean(0), kind="stable")[:3]
-    changes[:, top] = measured_margin_changes(network, images, labels, top, pairwise)
+    changes[:, top] = measured_margin_changes(network, images, labels, top, pairwise, classes)
     expected = simulated_margin_prior(changes, pairwise, 0.05, seed=0)
     coef, intercept, passes = unit_prior(
         model, components, images, labels, margin="simulated", exact_top=3, ablation_rate=0.05
@@ -109,16 +110,41 @@ def test_exact_through_the_relu_every_pairwise_change_is_the_measured_one(kind):
     units = conv_components(model) if kind == "filters" else PatchSet((1, 5, 5), 1, "zero")
     generator = torch.Generator().manual_seed(1)
     images, labels = torch.randn(9, 1, 5, 5, generator=generator), torch.arange(9) % 4
-    changes, pairwise = relu_patching(model, units, images, labels, output=pairwise_margins)
+    pairs = PairwiseMargins()
+    changes, pairwise = relu_patching(model, units, images, labels, output=pairs)
     assert changes.shape == (9, len(units), 3) and pairwise.shape == (9, 3)
     network = units.ablatable(model).requires_grad_(False)
     every = np.arange(len(units))
-    np.testing.assert_allclose(changes, measured_margin_changes(network, images, labels, every, pairwise), atol=1e-4)
+    measured = measured_margin_changes(network, images, labels, every, pairwise, pairs.chosen())
+    np.testing.assert_allclose(changes, measured, atol=1e-4)
     # the margin's gradient misses here: the prior's pairwise changes are exact, the linear ones are not
-    linear, _ = margin_changes(network, images, labels)
+    linear, _, _ = margin_changes(network, images, labels)
     assert np.abs(linear - changes).max() > 1e-2
     _, _, passes = unit_prior(model, units, images, labels, margin="simulated", relu="exact", ablation_rate=0.2)
     assert passes == 1 + 2 * 3 + (patch_relu_passes(model, units) if kind == "pixels" else 0)
+
+
+@pytest.mark.parametrize("relu", ["linear", "exact"])
+def test_the_closest_competitors_are_the_columns_of_every_pairwise_margin_with_the_largest_logits(relu):
+    model = _relu_logits_model(classes=5)
+    units = conv_components(model)
+    generator = torch.Generator().manual_seed(2)
+    images, labels = torch.randn(8, 1, 5, 5, generator=generator), torch.arange(8) % 5
+    network = units.ablatable(model).requires_grad_(False)
+    full, margins, classes = margin_changes(network, images, labels)
+    near, near_margins, near_classes = margin_changes(network, images, labels, closest=2)
+    with torch.no_grad():
+        logits = model(images)
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    assert (near_classes == others.topk(2, dim=1).indices).all()  # the two largest other logits, largest first
+    column = (classes[:, :, None] == near_classes[:, None, :]).float().argmax(1)  # where each sits among all
+    np.testing.assert_allclose(near, np.take_along_axis(full, column[:, None, :].numpy(), 2), atol=1e-6)
+    np.testing.assert_allclose(near_margins, np.take_along_axis(margins, column.numpy(), 1), atol=1e-6)
+    np.testing.assert_allclose(near_margins.min(1), margins.min(1), atol=1e-6)  # the runner-up is among them
+    coef, _, passes = unit_prior(
+        model, units, images, labels, margin="simulated", relu=relu, competitors=2, exact_top=3, ablation_rate=0.2
+    )
+    assert passes == 1 + 2 * 2 + 3 and coef.shape == (8, len(units))
 
 
 @pytest.mark.parametrize(
@@ -131,6 +157,8 @@ def test_exact_through_the_relu_every_pairwise_change_is_the_measured_one(kind):
         ({"ablation_rate": None}, "an ablation_rate"),
         ({"simulated_masks": 10}, "n_masks must be at least twice the units and intercept (14)"),
         ({"exact_top": 7}, "exact_top must lie in [0, 6]"),
+        ({"competitors": 0}, "competitors must be at least 1"),
+        ({"margin": "linear", "competitors": 2}, "are the classes a margin simulated prior tracks"),
     ],
 )
 def test_a_simulated_margin_names_what_it_needs(settings, message):

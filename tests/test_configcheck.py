@@ -79,6 +79,13 @@ def test_a_list_is_not_a_config(tmp_path):
             "fit.priors.atp_odd.margin: simulated is taken at point unablated",
         ),
         (lambda c: c["fit"]["priors"].update(atp_odd={"point": "mean", "simulated_masks": 1}), "simulated_masks"),
+        (lambda c: c["fit"]["priors"].update(atp_odd={"point": "unablated", "competitors": 2}), "atp_odd.competitors"),
+        (
+            lambda c: c["fit"]["priors"].update(
+                atp_odd={"point": "unablated", "margin": "simulated", "competitors": 0}
+            ),
+            "atp_odd.competitors",
+        ),
         (lambda c: c["sampling"].update(ablation_rate=0), "ablation_rate"),
         (lambda c: c["sampling"].update(ablation_rate=1), "ablation_rate"),
         (lambda c: c["sampling"]["ood"].update(ablation_rates=[0.1, 1.0]), "ablation_rates"),

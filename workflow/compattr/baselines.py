@@ -524,7 +524,7 @@ def relu_patching(
     derivative in the keep factor, as :func:`first_order_prior` takes it.
 
     ``output`` may give several values per input, ``(batch, columns)`` (the pairwise margins of
-    :func:`compattr.competitors.pairwise_margins`): the same forward pass and a backward pass per
+    :class:`compattr.competitors.PairwiseMargins`): the same forward pass and a backward pass per
     column; ``coef`` and ``intercept`` then gain a last axis of the columns.
 
     Returns

@@ -3,13 +3,14 @@
 The correct-class margin ``f = z_y - max_{c != y} z_c`` is the smallest of the pairwise
 margins ``z_y - z_c`` to the other classes. Attribution patching differentiates ``f``, so it
 follows the runner-up's margin alone: an ablation, or a mask of them, that lets another class
-overtake is missed. Here each unit's change of every pairwise margin is estimated (first order
-at the unablated model, one backward pass per competing class: :func:`margin_changes`; or
-measured, one ablated pass per unit: :func:`measured_margin_changes`), the margin under a mask
-is the smallest of the pairwise margins with the changes of its ablated units summed, drawn
-over masks at the study's ablation rate, and the prior is the least-squares line through those
-simulated margins (:func:`simulated_margin_prior`): the linear component model closest to them
-under the masks. Only the summing is first order; the maximum is exact.
+overtake is missed. Here each unit's change of every pairwise margin (or of those to the few
+classes closest to the correct one) is estimated: first order at the unablated model, one
+backward pass per competing class (:func:`margin_changes`), or measured, one ablated pass per
+unit (:func:`measured_margin_changes`). The margin under a mask is the smallest of the pairwise
+margins with the changes of its ablated units summed, drawn over masks at the study's ablation
+rate, and the prior is the least-squares line through those simulated margins
+(:func:`simulated_margin_prior`): the linear component model closest to them under the masks.
+Only the summing is first order; the maximum is exact.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from compattr.outputs import class_scores
 
 __all__ = [
     "MAX_UNITS",
-    "competitors",
+    "PairwiseMargins",
+    "competing_classes",
     "margin_changes",
     "margin_prior_passes",
     "measured_margin_changes",
-    "pairwise_margins",
     "simulated_margin_prior",
 ]
 
@@ -41,48 +42,80 @@ __all__ = [
 MAX_UNITS = 5000
 
 
-def competitors(labels: Tensor, n_classes: int) -> Tensor:
-    """Per input, the classes other than its label, in class order: ``(n_inputs, n_classes - 1)``."""
-    others = torch.arange(n_classes, device=labels.device).expand(len(labels), -1)
-    return others[others != labels[:, None]].reshape(len(labels), n_classes - 1)
+def competing_classes(logits: Tensor, labels: Tensor, closest: int | None = None) -> Tensor:
+    """Per input, the classes other than its label: ``(n_inputs, n_competing)``.
+
+    ``closest=None``: every other class, in class order; else the ``closest`` others with the largest
+    logits, largest first (all of them where there are fewer).
+    """
+    others = logits.detach().scatter(1, labels[:, None], float("-inf"))
+    if closest is None or closest >= logits.shape[1] - 1:
+        order = torch.arange(logits.shape[1], device=logits.device).expand(len(labels), -1)
+        return order[order != labels[:, None]].reshape(len(labels), -1)
+    if closest < 1:
+        raise ValueError(f"competitors must be at least 1, got {closest}")
+    return others.topk(closest, dim=1).indices
 
 
-def margin_prior_passes(n_classes: int) -> int:
+def margin_prior_passes(n_competing: int) -> int:
     """Passes per input batch of :func:`margin_changes`: one forward, and a backward (2) per competing class."""
-    return 1 + 2 * (n_classes - 1)
+    return 1 + 2 * n_competing
 
 
-def pairwise_margins(outputs: Any, labels: Tensor) -> Tensor:
-    """The margins ``z_y - z_c`` to each competing class ``c`` (:func:`competitors` order): ``(batch, classes - 1)``."""
-    logits, labels = class_scores(outputs, labels)
-    correct = logits.gather(1, labels[:, None])
-    return correct - logits.gather(1, competitors(labels, logits.shape[1]))
+class PairwiseMargins:
+    """An output: the margins ``z_y - z_c`` to the competing classes ``c`` of each input, ``(batch, n_competing)``.
+
+    The classes are chosen from the logits it is called on (:func:`competing_classes` with
+    ``closest``) and recorded, batch by batch, in ``classes``: called at the unablated model, they
+    are the classes whose margins a prior then measures elsewhere.
+    """
+
+    def __init__(self, closest: int | None = None) -> None:
+        self.closest = closest
+        self.classes: list[Tensor] = []
+
+    def __call__(self, outputs: Any, labels: Tensor) -> Tensor:
+        logits, labels = class_scores(outputs, labels)
+        classes = competing_classes(logits, labels, self.closest)
+        self.classes.append(classes.cpu())
+        return logits.gather(1, labels[:, None]) - logits.gather(1, classes)
+
+    def chosen(self) -> Tensor:
+        """The classes of every input it was called on, in order: ``(n_inputs, n_competing)``."""
+        return torch.cat(self.classes)
 
 
 def margin_changes(
-    network: AblatableNetwork, images: Batch, labels: Tensor, *, batch_size: int = 256
-) -> tuple[np.ndarray, np.ndarray]:
-    """First-order changes of every pairwise margin when each unit is ablated, at the unablated model.
+    network: AblatableNetwork,
+    images: Batch,
+    labels: Tensor,
+    *,
+    closest: int | None = None,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray, Tensor]:
+    """First-order changes of the pairwise margins when each unit is ablated, at the unablated model.
 
-    Returns ``changes`` (n_inputs, n_units, n_classes - 1), minus the derivative of each margin
-    ``z_y - z_c`` in the units' keep factors, and the margins themselves (n_inputs,
-    n_classes - 1), both float64, competitors in :func:`competitors` order. One forward pass
-    and one backward pass per competing class (:func:`margin_prior_passes`).
+    The margins are to every other class, or to the ``closest`` others (:func:`competing_classes`).
+    Returns ``changes`` (n_inputs, n_units, n_competing), minus the derivative of each margin
+    ``z_y - z_c`` in the units' keep factors, the margins themselves (n_inputs, n_competing), both
+    float64, and the classes (n_inputs, n_competing). One forward pass and one backward pass per
+    competing class (:func:`margin_prior_passes`).
     """
     device = next(network.parameters()).device
     n_units = network.n_components
+    output = PairwiseMargins(closest)
     changes, values = [], []
     for x, y in labelled_batches(images, labels, batch_size, device):
         keep = torch.ones(batch_len(x), n_units, device=device, requires_grad=True)
         with torch.enable_grad():
-            pairs = pairwise_margins(network(x, keep), y)
+            pairs = output(network(x, keep), y)
             grads = [
                 torch.autograd.grad(pairs[:, j].sum(), keep, retain_graph=j + 1 < pairs.shape[1])[0]
                 for j in tqdm(range(pairs.shape[1]), desc="pairwise margins", unit="class", mininterval=5, leave=False)
             ]
         changes.append(-torch.stack(grads, -1).detach().cpu().double())
         values.append(pairs.detach().cpu().double())
-    return torch.cat(changes).numpy(), torch.cat(values).numpy()
+    return torch.cat(changes).numpy(), torch.cat(values).numpy(), output.chosen()
 
 
 @torch.no_grad()
@@ -92,13 +125,14 @@ def measured_margin_changes(
     labels: Tensor,
     units: Sequence[int],
     margins: np.ndarray,
+    classes: Tensor,
     *,
     batch_size: int = 256,
 ) -> np.ndarray:
-    """Exact changes (n_inputs, len(units), n_classes - 1) of every pairwise margin when each of ``units`` is ablated.
+    """Exact changes (n_inputs, len(units), n_competing) of the pairwise margins when each of ``units`` is ablated.
 
-    ``margins`` are the unablated pairwise margins (:func:`margin_changes` returns them): one
-    ablated forward pass per unit and no other.
+    ``margins`` and ``classes`` are the unablated pairwise margins and their classes
+    (:func:`margin_changes` returns them): one ablated forward pass per unit and no other.
     """
     device = next(network.parameters()).device
     n_units = network.n_components
@@ -106,9 +140,13 @@ def measured_margin_changes(
     for i, unit in enumerate(tqdm(units, desc="exact pairwise margins", unit="unit", mininterval=5)):
         keep = torch.ones(1, n_units, device=device)
         keep[0, int(unit)] = 0
-        batches = labelled_batches(images, labels, batch_size, device)
-        ablated = torch.cat([pairwise_margins(network(x, keep), y).cpu().double() for x, y in batches])
-        out[:, i] = ablated.numpy() - margins
+        ablated, start = [], 0
+        for x, y in labelled_batches(images, labels, batch_size, device):
+            logits, y = class_scores(network(x, keep), y)
+            chosen = classes[start : start + len(y)].to(device)
+            ablated.append((logits.gather(1, y[:, None]) - logits.gather(1, chosen)).cpu().double())
+            start += len(y)
+        out[:, i] = torch.cat(ablated).numpy() - margins
     return out
 
 

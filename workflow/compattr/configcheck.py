@@ -378,6 +378,8 @@ def _check_kind(config: dict[str, Any], found: ConfigCheck) -> None:
         )
     for name, prior in priors.items():
         if prior.get("margin") != "simulated":
+            if prior.get("competitors") is not None:
+                fault(f"config fit.priors.{name}.competitors: the classes a margin simulated prior tracks; set margin")
             continue
         if kind == "data":
             fault(

@@ -30,10 +30,10 @@ from compattr.baselines import (
     relu_patching,
 )
 from compattr.competitors import (
+    PairwiseMargins,
     margin_changes,
     margin_prior_passes,
     measured_margin_changes,
-    pairwise_margins,
     simulated_margin_prior,
 )
 from compattr.components import ComponentSet
@@ -114,6 +114,7 @@ def unit_prior(
     exact_top: int = 0,
     margin: str = "linear",
     simulated_masks: int = 4000,
+    competitors: int | None = None,
     evaluator: Callable[[np.ndarray], np.ndarray] | None = None,
     **settings: Any,
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -133,20 +134,23 @@ def unit_prior(
     :func:`compattr.baselines.keep_effects`. ``passes`` then counts those ``exact_top + 1``
     passes too.
 
-    ``margin="simulated"`` (components or patches, the margin output, point ``unablated``): the margin's
-    maximum over the other classes is taken exactly (:mod:`compattr.competitors`): every pairwise
-    margin's first-order change (exact through the first nonlinearity with ``relu="exact"``), the
-    margins of their sums simulated under ``simulated_masks``
-    masks at ``ablation_rate`` (seeded by ``seed``), a least-squares line through them;
-    ``exact_top`` units measured there change every pairwise margin by their exact changes.
+    ``margin="simulated"`` (components or patches, the margin output, point ``unablated``): the
+    margin's maximum over the other classes is taken exactly (:mod:`compattr.competitors`): each
+    pairwise margin's first-order change (exact through the first nonlinearity with
+    ``relu="exact"``), to every other class or to the ``competitors`` closest ones, the margins of
+    their sums simulated under ``simulated_masks`` masks at ``ablation_rate`` (seeded by
+    ``seed``), a least-squares line through them; ``exact_top`` units measured there change those
+    pairwise margins by their exact changes.
     ``passes``: one forward and a backward per competing class, and one per measured unit.
     """
     if margin not in ("linear", "simulated"):
         raise ValueError(f"margin must be 'linear' or 'simulated', got {margin!r}")
     if margin == "simulated":
         return _simulated_margin_prior(
-            model, units, images, labels, point, output, exact_top, n_masks=simulated_masks, **settings
+            model, units, images, labels, point, output, exact_top, competitors, n_masks=simulated_masks, **settings
         )
+    if competitors is not None:
+        raise ValueError(f"competitors (got {competitors}) are the classes a margin simulated prior tracks")
     if exact_top and point not in ("unablated", "mean"):
         raise ValueError(f"exact_top measures units at the unablated model or at the mean, not at point {point!r}")
     if isinstance(units, TrainingExamples):
@@ -189,6 +193,7 @@ def _simulated_margin_prior(
     point: str,
     output: Output,
     exact_top: int,
+    competitors: int | None,
     *,
     ablation_rate: float | None = None,
     n_masks: int = 4000,
@@ -209,10 +214,12 @@ def _simulated_margin_prior(
         raise ValueError(f"margin simulated needs {', '.join(needs)}")
     network = units.ablatable(model).requires_grad_(False)
     if relu == "exact":  # each pairwise margin's change exact through the first nonlinearity
-        changes, pairwise = relu_patching(model, units, images, labels, batch_size=batch_size, output=pairwise_margins)
+        pairs = PairwiseMargins(competitors)
+        changes, pairwise = relu_patching(model, units, images, labels, batch_size=batch_size, output=pairs)
+        classes = pairs.chosen()
     else:
-        changes, pairwise = margin_changes(network, images, labels, batch_size=batch_size)
-    passes = margin_prior_passes(pairwise.shape[1] + 1)
+        changes, pairwise, classes = margin_changes(network, images, labels, closest=competitors, batch_size=batch_size)
+    passes = margin_prior_passes(pairwise.shape[1])
     if relu == "exact" and isinstance(units, PatchSet):
         passes += patch_relu_passes(model, units)
     coef, intercept = simulated_margin_prior(changes, pairwise, ablation_rate, n_masks=n_masks, seed=seed)
@@ -220,7 +227,9 @@ def _simulated_margin_prior(
         if not 0 <= exact_top <= len(units):
             raise ValueError(f"exact_top must lie in [0, {len(units)}] (the units), got {exact_top}")
         top = np.argsort(-np.abs(coef).mean(0), kind="stable")[:exact_top]
-        changes[:, top] = measured_margin_changes(network, images, labels, top, pairwise, batch_size=batch_size)
+        changes[:, top] = measured_margin_changes(
+            network, images, labels, top, pairwise, classes, batch_size=batch_size
+        )
         coef, intercept = simulated_margin_prior(changes, pairwise, ablation_rate, n_masks=n_masks, seed=seed)
         passes += exact_top
     return coef, intercept, passes
