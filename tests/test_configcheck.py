@@ -110,22 +110,20 @@ def test_each_bad_value_is_a_fault_naming_its_key(edit, message):
         resolve_config(config)
 
 
-def test_relu_exact_is_for_filters_and_patches_only():
+@pytest.mark.parametrize(
+    ("prior", "message", "refused_by"),
+    [
+        ({"relu": "exact"}, "relu exact follows conv filters or input patches", {"digits_vit", "digits_data"}),
+        ({"margin": "simulated"}, "fit.priors.atp_new.margin: simulated takes", {"digits_data"}),
+    ],
+)
+def test_a_prior_setting_is_refused_where_the_units_do_not_allow_it(prior, message, refused_by):
     root = Path(__file__).resolve().parents[1] / "config"
-    for name, refused in (("digits_vit", True), ("digits_features", False), ("digits_data", True)):
+    for name in ("digits_vit", "digits_features", "digits_data"):
         config = yaml.safe_load((root / f"{name}.yaml").read_text())
-        config["fit"]["priors"]["atp_relu"] = {"point": "unablated", "relu": "exact"}
-        faults = [f for f in check_config(config).faults if "relu exact follows conv filters or input patches" in f]
-        assert bool(faults) == refused, (name, faults)
-
-
-def test_a_simulated_margin_is_for_components_and_patches_only():
-    root = Path(__file__).resolve().parents[1] / "config"
-    for name, refused in (("digits_vit", False), ("digits_features", False), ("digits_data", True)):
-        config = yaml.safe_load((root / f"{name}.yaml").read_text())
-        config["fit"]["priors"]["atp_margin"] = {"point": "unablated", "margin": "simulated"}
-        faults = [f for f in check_config(config).faults if "fit.priors.atp_margin.margin: simulated takes" in f]
-        assert bool(faults) == refused, (name, faults)
+        config["fit"]["priors"]["atp_new"] = {"point": "unablated", **prior}
+        faults = [f for f in check_config(config).faults if message in f]
+        assert bool(faults) == (name in refused_by), (name, faults)
 
 
 def test_every_fault_is_reported_at_once_and_the_given_config_is_left_as_it_was():
