@@ -152,6 +152,7 @@ def test_the_closest_competitors_are_the_columns_of_every_pairwise_margin_with_t
     [
         ({"margin": "exactly"}, "margin must be 'linear' or 'simulated'"),
         ({"point": "mean"}, "point unablated"),
+        ({"relu": "exactly"}, "relu linear or exact"),
         ({"relu": "exact"}, "no elementwise nonlinearity"),
         ({"output": target_logit}, "the margin output"),
         ({"ablation_rate": None}, "an ablation_rate"),

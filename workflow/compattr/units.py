@@ -206,6 +206,7 @@ def _simulated_margin_prior(
         (not isinstance(units, ComponentSet | PatchSet), f"components or input patches (not {type(units).__name__})"),
         (output is not margins, "the margin output"),
         (point != "unablated", f"point unablated (not {point!r})"),
+        (relu not in ("linear", "exact"), f"relu linear or exact (not {relu!r})"),
         (labels is None, "labels"),
         (ablation_rate is None, "an ablation_rate"),
     ]

@@ -13,8 +13,9 @@ log, device, model, components = start_model_job(
 inputs = load_test_inputs(snakemake.input.inputs)
 images, labels = inputs.images, inputs.labels
 baseline, prior = snakemake.params.baseline, snakemake.params.prior
-evaluator = None  # ablated forward passes: leave-one-out's, and a prior's exact_top
-if prior is None or prior.get("exact_top"):
+# ablated forward passes: leave-one-out's, and a prior's exact_top (a simulated margin measures its own)
+evaluator = None
+if prior is None or (prior.get("exact_top") and prior.get("margin") != "simulated"):
     evaluator = make_evaluator(
         model, components, images, labels, batch_size=snakemake.params.batch_size, **snakemake.params.forward
     )
