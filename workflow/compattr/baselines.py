@@ -54,6 +54,7 @@ __all__ = [
     "keep_effects",
     "prior_passes",
     "patch_relu_passes",
+    "column_gradients",
 ]
 
 #: Points a first-order prior is taken at (see :func:`first_order_prior`).
@@ -571,7 +572,7 @@ def _relu_patcher(
             with torch.enable_grad():
                 f = output(recorder.run(x), y)
                 order = list(recorder.post)
-                per_column = _column_grads(f, [recorder.post[n] for n in order])
+                per_column = column_gradients(f, [recorder.post[n] for n in order])
             effects = [
                 _exact_effects(recorder, dict(zip(order, grads, strict=True)), paths, keeps, relus, linearise)
                 for grads in per_column
@@ -661,7 +662,7 @@ def _patch_patcher(model: nn.Module, patches: PatchSet) -> Callable[..., tuple[n
             recorder = _Recorder(graph, set(), {relu: act})
             with torch.enable_grad():
                 f = output(recorder.run(base + kept * away), y)
-                per_column = [grads[0] for grads in _column_grads(f, [recorder.post[relu]])]
+                per_column = [grads[0] for grads in column_gradients(f, [recorder.post[relu]])]
             with torch.no_grad():
                 # every patch's pixel change at once: (batch * patches, channels, height, width)
                 change = (away[:, None] * (pixels * step.reshape(-1, 1, 1, 1))[None]).flatten(0, 1)
@@ -680,11 +681,15 @@ def _patch_patcher(model: nn.Module, patches: PatchSet) -> Callable[..., tuple[n
     return patch
 
 
-def _column_grads(outputs: Tensor, inputs: list[Tensor]) -> list[tuple[Tensor, ...]]:
-    """Per column of ``outputs`` (batch,) or (batch, columns), the gradients of its sum with respect to ``inputs``."""
+def column_gradients(outputs: Tensor, inputs: Sequence[Tensor]) -> list[tuple[Tensor, ...]]:
+    """Per column of ``outputs`` (batch,) or (batch, columns), the gradients of its sum with respect to ``inputs``.
+
+    One backward pass per column through the same graph, with a progress bar over many columns.
+    """
     columns = outputs[:, None] if outputs.ndim == 1 else outputs
     last = columns.shape[1] - 1
-    return [torch.autograd.grad(columns[:, j].sum(), inputs, retain_graph=j < last) for j in range(columns.shape[1])]
+    steps = tqdm(range(columns.shape[1]), desc="output columns", unit="column", mininterval=5, leave=False)
+    return [torch.autograd.grad(columns[:, j].sum(), inputs, retain_graph=j < last) for j in steps]
 
 
 def _checked_keep(keep: Tensor | None, n: int) -> Tensor:

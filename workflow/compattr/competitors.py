@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from compattr.baselines import column_gradients
 from compattr.batches import Batch, batch_len, labelled_batches
 from compattr.components import AblatableNetwork
 from compattr.masks import bernoulli_masks
@@ -48,12 +49,12 @@ def competing_classes(logits: Tensor, labels: Tensor, closest: int | None = None
     ``closest=None``: every other class, in class order; else the ``closest`` others with the largest
     logits, largest first (all of them where there are fewer).
     """
-    others = logits.detach().scatter(1, labels[:, None], float("-inf"))
     if closest is None or closest >= logits.shape[1] - 1:
         order = torch.arange(logits.shape[1], device=logits.device).expand(len(labels), -1)
         return order[order != labels[:, None]].reshape(len(labels), -1)
     if closest < 1:
         raise ValueError(f"competitors must be at least 1, got {closest}")
+    others = logits.detach().scatter(1, labels[:, None], float("-inf"))
     return others.topk(closest, dim=1).indices
 
 
@@ -109,10 +110,7 @@ def margin_changes(
         keep = torch.ones(batch_len(x), n_units, device=device, requires_grad=True)
         with torch.enable_grad():
             pairs = output(network(x, keep), y)
-            grads = [
-                torch.autograd.grad(pairs[:, j].sum(), keep, retain_graph=j + 1 < pairs.shape[1])[0]
-                for j in tqdm(range(pairs.shape[1]), desc="pairwise margins", unit="class", mininterval=5, leave=False)
-            ]
+            grads = [grad for (grad,) in column_gradients(pairs, [keep])]
         changes.append(-torch.stack(grads, -1).detach().cpu().double())
         values.append(pairs.detach().cpu().double())
     return torch.cat(changes).numpy(), torch.cat(values).numpy(), output.chosen()
