@@ -48,13 +48,23 @@ def test_first_order_pairwise_changes_are_the_exact_ones_when_the_logits_are_lin
     np.testing.assert_allclose((pairwise[:, None] + measured).min(-1).T, evaluator(single), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("point", ["unablated", "mean"])
 @pytest.mark.parametrize("kind", ["filters", "pixels"])
-def test_the_prior_is_the_least_squares_line_through_the_true_margins_when_the_logits_are_linear(kind):
+def test_the_prior_is_the_least_squares_line_through_the_true_margins_when_the_logits_are_linear(kind, point):
     model, components, images, labels = _problem(4)
     if kind == "pixels":  # zeroed pixels: the logits are linear in their keep factors too
         components = PatchSet((1, 5, 5), 1, "zero")
+    # from the masks' mean, each pairwise margin is carried back to every unit kept: the same line
     coef, intercept, passes = unit_prior(
-        model, components, images, labels, margin="simulated", ablation_rate=0.3, simulated_masks=300, seed=3
+        model,
+        components,
+        images,
+        labels,
+        margin="simulated",
+        point=point,
+        ablation_rate=0.3,
+        simulated_masks=300,
+        seed=3,
     )
     assert passes == 1 + 2 * 3  # a forward pass, and a backward pass per other class
     masks = bernoulli_masks(300, len(components), 0.3, np.random.default_rng(3))
@@ -76,17 +86,20 @@ def test_with_two_classes_the_prior_is_attribution_patching():
     np.testing.assert_allclose(intercept, unablated, atol=1e-4)
 
 
-def test_measured_units_hold_their_exact_changes_and_pay_a_pass_each(trained_model, digits):
+@pytest.mark.parametrize("point", ["unablated", "mean"])
+def test_measured_units_hold_their_exact_changes_and_pay_a_pass_each(trained_model, digits, point):
     model, components = trained_model
     _, test = digits
     images, labels = test.images[:6], test.labels[:6]
     network = components.ablatable(model).requires_grad_(False)
-    changes, pairwise, classes = margin_changes(network, images, labels)
-    top = np.argsort(-np.abs(simulated_margin_prior(changes, pairwise, 0.05, seed=0)[0]).mean(0), kind="stable")[:3]
-    changes[:, top] = measured_margin_changes(network, images, labels, top, pairwise, classes)
-    expected = simulated_margin_prior(changes, pairwise, 0.05, seed=0)
+    keep = torch.full((len(components),), 0.95 if point == "mean" else 1.0)
+    changes, pairwise, classes = margin_changes(network, images, labels, keep=keep)
+    first = simulated_margin_prior(changes, pairwise, 0.05, keep=keep, seed=0)[0]
+    top = np.argsort(-np.abs(first).mean(0), kind="stable")[:3]
+    changes[:, top] = measured_margin_changes(network, images, labels, top, pairwise, classes, keep=keep)
+    expected = simulated_margin_prior(changes, pairwise, 0.05, keep=keep, seed=0)
     coef, intercept, passes = unit_prior(
-        model, components, images, labels, margin="simulated", exact_top=3, ablation_rate=0.05
+        model, components, images, labels, margin="simulated", point=point, exact_top=3, ablation_rate=0.05
     )
     assert passes == 1 + 2 * 9 + 3
     np.testing.assert_allclose(coef, expected[0], atol=1e-8)
@@ -104,23 +117,28 @@ def _relu_logits_model(classes: int = 4):
     return model.eval()
 
 
+@pytest.mark.parametrize("point", ["unablated", "mean"])
 @pytest.mark.parametrize("kind", ["filters", "pixels"])
-def test_exact_through_the_relu_every_pairwise_change_is_the_measured_one(kind):
+def test_exact_through_the_relu_every_pairwise_change_is_the_measured_one(kind, point):
     model = _relu_logits_model()
     units = conv_components(model) if kind == "filters" else PatchSet((1, 5, 5), 1, "zero")
     generator = torch.Generator().manual_seed(1)
     images, labels = torch.randn(9, 1, 5, 5, generator=generator), torch.arange(9) % 4
+    keep = torch.full((len(units),), 0.8 if point == "mean" else 1.0)
     pairs = PairwiseMargins()
-    changes, pairwise = relu_patching(model, units, images, labels, output=pairs)
+    changes, pairwise = relu_patching(model, units, images, labels, keep=keep, output=pairs)
     assert changes.shape == (9, len(units), 3) and pairwise.shape == (9, 3)
     network = units.ablatable(model).requires_grad_(False)
     every = np.arange(len(units))
-    measured = measured_margin_changes(network, images, labels, every, pairwise, pairs.chosen())
+    measured = measured_margin_changes(network, images, labels, every, pairwise, pairs.chosen(), keep=keep)
     np.testing.assert_allclose(changes, measured, atol=1e-4)
     # the margin's gradient misses here: the prior's pairwise changes are exact, the linear ones are not
-    linear, _, _ = margin_changes(network, images, labels)
+    linear, linear_margins, _ = margin_changes(network, images, labels, keep=keep)
+    np.testing.assert_allclose(linear_margins, pairwise, atol=1e-5)  # the same point
     assert np.abs(linear - changes).max() > 1e-2
-    _, _, passes = unit_prior(model, units, images, labels, margin="simulated", relu="exact", ablation_rate=0.2)
+    _, _, passes = unit_prior(
+        model, units, images, labels, margin="simulated", point=point, relu="exact", ablation_rate=0.2
+    )
     assert passes == 1 + 2 * 3 + (patch_relu_passes(model, units) if kind == "pixels" else 0)
 
 
@@ -151,7 +169,7 @@ def test_the_closest_competitors_are_the_columns_of_every_pairwise_margin_with_t
     ("settings", "message"),
     [
         ({"margin": "exactly"}, "margin must be 'linear' or 'simulated'"),
-        ({"point": "mean"}, "point unablated"),
+        ({"point": "path", "n_points": 2}, "point unablated or mean"),
         ({"relu": "exactly"}, "relu linear or exact"),
         ({"relu": "exact"}, "no elementwise nonlinearity"),
         ({"output": target_logit}, "the margin output"),

@@ -75,8 +75,8 @@ def test_a_list_is_not_a_config(tmp_path):
             "fit.priors.atp_odd.exact_top: units are measured at the unablated model or at the mean",
         ),
         (
-            lambda c: c["fit"]["priors"].update(atp_odd={"point": "mean", "margin": "simulated"}),
-            "fit.priors.atp_odd.margin: simulated is taken at point unablated",
+            lambda c: c["fit"]["priors"].update(atp_odd={"point": "path", "n_points": 2, "margin": "simulated"}),
+            "fit.priors.atp_odd.margin: simulated is taken at point unablated or mean",
         ),
         (lambda c: c["fit"]["priors"].update(atp_odd={"point": "mean", "simulated_masks": 1}), "simulated_masks"),
         (lambda c: c["fit"]["priors"].update(atp_odd={"point": "unablated", "competitors": 2}), "atp_odd.competitors"),

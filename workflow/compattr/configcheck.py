@@ -385,8 +385,8 @@ def _check_kind(config: dict[str, Any], found: ConfigCheck) -> None:
             fault(
                 f"config fit.priors.{name}.margin: simulated takes components or input patches, not training examples"
             )
-        if prior["point"] != "unablated":
-            fault(f"config fit.priors.{name}.margin: simulated is taken at point unablated")
+        if prior["point"] not in ("unablated", "mean"):
+            fault(f"config fit.priors.{name}.margin: simulated is taken at point unablated or mean")
     exact = [name for name, prior in priors.items() if prior.get("relu") == "exact"]
     if exact and kind != "features" and (kind != "components" or unit_kind != "conv"):
         fault(

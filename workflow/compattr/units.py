@@ -134,13 +134,14 @@ def unit_prior(
     :func:`compattr.baselines.keep_effects`. ``passes`` then counts those ``exact_top + 1``
     passes too.
 
-    ``margin="simulated"`` (components or patches, the margin output, point ``unablated``): the
-    margin's maximum over the other classes is taken exactly (:mod:`compattr.competitors`): each
-    pairwise margin's first-order change (exact through the first nonlinearity with
-    ``relu="exact"``), to every other class or to the ``competitors`` closest ones, the margins of
-    their sums simulated under ``simulated_masks`` masks at ``ablation_rate`` (seeded by
-    ``seed``), a least-squares line through them; ``exact_top`` units measured there change those
-    pairwise margins by their exact changes.
+    ``margin="simulated"`` (components or patches, the margin output, point ``unablated`` or
+    ``mean``): the margin's maximum over the other classes is taken exactly
+    (:mod:`compattr.competitors`): each pairwise margin's first-order change at the point (exact
+    through the first nonlinearity with ``relu="exact"``), to every other class or to the
+    ``competitors`` closest ones there, the margins of their sums simulated under
+    ``simulated_masks`` masks at ``ablation_rate`` (seeded by ``seed``), a least-squares line
+    through them; ``exact_top`` units measured at the point change those pairwise margins by
+    their exact changes.
     ``passes``: one forward and a backward per competing class, and one per measured unit.
     """
     if margin not in ("linear", "simulated"):
@@ -205,7 +206,7 @@ def _simulated_margin_prior(
     faults = [
         (not isinstance(units, ComponentSet | PatchSet), f"components or input patches (not {type(units).__name__})"),
         (output is not margins, "the margin output"),
-        (point != "unablated", f"point unablated (not {point!r})"),
+        (point not in ("unablated", "mean"), f"point unablated or mean (not {point!r})"),
         (relu not in ("linear", "exact"), f"relu linear or exact (not {relu!r})"),
         (labels is None, "labels"),
         (ablation_rate is None, "an ablation_rate"),
@@ -214,24 +215,28 @@ def _simulated_margin_prior(
     if needs:
         raise ValueError(f"margin simulated needs {', '.join(needs)}")
     network = units.ablatable(model).requires_grad_(False)
+    keep = prior_points(point, len(units), ablation_rate=ablation_rate)[0]
     if relu == "exact":  # each pairwise margin's change exact through the first nonlinearity
         pairs = PairwiseMargins(competitors)
-        changes, pairwise = relu_patching(model, units, images, labels, batch_size=batch_size, output=pairs)
+        changes, pairwise = relu_patching(model, units, images, labels, keep=keep, batch_size=batch_size, output=pairs)
         classes = pairs.chosen()
     else:
-        changes, pairwise, classes = margin_changes(network, images, labels, closest=competitors, batch_size=batch_size)
+        changes, pairwise, classes = margin_changes(
+            network, images, labels, keep=keep, closest=competitors, batch_size=batch_size
+        )
     passes = margin_prior_passes(pairwise.shape[1])
     if relu == "exact" and isinstance(units, PatchSet):
         passes += patch_relu_passes(model, units)
-    coef, intercept = simulated_margin_prior(changes, pairwise, ablation_rate, n_masks=n_masks, seed=seed)
+    simulate = {"keep": keep, "n_masks": n_masks, "seed": seed}
+    coef, intercept = simulated_margin_prior(changes, pairwise, ablation_rate, **simulate)
     if exact_top:
         if not 0 <= exact_top <= len(units):
             raise ValueError(f"exact_top must lie in [0, {len(units)}] (the units), got {exact_top}")
         top = np.argsort(-np.abs(coef).mean(0), kind="stable")[:exact_top]
         changes[:, top] = measured_margin_changes(
-            network, images, labels, top, pairwise, classes, batch_size=batch_size
+            network, images, labels, top, pairwise, classes, keep=keep, batch_size=batch_size
         )
-        coef, intercept = simulated_margin_prior(changes, pairwise, ablation_rate, n_masks=n_masks, seed=seed)
+        coef, intercept = simulated_margin_prior(changes, pairwise, ablation_rate, **simulate)
         passes += exact_top
     return coef, intercept, passes
 
