@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import compattr
 from compattr.attributor import Attribution, Samples
 from compattr.baselines import first_order_prior
+from compattr.units import unit_prior
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -239,3 +240,22 @@ def test_attribution_patching_with_its_top_32_measured_is_leave_one_out_there():
     np.testing.assert_allclose(result.coef[:, top], loo.coef[:, top], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.delete(result.coef, top, axis=1), np.delete(atp.coef, top, axis=1))
     assert result.passes == 3 + 32 + 1
+
+
+def test_the_margin_prior_from_the_masks_mean_is_the_librarys_at_the_sampled_rate():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 40), nn.ReLU(), nn.Linear(40, 4)).eval()
+    x, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 0, 1])
+    attributor = compattr.ComponentAttributor(model, ["0"], x, y)
+    with pytest.raises(ValueError, match="call sample"):
+        attributor.attribute("atp_margin_mean_2")
+    attributor.sample(30, 0.2)
+    result = attributor.attribute("atp_margin_mean_2")
+    expected, intercept, passes = unit_prior(
+        model, attributor.components, x, y, point="mean", margin="simulated", competitors=2, ablation_rate=0.2
+    )
+    np.testing.assert_allclose(result.coef, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.intercept, intercept, rtol=1e-5, atol=1e-6)
+    assert result.passes == passes == 1 + 2 * 2
+    # the two closest classes' maximum is not the margin's gradient there
+    assert np.abs(result.coef - attributor.attribute("atp_mean").coef).max() > 1e-3

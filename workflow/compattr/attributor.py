@@ -39,7 +39,7 @@ from compattr.units import make_evaluator, unit_prior
 __all__ = ["ComponentAttributor", "Attribution", "Samples", "as_masks", "lds", "OUTPUTS", "PRIORS"]
 
 #: Sampling-free attributions by name: first-order priors (keyword arguments of
-#: :func:`compattr.baselines.first_order_prior`), and ``"loo"`` (leave-one-out).
+#: :func:`compattr.units.unit_prior`), and ``"loo"`` (leave-one-out).
 PRIORS: dict[str, dict[str, Any]] = {
     "atp": {"point": "unablated"},
     "atp_relu": {"point": "unablated", "relu": "exact"},
@@ -47,6 +47,8 @@ PRIORS: dict[str, dict[str, Any]] = {
     "atp_relu_mean": {"point": "mean", "relu": "exact"},
     # attribution patching with its 32 largest attributions measured by ablation (36 passes)
     "atp_top_32": {"point": "unablated", "exact_top": 32},
+    # the margin's maximum over the two closest classes taken exactly, from the masks' mean (5 passes)
+    "atp_margin_mean_2": {"point": "mean", "margin": "simulated", "competitors": 2},
 }
 
 
