@@ -53,6 +53,7 @@ LABELS = {
     "atp_margin": "margin's maximum exact (every class)",
     "atp_margin_top_8": "margin's maximum exact, top 8 measured",
     "atp_relu_margin": "margin's maximum and first ReLU exact",
+    "atp_relu_margin_2": "margin's maximum (2 closest classes) and first ReLU exact",
     "atp_relu_margin_2_top_8": "margin's maximum (2 closest classes) and first ReLU exact, top 8 measured",
     "atp_relu_margin_mean": "margin's maximum and first ReLU exact, at the mean",
     "atp_relu_margin_mean_2": "margin's maximum (2 closest classes) and first ReLU exact, at the mean",
