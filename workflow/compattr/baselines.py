@@ -55,6 +55,7 @@ __all__ = [
     "prior_passes",
     "patch_relu_passes",
     "column_gradients",
+    "checked_keep",
 ]
 
 #: Points a first-order prior is taken at (see :func:`first_order_prior`).
@@ -563,7 +564,7 @@ def _relu_patcher(
         batch_size: int = 256,
         output: Output = margins,
     ) -> tuple[np.ndarray, np.ndarray]:
-        keep = _checked_keep(keep, len(components))
+        keep = checked_keep(keep, len(components))
         keeps = dict(zip(paths, keep.split(list(components.sizes)), strict=True))
         scaled = {node: keeps[name] for name, (node, _, _) in paths.items() if bool((keeps[name] != 1).any())}
         coefs, intercepts = [], []
@@ -651,7 +652,7 @@ def _patch_patcher(model: nn.Module, patches: PatchSet) -> Callable[..., tuple[n
         batch_size: int = 256,
         output: Output = margins,
     ) -> tuple[np.ndarray, np.ndarray]:
-        keep = _checked_keep(keep, len(patches)).to(device)
+        keep = checked_keep(keep, len(patches)).to(device)
         step = torch.where(keep > 0, -keep, 1.0)  # to the baseline, or (from it) back to the input
         per_unit = torch.where(keep > 0, keep, -1.0)
         kept = (pixels * keep.reshape(-1, 1, 1, 1)).sum(0)  # each pixel's keep factor
@@ -692,7 +693,7 @@ def column_gradients(outputs: Tensor, inputs: Sequence[Tensor]) -> list[tuple[Te
     return [torch.autograd.grad(columns[:, j].sum(), inputs, retain_graph=j < last) for j in steps]
 
 
-def _checked_keep(keep: Tensor | None, n: int) -> Tensor:
+def checked_keep(keep: Tensor | None, n: int) -> Tensor:
     """Keep factors ``(n,)`` in [0, 1] as a float32 CPU tensor (all 1 by default), or an error naming them."""
     keep = torch.ones(n) if keep is None else torch.as_tensor(keep, dtype=torch.float32).cpu()
     wanted = f"keep must hold {n} keep factors in [0, 1]"

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from compattr.baselines import column_gradients
+from compattr.baselines import checked_keep, column_gradients
 from compattr.batches import Batch, batch_len, labelled_batches
 from compattr.components import AblatableNetwork
 from compattr.masks import bernoulli_masks
@@ -106,14 +106,14 @@ def margin_changes(
     """
     device = next(network.parameters()).device
     n_units = network.n_components
-    point = torch.ones(n_units) if keep is None else torch.as_tensor(keep, dtype=torch.float32)
+    point = checked_keep(keep, n_units).to(device)
     output = PairwiseMargins(closest)
     changes, values = [], []
     for x, y in labelled_batches(images, labels, batch_size, device):
-        keep = point.to(device).expand(batch_len(x), -1).clone().requires_grad_(True)
+        factors = point.expand(batch_len(x), -1).clone().requires_grad_(True)
         with torch.enable_grad():
-            pairs = output(network(x, keep), y)
-            grads = [grad for (grad,) in column_gradients(pairs, [keep])]
+            pairs = output(network(x, factors), y)
+            grads = [grad for (grad,) in column_gradients(pairs, [factors])]
         changes.append(-torch.stack(grads, -1).detach().cpu().double())
         values.append(pairs.detach().cpu().double())
     return torch.cat(changes).numpy(), torch.cat(values).numpy(), output.chosen()
@@ -139,16 +139,16 @@ def measured_margin_changes(
     them): one ablated forward pass per unit and no other.
     """
     device = next(network.parameters()).device
-    point = torch.ones(network.n_components) if keep is None else torch.as_tensor(keep, dtype=torch.float32).cpu()
+    point = checked_keep(keep, network.n_components)
     if bool((point[[int(u) for u in units]] <= 0).any()):
         raise ValueError("measured_margin_changes ablates units kept at the point: their keep factors must be > 0")
     out = np.empty((len(margins), len(units), margins.shape[1]))
     for i, unit in enumerate(tqdm(units, desc="exact pairwise margins", unit="unit", mininterval=5)):
-        keep = point.clone()[None].to(device)
-        keep[0, int(unit)] = 0
+        ablated_point = point.clone()[None].to(device)
+        ablated_point[0, int(unit)] = 0
         ablated, start = [], 0
         for x, y in labelled_batches(images, labels, batch_size, device):
-            logits, y = class_scores(network(x, keep), y)
+            logits, y = class_scores(network(x, ablated_point), y)
             chosen = classes[start : start + len(y)].to(device)
             ablated.append((logits.gather(1, y[:, None]) - logits.gather(1, chosen)).cpu().double())
             start += len(y)
